@@ -1,0 +1,134 @@
+//! Why a frame was dropped: one enum for the whole data path.
+//!
+//! Every frame the switch does not deliver ends in exactly one of these, counted per
+//! ingress port and per worker. Metrics and `vswitchctl stats` iterate
+//! [`DropReason::ALL`], so a reason added here is visible everywhere without more code.
+
+macro_rules! drop_reasons {
+    ($( #[doc = $doc:literal] $variant:ident => $name:literal, )*) => {
+        /// The reason a frame was dropped.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $( #[doc = $doc] $variant, )*
+        }
+
+        impl DropReason {
+            /// Every reason, in declaration order (the order of `as usize`).
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant),*];
+            /// Number of reasons; sizes per-reason counter arrays.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// Stable snake_case name used in metrics labels and the API.
+            pub fn name(self) -> &'static str {
+                match self { $(DropReason::$variant => $name,)* }
+            }
+
+            /// One-line explanation for operators.
+            pub fn description(self) -> &'static str {
+                match self { $(DropReason::$variant => $doc.trim_start(),)* }
+            }
+
+            /// Looks a reason up by its [`name`](Self::name).
+            pub fn from_name(name: &str) -> Option<DropReason> {
+                Self::ALL.iter().copied().find(|r| r.name() == name)
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Shorter than an Ethernet header (14 bytes).
+    TruncatedEthernet => "truncated_ethernet",
+    /// An 802.1Q tag cut short.
+    TruncatedVlan => "truncated_vlan",
+    /// Carries an 802.1Q tag; pod and host ports are untagged access ports.
+    VlanTagged => "vlan_tagged",
+    /// Carries stacked VLAN tags (QinQ / 802.1ad), which no port accepts.
+    StackedVlan => "stacked_vlan",
+    /// EtherType the switch does not forward (only ARP, IPv4 and IPv6 are).
+    UnknownEthertype => "unknown_ethertype",
+    /// ARP packet shorter than its address lengths require.
+    TruncatedArp => "truncated_arp",
+    /// ARP for something other than IPv4 over Ethernet.
+    UnsupportedArp => "unsupported_arp",
+    /// Shorter than an IPv4 header, or than its IHL says.
+    TruncatedIpv4 => "truncated_ipv4",
+    /// IPv4 version or header length field invalid, or a malformed authentication header.
+    BadIpv4Header => "bad_ipv4_header",
+    /// IPv4 total length smaller than the header or larger than the frame.
+    BadIpv4Length => "bad_ipv4_length",
+    /// IPv4 header checksum does not verify.
+    BadIpv4Checksum => "bad_ipv4_checksum",
+    /// Shorter than the fixed IPv6 header.
+    TruncatedIpv6 => "truncated_ipv6",
+    /// IPv6 version field invalid.
+    BadIpv6Header => "bad_ipv6_header",
+    /// IPv6 payload length larger than the frame.
+    BadIpv6Length => "bad_ipv6_length",
+    /// IPv6 extension header chain malformed or cut short.
+    BadIpv6ExtHeader => "bad_ipv6_ext_header",
+    /// TCP header cut short.
+    TruncatedTcp => "truncated_tcp",
+    /// TCP data offset smaller than the minimum header.
+    BadTcpHeader => "bad_tcp_header",
+    /// UDP header cut short.
+    TruncatedUdp => "truncated_udp",
+    /// UDP length field inconsistent with the IP payload.
+    BadUdpLength => "bad_udp_length",
+    /// ICMP or ICMPv6 header cut short.
+    TruncatedIcmp => "truncated_icmp",
+    /// VXLAN header cut short (fewer than 8 bytes after the outer UDP header).
+    TruncatedVxlan => "truncated_vxlan",
+    /// VXLAN header without the I flag (no valid VNI, RFC 7348 §5).
+    BadVxlanFlags => "bad_vxlan_flags",
+    /// Longer than the ingress port's MTU allows.
+    OversizedFrame => "oversized_frame",
+    /// Source MAC is a multicast or broadcast address.
+    MulticastSourceMac => "multicast_source_mac",
+    /// Source MAC is not the one bound to the pod's port (anti-spoofing).
+    SpoofedSourceMac => "spoofed_source_mac",
+    /// Source IP is not one bound to the pod's port (anti-spoofing).
+    SpoofedSourceIp => "spoofed_source_ip",
+    /// ARP sender MAC or IP is not bound to the pod's port (anti-spoofing).
+    SpoofedArpSender => "spoofed_arp_sender",
+    /// ARP request for an address the switch does not know (policy: drop).
+    ArpUnknownTarget => "arp_unknown_target",
+    /// Gratuitous ARP or address probe for the sender's own address: learned, not forwarded.
+    ArpForSelf => "arp_for_self",
+    /// Arrived on a port that is not (or no longer) in the tables.
+    UnknownIngressPort => "unknown_ingress_port",
+    /// Destination MAC lives behind the port the frame came in on.
+    DestinationIsIngress => "destination_is_ingress",
+    /// Broadcast, multicast or unknown unicast with no other port in the segment.
+    NoFloodTargets => "no_flood_targets",
+    /// Longer than the egress port's MTU allows.
+    EgressMtuExceeded => "egress_mtu_exceeded",
+    /// The egress port was removed while the frame was in flight.
+    EgressPortGone => "egress_port_gone",
+    /// The ring to the worker that owns the egress port was full.
+    HandoffQueueFull => "handoff_queue_full",
+    /// The egress port's queue refused the frame (full or failed).
+    TxFailed => "tx_failed",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "ALL order must match discriminants");
+            assert!(seen.insert(r.name()), "duplicate name {}", r.name());
+            assert_eq!(DropReason::from_name(r.name()), Some(*r));
+            assert!(!r.description().is_empty());
+            assert!(
+                r.name()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            );
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! In-place rewrites of an IPv4 packet: addresses, transport ports, TTL.
+//!
+//! Every setter keeps the IPv4 header checksum and the TCP/UDP checksum correct by
+//! incremental update (RFC 1624), so a rewrite costs the same for any payload size.
+//! A UDP checksum of zero ("not computed", RFC 768) stays zero.
+
+use std::net::Ipv4Addr;
+
+use super::checksum::{update_u16, update_u32};
+use super::parse::{IPPROTO_TCP, IPPROTO_UDP};
+use super::{Fragment, Ipv4Meta, L4};
+
+const IP_TTL: usize = 8;
+const IP_CHECKSUM: usize = 10;
+const IP_SRC: usize = 12;
+const IP_DST: usize = 16;
+
+/// A mutable view of the IPv4 packet at a parsed position in a frame.
+pub struct Ipv4Mut<'a> {
+    frame: &'a mut [u8],
+    l3: usize,
+    /// Offset of the transport header when it is present and has ports (TCP/UDP).
+    ports_at: Option<usize>,
+    /// Offset of a TCP/UDP checksum that covers the pseudo-header and is in use.
+    l4_checksum_at: Option<usize>,
+    is_udp: bool,
+}
+
+impl<'a> Ipv4Mut<'a> {
+    /// `meta` must describe `frame` (as returned by [`crate::wire::parse`] for it).
+    pub fn new(frame: &'a mut [u8], l3_offset: u16, meta: &Ipv4Meta) -> Self {
+        let l4 = usize::from(meta.l4_offset);
+        let has_ports =
+            meta.fragment != Fragment::Later && matches!(meta.l4, L4::Tcp { .. } | L4::Udp { .. });
+        let (ports_at, l4_checksum_at) = match (has_ports, meta.protocol) {
+            (true, IPPROTO_TCP) => (Some(l4), Some(l4 + 16)),
+            (true, IPPROTO_UDP) => {
+                let at = l4 + 6;
+                let in_use = frame[at] != 0 || frame[at + 1] != 0;
+                (Some(l4), in_use.then_some(at))
+            }
+            _ => (None, None),
+        };
+        Ipv4Mut {
+            frame,
+            l3: usize::from(l3_offset),
+            ports_at,
+            l4_checksum_at,
+            is_udp: meta.protocol == IPPROTO_UDP,
+        }
+    }
+
+    fn read16(&self, at: usize) -> u16 {
+        u16::from_be_bytes([self.frame[at], self.frame[at + 1]])
+    }
+
+    fn write16(&mut self, at: usize, v: u16) {
+        self.frame[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    }
+
+    fn read32(&self, at: usize) -> u32 {
+        u32::from_be_bytes([
+            self.frame[at],
+            self.frame[at + 1],
+            self.frame[at + 2],
+            self.frame[at + 3],
+        ])
+    }
+
+    fn fix_l4_checksum(&mut self, update: impl Fn(u16) -> u16) {
+        if let Some(at) = self.l4_checksum_at {
+            let mut c = update(self.read16(at));
+            if c == 0 && self.is_udp {
+                c = 0xffff;
+            }
+            self.write16(at, c);
+        }
+    }
+
+    fn set_addr(&mut self, field: usize, new: Ipv4Addr) {
+        let at = self.l3 + field;
+        let old = self.read32(at);
+        let new = u32::from(new);
+        self.frame[at..at + 4].copy_from_slice(&new.to_be_bytes());
+        let ip_csum = update_u32(self.read16(self.l3 + IP_CHECKSUM), old, new);
+        self.write16(self.l3 + IP_CHECKSUM, ip_csum);
+        // The address is part of the TCP/UDP pseudo-header.
+        self.fix_l4_checksum(|c| update_u32(c, old, new));
+    }
+
+    pub fn set_source(&mut self, new: Ipv4Addr) {
+        self.set_addr(IP_SRC, new);
+    }
+
+    pub fn set_destination(&mut self, new: Ipv4Addr) {
+        self.set_addr(IP_DST, new);
+    }
+
+    fn set_port(&mut self, field: usize, new: u16) {
+        let Some(l4) = self.ports_at else { return };
+        let old = self.read16(l4 + field);
+        self.write16(l4 + field, new);
+        self.fix_l4_checksum(|c| update_u16(c, old, new));
+    }
+
+    /// Rewrites the TCP/UDP source port; a no-op for packets without ports.
+    pub fn set_source_port(&mut self, new: u16) {
+        self.set_port(0, new);
+    }
+
+    /// Rewrites the TCP/UDP destination port; a no-op for packets without ports.
+    pub fn set_destination_port(&mut self, new: u16) {
+        self.set_port(2, new);
+    }
+
+    /// Decrements the TTL as a router does. Returns `false`, leaving the packet
+    /// unchanged, when the TTL is already 1 or 0 (the packet must not be forwarded).
+    pub fn decrement_ttl(&mut self) -> bool {
+        let at = self.l3 + IP_TTL;
+        let ttl = self.frame[at];
+        if ttl <= 1 {
+            return false;
+        }
+        // TTL shares a 16-bit word with the protocol field.
+        let old = self.read16(at);
+        self.frame[at] = ttl - 1;
+        let new = self.read16(at);
+        let c = update_u16(self.read16(self.l3 + IP_CHECKSUM), old, new);
+        self.write16(self.l3 + IP_CHECKSUM, c);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{FrameSpec, mac};
+    use crate::wire::checksum::{checksum, fold, pseudo_header_v4, sum};
+    use crate::wire::{Net, parse};
+    use proptest::prelude::*;
+
+    fn v4(frame: &[u8]) -> Ipv4Meta {
+        match parse(frame).unwrap().net {
+            Net::Ipv4(m) => m,
+            other => panic!("not ipv4: {other:?}"),
+        }
+    }
+
+    /// Checks every checksum in the frame from scratch.
+    fn assert_checksums_valid(frame: &[u8]) {
+        let m = v4(frame); // parse verifies the IPv4 header checksum
+        let l4 = &frame[usize::from(m.l4_offset)..14 + usize::from(m.total_len)];
+        let pseudo = pseudo_header_v4(m.src, m.dst, m.protocol, l4.len() as u16);
+        match m.l4 {
+            L4::Udp { .. } if l4[6..8] == [0, 0] => {}
+            L4::Udp { .. } | L4::Tcp { .. } => assert_eq!(!fold(sum(l4, pseudo)), 0, "l4 checksum"),
+            L4::Icmpv4 { .. } => assert_eq!(checksum(l4), 0, "icmp checksum"),
+            _ => {}
+        }
+    }
+
+    fn rewrite<R>(frame: &mut [u8], f: impl FnOnce(&mut Ipv4Mut<'_>) -> R) -> R {
+        let m = v4(frame);
+        f(&mut Ipv4Mut::new(frame, 14, &m))
+    }
+
+    #[test]
+    fn dnat_of_captured_syn_matches_what_a_full_recompute_gives() {
+        let mut f = crate::testing::CAPTURED_TCP_SYN.to_vec();
+        assert_checksums_valid(&f);
+        rewrite(&mut f, |p| {
+            p.set_destination(Ipv4Addr::new(10, 96, 0, 10));
+            p.set_destination_port(8080);
+        });
+        assert_checksums_valid(&f);
+        let m = v4(&f);
+        assert_eq!(m.dst, Ipv4Addr::new(10, 96, 0, 10));
+        assert_eq!(
+            m.l4,
+            L4::Tcp {
+                src_port: 59520,
+                dst_port: 8080,
+                flags: crate::wire::parse::TCP_SYN
+            }
+        );
+    }
+
+    #[test]
+    fn zero_udp_checksum_stays_zero() {
+        let mut f = FrameSpec::udp(
+            mac(1),
+            mac(2),
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+            1,
+            2,
+        )
+        .payload(b"abc")
+        .build();
+        f[40] = 0;
+        f[41] = 0;
+        rewrite(&mut f, |p| {
+            p.set_source(Ipv4Addr::new(192, 168, 0, 1));
+            p.set_source_port(999);
+        });
+        assert_eq!(&f[40..42], &[0, 0]);
+        assert_eq!(
+            v4(&f).l4,
+            L4::Udp {
+                src_port: 999,
+                dst_port: 2
+            }
+        );
+    }
+
+    #[test]
+    fn ttl_decrement_and_expiry() {
+        let mut f = FrameSpec::udp(
+            mac(1),
+            mac(2),
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+            1,
+            2,
+        )
+        .ttl(2)
+        .build();
+        let m = v4(&f);
+        assert!(Ipv4Mut::new(&mut f, 14, &m).decrement_ttl());
+        assert_eq!(v4(&f).ttl, 1);
+        let before = f.clone();
+        assert!(!Ipv4Mut::new(&mut f, 14, &m).decrement_ttl());
+        assert_eq!(f, before, "an expiring packet is left untouched");
+    }
+
+    #[test]
+    fn later_fragments_get_only_ip_rewrites() {
+        let mut f = FrameSpec::udp(
+            mac(1),
+            mac(2),
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+            1,
+            2,
+        )
+        .payload(&[7; 16])
+        .ipv4_fragment(3, false)
+        .build();
+        let payload_before = f[34..].to_vec();
+        rewrite(&mut f, |p| {
+            p.set_destination(Ipv4Addr::new(10, 1, 1, 1));
+            p.set_destination_port(80);
+        });
+        assert_eq!(v4(&f).dst, Ipv4Addr::new(10, 1, 1, 1));
+        assert_eq!(
+            &f[34..],
+            &payload_before[..],
+            "no transport header to touch"
+        );
+    }
+
+    fn any_l4() -> impl Strategy<Value = u8> {
+        prop_oneof![Just(6u8), Just(17u8), Just(1u8)]
+    }
+
+    proptest! {
+        /// Any sequence of NAT rewrites leaves every checksum as a full recomputation would.
+        #[test]
+        fn rewrites_keep_checksums_valid(
+            proto in any_l4(),
+            src in any::<u32>(), dst in any::<u32>(),
+            sport in any::<u16>(), dport in any::<u16>(),
+            new_src in any::<u32>(), new_dst in any::<u32>(),
+            new_sport in any::<u16>(), new_dport in any::<u16>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+            options in proptest::bool::ANY,
+            ttl in 2u8..=255,
+        ) {
+            let (a, b) = (Ipv4Addr::from(src), Ipv4Addr::from(dst));
+            let spec = match proto {
+                6 => FrameSpec::tcp(mac(1), mac(2), a, b, sport, dport, 0x18),
+                17 => FrameSpec::udp(mac(1), mac(2), a, b, sport, dport),
+                _ => FrameSpec::icmp_echo(mac(1), mac(2), a, b, sport),
+            };
+            let spec = spec.payload(&payload).ttl(ttl);
+            let spec = if options { spec.ipv4_options(&[0x94, 0x04, 0, 0]) } else { spec };
+            let mut f = spec.build();
+            rewrite(&mut f, |p| {
+                p.set_source(Ipv4Addr::from(new_src));
+                p.set_destination(Ipv4Addr::from(new_dst));
+                p.set_source_port(new_sport);
+                p.set_destination_port(new_dport);
+                prop_assert!(p.decrement_ttl());
+                Ok(())
+            })?;
+            assert_checksums_valid(&f);
+            let m = v4(&f);
+            prop_assert_eq!((m.src, m.dst, m.ttl), (Ipv4Addr::from(new_src), Ipv4Addr::from(new_dst), ttl - 1));
+            match m.l4 {
+                L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port } => {
+                    prop_assert_eq!((src_port, dst_port), (new_sport, new_dport));
+                }
+                _ => {}
+            }
+        }
+    }
+}
