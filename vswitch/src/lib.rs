@@ -1,11 +1,23 @@
 //! vswitch: a userspace packet-forwarding virtual switch for Kubernetes nodes.
 //!
-//! Data plane modules ([`wire`], [`frame`], [`port`], [`tables`], [`fdb`], the pipeline
-//! stages, [`worker`], [`datapath`]) never import the control plane; the control plane
-//! builds [`tables::Tables`] snapshots and hands them over through [`datapath::Datapath`].
+//! Data plane: [`wire`] (frame views), [`frame`] (pooled buffers), [`port`] (I/O
+//! backends), [`tables`] and [`fdb`] (what workers look up), the pipeline stages
+//! ([`port_security`], [`mac_learning`], [`arp_proxy`], [`l2`]) run by [`pipeline`],
+//! and [`worker`]/[`datapath`] (threads and queues). None of these import the control
+//! plane; it builds [`tables::Tables`] snapshots and hands them to [`datapath::Datapath`].
 
 #![deny(unsafe_code)]
 
+pub mod arp_proxy;
 pub mod drop_reason;
+pub mod fdb;
+pub mod frame;
+pub mod l2;
+pub mod mac_learning;
+pub mod pipeline;
+pub mod port;
+pub mod port_security;
+pub mod stats;
+pub mod tables;
 pub mod testing;
 pub mod wire;

@@ -1,0 +1,359 @@
+//! The learned forwarding database: source MAC → port, per segment, with aging and a
+//! per-segment size cap.
+//!
+//! Only ports without a statically bound MAC (uplinks) need learning; pod and host MACs
+//! are in the [`crate::tables::Tables`] snapshot and never touch this table.
+//!
+//! # Concurrency
+//! All workers read and write one `papaya` map: lock-free lookups (one epoch guard per
+//! batch, no atomic read-modify-write per lookup) and lock-free inserts. Entries hold
+//! their port and last-seen time in atomics, so refreshing an entry is a plain store,
+//! done at most once per second per entry.
+//!
+//! Consistency: a MAC learned by one worker is visible to the others as soon as its
+//! insert completes; a move is visible once the port store is. Two workers learning the
+//! same new MAC at once: the first insert wins and the second counts as a move if the
+//! ports differ. A lookup racing with an age-out sees the entry or not; either way the
+//! frame is forwarded or flooded, never misdirected to a port outside its segment.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use papaya::{Guard, LocalGuard};
+
+use crate::tables::{MAX_SEGMENTS, PortId, SegmentId};
+use crate::wire::MacAddr;
+
+/// Limits of the learned table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdbConfig {
+    /// Entries per segment beyond which new MACs are not learned (counted).
+    pub max_entries_per_segment: u32,
+    /// Seconds without traffic after which an entry is forgotten.
+    pub aging_secs: u32,
+}
+
+impl Default for FdbConfig {
+    fn default() -> Self {
+        FdbConfig {
+            max_entries_per_segment: 65_536,
+            aging_secs: 300,
+        }
+    }
+}
+
+struct Entry {
+    port: AtomicU32,
+    last_seen: AtomicU32,
+}
+
+/// Result of learning a source MAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Learned {
+    /// Already known on this port (timestamp refreshed if it was stale).
+    Known,
+    /// A new entry.
+    New,
+    /// Known on another port; now points at this one.
+    Moved { from: PortId },
+    /// Not learned: the segment's table is at its cap.
+    TableFull,
+}
+
+/// One learned entry, for dumps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdbRecord {
+    pub segment: SegmentId,
+    pub mac: MacAddr,
+    pub port: PortId,
+    /// Seconds since the entry last saw traffic.
+    pub age_secs: u32,
+}
+
+pub struct Fdb {
+    map: papaya::HashMap<u64, Entry, foldhash::fast::RandomState>,
+    per_segment: Box<[AtomicU32]>,
+    config: FdbConfig,
+}
+
+#[inline]
+fn key(segment: SegmentId, mac: MacAddr) -> u64 {
+    (u64::from(segment) << 48) | mac.to_u64()
+}
+
+#[inline]
+fn split_key(key: u64) -> (SegmentId, MacAddr) {
+    ((key >> 48) as SegmentId, MacAddr::from_u64(key))
+}
+
+impl Fdb {
+    pub fn new(config: FdbConfig) -> Fdb {
+        Fdb {
+            map: papaya::HashMap::builder()
+                .hasher(foldhash::fast::RandomState::default())
+                .build(),
+            per_segment: (0..MAX_SEGMENTS).map(|_| AtomicU32::new(0)).collect(),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> FdbConfig {
+        self.config
+    }
+
+    /// A handle for one batch: holds the map's epoch guard so lookups are lock-free.
+    /// Drop it at the end of the batch so memory of removed entries can be reclaimed.
+    pub fn batch(&self) -> FdbBatch<'_> {
+        FdbBatch {
+            fdb: self,
+            guard: self.map.guard(),
+        }
+    }
+
+    /// Learned entries in `segment`.
+    pub fn len_in(&self, segment: SegmentId) -> u32 {
+        self.per_segment
+            .get(usize::from(segment))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn forget(&self, should_go: impl Fn(u64, &Entry) -> bool) -> usize {
+        let mut removed = 0;
+        let guard = self.map.guard();
+        self.map.retain(
+            |k, e| {
+                let go = should_go(*k, e);
+                if go {
+                    removed += 1;
+                    self.per_segment[usize::from(split_key(*k).0)].fetch_sub(1, Ordering::Relaxed);
+                }
+                !go
+            },
+            &guard,
+        );
+        removed
+    }
+
+    /// Forgets entries idle for longer than the aging time. Returns how many went.
+    /// Called by housekeeping about once a second, never on the packet path.
+    pub fn age_out(&self, now: u32) -> usize {
+        let aging = self.config.aging_secs;
+        self.forget(|_, e| now.saturating_sub(e.last_seen.load(Ordering::Relaxed)) > aging)
+    }
+
+    /// Forgets every entry pointing at `port` (the port is being removed).
+    pub fn forget_port(&self, port: PortId) -> usize {
+        self.forget(|_, e| e.port.load(Ordering::Relaxed) == u32::from(port))
+    }
+
+    /// A snapshot of all entries, for the control API.
+    pub fn records(&self, now: u32) -> Vec<FdbRecord> {
+        let guard = self.map.guard();
+        let mut out: Vec<FdbRecord> = self
+            .map
+            .iter(&guard)
+            .map(|(k, e)| {
+                let (segment, mac) = split_key(*k);
+                FdbRecord {
+                    segment,
+                    mac,
+                    port: e.port.load(Ordering::Relaxed) as PortId,
+                    age_secs: now.saturating_sub(e.last_seen.load(Ordering::Relaxed)),
+                }
+            })
+            .collect();
+        out.sort_by_key(|r| (r.segment, r.mac));
+        out
+    }
+}
+
+/// Lookups and learning for one batch of frames.
+pub struct FdbBatch<'a> {
+    fdb: &'a Fdb,
+    guard: LocalGuard<'a>,
+}
+
+impl FdbBatch<'_> {
+    /// The port `mac` was learned on in `segment`.
+    #[inline]
+    pub fn lookup(&self, segment: SegmentId, mac: MacAddr) -> Option<PortId> {
+        self.fdb
+            .map
+            .get(&key(segment, mac), &self.guard)
+            .map(|e| e.port.load(Ordering::Relaxed) as PortId)
+    }
+
+    /// Records that `mac` was seen as a source on `port` at time `now` (seconds).
+    #[inline]
+    pub fn learn(&self, segment: SegmentId, mac: MacAddr, port: PortId, now: u32) -> Learned {
+        let k = key(segment, mac);
+        if let Some(e) = self.fdb.map.get(&k, &self.guard) {
+            return Self::refresh(e, port, now);
+        }
+        let Some(count) = self.fdb.per_segment.get(usize::from(segment)) else {
+            return Learned::TableFull;
+        };
+        // Reserve a slot first so concurrent learners cannot overshoot the cap.
+        if count.fetch_add(1, Ordering::Relaxed) >= self.fdb.config.max_entries_per_segment {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return Learned::TableFull;
+        }
+        let entry = Entry {
+            port: AtomicU32::new(u32::from(port)),
+            last_seen: AtomicU32::new(now),
+        };
+        match self.fdb.map.try_insert(k, entry, &self.guard) {
+            Ok(_) => Learned::New,
+            Err(occupied) => {
+                // Another worker learned it first.
+                count.fetch_sub(1, Ordering::Relaxed);
+                Self::refresh(occupied.current, port, now)
+            }
+        }
+    }
+
+    #[inline]
+    fn refresh(e: &Entry, port: PortId, now: u32) -> Learned {
+        // Plain loads and stores; each entry has a single writer in practice (the worker
+        // owning the port the MAC is behind), and a lost race only delays a refresh.
+        if e.last_seen.load(Ordering::Relaxed) != now {
+            e.last_seen.store(now, Ordering::Relaxed);
+        }
+        let old = e.port.load(Ordering::Relaxed);
+        if old == u32::from(port) {
+            Learned::Known
+        } else {
+            e.port.store(u32::from(port), Ordering::Relaxed);
+            Learned::Moved {
+                from: old as PortId,
+            }
+        }
+    }
+}
+
+impl Drop for FdbBatch<'_> {
+    fn drop(&mut self) {
+        // Let the collector reclaim retired entries promptly on long-running workers.
+        self.guard.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::mac;
+
+    #[test]
+    fn learn_lookup_move() {
+        let fdb = Fdb::new(FdbConfig::default());
+        let b = fdb.batch();
+        assert_eq!(b.lookup(0, mac(1)), None);
+        assert_eq!(b.learn(0, mac(1), 4, 10), Learned::New);
+        assert_eq!(b.learn(0, mac(1), 4, 11), Learned::Known);
+        assert_eq!(b.lookup(0, mac(1)), Some(4));
+        assert_eq!(b.lookup(1, mac(1)), None, "segments are separate");
+        assert_eq!(b.learn(0, mac(1), 7, 12), Learned::Moved { from: 4 });
+        assert_eq!(b.lookup(0, mac(1)), Some(7));
+        assert_eq!(fdb.len_in(0), 1);
+    }
+
+    #[test]
+    fn cap_per_segment() {
+        let fdb = Fdb::new(FdbConfig {
+            max_entries_per_segment: 3,
+            aging_secs: 300,
+        });
+        let b = fdb.batch();
+        for i in 0..3 {
+            assert_eq!(b.learn(0, mac(i), 1, 0), Learned::New);
+        }
+        assert_eq!(b.learn(0, mac(99), 1, 0), Learned::TableFull);
+        assert_eq!(b.lookup(0, mac(99)), None);
+        assert_eq!(
+            b.learn(0, mac(1), 2, 0),
+            Learned::Moved { from: 1 },
+            "known MACs still move"
+        );
+        assert_eq!(
+            b.learn(1, mac(99), 1, 0),
+            Learned::New,
+            "other segments have their own cap"
+        );
+        assert_eq!((fdb.len_in(0), fdb.len_in(1), fdb.len()), (3, 1, 4));
+    }
+
+    #[test]
+    fn aging_and_port_removal() {
+        let fdb = Fdb::new(FdbConfig {
+            max_entries_per_segment: 10,
+            aging_secs: 300,
+        });
+        {
+            let b = fdb.batch();
+            b.learn(0, mac(1), 1, 0);
+            b.learn(0, mac(2), 1, 100);
+            b.learn(0, mac(3), 2, 200);
+            b.learn(0, mac(1), 1, 250); // refreshed
+        }
+        assert_eq!(
+            fdb.age_out(400),
+            0,
+            "idle for exactly the aging time is kept"
+        );
+        assert_eq!(fdb.age_out(401), 1, "mac 2, last seen at 100");
+        assert_eq!(fdb.batch().lookup(0, mac(2)), None);
+        let records = fdb.records(401);
+        assert_eq!(
+            records,
+            vec![
+                FdbRecord {
+                    segment: 0,
+                    mac: mac(1),
+                    port: 1,
+                    age_secs: 151
+                },
+                FdbRecord {
+                    segment: 0,
+                    mac: mac(3),
+                    port: 2,
+                    age_secs: 201
+                },
+            ]
+        );
+        assert_eq!(fdb.forget_port(1), 1);
+        assert_eq!(fdb.len_in(0), 1);
+        // Freed capacity is usable again.
+        assert_eq!(fdb.batch().learn(0, mac(9), 1, 500), Learned::New);
+    }
+
+    #[test]
+    fn concurrent_learners_respect_the_cap() {
+        let fdb = std::sync::Arc::new(Fdb::new(FdbConfig {
+            max_entries_per_segment: 1000,
+            aging_secs: 300,
+        }));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let fdb = fdb.clone();
+                std::thread::spawn(move || {
+                    let b = fdb.batch();
+                    for i in 0..2000u32 {
+                        b.learn(0, mac(i * 4 + t), t as PortId, 0);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(fdb.len_in(0), 1000);
+        assert_eq!(fdb.len(), 1000);
+    }
+}

@@ -1,0 +1,569 @@
+//! The forwarding tables workers read: an immutable snapshot, rebuilt by the control
+//! plane on every change and published with an atomic pointer swap.
+//!
+//! A worker loads the current snapshot once per poll round and uses it for every frame
+//! of that round, so a frame never sees half of an update. Nothing here is written by
+//! the data path; state the data path learns lives in [`crate::fdb::Fdb`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::wire::MacAddr;
+
+/// Index of a port in the tables and in per-port counters.
+pub type PortId = u16;
+/// A broadcast domain: frames are flooded and MACs learned within one segment.
+pub type SegmentId = u16;
+/// Index of a data-plane worker thread.
+pub type WorkerId = usize;
+
+/// Segment ids are below this (12 bits, like VLAN ids), so per-segment state is a flat array.
+pub const MAX_SEGMENTS: usize = 4096;
+/// Worker sets are 64-bit masks.
+pub const MAX_WORKERS: usize = 64;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A set of workers.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct WorkerSet(pub u64);
+
+impl WorkerSet {
+    pub fn single(w: WorkerId) -> WorkerSet {
+        WorkerSet(1 << w)
+    }
+
+    pub fn all(workers: usize) -> WorkerSet {
+        if workers >= 64 {
+            WorkerSet(u64::MAX)
+        } else {
+            WorkerSet((1u64 << workers) - 1)
+        }
+    }
+
+    #[inline]
+    pub fn contains(self, w: WorkerId) -> bool {
+        w < MAX_WORKERS && self.0 & (1 << w) != 0
+    }
+
+    pub fn insert(&mut self, w: WorkerId) {
+        self.0 |= 1 << w;
+    }
+
+    /// The lowest-numbered worker in the set.
+    #[inline]
+    pub fn first(self) -> Option<WorkerId> {
+        (self.0 != 0).then(|| self.0.trailing_zeros() as WorkerId)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = WorkerId> {
+        (0..MAX_WORKERS).filter(move |w| self.contains(*w))
+    }
+}
+
+/// What kind of thing is behind a port; decides which checks apply to its traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortKind {
+    /// A pod's interface.
+    Pod,
+    /// The node's own stack (the TAP carrying the gateway address).
+    Host,
+    /// A trunk to other L2 devices: no static MAC, addresses are learned.
+    Uplink,
+}
+
+/// A port as the data path sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortEntry {
+    pub id: PortId,
+    pub name: String,
+    pub kind: PortKind,
+    pub segment: SegmentId,
+    /// MAC statically bound to the port: frames to it go here without learning, and the
+    /// ARP proxy answers for the port's IPv4 addresses with it. `None`: learned.
+    pub mac: Option<MacAddr>,
+    pub ipv4: Vec<Ipv4Addr>,
+    pub ipv6: Vec<Ipv6Addr>,
+    /// Drop frames whose source MAC/IP (and ARP sender) is not the port's own.
+    pub port_security: bool,
+    /// Largest IP packet the port carries (the interface MTU).
+    pub mtu: u16,
+    /// Workers holding a transmit queue of this port.
+    pub tx_workers: WorkerSet,
+}
+
+impl PortEntry {
+    /// Largest Ethernet frame (header included, FCS excluded) the port accepts.
+    #[inline]
+    pub fn max_frame_len(&self) -> usize {
+        usize::from(self.mtu) + crate::wire::parse::ETHERNET_HEADER_LEN
+    }
+}
+
+/// What to do with an ARP request for an address nobody registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UnknownArp {
+    /// Drop and count (default): every legitimate address is registered.
+    #[default]
+    Drop,
+    /// Flood to the segment, like a plain bridge.
+    Flood,
+}
+
+/// The virtual router address pods use as their default gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentConfig {
+    pub id: SegmentId,
+    pub gateway: Option<Gateway>,
+    pub unknown_arp: UnknownArp,
+}
+
+/// A segment with its derived flood list.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    pub config: SegmentConfig,
+    /// Every port of the segment, ascending.
+    pub ports: Vec<PortId>,
+}
+
+/// The ARP proxy's answer for an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpAnswer {
+    pub mac: MacAddr,
+    /// The port owning the address; `None` for the gateway when no port carries it.
+    pub port: Option<PortId>,
+}
+
+/// Immutable forwarding state, as of one generation.
+#[derive(Clone, Debug)]
+pub struct Tables {
+    generation: u64,
+    ports: Vec<Option<PortEntry>>,
+    segments: Vec<Option<Segment>>,
+    static_macs: FastMap<u64, PortId>,
+    arp: FastMap<u64, ArpAnswer>,
+}
+
+#[inline]
+fn mac_key(segment: SegmentId, mac: MacAddr) -> u64 {
+    (u64::from(segment) << 48) | mac.to_u64()
+}
+
+#[inline]
+fn ip_key(segment: SegmentId, ip: Ipv4Addr) -> u64 {
+    (u64::from(segment) << 32) | u64::from(u32::from(ip))
+}
+
+impl Tables {
+    /// Tables with no ports and no segments.
+    pub fn empty() -> Tables {
+        TablesBuilder::default()
+            .build(0)
+            .expect("empty tables are valid")
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    #[inline]
+    pub fn port(&self, id: PortId) -> Option<&PortEntry> {
+        self.ports.get(usize::from(id)).and_then(Option::as_ref)
+    }
+
+    pub fn ports(&self) -> impl Iterator<Item = &PortEntry> {
+        self.ports.iter().flatten()
+    }
+
+    #[inline]
+    pub fn segment(&self, id: SegmentId) -> Option<&Segment> {
+        self.segments.get(usize::from(id)).and_then(Option::as_ref)
+    }
+
+    pub fn segments(&self) -> impl Iterator<Item = &Segment> {
+        self.segments.iter().flatten()
+    }
+
+    /// The port a MAC is statically bound to in a segment.
+    #[inline]
+    pub fn static_port(&self, segment: SegmentId, mac: MacAddr) -> Option<PortId> {
+        self.static_macs.get(&mac_key(segment, mac)).copied()
+    }
+
+    /// Who has `ip` in `segment`, as the ARP proxy answers it.
+    #[inline]
+    pub fn arp_answer(&self, segment: SegmentId, ip: Ipv4Addr) -> Option<ArpAnswer> {
+        self.arp.get(&ip_key(segment, ip)).copied()
+    }
+}
+
+/// Why a set of ports and segments does not make valid tables.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TablesError {
+    #[error("segment id {0} out of range (max {max})", max = MAX_SEGMENTS - 1)]
+    SegmentOutOfRange(SegmentId),
+    #[error("segment {0} already exists")]
+    DuplicateSegment(SegmentId),
+    #[error("port id {0} already in use")]
+    DuplicatePort(PortId),
+    #[error("port {port} refers to unknown segment {segment}")]
+    UnknownSegment { port: PortId, segment: SegmentId },
+    #[error("MAC {mac} in segment {segment} is already bound to port {existing}")]
+    DuplicateMac {
+        mac: MacAddr,
+        segment: SegmentId,
+        existing: PortId,
+    },
+    #[error("IP {ip} in segment {segment} is already bound to port {existing}")]
+    DuplicateIp {
+        ip: Ipv4Addr,
+        segment: SegmentId,
+        existing: PortId,
+    },
+    #[error("IP {ip} is the gateway address of segment {segment}")]
+    IpIsGateway { ip: Ipv4Addr, segment: SegmentId },
+    #[error("port {port}: a port with port security needs a bound MAC")]
+    SecurityWithoutMac { port: PortId },
+    #[error("port {port}: a multicast MAC {mac} cannot be bound to a port")]
+    MulticastMac { port: PortId, mac: MacAddr },
+}
+
+/// The desired state the control plane edits; [`TablesBuilder::build`] turns it into a
+/// validated [`Tables`] snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct TablesBuilder {
+    segments: BTreeMap<SegmentId, SegmentConfig>,
+    ports: BTreeMap<PortId, PortEntry>,
+}
+
+impl TablesBuilder {
+    pub fn add_segment(&mut self, seg: SegmentConfig) -> Result<(), TablesError> {
+        if usize::from(seg.id) >= MAX_SEGMENTS {
+            return Err(TablesError::SegmentOutOfRange(seg.id));
+        }
+        if self.segments.contains_key(&seg.id) {
+            return Err(TablesError::DuplicateSegment(seg.id));
+        }
+        self.segments.insert(seg.id, seg);
+        Ok(())
+    }
+
+    /// Adds a port after checking it against everything already present, so a conflict
+    /// is reported to whoever asked for the port, not discovered at build time.
+    pub fn add_port(&mut self, port: PortEntry) -> Result<(), TablesError> {
+        if self.ports.contains_key(&port.id) {
+            return Err(TablesError::DuplicatePort(port.id));
+        }
+        let Some(seg) = self.segments.get(&port.segment) else {
+            return Err(TablesError::UnknownSegment {
+                port: port.id,
+                segment: port.segment,
+            });
+        };
+        if port.port_security && port.mac.is_none() {
+            return Err(TablesError::SecurityWithoutMac { port: port.id });
+        }
+        if let Some(mac) = port.mac {
+            if mac.is_multicast() {
+                return Err(TablesError::MulticastMac { port: port.id, mac });
+            }
+            let gateway_mac = seg.gateway.map(|g| g.mac);
+            if let Some(existing) = self
+                .ports
+                .values()
+                .find(|p| p.segment == port.segment && p.mac == Some(mac))
+            {
+                return Err(TablesError::DuplicateMac {
+                    mac,
+                    segment: port.segment,
+                    existing: existing.id,
+                });
+            }
+            // Only the host port may carry the gateway MAC.
+            if gateway_mac == Some(mac) && port.kind != PortKind::Host {
+                return Err(TablesError::DuplicateMac {
+                    mac,
+                    segment: port.segment,
+                    existing: port.id,
+                });
+            }
+        }
+        for ip in &port.ipv4 {
+            if seg.gateway.map(|g| g.ip) == Some(*ip) {
+                return Err(TablesError::IpIsGateway {
+                    ip: *ip,
+                    segment: port.segment,
+                });
+            }
+            if let Some(existing) = self
+                .ports
+                .values()
+                .find(|p| p.segment == port.segment && p.ipv4.contains(ip))
+            {
+                return Err(TablesError::DuplicateIp {
+                    ip: *ip,
+                    segment: port.segment,
+                    existing: existing.id,
+                });
+            }
+        }
+        self.ports.insert(port.id, port);
+        Ok(())
+    }
+
+    pub fn remove_port(&mut self, id: PortId) -> Option<PortEntry> {
+        self.ports.remove(&id)
+    }
+
+    pub fn port(&self, id: PortId) -> Option<&PortEntry> {
+        self.ports.get(&id)
+    }
+
+    pub fn port_mut(&mut self, id: PortId) -> Option<&mut PortEntry> {
+        self.ports.get_mut(&id)
+    }
+
+    pub fn ports(&self) -> impl Iterator<Item = &PortEntry> {
+        self.ports.values()
+    }
+
+    pub fn segment(&self, id: SegmentId) -> Option<&SegmentConfig> {
+        self.segments.get(&id)
+    }
+
+    /// Builds the snapshot. Every port was validated on insertion, so this only derives
+    /// the lookup maps.
+    pub fn build(&self, generation: u64) -> Result<Tables, TablesError> {
+        let max_port = self
+            .ports
+            .keys()
+            .next_back()
+            .map_or(0, |id| usize::from(*id) + 1);
+        let mut ports = vec![None; max_port];
+        let max_seg = self
+            .segments
+            .keys()
+            .next_back()
+            .map_or(0, |id| usize::from(*id) + 1);
+        let mut segments: Vec<Option<Segment>> = vec![None; max_seg];
+        for seg in self.segments.values() {
+            segments[usize::from(seg.id)] = Some(Segment {
+                config: seg.clone(),
+                ports: Vec::new(),
+            });
+        }
+        let mut static_macs = FastMap::default();
+        let mut arp = FastMap::default();
+        for seg in self.segments.values() {
+            if let Some(gw) = seg.gateway {
+                arp.insert(
+                    ip_key(seg.id, gw.ip),
+                    ArpAnswer {
+                        mac: gw.mac,
+                        port: None,
+                    },
+                );
+            }
+        }
+        for port in self.ports.values() {
+            let seg = segments
+                .get_mut(usize::from(port.segment))
+                .and_then(Option::as_mut)
+                .ok_or(TablesError::UnknownSegment {
+                    port: port.id,
+                    segment: port.segment,
+                })?;
+            seg.ports.push(port.id);
+            if let Some(mac) = port.mac {
+                static_macs.insert(mac_key(port.segment, mac), port.id);
+                if seg.config.gateway.map(|g| g.mac) == Some(mac) {
+                    arp.insert(
+                        ip_key(port.segment, seg.config.gateway.expect("checked").ip),
+                        ArpAnswer {
+                            mac,
+                            port: Some(port.id),
+                        },
+                    );
+                }
+                for ip in &port.ipv4 {
+                    arp.insert(
+                        ip_key(port.segment, *ip),
+                        ArpAnswer {
+                            mac,
+                            port: Some(port.id),
+                        },
+                    );
+                }
+            }
+            ports[usize::from(port.id)] = Some(port.clone());
+        }
+        Ok(Tables {
+            generation,
+            ports,
+            segments,
+            static_macs,
+            arp,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::testing::mac;
+
+    pub fn pod(id: PortId, ip: [u8; 4]) -> PortEntry {
+        PortEntry {
+            id,
+            name: format!("pod{id}"),
+            kind: PortKind::Pod,
+            segment: 0,
+            mac: Some(mac(u32::from(id))),
+            ipv4: vec![Ipv4Addr::from(ip)],
+            ipv6: vec![],
+            port_security: true,
+            mtu: 1500,
+            tx_workers: WorkerSet::single(0),
+        }
+    }
+
+    pub fn segment0() -> SegmentConfig {
+        SegmentConfig {
+            id: 0,
+            gateway: Some(Gateway {
+                ip: Ipv4Addr::new(10, 244, 1, 1),
+                mac: mac(0xffff),
+            }),
+            unknown_arp: UnknownArp::Drop,
+        }
+    }
+
+    #[test]
+    fn builds_lookup_maps() {
+        let mut b = TablesBuilder::default();
+        b.add_segment(segment0()).unwrap();
+        b.add_port(pod(1, [10, 244, 1, 2])).unwrap();
+        b.add_port(pod(3, [10, 244, 1, 3])).unwrap();
+        let t = b.build(7).unwrap();
+        assert_eq!(t.generation(), 7);
+        assert_eq!(t.segment(0).unwrap().ports, vec![1, 3]);
+        assert_eq!(t.static_port(0, mac(3)), Some(3));
+        assert_eq!(t.static_port(1, mac(3)), None, "segments are separate");
+        assert_eq!(
+            t.arp_answer(0, Ipv4Addr::new(10, 244, 1, 2)),
+            Some(ArpAnswer {
+                mac: mac(1),
+                port: Some(1)
+            })
+        );
+        assert_eq!(
+            t.arp_answer(0, Ipv4Addr::new(10, 244, 1, 1)),
+            Some(ArpAnswer {
+                mac: mac(0xffff),
+                port: None
+            })
+        );
+        assert!(t.port(2).is_none() && t.port(3).is_some() && t.port(1000).is_none());
+    }
+
+    #[test]
+    fn rejects_conflicts() {
+        let mut b = TablesBuilder::default();
+        b.add_segment(segment0()).unwrap();
+        assert_eq!(
+            b.add_segment(segment0()),
+            Err(TablesError::DuplicateSegment(0))
+        );
+        b.add_port(pod(1, [10, 244, 1, 2])).unwrap();
+        assert_eq!(
+            b.add_port(pod(1, [10, 244, 1, 9])),
+            Err(TablesError::DuplicatePort(1))
+        );
+        let mut same_ip = pod(2, [10, 244, 1, 2]);
+        same_ip.mac = Some(mac(99));
+        assert_eq!(
+            b.add_port(same_ip),
+            Err(TablesError::DuplicateIp {
+                ip: Ipv4Addr::new(10, 244, 1, 2),
+                segment: 0,
+                existing: 1
+            })
+        );
+        let mut same_mac = pod(2, [10, 244, 1, 5]);
+        same_mac.mac = Some(mac(1));
+        assert_eq!(
+            b.add_port(same_mac),
+            Err(TablesError::DuplicateMac {
+                mac: mac(1),
+                segment: 0,
+                existing: 1
+            })
+        );
+        assert_eq!(
+            b.add_port(pod(2, [10, 244, 1, 1])),
+            Err(TablesError::IpIsGateway {
+                ip: Ipv4Addr::new(10, 244, 1, 1),
+                segment: 0
+            })
+        );
+        let mut elsewhere = pod(2, [10, 244, 1, 5]);
+        elsewhere.segment = 9;
+        assert_eq!(
+            b.add_port(elsewhere),
+            Err(TablesError::UnknownSegment {
+                port: 2,
+                segment: 9
+            })
+        );
+        let mut mcast = pod(2, [10, 244, 1, 5]);
+        mcast.mac = Some(MacAddr([1, 0, 0x5e, 0, 0, 1]));
+        assert!(matches!(
+            b.add_port(mcast),
+            Err(TablesError::MulticastMac { .. })
+        ));
+        let mut gw_mac = pod(2, [10, 244, 1, 5]);
+        gw_mac.mac = Some(mac(0xffff));
+        assert!(matches!(
+            b.add_port(gw_mac),
+            Err(TablesError::DuplicateMac { .. })
+        ));
+        let mut no_mac = pod(2, [10, 244, 1, 5]);
+        no_mac.mac = None;
+        assert_eq!(
+            b.add_port(no_mac),
+            Err(TablesError::SecurityWithoutMac { port: 2 })
+        );
+        assert_eq!(
+            b.add_segment(SegmentConfig {
+                id: 5000,
+                gateway: None,
+                unknown_arp: UnknownArp::Drop
+            }),
+            Err(TablesError::SegmentOutOfRange(5000))
+        );
+        // Nothing half-added.
+        assert_eq!(b.ports().count(), 1);
+    }
+
+    #[test]
+    fn worker_sets() {
+        let mut s = WorkerSet::default();
+        assert_eq!(s.first(), None);
+        s.insert(3);
+        s.insert(1);
+        assert_eq!(s.first(), Some(1));
+        assert!(s.contains(3) && !s.contains(2) && !s.contains(200));
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(WorkerSet::all(2).iter().collect::<Vec<_>>(), vec![0, 1]);
+    }
+}
