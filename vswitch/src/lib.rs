@@ -9,6 +9,8 @@
 #![deny(unsafe_code)]
 
 pub mod arp_proxy;
+pub mod clock;
+pub mod datapath;
 pub mod drop_reason;
 pub mod fdb;
 pub mod frame;
@@ -21,3 +23,4 @@ pub mod stats;
 pub mod tables;
 pub mod testing;
 pub mod wire;
+pub mod worker;

@@ -132,7 +132,7 @@ impl Pipeline {
 
         let Some(port) = tables.port(ingress) else {
             for frame in batch.drain(..) {
-                stats.drop(ingress, DropReason::UnknownIngressPort);
+                stats.count_drop(ingress, DropReason::UnknownIngressPort);
                 pool.put(frame);
             }
             return;
@@ -195,13 +195,13 @@ fn dispatch(
         Verdict::Flood => match flood(tables, stats, ingress, frame, pool, out) {
             Ok(()) => return,
             Err((frame, reason)) => {
-                stats.drop(ingress.id, reason);
+                stats.count_drop(ingress.id, reason);
                 return pool.put(frame);
             }
         },
         Verdict::Drop(reason) => reason,
     };
-    stats.drop(ingress.id, reason);
+    stats.count_drop(ingress.id, reason);
     pool.put(frame);
 }
 

@@ -63,6 +63,8 @@ pub struct EventCounters {
     pub handoff_sent: Counter,
     /// Frames received from other workers for transmission.
     pub handoff_received: Counter,
+    /// Receive calls that failed (the port is broken or going away).
+    pub rx_errors: Counter,
     /// Poll rounds, and those that found work: their ratio is the worker's busy ratio.
     pub polls: Counter,
     pub busy_polls: Counter,
@@ -104,7 +106,7 @@ impl WorkerStats {
 
     /// Counts one frame from `ingress` dropped for `reason`.
     #[inline]
-    pub fn drop(&self, ingress: PortId, reason: DropReason) {
+    pub fn count_drop(&self, ingress: PortId, reason: DropReason) {
         self.drops[usize::from(ingress) * DropReason::COUNT + reason as usize].inc();
     }
 
@@ -149,6 +151,7 @@ pub struct EventTotals {
     pub arp_replies: u64,
     pub handoff_sent: u64,
     pub handoff_received: u64,
+    pub rx_errors: u64,
 }
 
 /// Per-worker load.
@@ -211,6 +214,7 @@ impl StatsSnapshot {
             t.arp_replies += e.arp_replies.get();
             t.handoff_sent += e.handoff_sent.get();
             t.handoff_received += e.handoff_received.get();
+            t.rx_errors += e.rx_errors.get();
             let total_ns = e.total_ns.get();
             snap.workers.push(WorkerTotals {
                 polls: e.polls.get(),
@@ -248,9 +252,9 @@ mod tests {
         let b = WorkerStats::new(4);
         a.port(1).rx_packets.add(3);
         b.port(1).rx_packets.add(4);
-        a.drop(2, DropReason::SpoofedSourceIp);
-        b.drop(2, DropReason::SpoofedSourceIp);
-        b.drop(3, DropReason::TruncatedEthernet);
+        a.count_drop(2, DropReason::SpoofedSourceIp);
+        b.count_drop(2, DropReason::SpoofedSourceIp);
+        b.count_drop(3, DropReason::TruncatedEthernet);
         a.events.arp_replies.inc();
         let s = StatsSnapshot::collect(&[&a, &b]);
         assert_eq!(s.port(1).rx_packets, 7);

@@ -1,0 +1,419 @@
+//! A data-plane worker: one thread's poll loop over the port queues it owns.
+//!
+//! Each round: apply control commands, take frames other workers handed over for our
+//! queues, receive a batch from every owned queue and run it through the pipeline, then
+//! flush the per-port transmit batches — to our own queue of the port if we have one,
+//! else through the bounded ring to a worker that does (full ring: drop and count).
+//! The tables snapshot is loaded once per round and used for all of its batches.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, Sender};
+use crossbeam_queue::ArrayQueue;
+
+use crate::clock::Clock;
+use crate::drop_reason::DropReason;
+use crate::frame::{Frame, FramePool};
+use crate::pipeline::{Pipeline, TxBatches};
+use crate::port::PortQueue;
+use crate::tables::{PortId, Tables, WorkerId};
+
+/// A frame on its way to another worker, tagged with its egress port.
+pub type Handoff = ArrayQueue<(PortId, Frame)>;
+
+/// Requests from the control plane, applied at the start of a round.
+pub enum Command {
+    AddQueue {
+        port: PortId,
+        queue: Box<dyn PortQueue>,
+        done: Sender<()>,
+    },
+    /// Hands the queue back (or `None` if the worker had none for the port).
+    RemoveQueue {
+        port: PortId,
+        done: Sender<Option<Box<dyn PortQueue>>>,
+    },
+}
+
+/// What a worker does when a round finds no work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdlePolicy {
+    /// Spin: lowest latency, one core at 100%.
+    BusyPoll,
+    /// Spin briefly, then yield, then sleep this long between rounds until work returns.
+    Backoff { sleep: Duration },
+}
+
+struct OwnedQueue {
+    port: PortId,
+    queue: Box<dyn PortQueue>,
+}
+
+pub struct Worker {
+    id: WorkerId,
+    pipeline: Pipeline,
+    pool: FramePool,
+    queues: Vec<OwnedQueue>,
+    /// Port id → index in `queues` of our queue of that port.
+    local_queue: Vec<Option<usize>>,
+    rx: Vec<Frame>,
+    out: TxBatches,
+    /// Ring to each other worker (`None` at our own index).
+    handoff_to: Vec<Option<Arc<Handoff>>>,
+    handoff_from: Vec<Arc<Handoff>>,
+    tables: Arc<ArcSwap<Tables>>,
+    commands: Receiver<Command>,
+    clock: Clock,
+    batch_size: usize,
+    idle: IdlePolicy,
+}
+
+/// Everything a worker is built from; assembled by [`crate::datapath::Datapath`].
+pub struct WorkerParts {
+    pub id: WorkerId,
+    pub pipeline: Pipeline,
+    pub pool: FramePool,
+    pub max_ports: usize,
+    pub handoff_to: Vec<Option<Arc<Handoff>>>,
+    pub handoff_from: Vec<Arc<Handoff>>,
+    pub tables: Arc<ArcSwap<Tables>>,
+    pub commands: Receiver<Command>,
+    pub clock: Clock,
+    pub batch_size: usize,
+    pub idle: IdlePolicy,
+}
+
+impl Worker {
+    pub fn new(p: WorkerParts) -> Worker {
+        Worker {
+            id: p.id,
+            pipeline: p.pipeline,
+            pool: p.pool,
+            queues: Vec::new(),
+            local_queue: vec![None; p.max_ports],
+            rx: Vec::with_capacity(p.batch_size),
+            out: TxBatches::new(p.max_ports),
+            handoff_to: p.handoff_to,
+            handoff_from: p.handoff_from,
+            tables: p.tables,
+            commands: p.commands,
+            clock: p.clock,
+            batch_size: p.batch_size,
+            idle: p.idle,
+        }
+    }
+
+    fn apply_commands(&mut self) {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::AddQueue { port, queue, done } => {
+                    if let Some(slot) = self.local_queue.get_mut(usize::from(port)) {
+                        if let Some(old) = *slot {
+                            self.queues[old].queue = queue;
+                        } else {
+                            *slot = Some(self.queues.len());
+                            self.queues.push(OwnedQueue { port, queue });
+                        }
+                    }
+                    let _ = done.send(());
+                }
+                Command::RemoveQueue { port, done } => {
+                    let removed = self
+                        .local_queue
+                        .get_mut(usize::from(port))
+                        .and_then(Option::take)
+                        .map(|i| {
+                            let q = self.queues.swap_remove(i);
+                            if let Some(moved) = self.queues.get(i) {
+                                self.local_queue[usize::from(moved.port)] = Some(i);
+                            }
+                            q.queue
+                        });
+                    let _ = done.send(removed);
+                }
+            }
+        }
+    }
+
+    /// One round over everything the worker owns. Returns the number of frames handled.
+    pub fn poll(&mut self) -> usize {
+        let started = Instant::now();
+        self.apply_commands();
+        let tables = self.tables.load();
+        let now = self.clock.secs_at(started);
+        let mut work = 0;
+
+        for ring in &self.handoff_from {
+            for _ in 0..self.batch_size {
+                let Some((port, frame)) = ring.pop() else {
+                    break;
+                };
+                self.out.push(port, frame);
+                work += 1;
+            }
+        }
+        self.pipeline
+            .stats()
+            .events
+            .handoff_received
+            .add(work as u64);
+
+        for q in &mut self.queues {
+            match q
+                .queue
+                .rx_batch(&mut self.pool, &mut self.rx, self.batch_size)
+            {
+                Ok(0) => continue,
+                Ok(n) => work += n,
+                // The port is going away or broken; the control plane notices and removes it.
+                Err(_) => {
+                    self.pipeline.stats().events.rx_errors.inc();
+                    continue;
+                }
+            }
+            for frame in &mut self.rx {
+                frame.ingress = q.port;
+            }
+            self.pipeline.process(
+                &tables,
+                q.port,
+                now,
+                &mut self.rx,
+                &mut self.pool,
+                &mut self.out,
+            );
+        }
+
+        self.flush(&tables);
+
+        let events = &self.pipeline.stats().events;
+        let elapsed = started.elapsed().as_nanos() as u64;
+        events.polls.inc();
+        events.total_ns.add(elapsed);
+        if work > 0 {
+            events.busy_polls.inc();
+            events.busy_ns.add(elapsed);
+        }
+        work
+    }
+
+    fn flush(&mut self, tables: &Tables) {
+        let stats = self.pipeline.stats().clone();
+        let id = self.id;
+        let (queues, local_queue, pool, handoff_to) = (
+            &mut self.queues,
+            &self.local_queue,
+            &mut self.pool,
+            &self.handoff_to,
+        );
+        self.out.flush(|port, frames| {
+            if let Some(i) = local_queue.get(usize::from(port)).copied().flatten() {
+                let outcome = queues[i].queue.tx_batch(frames, pool);
+                let c = stats.port(port);
+                c.tx_packets.add(outcome.sent as u64);
+                c.tx_bytes.add(outcome.sent_bytes);
+                for _ in 0..outcome.dropped {
+                    stats.count_drop(port, DropReason::TxFailed);
+                }
+                return;
+            }
+            let owner = tables
+                .port(port)
+                .and_then(|e| e.tx_workers.first())
+                .filter(|w| *w != id);
+            let ring = owner
+                .and_then(|w| handoff_to.get(w))
+                .and_then(Option::as_ref);
+            for frame in frames.drain(..) {
+                let Some(ring) = ring else {
+                    stats.count_drop(frame.ingress, DropReason::EgressPortGone);
+                    pool.put(frame);
+                    continue;
+                };
+                match ring.push((port, frame)) {
+                    Ok(()) => stats.events.handoff_sent.inc(),
+                    Err((_, frame)) => {
+                        stats.count_drop(frame.ingress, DropReason::HandoffQueueFull);
+                        pool.put(frame);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Polls until `stop` is set, idling per the policy between empty rounds.
+    pub fn run(mut self, stop: &AtomicBool) {
+        let mut idle_rounds = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            if self.poll() > 0 {
+                idle_rounds = 0;
+                continue;
+            }
+            idle_rounds = idle_rounds.saturating_add(1);
+            match self.idle {
+                IdlePolicy::BusyPoll => std::hint::spin_loop(),
+                IdlePolicy::Backoff { sleep } => {
+                    if idle_rounds < 64 {
+                        std::hint::spin_loop();
+                    } else if idle_rounds < 256 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(sleep);
+                    }
+                }
+            }
+        }
+        // Take any last commands so nobody waits on an ack forever.
+        self.apply_commands();
+    }
+
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    pub fn pool(&self) -> &FramePool {
+        &self.pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fdb::{Fdb, FdbConfig};
+    use crate::frame::SharedPool;
+    use crate::port::memory::{MemoryPort, MemoryPortHandle};
+    use crate::stats::WorkerStats;
+    use crate::tables::tests::{pod, segment0};
+    use crate::tables::{TablesBuilder, WorkerSet};
+    use crate::testing::{FrameSpec, mac};
+    use std::net::Ipv4Addr;
+
+    /// Two workers driven by hand (no threads): pods 1 and 2 on worker 0, pod 3 on worker 1.
+    fn two_workers(ring_capacity: usize) -> (Worker, Worker, Vec<MemoryPortHandle>) {
+        let mut b = TablesBuilder::default();
+        b.add_segment(segment0()).unwrap();
+        for (id, w) in [(1u16, 0usize), (2, 0), (3, 1)] {
+            let mut p = pod(id, [10, 244, 1, id as u8 + 1]);
+            p.tx_workers = WorkerSet::single(w);
+            b.add_port(p).unwrap();
+        }
+        let tables = Arc::new(ArcSwap::from_pointee(b.build(1).unwrap()));
+        let fdb = Arc::new(Fdb::new(FdbConfig::default()));
+        let shared = SharedPool::new(2048, 1024);
+        let ring01 = Arc::new(Handoff::new(ring_capacity));
+        let ring10 = Arc::new(Handoff::new(ring_capacity));
+        let mut handles = Vec::new();
+        let make = |id: WorkerId, to: Vec<Option<Arc<Handoff>>>, from: Vec<Arc<Handoff>>| {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let w = Worker::new(WorkerParts {
+                id,
+                pipeline: Pipeline::new(fdb.clone(), Arc::new(WorkerStats::new(8))),
+                pool: FramePool::new(shared.clone(), 64),
+                max_ports: 8,
+                handoff_to: to,
+                handoff_from: from,
+                tables: tables.clone(),
+                commands: rx,
+                clock: Clock::new(),
+                batch_size: 32,
+                idle: IdlePolicy::BusyPoll,
+            });
+            (w, tx)
+        };
+        let (mut w0, c0) = make(0, vec![None, Some(ring01.clone())], vec![ring10.clone()]);
+        let (mut w1, c1) = make(1, vec![Some(ring10), None], vec![ring01]);
+        for (port, on_w1) in [(1u16, false), (2, false), (3, true)] {
+            let (q, h) = MemoryPort::pair(&format!("p{port}"), 4096);
+            let (done, ack) = crossbeam_channel::bounded(1);
+            let (worker, cmds) = if on_w1 {
+                (&mut w1, &c1)
+            } else {
+                (&mut w0, &c0)
+            };
+            cmds.send(Command::AddQueue {
+                port,
+                queue: Box::new(q),
+                done,
+            })
+            .unwrap();
+            worker.poll();
+            ack.try_recv().unwrap();
+            handles.push(h);
+        }
+        (w0, w1, handles)
+    }
+
+    fn frame(from: u16, to: u16, seq: u32) -> Vec<u8> {
+        let ip = |p: u16| Ipv4Addr::new(10, 244, 1, p as u8 + 1);
+        FrameSpec::udp(
+            mac(u32::from(from)),
+            mac(u32::from(to)),
+            ip(from),
+            ip(to),
+            1,
+            2,
+        )
+        .payload(&seq.to_be_bytes())
+        .build()
+    }
+
+    #[test]
+    fn local_and_cross_worker_delivery() {
+        let (mut w0, mut w1, h) = two_workers(64);
+        h[0].inject(frame(1, 2, 1)); // same worker
+        h[0].inject(frame(1, 3, 2)); // to worker 1's port
+        w0.poll();
+        assert_eq!(h[1].take_sent(), vec![frame(1, 2, 1)]);
+        assert!(h[2].take_sent().is_empty(), "still in the ring");
+        w1.poll();
+        assert_eq!(h[2].take_sent(), vec![frame(1, 3, 2)]);
+        assert_eq!(w0.pipeline.stats().events.handoff_sent.get(), 1);
+        assert_eq!(w1.pipeline.stats().events.handoff_received.get(), 1);
+        assert_eq!(w1.pipeline.stats().port(3).tx_packets.get(), 1);
+    }
+
+    #[test]
+    fn full_handoff_ring_drops_and_counts() {
+        let (mut w0, mut w1, h) = two_workers(4);
+        for seq in 0..10 {
+            h[0].inject(frame(1, 3, seq));
+        }
+        w0.poll(); // worker 1 is stalled: only 4 fit in the ring
+        assert_eq!(
+            w0.pipeline.stats().drops(1, DropReason::HandoffQueueFull),
+            6
+        );
+        w1.poll();
+        let got: Vec<Vec<u8>> = h[2].take_sent();
+        assert_eq!(
+            got,
+            (0..4).map(|s| frame(1, 3, s)).collect::<Vec<_>>(),
+            "the first four, in order"
+        );
+    }
+
+    #[test]
+    fn removed_queue_is_returned_and_its_frames_are_counted() {
+        let (mut w0, _w1, h) = two_workers(4);
+        let (done, ack) = crossbeam_channel::bounded(1);
+        // Worker 0's command channel is private; drive removal through apply_commands.
+        let (tx, rx) = crossbeam_channel::unbounded();
+        w0.commands = rx;
+        tx.send(Command::RemoveQueue { port: 2, done }).unwrap();
+        w0.poll();
+        let q = ack.try_recv().unwrap();
+        assert_eq!(q.map(|q| q.name().to_string()), Some("p2".to_string()));
+        // Tables still list port 2 on worker 0, but the queue is gone.
+        h[0].inject(frame(1, 2, 9));
+        w0.poll();
+        assert_eq!(w0.pipeline.stats().drops(1, DropReason::EgressPortGone), 1);
+        // Removing again is harmless.
+        let (done, ack) = crossbeam_channel::bounded(1);
+        tx.send(Command::RemoveQueue { port: 2, done }).unwrap();
+        w0.poll();
+        assert!(ack.try_recv().unwrap().is_none());
+    }
+}
