@@ -24,7 +24,7 @@ use crate::pipeline::Pipeline;
 use crate::port::PortQueue;
 use crate::stats::{StatsSnapshot, WorkerStats};
 use crate::tables::{MAX_WORKERS, PortId, Tables, WorkerId};
-use crate::worker::{Command, Handoff, IdlePolicy, Worker, WorkerParts};
+use crate::worker::{Command, Handoff, IdlePolicy, Waker, Worker, WorkerParts};
 
 #[derive(Clone, Debug)]
 pub struct DatapathConfig {
@@ -47,17 +47,13 @@ pub struct DatapathConfig {
 impl Default for DatapathConfig {
     fn default() -> Self {
         DatapathConfig {
-            workers: std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(MAX_WORKERS),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS),
             max_ports: 1024,
             batch_size: 64,
             handoff_capacity: 4096,
             fdb: FdbConfig::default(),
             buf_size: DEFAULT_BUF_SIZE,
-            idle: IdlePolicy::Backoff {
-                sleep: Duration::from_micros(100),
-            },
+            idle: IdlePolicy::Backoff { sleep: Duration::from_micros(100) },
             pin_cpus: None,
         }
     }
@@ -79,6 +75,7 @@ pub enum DatapathError {
 
 struct WorkerHandle {
     commands: Sender<Command>,
+    waker: Arc<Waker>,
     stats: Arc<WorkerStats>,
     thread: Option<JoinHandle<()>>,
 }
@@ -100,9 +97,7 @@ impl Datapath {
     pub fn start(config: DatapathConfig, tables: Tables) -> Result<Datapath, DatapathError> {
         let n = config.workers;
         if n == 0 || n > MAX_WORKERS {
-            return Err(DatapathError::Config(format!(
-                "workers must be 1..={MAX_WORKERS}, got {n}"
-            )));
+            return Err(DatapathError::Config(format!("workers must be 1..={MAX_WORKERS}, got {n}")));
         }
         if config.max_ports == 0 || config.max_ports > usize::from(PortId::MAX) + 1 {
             return Err(DatapathError::Config(format!(
@@ -121,15 +116,15 @@ impl Datapath {
         let clock = Clock::new();
         let stop = Arc::new(AtomicBool::new(false));
         // Enough spare buffers for every worker's rings and batches in flight.
-        let shared_pool = SharedPool::new(
-            config.buf_size,
-            n * (config.handoff_capacity + 4 * config.batch_size),
-        );
+        let shared_pool =
+            SharedPool::new(config.buf_size, n * (config.handoff_capacity + 4 * config.batch_size));
+        let wakers: Vec<Arc<Waker>> = (0..n).map(|_| Arc::new(Waker::default())).collect();
         let rings: Vec<Vec<Option<Arc<Handoff>>>> = (0..n)
             .map(|from| {
                 (0..n)
                     .map(|to| {
-                        (from != to).then(|| Arc::new(Handoff::new(config.handoff_capacity.max(1))))
+                        (from != to)
+                            .then(|| Arc::new(Handoff::new(config.handoff_capacity, wakers[to].clone())))
                     })
                     .collect()
             })
@@ -154,12 +149,10 @@ impl Datapath {
                 clock,
                 batch_size: config.batch_size,
                 idle: config.idle,
+                waker: wakers[id].clone(),
             });
             let stop = stop.clone();
-            let cpu = config
-                .pin_cpus
-                .as_ref()
-                .and_then(|cpus| cpus.get(id).copied());
+            let cpu = config.pin_cpus.as_ref().and_then(|cpus| cpus.get(id).copied());
             let thread = std::thread::Builder::new()
                 .name(format!("vswitch-worker-{id}"))
                 .spawn(move || {
@@ -172,18 +165,11 @@ impl Datapath {
             workers.push(WorkerHandle {
                 commands: tx,
                 stats,
+                waker: wakers[id].clone(),
                 thread: Some(thread),
             });
         }
-        Ok(Datapath {
-            config,
-            tables,
-            fdb,
-            shared_pool,
-            clock,
-            workers,
-            stop,
-        })
+        Ok(Datapath { config, tables, fdb, shared_pool, clock, workers, stop })
     }
 
     pub fn config(&self) -> &DatapathConfig {
@@ -207,6 +193,13 @@ impl Datapath {
         self.workers.get(id).ok_or(DatapathError::NoSuchWorker(id))
     }
 
+    fn command(&self, id: WorkerId, cmd: Command) -> Result<(), DatapathError> {
+        let w = self.worker(id)?;
+        w.commands.send(cmd).map_err(|_| DatapathError::WorkerUnresponsive(id, Duration::ZERO))?;
+        w.waker.wake();
+        Ok(())
+    }
+
     /// Gives `queue` of `port` to worker `id`; returns once the worker polls it.
     pub fn add_queue(
         &self,
@@ -218,12 +211,8 @@ impl Datapath {
             return Err(DatapathError::PortOutOfRange(port));
         }
         let (done, ack) = crossbeam_channel::bounded(1);
-        self.worker(id)?
-            .commands
-            .send(Command::AddQueue { port, queue, done })
-            .map_err(|_| DatapathError::WorkerUnresponsive(id, Duration::ZERO))?;
-        ack.recv_timeout(ACK_TIMEOUT)
-            .map_err(|_| DatapathError::WorkerUnresponsive(id, ACK_TIMEOUT))
+        self.command(id, Command::AddQueue { port, queue, done })?;
+        ack.recv_timeout(ACK_TIMEOUT).map_err(|_| DatapathError::WorkerUnresponsive(id, ACK_TIMEOUT))
     }
 
     /// Takes worker `id`'s queue of `port` back; `None` if it had none.
@@ -233,12 +222,8 @@ impl Datapath {
         port: PortId,
     ) -> Result<Option<Box<dyn PortQueue>>, DatapathError> {
         let (done, ack) = crossbeam_channel::bounded(1);
-        self.worker(id)?
-            .commands
-            .send(Command::RemoveQueue { port, done })
-            .map_err(|_| DatapathError::WorkerUnresponsive(id, Duration::ZERO))?;
-        ack.recv_timeout(ACK_TIMEOUT)
-            .map_err(|_| DatapathError::WorkerUnresponsive(id, ACK_TIMEOUT))
+        self.command(id, Command::RemoveQueue { port, done })?;
+        ack.recv_timeout(ACK_TIMEOUT).map_err(|_| DatapathError::WorkerUnresponsive(id, ACK_TIMEOUT))
     }
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -272,6 +257,9 @@ impl Datapath {
 
     fn stop_and_join(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        for w in &self.workers {
+            w.waker.wake();
+        }
         for w in &mut self.workers {
             if let Some(t) = w.thread.take() {
                 let _ = t.join();
@@ -309,25 +297,13 @@ mod tests {
         payload.extend_from_slice(&from.to_be_bytes());
         payload.extend_from_slice(&to.to_be_bytes());
         payload.extend_from_slice(&seq.to_be_bytes());
-        FrameSpec::udp(
-            mac(u32::from(from)),
-            mac(u32::from(to)),
-            ip(from),
-            ip(to),
-            7,
-            7,
-        )
-        .payload(&payload)
-        .build()
+        FrameSpec::udp(mac(u32::from(from)), mac(u32::from(to)), ip(from), ip(to), 7, 7)
+            .payload(&payload)
+            .build()
     }
 
     fn start(workers: usize) -> (Datapath, Vec<MemoryPortHandle>) {
-        let config = DatapathConfig {
-            workers,
-            max_ports: 16,
-            handoff_capacity: 1024,
-            ..Default::default()
-        };
+        let config = DatapathConfig { workers, max_ports: 16, handoff_capacity: 1024, ..Default::default() };
         let dp = Datapath::start(config, Tables::empty()).unwrap();
         let mut b = TablesBuilder::default();
         b.add_segment(segment0()).unwrap();
@@ -370,14 +346,8 @@ mod tests {
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut received: Vec<Vec<Vec<u8>>> = vec![Vec::new(); usize::from(PORTS)];
-        while received.iter().map(|r| r.len() as u64).sum::<u64>()
-            < expected_per_port * u64::from(PORTS)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "timed out; stats: {:?}",
-                dp.stats().drops_by_reason
-            );
+        while received.iter().map(|r| r.len() as u64).sum::<u64>() < expected_per_port * u64::from(PORTS) {
+            assert!(Instant::now() < deadline, "timed out; stats: {:?}", dp.stats().drops_by_reason);
             for (i, h) in handles.iter().enumerate() {
                 received[i].extend(h.take_sent());
             }
@@ -386,11 +356,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         for (to, frames) in received.iter_mut().enumerate() {
             frames.extend(handles[to].take_sent());
-            assert_eq!(
-                frames.len() as u64,
-                expected_per_port,
-                "port {to}: duplicates?"
-            );
+            assert_eq!(frames.len() as u64, expected_per_port, "port {to}: duplicates?");
             let mut next = vec![0u32; usize::from(PORTS)];
             for f in frames.iter() {
                 let p = &f[42..];
@@ -400,11 +366,7 @@ mod tests {
                     u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
                 );
                 assert_eq!(usize::from(dst), to, "misdelivered");
-                assert_eq!(
-                    s,
-                    next[usize::from(from)],
-                    "flow {from}->{to} out of order or duplicated"
-                );
+                assert_eq!(s, next[usize::from(from)], "flow {from}->{to} out of order or duplicated");
                 next[usize::from(from)] += 1;
             }
         }
@@ -450,14 +412,8 @@ mod tests {
         assert_eq!(handles[3].sent_count(), 1);
         let stats = dp.stats();
         assert_eq!(stats.total_drops(), 0);
-        assert_eq!(
-            stats.events.flooded, 1,
-            "the frame for the departed MAC was flooded to ports 1 and 2"
-        );
-        assert!(matches!(
-            dp.remove_queue(7, 0),
-            Err(DatapathError::NoSuchWorker(7))
-        ));
+        assert_eq!(stats.events.flooded, 1, "the frame for the departed MAC was flooded to ports 1 and 2");
+        assert!(matches!(dp.remove_queue(7, 0), Err(DatapathError::NoSuchWorker(7))));
         assert!(matches!(
             dp.add_queue(0, 999, Box::new(MemoryPort::pair("x", 1).0)),
             Err(DatapathError::PortOutOfRange(999))
@@ -468,27 +424,12 @@ mod tests {
     #[test]
     fn rejects_bad_configuration() {
         for bad in [
-            DatapathConfig {
-                workers: 0,
-                ..Default::default()
-            },
-            DatapathConfig {
-                workers: 65,
-                ..Default::default()
-            },
-            DatapathConfig {
-                max_ports: 0,
-                ..Default::default()
-            },
-            DatapathConfig {
-                batch_size: 0,
-                ..Default::default()
-            },
+            DatapathConfig { workers: 0, ..Default::default() },
+            DatapathConfig { workers: 65, ..Default::default() },
+            DatapathConfig { max_ports: 0, ..Default::default() },
+            DatapathConfig { batch_size: 0, ..Default::default() },
         ] {
-            assert!(matches!(
-                Datapath::start(bad, Tables::empty()),
-                Err(DatapathError::Config(_))
-            ));
+            assert!(matches!(Datapath::start(bad, Tables::empty()), Err(DatapathError::Config(_))));
         }
     }
 

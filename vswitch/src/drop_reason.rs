@@ -124,11 +124,7 @@ mod tests {
             assert!(seen.insert(r.name()), "duplicate name {}", r.name());
             assert_eq!(DropReason::from_name(r.name()), Some(*r));
             assert!(!r.description().is_empty());
-            assert!(
-                r.name()
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            );
+            assert!(r.name().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
         }
     }
 }

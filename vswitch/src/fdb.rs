@@ -34,10 +34,7 @@ pub struct FdbConfig {
 
 impl Default for FdbConfig {
     fn default() -> Self {
-        FdbConfig {
-            max_entries_per_segment: 65_536,
-            aging_secs: 300,
-        }
+        FdbConfig { max_entries_per_segment: 65_536, aging_secs: 300 }
     }
 }
 
@@ -88,9 +85,7 @@ fn split_key(key: u64) -> (SegmentId, MacAddr) {
 impl Fdb {
     pub fn new(config: FdbConfig) -> Fdb {
         Fdb {
-            map: papaya::HashMap::builder()
-                .hasher(foldhash::fast::RandomState::default())
-                .build(),
+            map: papaya::HashMap::builder().hasher(foldhash::fast::RandomState::default()).build(),
             per_segment: (0..MAX_SEGMENTS).map(|_| AtomicU32::new(0)).collect(),
             config,
         }
@@ -103,17 +98,12 @@ impl Fdb {
     /// A handle for one batch: holds the map's epoch guard so lookups are lock-free.
     /// Drop it at the end of the batch so memory of removed entries can be reclaimed.
     pub fn batch(&self) -> FdbBatch<'_> {
-        FdbBatch {
-            fdb: self,
-            guard: self.map.guard(),
-        }
+        FdbBatch { fdb: self, guard: self.map.guard() }
     }
 
     /// Learned entries in `segment`.
     pub fn len_in(&self, segment: SegmentId) -> u32 {
-        self.per_segment
-            .get(usize::from(segment))
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+        self.per_segment.get(usize::from(segment)).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     pub fn len(&self) -> usize {
@@ -184,10 +174,7 @@ impl FdbBatch<'_> {
     /// The port `mac` was learned on in `segment`.
     #[inline]
     pub fn lookup(&self, segment: SegmentId, mac: MacAddr) -> Option<PortId> {
-        self.fdb
-            .map
-            .get(&key(segment, mac), &self.guard)
-            .map(|e| e.port.load(Ordering::Relaxed) as PortId)
+        self.fdb.map.get(&key(segment, mac), &self.guard).map(|e| e.port.load(Ordering::Relaxed) as PortId)
     }
 
     /// Records that `mac` was seen as a source on `port` at time `now` (seconds).
@@ -205,10 +192,7 @@ impl FdbBatch<'_> {
             count.fetch_sub(1, Ordering::Relaxed);
             return Learned::TableFull;
         }
-        let entry = Entry {
-            port: AtomicU32::new(u32::from(port)),
-            last_seen: AtomicU32::new(now),
-        };
+        let entry = Entry { port: AtomicU32::new(u32::from(port)), last_seen: AtomicU32::new(now) };
         match self.fdb.map.try_insert(k, entry, &self.guard) {
             Ok(_) => Learned::New,
             Err(occupied) => {
@@ -231,9 +215,7 @@ impl FdbBatch<'_> {
             Learned::Known
         } else {
             e.port.store(u32::from(port), Ordering::Relaxed);
-            Learned::Moved {
-                from: old as PortId,
-            }
+            Learned::Moved { from: old as PortId }
         }
     }
 }
@@ -266,35 +248,21 @@ mod tests {
 
     #[test]
     fn cap_per_segment() {
-        let fdb = Fdb::new(FdbConfig {
-            max_entries_per_segment: 3,
-            aging_secs: 300,
-        });
+        let fdb = Fdb::new(FdbConfig { max_entries_per_segment: 3, aging_secs: 300 });
         let b = fdb.batch();
         for i in 0..3 {
             assert_eq!(b.learn(0, mac(i), 1, 0), Learned::New);
         }
         assert_eq!(b.learn(0, mac(99), 1, 0), Learned::TableFull);
         assert_eq!(b.lookup(0, mac(99)), None);
-        assert_eq!(
-            b.learn(0, mac(1), 2, 0),
-            Learned::Moved { from: 1 },
-            "known MACs still move"
-        );
-        assert_eq!(
-            b.learn(1, mac(99), 1, 0),
-            Learned::New,
-            "other segments have their own cap"
-        );
+        assert_eq!(b.learn(0, mac(1), 2, 0), Learned::Moved { from: 1 }, "known MACs still move");
+        assert_eq!(b.learn(1, mac(99), 1, 0), Learned::New, "other segments have their own cap");
         assert_eq!((fdb.len_in(0), fdb.len_in(1), fdb.len()), (3, 1, 4));
     }
 
     #[test]
     fn aging_and_port_removal() {
-        let fdb = Fdb::new(FdbConfig {
-            max_entries_per_segment: 10,
-            aging_secs: 300,
-        });
+        let fdb = Fdb::new(FdbConfig { max_entries_per_segment: 10, aging_secs: 300 });
         {
             let b = fdb.batch();
             b.learn(0, mac(1), 1, 0);
@@ -302,29 +270,15 @@ mod tests {
             b.learn(0, mac(3), 2, 200);
             b.learn(0, mac(1), 1, 250); // refreshed
         }
-        assert_eq!(
-            fdb.age_out(400),
-            0,
-            "idle for exactly the aging time is kept"
-        );
+        assert_eq!(fdb.age_out(400), 0, "idle for exactly the aging time is kept");
         assert_eq!(fdb.age_out(401), 1, "mac 2, last seen at 100");
         assert_eq!(fdb.batch().lookup(0, mac(2)), None);
         let records = fdb.records(401);
         assert_eq!(
             records,
             vec![
-                FdbRecord {
-                    segment: 0,
-                    mac: mac(1),
-                    port: 1,
-                    age_secs: 151
-                },
-                FdbRecord {
-                    segment: 0,
-                    mac: mac(3),
-                    port: 2,
-                    age_secs: 201
-                },
+                FdbRecord { segment: 0, mac: mac(1), port: 1, age_secs: 151 },
+                FdbRecord { segment: 0, mac: mac(3), port: 2, age_secs: 201 },
             ]
         );
         assert_eq!(fdb.forget_port(1), 1);
@@ -335,10 +289,7 @@ mod tests {
 
     #[test]
     fn concurrent_learners_respect_the_cap() {
-        let fdb = std::sync::Arc::new(Fdb::new(FdbConfig {
-            max_entries_per_segment: 1000,
-            aging_secs: 300,
-        }));
+        let fdb = std::sync::Arc::new(Fdb::new(FdbConfig { max_entries_per_segment: 1000, aging_secs: 300 }));
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let fdb = fdb.clone();

@@ -26,36 +26,41 @@ pub const DEFAULT_BUF_SIZE: usize = 2048;
 /// A frame in a pooled buffer.
 pub struct Frame {
     buf: Box<[u8]>,
-    start: usize,
-    end: usize,
+    // u32 offsets keep a Frame at 32 bytes: batches move them around a lot.
+    start: u32,
+    end: u32,
     /// The port the frame arrived on.
     pub ingress: PortId,
 }
 
 impl Frame {
+    #[inline(always)]
     fn from_buf(buf: Box<[u8]>) -> Frame {
-        let start = HEADROOM.min(buf.len());
-        Frame {
-            buf,
-            start,
-            end: start,
-            ingress: 0,
-        }
+        debug_assert!(buf.len() <= u32::MAX as usize, "frame buffers are far below 4 GiB");
+        let start = HEADROOM.min(buf.len()) as u32;
+        Frame { buf, start, end: start, ingress: 0 }
+    }
+
+    #[inline]
+    fn range(&self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
     }
 
     #[inline]
     pub fn data(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
+        let r = self.range();
+        &self.buf[r]
     }
 
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.start..self.end]
+        let r = self.range();
+        &mut self.buf[r]
     }
 
     #[inline]
     pub fn len(&self) -> usize {
-        self.end - self.start
+        (self.end - self.start) as usize
     }
 
     #[inline]
@@ -66,7 +71,7 @@ impl Frame {
     /// Bytes free in front of the frame.
     #[inline]
     pub fn headroom(&self) -> usize {
-        self.start
+        self.start as usize
     }
 
     /// Largest frame this buffer can hold at the default headroom.
@@ -77,34 +82,37 @@ impl Frame {
 
     /// Replaces the contents with `bytes`, at the default headroom. Returns `false`
     /// (leaving the frame empty) when `bytes` does not fit.
+    #[inline]
     pub fn set(&mut self, bytes: &[u8]) -> bool {
-        self.start = HEADROOM.min(self.buf.len());
-        if bytes.len() > self.buf.len() - self.start {
+        let start = HEADROOM.min(self.buf.len());
+        self.start = start as u32;
+        let Some(dst) = self.buf.get_mut(start..start + bytes.len()) else {
             self.end = self.start;
             return false;
-        }
-        self.end = self.start + bytes.len();
-        self.buf[self.start..self.end].copy_from_slice(bytes);
+        };
+        dst.copy_from_slice(bytes);
+        self.end = (start + bytes.len()) as u32;
         true
     }
 
     /// The whole writable area after the default headroom, for a backend that reads
     /// straight into the buffer; follow with [`Frame::set_len`].
     pub fn spare_mut(&mut self) -> &mut [u8] {
-        self.start = HEADROOM.min(self.buf.len());
-        &mut self.buf[self.start..]
+        let start = HEADROOM.min(self.buf.len());
+        self.start = start as u32;
+        &mut self.buf[start..]
     }
 
     /// Sets the frame length after writing into [`Frame::spare_mut`].
     pub fn set_len(&mut self, len: usize) {
-        self.end = (self.start + len).min(self.buf.len());
+        self.end = (self.start as usize + len).min(self.buf.len()) as u32;
     }
 
     /// Grows the frame at the front by `n` bytes of headroom and returns them, or `None`
     /// when the headroom is too small.
     pub fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
-        let start = self.start.checked_sub(n)?;
-        self.start = start;
+        let start = (self.start as usize).checked_sub(n)?;
+        self.start = start as u32;
         Some(&mut self.buf[start..start + n])
     }
 
@@ -113,24 +121,21 @@ impl Frame {
         if n > self.len() {
             return false;
         }
-        self.start += n;
+        self.start += n as u32;
         true
     }
 
     /// Shortens the frame to `len` bytes (e.g. to drop Ethernet padding).
     pub fn truncate(&mut self, len: usize) {
         if len < self.len() {
-            self.end = self.start + len;
+            self.end = self.start + len as u32;
         }
     }
 }
 
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Frame")
-            .field("ingress", &self.ingress)
-            .field("len", &self.len())
-            .finish()
+        f.debug_struct("Frame").field("ingress", &self.ingress).field("len", &self.len()).finish()
     }
 }
 
@@ -172,11 +177,7 @@ impl FramePool {
     /// A pool keeping up to `max_local` spare buffers before spilling to `shared`.
     pub fn new(shared: Arc<SharedPool>, max_local: usize) -> FramePool {
         let max_local = max_local.max(2);
-        FramePool {
-            free: Vec::with_capacity(max_local),
-            max_local,
-            shared,
-        }
+        FramePool { free: Vec::with_capacity(max_local), max_local, shared }
     }
 
     /// A standalone pool, for tests and tools.
@@ -186,7 +187,7 @@ impl FramePool {
 
     /// An empty frame. Allocates only when neither this pool nor the shared ring has a
     /// spare buffer (warm-up, or buffers still in flight elsewhere).
-    #[inline]
+    #[inline(always)]
     pub fn get(&mut self) -> Frame {
         if let Some(buf) = self.free.pop() {
             return Frame::from_buf(buf);
@@ -213,7 +214,7 @@ impl FramePool {
     }
 
     /// Returns a frame's buffer to the pool.
-    #[inline]
+    #[inline(always)]
     pub fn put(&mut self, frame: Frame) {
         if frame.buf.len() != self.shared.buf_size {
             return; // a foreign-sized buffer (e.g. a large-frame buffer): just free it
@@ -269,10 +270,7 @@ mod tests {
         assert_eq!(f.data(), &[9, 8, 1, 2, 3]);
         assert!(f.strip_front(2));
         assert_eq!(f.data(), &[1, 2, 3]);
-        assert!(
-            f.prepend(HEADROOM + 1).is_none(),
-            "cannot prepend beyond the headroom"
-        );
+        assert!(f.prepend(HEADROOM + 1).is_none(), "cannot prepend beyond the headroom");
         assert!(!f.strip_front(4));
         f.truncate(1);
         assert_eq!(f.data(), &[1]);
@@ -309,11 +307,7 @@ mod tests {
                 b.put(f);
             }
         }
-        assert!(
-            shared.allocations() < 100,
-            "allocated {}",
-            shared.allocations()
-        );
+        assert!(shared.allocations() < 100, "allocated {}", shared.allocations());
         assert!(a.local_len() <= 32 && b.local_len() <= 32);
     }
 }

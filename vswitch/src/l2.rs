@@ -15,9 +15,8 @@ pub fn forward(tables: &Tables, fdb: &FdbBatch<'_>, port: &PortEntry, meta: &Fra
     if meta.dst_mac.is_multicast() {
         return Verdict::Flood;
     }
-    let egress = tables
-        .static_port(port.segment, meta.dst_mac)
-        .or_else(|| fdb.lookup(port.segment, meta.dst_mac));
+    let egress =
+        tables.static_port(port.segment, meta.dst_mac).or_else(|| fdb.lookup(port.segment, meta.dst_mac));
     match egress {
         Some(p) if p == port.id => Verdict::Drop(DropReason::DestinationIsIngress),
         Some(p) => Verdict::Forward(p),

@@ -60,13 +60,10 @@ pub struct TxBatches {
 
 impl TxBatches {
     pub fn new(max_ports: usize) -> TxBatches {
-        TxBatches {
-            per_port: (0..max_ports).map(|_| Vec::new()).collect(),
-            touched: Vec::new(),
-        }
+        TxBatches { per_port: (0..max_ports).map(|_| Vec::new()).collect(), touched: Vec::new() }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, port: PortId, frame: Frame) {
         let q = &mut self.per_port[usize::from(port)];
         if q.is_empty() {
@@ -90,22 +87,15 @@ impl TxBatches {
     }
 }
 
-/// One worker's pipeline state: scratch space reused across batches.
+/// One worker's pipeline: the shared FDB and this worker's counters.
 pub struct Pipeline {
     fdb: Arc<Fdb>,
     stats: Arc<WorkerStats>,
-    parsed: Vec<Result<FrameMeta, DropReason>>,
-    verdicts: Vec<Verdict>,
 }
 
 impl Pipeline {
     pub fn new(fdb: Arc<Fdb>, stats: Arc<WorkerStats>) -> Pipeline {
-        Pipeline {
-            fdb,
-            stats,
-            parsed: Vec::with_capacity(256),
-            verdicts: Vec::with_capacity(256),
-        }
+        Pipeline { fdb, stats }
     }
 
     pub fn stats(&self) -> &Arc<WorkerStats> {
@@ -114,6 +104,9 @@ impl Pipeline {
 
     /// Processes `batch`, received on `ingress`, leaving it empty: every frame ends in
     /// `out`, or dropped (counted) with its buffer back in `pool`.
+    ///
+    /// Each frame runs to completion — parse, stages, dispatch — before the next; the
+    /// per-batch work (tables, FDB guard, ingress port lookup) is done once.
     pub fn process(
         &mut self,
         tables: &Tables,
@@ -126,9 +119,7 @@ impl Pipeline {
         let stats = &*self.stats;
         let counters = stats.port(ingress);
         counters.rx_packets.add(batch.len() as u64);
-        counters
-            .rx_bytes
-            .add(batch.iter().map(|f| f.len() as u64).sum());
+        counters.rx_bytes.add(batch.iter().map(|f| f.len() as u64).sum());
 
         let Some(port) = tables.port(ingress) else {
             for frame in batch.drain(..) {
@@ -137,41 +128,25 @@ impl Pipeline {
             }
             return;
         };
-
-        self.parsed.clear();
         let max_len = port.max_frame_len();
-        self.parsed.extend(batch.iter().map(|frame| {
-            if frame.len() > max_len {
+        let fdb = self.fdb.batch();
+        let ctx = StageContext { tables, fdb: &fdb, stats, now };
+        let mut meta = FrameMeta::UNPARSED;
+        for mut frame in batch.drain(..) {
+            let parsed = if frame.len() > max_len {
                 Err(DropReason::OversizedFrame)
             } else {
-                wire::parse(frame.data())
-            }
-        }));
-
-        self.verdicts.clear();
-        {
-            let fdb = self.fdb.batch();
-            let ctx = StageContext {
-                tables,
-                fdb: &fdb,
-                stats,
-                now,
+                wire::parse::parse_into(frame.data(), &mut meta)
             };
-            for (frame, parsed) in batch.iter_mut().zip(&self.parsed) {
-                let verdict = match parsed {
-                    Err(reason) => Verdict::Drop(*reason),
-                    Ok(meta) => {
-                        let (ControlFlow::Break(v) | ControlFlow::Continue(v)) =
-                            stages(&ctx, port, frame, meta);
-                        v
-                    }
-                };
-                self.verdicts.push(verdict);
-            }
-        }
-
-        for (frame, verdict) in batch.drain(..).zip(&self.verdicts) {
-            dispatch(tables, stats, port, frame, *verdict, pool, out);
+            let verdict = match parsed {
+                Err(reason) => Verdict::Drop(reason),
+                Ok(()) => {
+                    let (ControlFlow::Break(v) | ControlFlow::Continue(v)) =
+                        stages(&ctx, port, &mut frame, &meta);
+                    v
+                }
+            };
+            dispatch(tables, stats, port, frame, verdict, pool, out);
         }
     }
 }
@@ -219,12 +194,7 @@ fn flood(
         return Err((frame, DropReason::NoFloodTargets));
     };
     let len = frame.len();
-    let mut others = segment
-        .ports
-        .iter()
-        .copied()
-        .filter(|p| *p != ingress.id)
-        .peekable();
+    let mut others = segment.ports.iter().copied().filter(|p| *p != ingress.id).peekable();
     if others.peek().is_none() {
         return Err((frame, DropReason::NoFloodTargets));
     }
@@ -234,9 +204,7 @@ fn flood(
     };
     let mut copies = 1;
     for next in targets {
-        let copy = pool
-            .copy_of(frame.data())
-            .expect("pool buffers are all one size");
+        let copy = pool.copy_of(frame.data()).expect("pool buffers are all one size");
         out.push(current, copy);
         current = next;
         copies += 1;
@@ -302,10 +270,7 @@ mod tests {
             b.add_port(uplink(8)).unwrap();
             b.add_port(uplink(9)).unwrap();
             edit(&mut b);
-            let fdb = Arc::new(Fdb::new(FdbConfig {
-                max_entries_per_segment: 4,
-                aging_secs: 300,
-            }));
+            let fdb = Arc::new(Fdb::new(FdbConfig { max_entries_per_segment: 4, aging_secs: 300 }));
             Harness {
                 tables: b.build(1).unwrap(),
                 pipeline: Pipeline::new(fdb, Arc::new(WorkerStats::new(16))),
@@ -317,18 +282,8 @@ mod tests {
 
         /// Sends frames in on `ingress`; returns (port, bytes) of everything sent out.
         fn send(&mut self, ingress: PortId, frames: &[Vec<u8>]) -> Vec<(PortId, Vec<u8>)> {
-            let mut batch: Vec<Frame> = frames
-                .iter()
-                .map(|f| self.pool.copy_of(f).unwrap())
-                .collect();
-            self.pipeline.process(
-                &self.tables,
-                ingress,
-                self.now,
-                &mut batch,
-                &mut self.pool,
-                &mut self.out,
-            );
+            let mut batch: Vec<Frame> = frames.iter().map(|f| self.pool.copy_of(f).unwrap()).collect();
+            self.pipeline.process(&self.tables, ingress, self.now, &mut batch, &mut self.pool, &mut self.out);
             assert!(batch.is_empty());
             let mut sent = Vec::new();
             let pool = &mut self.pool;
@@ -361,22 +316,10 @@ mod tests {
     #[test]
     fn broadcast_and_unknown_unicast_flood_to_all_other_ports() {
         let mut h = Harness::new();
-        let bcast = FrameSpec::udp(
-            mac(1),
-            MacAddr::BROADCAST,
-            ip(2),
-            Ipv4Addr::BROADCAST,
-            68,
-            67,
-        )
-        .build();
+        let bcast = FrameSpec::udp(mac(1), MacAddr::BROADCAST, ip(2), Ipv4Addr::BROADCAST, 68, 67).build();
         let mut ports: Vec<PortId> = h.send(1, &[bcast]).into_iter().map(|(p, _)| p).collect();
         ports.sort();
-        assert_eq!(
-            ports,
-            vec![2, 3, 8, 9],
-            "never back out of the ingress port"
-        );
+        assert_eq!(ports, vec![2, 3, 8, 9], "never back out of the ingress port");
         let unknown = udp(1, 0x777, ip(2), ip(99));
         assert_eq!(h.send(1, &[unknown]).len(), 4);
         let s = &h.pipeline.stats.events;
@@ -386,9 +329,8 @@ mod tests {
     #[test]
     fn uplink_macs_are_learned_moved_and_capped() {
         let mut h = Harness::new();
-        let from_remote = |n: u32| {
-            FrameSpec::udp(mac(n), mac(1), Ipv4Addr::new(192, 0, 2, 1), ip(2), 1, 2).build()
-        };
+        let from_remote =
+            |n: u32| FrameSpec::udp(mac(n), mac(1), Ipv4Addr::new(192, 0, 2, 1), ip(2), 1, 2).build();
         assert_eq!(h.send(8, &[from_remote(0x100)]).len(), 1);
         // Pod 1 replies to the learned MAC: known unicast to uplink 8, no flood.
         assert_eq!(
@@ -400,10 +342,7 @@ mod tests {
         );
         // The MAC moves to uplink 9.
         h.send(9, &[from_remote(0x100)]);
-        assert_eq!(
-            h.send(1, &[udp(1, 0x100, ip(2), Ipv4Addr::new(192, 0, 2, 1))])[0].0,
-            9
-        );
+        assert_eq!(h.send(1, &[udp(1, 0x100, ip(2), Ipv4Addr::new(192, 0, 2, 1))])[0].0, 9);
         let stats = h.pipeline.stats.clone();
         let e = &stats.events;
         assert_eq!((e.fdb_learned.get(), e.fdb_moved.get()), (1, 1));
@@ -414,30 +353,16 @@ mod tests {
         assert_eq!(e.fdb_full.get(), 1);
         assert_eq!(h.pipeline.fdb.len_in(0), 4);
         // A pod's MAC showing up on an uplink is not learned: its traffic is not diverted.
-        h.send(
-            8,
-            &[FrameSpec::udp(mac(2), mac(1), ip(3), ip(2), 1, 2).build()],
-        );
+        h.send(8, &[FrameSpec::udp(mac(2), mac(1), ip(3), ip(2), 1, 2).build()]);
         assert_eq!(h.send(1, &[udp(1, 2, ip(2), ip(3))])[0].0, 2);
     }
 
     #[test]
     fn learned_entries_age_out() {
         let mut h = Harness::new();
-        h.send(
-            8,
-            &[
-                FrameSpec::udp(mac(0x100), mac(1), Ipv4Addr::new(192, 0, 2, 1), ip(2), 1, 2)
-                    .build(),
-            ],
-        );
+        h.send(8, &[FrameSpec::udp(mac(0x100), mac(1), Ipv4Addr::new(192, 0, 2, 1), ip(2), 1, 2).build()]);
         assert_eq!(h.pipeline.fdb.age_out(h.now + 301), 1);
-        assert_eq!(
-            h.send(1, &[udp(1, 0x100, ip(2), Ipv4Addr::new(192, 0, 2, 1))])
-                .len(),
-            4,
-            "flooded again"
-        );
+        assert_eq!(h.send(1, &[udp(1, 0x100, ip(2), Ipv4Addr::new(192, 0, 2, 1))]).len(), 4, "flooded again");
     }
 
     #[test]
@@ -448,16 +373,10 @@ mod tests {
         assert_eq!(sent, vec![(1, arp_reply(mac(3), ip(4), mac(1), ip(2)))]);
         // ... and for the gateway.
         let sent = h.send(1, &[arp_request(mac(1), ip(2), ip(1))]);
-        assert_eq!(
-            sent,
-            vec![(1, arp_reply(mac(GW_MAC), ip(1), mac(1), ip(2)))]
-        );
+        assert_eq!(sent, vec![(1, arp_reply(mac(GW_MAC), ip(1), mac(1), ip(2)))]);
         // A probe for pod 3's address from a pod configuring it: pod 3's reply reveals the conflict.
         let sent = h.send(2, &[arp_request(mac(2), Ipv4Addr::UNSPECIFIED, ip(4))]);
-        assert_eq!(
-            sent,
-            vec![(2, arp_reply(mac(3), ip(4), mac(2), Ipv4Addr::UNSPECIFIED))]
-        );
+        assert_eq!(sent, vec![(2, arp_reply(mac(3), ip(4), mac(2), Ipv4Addr::UNSPECIFIED))]);
         assert_eq!(h.pipeline.stats.events.arp_replies.get(), 3);
     }
 
@@ -465,19 +384,12 @@ mod tests {
     fn arp_for_self_and_gratuitous_arp_are_absorbed() {
         let mut h = Harness::new();
         assert!(h.send(1, &[gratuitous_arp(mac(1), ip(2))]).is_empty());
-        assert!(
-            h.send(1, &[arp_request(mac(1), Ipv4Addr::UNSPECIFIED, ip(2))])
-                .is_empty(),
-            "DAD probe"
-        );
+        assert!(h.send(1, &[arp_request(mac(1), Ipv4Addr::UNSPECIFIED, ip(2))]).is_empty(), "DAD probe");
         let garp_reply = arp_reply(mac(1), ip(2), MacAddr::BROADCAST, ip(2));
         assert!(h.send(1, &[garp_reply]).is_empty());
         assert_eq!(h.drops(1, DropReason::ArpForSelf), 3);
         // Gratuitous ARP from an uplink still teaches the FDB its MAC.
-        h.send(
-            8,
-            &[gratuitous_arp(mac(0x200), Ipv4Addr::new(10, 244, 1, 200))],
-        );
+        h.send(8, &[gratuitous_arp(mac(0x200), Ipv4Addr::new(10, 244, 1, 200))]);
         assert_eq!(h.send(1, &[udp(1, 0x200, ip(2), ip(200))])[0].0, 8);
     }
 
@@ -524,9 +436,7 @@ mod tests {
         h.send(5, &[udp(1, 3, ip(2), ip(4))]);
         assert_eq!(h.drops(5, DropReason::UnknownIngressPort), 1);
         // Oversized for the ingress MTU.
-        let big = FrameSpec::udp(mac(1), mac(3), ip(2), ip(4), 1, 2)
-            .payload(&[0; 1500])
-            .build();
+        let big = FrameSpec::udp(mac(1), mac(3), ip(2), ip(4), 1, 2).payload(&[0; 1500]).build();
         h.send(1, &[big]);
         assert_eq!(h.drops(1, DropReason::OversizedFrame), 1);
         // Malformed: counted under the parser's reason.
@@ -542,9 +452,7 @@ mod tests {
         let mut h = Harness::with(|b| {
             b.port_mut(3).unwrap().mtu = 1000;
         });
-        let f = FrameSpec::udp(mac(1), mac(3), ip(2), ip(4), 1, 2)
-            .payload(&[0; 1200])
-            .build();
+        let f = FrameSpec::udp(mac(1), mac(3), ip(2), ip(4), 1, 2).payload(&[0; 1200]).build();
         assert!(h.send(1, &[f]).is_empty());
         assert_eq!(h.drops(1, DropReason::EgressMtuExceeded), 1);
 
@@ -552,13 +460,7 @@ mod tests {
         b.add_segment(segment0()).unwrap();
         b.add_port(pod(1, [10, 244, 1, 2])).unwrap();
         h.tables = b.build(2).unwrap();
-        h.send(
-            1,
-            &[
-                FrameSpec::udp(mac(1), MacAddr::BROADCAST, ip(2), Ipv4Addr::BROADCAST, 1, 2)
-                    .build(),
-            ],
-        );
+        h.send(1, &[FrameSpec::udp(mac(1), MacAddr::BROADCAST, ip(2), Ipv4Addr::BROADCAST, 1, 2).build()]);
         assert_eq!(h.drops(1, DropReason::NoFloodTargets), 1);
         // The tables changed under a frame: egress gone.
         h.send(1, &[udp(1, 3, ip(2), ip(4))]);
@@ -568,22 +470,13 @@ mod tests {
     #[test]
     fn forward_to_port_removed_since_lookup_is_counted() {
         let mut h = Harness::new();
-        h.send(
-            8,
-            &[
-                FrameSpec::udp(mac(0x100), mac(1), Ipv4Addr::new(192, 0, 2, 1), ip(2), 1, 2)
-                    .build(),
-            ],
-        );
+        h.send(8, &[FrameSpec::udp(mac(0x100), mac(1), Ipv4Addr::new(192, 0, 2, 1), ip(2), 1, 2).build()]);
         let mut b = TablesBuilder::default();
         b.add_segment(segment0()).unwrap();
         b.add_port(pod(1, [10, 244, 1, 2])).unwrap();
         h.tables = b.build(2).unwrap();
         // The FDB still points at uplink 8, which the new tables no longer have.
-        assert!(
-            h.send(1, &[udp(1, 0x100, ip(2), Ipv4Addr::new(192, 0, 2, 1))])
-                .is_empty()
-        );
+        assert!(h.send(1, &[udp(1, 0x100, ip(2), Ipv4Addr::new(192, 0, 2, 1))]).is_empty());
         assert_eq!(h.drops(1, DropReason::EgressPortGone), 1);
     }
 
@@ -603,10 +496,7 @@ mod tests {
         let dropped: u64 = DropReason::ALL.iter().map(|r| h.drops(1, *r)).sum();
         let forwarded = sent.len() as u64 - e.flood_copies.get();
         assert_eq!(forwarded + e.flooded.get() + dropped, frames.len() as u64);
-        let Net::Arp(reply) = parse(&sent.iter().find(|s| s.0 == 1).unwrap().1)
-            .unwrap()
-            .net
-        else {
+        let Net::Arp(reply) = parse(&sent.iter().find(|s| s.0 == 1).unwrap().1).unwrap().net else {
             panic!()
         };
         assert_eq!(reply.sender_ip, ip(1));

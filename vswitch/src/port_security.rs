@@ -83,24 +83,11 @@ mod tests {
         let other = Ipv4Addr::new(10, 244, 1, 3);
         let udp = |smac, sip| FrameSpec::udp(smac, mac(2), sip, other, 1, 2).build();
         assert_eq!(verdict(&p, &udp(mac(1), me)), OK);
-        assert_eq!(
-            verdict(&p, &udp(mac(7), me)),
-            dropped(DropReason::SpoofedSourceMac)
-        );
-        assert_eq!(
-            verdict(&p, &udp(mac(1), other)),
-            dropped(DropReason::SpoofedSourceIp)
-        );
+        assert_eq!(verdict(&p, &udp(mac(7), me)), dropped(DropReason::SpoofedSourceMac));
+        assert_eq!(verdict(&p, &udp(mac(1), other)), dropped(DropReason::SpoofedSourceIp));
         assert_eq!(verdict(&p, &arp_request(mac(1), me, other)), OK);
-        assert_eq!(
-            verdict(&p, &arp_request(mac(1), Ipv4Addr::UNSPECIFIED, other)),
-            OK,
-            "RFC 5227 probe"
-        );
-        assert_eq!(
-            verdict(&p, &arp_request(mac(1), other, me)),
-            dropped(DropReason::SpoofedArpSender)
-        );
+        assert_eq!(verdict(&p, &arp_request(mac(1), Ipv4Addr::UNSPECIFIED, other)), OK, "RFC 5227 probe");
+        assert_eq!(verdict(&p, &arp_request(mac(1), other, me)), dropped(DropReason::SpoofedArpSender));
         // Ethernet source right, ARP sender hardware address forged.
         let mut forged = arp_request(mac(1), me, other);
         forged[22..28].copy_from_slice(&mac(9).0);
@@ -117,14 +104,8 @@ mod tests {
         };
         assert_eq!(verdict(&p, &udp6("fd00::2".parse().unwrap())), OK);
         assert_eq!(verdict(&p, &udp6(mac(1).ipv6_link_local())), OK);
-        assert_eq!(
-            verdict(&p, &udp6(mac(5).ipv6_link_local())),
-            dropped(DropReason::SpoofedSourceIp)
-        );
-        assert_eq!(
-            verdict(&p, &udp6("fd00::3".parse().unwrap())),
-            dropped(DropReason::SpoofedSourceIp)
-        );
+        assert_eq!(verdict(&p, &udp6(mac(5).ipv6_link_local())), dropped(DropReason::SpoofedSourceIp));
+        assert_eq!(verdict(&p, &udp6("fd00::3".parse().unwrap())), dropped(DropReason::SpoofedSourceIp));
         assert_eq!(
             verdict(&p, &udp6(Ipv6Addr::UNSPECIFIED)),
             dropped(DropReason::SpoofedSourceIp),
@@ -139,21 +120,13 @@ mod tests {
         uplink.mac = None;
         let any = Ipv4Addr::new(192, 0, 2, 1);
         assert_eq!(
-            verdict(
-                &uplink,
-                &FrameSpec::udp(mac(77), mac(2), any, any, 1, 2).build()
-            ),
+            verdict(&uplink, &FrameSpec::udp(mac(77), mac(2), any, any, 1, 2).build()),
             OK,
             "no binding"
         );
-        let tagged = FrameSpec::udp(mac(77), mac(2), any, any, 1, 2)
-            .vlan(10)
-            .build();
+        let tagged = FrameSpec::udp(mac(77), mac(2), any, any, 1, 2).vlan(10).build();
         assert_eq!(verdict(&uplink, &tagged), dropped(DropReason::VlanTagged));
         let group = FrameSpec::udp(MacAddr([1, 0, 0x5e, 0, 0, 1]), mac(2), any, any, 1, 2).build();
-        assert_eq!(
-            verdict(&uplink, &group),
-            dropped(DropReason::MulticastSourceMac)
-        );
+        assert_eq!(verdict(&uplink, &group), dropped(DropReason::MulticastSourceMac));
     }
 }

@@ -18,10 +18,7 @@ pub struct Counter(AtomicU64);
 impl Counter {
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0.store(
-            self.0.load(Ordering::Relaxed).wrapping_add(n),
-            Ordering::Relaxed,
-        );
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
     }
 
     #[inline]
@@ -86,9 +83,7 @@ impl WorkerStats {
     pub fn new(max_ports: usize) -> WorkerStats {
         WorkerStats {
             ports: (0..max_ports).map(|_| PortCounters::default()).collect(),
-            drops: (0..max_ports * DropReason::COUNT)
-                .map(|_| Counter::default())
-                .collect(),
+            drops: (0..max_ports * DropReason::COUNT).map(|_| Counter::default()).collect(),
             events: EventCounters::default(),
         }
     }
@@ -133,10 +128,7 @@ impl PortTotals {
     }
 
     pub fn drops_of(&self, reason: DropReason) -> u64 {
-        self.drops
-            .iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, n)| *n)
+        self.drops.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
     }
 }
 
@@ -192,11 +184,8 @@ impl StatsSnapshot {
                 totals.tx_bytes += c.tx_bytes.get();
             }
             for reason in DropReason::ALL {
-                let n: u64 = workers
-                    .iter()
-                    .filter(|w| port < w.max_ports())
-                    .map(|w| w.drops(id, *reason))
-                    .sum();
+                let n: u64 =
+                    workers.iter().filter(|w| port < w.max_ports()).map(|w| w.drops(id, *reason)).sum();
                 if n > 0 {
                     totals.drops.push((*reason, n));
                     snap.drops_by_reason[*reason as usize] += n;
@@ -219,11 +208,7 @@ impl StatsSnapshot {
             snap.workers.push(WorkerTotals {
                 polls: e.polls.get(),
                 busy_polls: e.busy_polls.get(),
-                busy_ratio: if total_ns == 0 {
-                    0.0
-                } else {
-                    e.busy_ns.get() as f64 / total_ns as f64
-                },
+                busy_ratio: if total_ns == 0 { 0.0 } else { e.busy_ns.get() as f64 / total_ns as f64 },
             });
         }
         snap

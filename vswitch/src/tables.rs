@@ -34,11 +34,7 @@ impl WorkerSet {
     }
 
     pub fn all(workers: usize) -> WorkerSet {
-        if workers >= 64 {
-            WorkerSet(u64::MAX)
-        } else {
-            WorkerSet((1u64 << workers) - 1)
-        }
+        if workers >= 64 { WorkerSet(u64::MAX) } else { WorkerSet((1u64 << workers) - 1) }
     }
 
     #[inline]
@@ -167,9 +163,7 @@ fn ip_key(segment: SegmentId, ip: Ipv4Addr) -> u64 {
 impl Tables {
     /// Tables with no ports and no segments.
     pub fn empty() -> Tables {
-        TablesBuilder::default()
-            .build(0)
-            .expect("empty tables are valid")
+        TablesBuilder::default().build(0).expect("empty tables are valid")
     }
 
     pub fn generation(&self) -> u64 {
@@ -219,17 +213,9 @@ pub enum TablesError {
     #[error("port {port} refers to unknown segment {segment}")]
     UnknownSegment { port: PortId, segment: SegmentId },
     #[error("MAC {mac} in segment {segment} is already bound to port {existing}")]
-    DuplicateMac {
-        mac: MacAddr,
-        segment: SegmentId,
-        existing: PortId,
-    },
+    DuplicateMac { mac: MacAddr, segment: SegmentId, existing: PortId },
     #[error("IP {ip} in segment {segment} is already bound to port {existing}")]
-    DuplicateIp {
-        ip: Ipv4Addr,
-        segment: SegmentId,
-        existing: PortId,
-    },
+    DuplicateIp { ip: Ipv4Addr, segment: SegmentId, existing: PortId },
     #[error("IP {ip} is the gateway address of segment {segment}")]
     IpIsGateway { ip: Ipv4Addr, segment: SegmentId },
     #[error("port {port}: a port with port security needs a bound MAC")]
@@ -265,10 +251,7 @@ impl TablesBuilder {
             return Err(TablesError::DuplicatePort(port.id));
         }
         let Some(seg) = self.segments.get(&port.segment) else {
-            return Err(TablesError::UnknownSegment {
-                port: port.id,
-                segment: port.segment,
-            });
+            return Err(TablesError::UnknownSegment { port: port.id, segment: port.segment });
         };
         if port.port_security && port.mac.is_none() {
             return Err(TablesError::SecurityWithoutMac { port: port.id });
@@ -278,37 +261,22 @@ impl TablesBuilder {
                 return Err(TablesError::MulticastMac { port: port.id, mac });
             }
             let gateway_mac = seg.gateway.map(|g| g.mac);
-            if let Some(existing) = self
-                .ports
-                .values()
-                .find(|p| p.segment == port.segment && p.mac == Some(mac))
+            if let Some(existing) =
+                self.ports.values().find(|p| p.segment == port.segment && p.mac == Some(mac))
             {
-                return Err(TablesError::DuplicateMac {
-                    mac,
-                    segment: port.segment,
-                    existing: existing.id,
-                });
+                return Err(TablesError::DuplicateMac { mac, segment: port.segment, existing: existing.id });
             }
             // Only the host port may carry the gateway MAC.
             if gateway_mac == Some(mac) && port.kind != PortKind::Host {
-                return Err(TablesError::DuplicateMac {
-                    mac,
-                    segment: port.segment,
-                    existing: port.id,
-                });
+                return Err(TablesError::DuplicateMac { mac, segment: port.segment, existing: port.id });
             }
         }
         for ip in &port.ipv4 {
             if seg.gateway.map(|g| g.ip) == Some(*ip) {
-                return Err(TablesError::IpIsGateway {
-                    ip: *ip,
-                    segment: port.segment,
-                });
+                return Err(TablesError::IpIsGateway { ip: *ip, segment: port.segment });
             }
-            if let Some(existing) = self
-                .ports
-                .values()
-                .find(|p| p.segment == port.segment && p.ipv4.contains(ip))
+            if let Some(existing) =
+                self.ports.values().find(|p| p.segment == port.segment && p.ipv4.contains(ip))
             {
                 return Err(TablesError::DuplicateIp {
                     ip: *ip,
@@ -344,76 +312,41 @@ impl TablesBuilder {
     /// Builds the snapshot. Every port was validated on insertion, so this only derives
     /// the lookup maps.
     pub fn build(&self, generation: u64) -> Result<Tables, TablesError> {
-        let max_port = self
-            .ports
-            .keys()
-            .next_back()
-            .map_or(0, |id| usize::from(*id) + 1);
+        let max_port = self.ports.keys().next_back().map_or(0, |id| usize::from(*id) + 1);
         let mut ports = vec![None; max_port];
-        let max_seg = self
-            .segments
-            .keys()
-            .next_back()
-            .map_or(0, |id| usize::from(*id) + 1);
+        let max_seg = self.segments.keys().next_back().map_or(0, |id| usize::from(*id) + 1);
         let mut segments: Vec<Option<Segment>> = vec![None; max_seg];
         for seg in self.segments.values() {
-            segments[usize::from(seg.id)] = Some(Segment {
-                config: seg.clone(),
-                ports: Vec::new(),
-            });
+            segments[usize::from(seg.id)] = Some(Segment { config: seg.clone(), ports: Vec::new() });
         }
         let mut static_macs = FastMap::default();
         let mut arp = FastMap::default();
         for seg in self.segments.values() {
             if let Some(gw) = seg.gateway {
-                arp.insert(
-                    ip_key(seg.id, gw.ip),
-                    ArpAnswer {
-                        mac: gw.mac,
-                        port: None,
-                    },
-                );
+                arp.insert(ip_key(seg.id, gw.ip), ArpAnswer { mac: gw.mac, port: None });
             }
         }
         for port in self.ports.values() {
             let seg = segments
                 .get_mut(usize::from(port.segment))
                 .and_then(Option::as_mut)
-                .ok_or(TablesError::UnknownSegment {
-                    port: port.id,
-                    segment: port.segment,
-                })?;
+                .ok_or(TablesError::UnknownSegment { port: port.id, segment: port.segment })?;
             seg.ports.push(port.id);
             if let Some(mac) = port.mac {
                 static_macs.insert(mac_key(port.segment, mac), port.id);
                 if seg.config.gateway.map(|g| g.mac) == Some(mac) {
                     arp.insert(
                         ip_key(port.segment, seg.config.gateway.expect("checked").ip),
-                        ArpAnswer {
-                            mac,
-                            port: Some(port.id),
-                        },
+                        ArpAnswer { mac, port: Some(port.id) },
                     );
                 }
                 for ip in &port.ipv4 {
-                    arp.insert(
-                        ip_key(port.segment, *ip),
-                        ArpAnswer {
-                            mac,
-                            port: Some(port.id),
-                        },
-                    );
+                    arp.insert(ip_key(port.segment, *ip), ArpAnswer { mac, port: Some(port.id) });
                 }
             }
             ports[usize::from(port.id)] = Some(port.clone());
         }
-        Ok(Tables {
-            generation,
-            ports,
-            segments,
-            static_macs,
-            arp,
-        })
+        Ok(Tables { generation, ports, segments, static_macs, arp })
     }
 }
 
@@ -440,10 +373,7 @@ pub(crate) mod tests {
     pub fn segment0() -> SegmentConfig {
         SegmentConfig {
             id: 0,
-            gateway: Some(Gateway {
-                ip: Ipv4Addr::new(10, 244, 1, 1),
-                mac: mac(0xffff),
-            }),
+            gateway: Some(Gateway { ip: Ipv4Addr::new(10, 244, 1, 1), mac: mac(0xffff) }),
             unknown_arp: UnknownArp::Drop,
         }
     }
@@ -461,17 +391,11 @@ pub(crate) mod tests {
         assert_eq!(t.static_port(1, mac(3)), None, "segments are separate");
         assert_eq!(
             t.arp_answer(0, Ipv4Addr::new(10, 244, 1, 2)),
-            Some(ArpAnswer {
-                mac: mac(1),
-                port: Some(1)
-            })
+            Some(ArpAnswer { mac: mac(1), port: Some(1) })
         );
         assert_eq!(
             t.arp_answer(0, Ipv4Addr::new(10, 244, 1, 1)),
-            Some(ArpAnswer {
-                mac: mac(0xffff),
-                port: None
-            })
+            Some(ArpAnswer { mac: mac(0xffff), port: None })
         );
         assert!(t.port(2).is_none() && t.port(3).is_some() && t.port(1000).is_none());
     }
@@ -480,75 +404,39 @@ pub(crate) mod tests {
     fn rejects_conflicts() {
         let mut b = TablesBuilder::default();
         b.add_segment(segment0()).unwrap();
-        assert_eq!(
-            b.add_segment(segment0()),
-            Err(TablesError::DuplicateSegment(0))
-        );
+        assert_eq!(b.add_segment(segment0()), Err(TablesError::DuplicateSegment(0)));
         b.add_port(pod(1, [10, 244, 1, 2])).unwrap();
-        assert_eq!(
-            b.add_port(pod(1, [10, 244, 1, 9])),
-            Err(TablesError::DuplicatePort(1))
-        );
+        assert_eq!(b.add_port(pod(1, [10, 244, 1, 9])), Err(TablesError::DuplicatePort(1)));
         let mut same_ip = pod(2, [10, 244, 1, 2]);
         same_ip.mac = Some(mac(99));
         assert_eq!(
             b.add_port(same_ip),
-            Err(TablesError::DuplicateIp {
-                ip: Ipv4Addr::new(10, 244, 1, 2),
-                segment: 0,
-                existing: 1
-            })
+            Err(TablesError::DuplicateIp { ip: Ipv4Addr::new(10, 244, 1, 2), segment: 0, existing: 1 })
         );
         let mut same_mac = pod(2, [10, 244, 1, 5]);
         same_mac.mac = Some(mac(1));
         assert_eq!(
             b.add_port(same_mac),
-            Err(TablesError::DuplicateMac {
-                mac: mac(1),
-                segment: 0,
-                existing: 1
-            })
+            Err(TablesError::DuplicateMac { mac: mac(1), segment: 0, existing: 1 })
         );
         assert_eq!(
             b.add_port(pod(2, [10, 244, 1, 1])),
-            Err(TablesError::IpIsGateway {
-                ip: Ipv4Addr::new(10, 244, 1, 1),
-                segment: 0
-            })
+            Err(TablesError::IpIsGateway { ip: Ipv4Addr::new(10, 244, 1, 1), segment: 0 })
         );
         let mut elsewhere = pod(2, [10, 244, 1, 5]);
         elsewhere.segment = 9;
-        assert_eq!(
-            b.add_port(elsewhere),
-            Err(TablesError::UnknownSegment {
-                port: 2,
-                segment: 9
-            })
-        );
+        assert_eq!(b.add_port(elsewhere), Err(TablesError::UnknownSegment { port: 2, segment: 9 }));
         let mut mcast = pod(2, [10, 244, 1, 5]);
         mcast.mac = Some(MacAddr([1, 0, 0x5e, 0, 0, 1]));
-        assert!(matches!(
-            b.add_port(mcast),
-            Err(TablesError::MulticastMac { .. })
-        ));
+        assert!(matches!(b.add_port(mcast), Err(TablesError::MulticastMac { .. })));
         let mut gw_mac = pod(2, [10, 244, 1, 5]);
         gw_mac.mac = Some(mac(0xffff));
-        assert!(matches!(
-            b.add_port(gw_mac),
-            Err(TablesError::DuplicateMac { .. })
-        ));
+        assert!(matches!(b.add_port(gw_mac), Err(TablesError::DuplicateMac { .. })));
         let mut no_mac = pod(2, [10, 244, 1, 5]);
         no_mac.mac = None;
+        assert_eq!(b.add_port(no_mac), Err(TablesError::SecurityWithoutMac { port: 2 }));
         assert_eq!(
-            b.add_port(no_mac),
-            Err(TablesError::SecurityWithoutMac { port: 2 })
-        );
-        assert_eq!(
-            b.add_segment(SegmentConfig {
-                id: 5000,
-                gateway: None,
-                unknown_arp: UnknownArp::Drop
-            }),
+            b.add_segment(SegmentConfig { id: 5000, gateway: None, unknown_arp: UnknownArp::Drop }),
             Err(TablesError::SegmentOutOfRange(5000))
         );
         // Nothing half-added.

@@ -16,27 +16,18 @@ use crate::wire::parse::{
 /// 10.244.1.2, Linux 6.18, TX checksum offload off so the TCP checksum is complete
 /// (tshark: "Checksum: 0x1017 [correct]"). Options: MSS, SACK-permitted, timestamps, WS.
 pub const CAPTURED_TCP_SYN: [u8; 74] = [
-    0x02, 0x00, 0x0a, 0xf4, 0x01, 0x03, 0x02, 0x00, 0x0a, 0xf4, 0x01, 0x02, 0x08, 0x00, 0x45, 0x00,
-    0x00, 0x3c, 0xab, 0xe5, 0x40, 0x00, 0x40, 0x06, 0x76, 0xea, 0x0a, 0xf4, 0x01, 0x02, 0x0a, 0xf4,
-    0x01, 0x03, 0xe8, 0x80, 0x00, 0x50, 0xc1, 0x7c, 0x7c, 0x3e, 0x00, 0x00, 0x00, 0x00, 0xa0, 0x02,
-    0xfa, 0xf0, 0x10, 0x17, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x08, 0x0a, 0xa0, 0x75,
-    0x5e, 0x07, 0x00, 0x00, 0x00, 0x00, 0x01, 0x03, 0x03, 0x0a,
+    0x02, 0x00, 0x0a, 0xf4, 0x01, 0x03, 0x02, 0x00, 0x0a, 0xf4, 0x01, 0x02, 0x08, 0x00, 0x45, 0x00, 0x00,
+    0x3c, 0xab, 0xe5, 0x40, 0x00, 0x40, 0x06, 0x76, 0xea, 0x0a, 0xf4, 0x01, 0x02, 0x0a, 0xf4, 0x01, 0x03,
+    0xe8, 0x80, 0x00, 0x50, 0xc1, 0x7c, 0x7c, 0x3e, 0x00, 0x00, 0x00, 0x00, 0xa0, 0x02, 0xfa, 0xf0, 0x10,
+    0x17, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x08, 0x0a, 0xa0, 0x75, 0x5e, 0x07, 0x00, 0x00,
+    0x00, 0x00, 0x01, 0x03, 0x03, 0x0a,
 ];
 
 #[derive(Clone, Debug)]
 enum L4Spec {
-    Udp {
-        src_port: u16,
-        dst_port: u16,
-    },
-    Tcp {
-        src_port: u16,
-        dst_port: u16,
-        flags: u8,
-    },
-    IcmpEcho {
-        id: u16,
-    },
+    Udp { src_port: u16, dst_port: u16 },
+    Tcp { src_port: u16, dst_port: u16, flags: u8 },
+    IcmpEcho { id: u16 },
 }
 
 #[derive(Clone, Debug)]
@@ -75,14 +66,7 @@ impl FrameSpec {
             src_mac,
             dst_mac,
             vlans: Vec::new(),
-            net: NetSpec::V4 {
-                src,
-                dst,
-                ttl: 64,
-                dont_fragment: true,
-                options: Vec::new(),
-                fragment: None,
-            },
+            net: NetSpec::V4 { src, dst, ttl: 64, dont_fragment: true, options: Vec::new(), fragment: None },
             l4,
             payload: Vec::new(),
         }
@@ -96,13 +80,7 @@ impl FrameSpec {
         src_port: u16,
         dst_port: u16,
     ) -> Self {
-        Self::v4(
-            src_mac,
-            dst_mac,
-            src,
-            dst,
-            L4Spec::Udp { src_port, dst_port },
-        )
+        Self::v4(src_mac, dst_mac, src, dst, L4Spec::Udp { src_port, dst_port })
     }
 
     pub fn tcp(
@@ -114,26 +92,10 @@ impl FrameSpec {
         dst_port: u16,
         flags: u8,
     ) -> Self {
-        Self::v4(
-            src_mac,
-            dst_mac,
-            src,
-            dst,
-            L4Spec::Tcp {
-                src_port,
-                dst_port,
-                flags,
-            },
-        )
+        Self::v4(src_mac, dst_mac, src, dst, L4Spec::Tcp { src_port, dst_port, flags })
     }
 
-    pub fn icmp_echo(
-        src_mac: MacAddr,
-        dst_mac: MacAddr,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        id: u16,
-    ) -> Self {
+    pub fn icmp_echo(src_mac: MacAddr, dst_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Self {
         Self::v4(src_mac, dst_mac, src, dst, L4Spec::IcmpEcho { id })
     }
 
@@ -149,12 +111,7 @@ impl FrameSpec {
             src_mac,
             dst_mac,
             vlans: Vec::new(),
-            net: NetSpec::V6 {
-                src,
-                dst,
-                hop_by_hop: false,
-                fragment: None,
-            },
+            net: NetSpec::V6 { src, dst, hop_by_hop: false, fragment: None },
             l4: L4Spec::Udp { src_port, dst_port },
             payload: Vec::new(),
         }
@@ -196,12 +153,7 @@ impl FrameSpec {
 
     /// Marks the packet as an IPv4 fragment (offset in 8-byte units).
     pub fn ipv4_fragment(mut self, offset: u16, more: bool) -> Self {
-        if let NetSpec::V4 {
-            fragment,
-            dont_fragment,
-            ..
-        } = &mut self.net
-        {
+        if let NetSpec::V4 { fragment, dont_fragment, .. } = &mut self.net {
             *fragment = Some((offset, more));
             *dont_fragment = false;
         }
@@ -234,11 +186,7 @@ impl FrameSpec {
                 l4.extend_from_slice(&[0, 0]);
                 IPPROTO_UDP
             }
-            L4Spec::Tcp {
-                src_port,
-                dst_port,
-                flags,
-            } => {
+            L4Spec::Tcp { src_port, dst_port, flags } => {
                 l4.extend_from_slice(&src_port.to_be_bytes());
                 l4.extend_from_slice(&dst_port.to_be_bytes());
                 l4.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
@@ -267,14 +215,7 @@ impl FrameSpec {
         }
         let (proto, mut l4) = self.l4_bytes();
         match &self.net {
-            NetSpec::V4 {
-                src,
-                dst,
-                ttl,
-                dont_fragment,
-                options,
-                fragment,
-            } => {
+            NetSpec::V4 { src, dst, ttl, dont_fragment, options, fragment } => {
                 match self.l4 {
                     L4Spec::IcmpEcho { .. } => {
                         let c = checksum::checksum(&l4);
@@ -284,11 +225,7 @@ impl FrameSpec {
                         let at = if proto == IPPROTO_UDP { 6 } else { 16 };
                         let sum = pseudo_header_v4(*src, *dst, proto, l4.len() as u16);
                         let c = !checksum::fold(checksum::sum(&l4, sum));
-                        let c = if c == 0 && proto == IPPROTO_UDP {
-                            0xffff
-                        } else {
-                            c
-                        };
+                        let c = if c == 0 && proto == IPPROTO_UDP { 0xffff } else { c };
                         l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
                     }
                 }
@@ -296,8 +233,7 @@ impl FrameSpec {
                 let ihl = 5 + options.len() / 4;
                 let total = (ihl * 4 + l4.len()) as u16;
                 let (offset, more) = fragment.unwrap_or((0, false));
-                let flags_frag =
-                    (u16::from(*dont_fragment) << 14) | (u16::from(more) << 13) | offset;
+                let flags_frag = (u16::from(*dont_fragment) << 14) | (u16::from(more) << 13) | offset;
                 let start = f.len();
                 f.push(0x40 | ihl as u8);
                 f.push(0);
@@ -311,12 +247,7 @@ impl FrameSpec {
                 let c = checksum::checksum(&f[start..]);
                 f[start + 10..start + 12].copy_from_slice(&c.to_be_bytes());
             }
-            NetSpec::V6 {
-                src,
-                dst,
-                hop_by_hop,
-                fragment,
-            } => {
+            NetSpec::V6 { src, dst, hop_by_hop, fragment } => {
                 let sum = {
                     let mut s = checksum::sum(&src.octets(), 0);
                     s = checksum::sum(&dst.octets(), s);
@@ -376,14 +307,7 @@ fn arp(
 
 /// A broadcast "who has `target_ip`" from `sender_mac`/`sender_ip`.
 pub fn arp_request(sender_mac: MacAddr, sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Vec<u8> {
-    arp(
-        ARP_OP_REQUEST,
-        MacAddr::BROADCAST,
-        sender_mac,
-        sender_ip,
-        MacAddr::ZERO,
-        target_ip,
-    )
+    arp(ARP_OP_REQUEST, MacAddr::BROADCAST, sender_mac, sender_ip, MacAddr::ZERO, target_ip)
 }
 
 /// A unicast "`sender_ip` is at `sender_mac`" to `target_mac`/`target_ip`.
@@ -393,26 +317,12 @@ pub fn arp_reply(
     target_mac: MacAddr,
     target_ip: Ipv4Addr,
 ) -> Vec<u8> {
-    arp(
-        ARP_OP_REPLY,
-        target_mac,
-        sender_mac,
-        sender_ip,
-        target_mac,
-        target_ip,
-    )
+    arp(ARP_OP_REPLY, target_mac, sender_mac, sender_ip, target_mac, target_ip)
 }
 
 /// A gratuitous ARP announcing `ip` at `mac` (request form, as Linux `arping -U` sends).
 pub fn gratuitous_arp(mac: MacAddr, ip: Ipv4Addr) -> Vec<u8> {
-    arp(
-        ARP_OP_REQUEST,
-        MacAddr::BROADCAST,
-        mac,
-        ip,
-        MacAddr::ZERO,
-        ip,
-    )
+    arp(ARP_OP_REQUEST, MacAddr::BROADCAST, mac, ip, MacAddr::ZERO, ip)
 }
 
 /// A MAC for test host number `n` (locally administered, unicast).
@@ -427,35 +337,87 @@ mod tests {
 
     #[test]
     fn checksums_of_built_frames_verify() {
-        let f = FrameSpec::udp(
-            mac(1),
-            mac(2),
-            Ipv4Addr::new(10, 0, 0, 1),
-            Ipv4Addr::new(10, 0, 0, 2),
-            5,
-            6,
-        )
-        .payload(b"hello")
-        .build();
+        let f = FrameSpec::udp(mac(1), mac(2), Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 5, 6)
+            .payload(b"hello")
+            .build();
         assert_eq!(checksum::checksum(&f[14..34]), 0, "ip header");
-        let sum = pseudo_header_v4(
-            Ipv4Addr::new(10, 0, 0, 1),
-            Ipv4Addr::new(10, 0, 0, 2),
-            17,
-            13,
-        );
+        let sum = pseudo_header_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 17, 13);
         assert_eq!(!checksum::fold(checksum::sum(&f[34..], sum)), 0, "udp");
-        let t = FrameSpec::tcp(
-            mac(1),
-            mac(2),
-            Ipv4Addr::new(1, 2, 3, 4),
-            Ipv4Addr::new(5, 6, 7, 8),
-            5,
-            6,
-            2,
-        )
-        .build();
+        let t = FrameSpec::tcp(mac(1), mac(2), Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(5, 6, 7, 8), 5, 6, 2)
+            .build();
         let sum = pseudo_header_v4(Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(5, 6, 7, 8), 6, 20);
         assert_eq!(!checksum::fold(checksum::sum(&t[34..], sum)), 0, "tcp");
+    }
+}
+
+/// One worker over in-memory ports, polled by hand on the caller's thread: the switch
+/// without threads, for benches, fuzzing and deterministic tests.
+pub struct SoloSwitch {
+    worker: crate::worker::Worker,
+    commands: crossbeam_channel::Sender<crate::worker::Command>,
+    tables: std::sync::Arc<arc_swap::ArcSwap<crate::tables::Tables>>,
+    fdb: std::sync::Arc<crate::fdb::Fdb>,
+    stats: std::sync::Arc<crate::stats::WorkerStats>,
+}
+
+impl SoloSwitch {
+    pub fn new(
+        tables: crate::tables::Tables,
+        fdb: crate::fdb::FdbConfig,
+        max_ports: usize,
+        batch_size: usize,
+    ) -> SoloSwitch {
+        use std::sync::Arc;
+        let tables = Arc::new(arc_swap::ArcSwap::from_pointee(tables));
+        let fdb = Arc::new(crate::fdb::Fdb::new(fdb));
+        let stats = Arc::new(crate::stats::WorkerStats::new(max_ports));
+        let (commands, rx) = crossbeam_channel::unbounded();
+        let shared = crate::frame::SharedPool::new(crate::frame::DEFAULT_BUF_SIZE, 4 * batch_size);
+        let worker = crate::worker::Worker::new(crate::worker::WorkerParts {
+            id: 0,
+            pipeline: crate::pipeline::Pipeline::new(fdb.clone(), stats.clone()),
+            pool: crate::frame::FramePool::new(shared, 4 * batch_size),
+            max_ports,
+            handoff_to: vec![None],
+            handoff_from: vec![],
+            tables: tables.clone(),
+            commands: rx,
+            clock: crate::clock::Clock::new(),
+            batch_size,
+            idle: crate::worker::IdlePolicy::BusyPoll,
+            waker: Default::default(),
+        });
+        SoloSwitch { worker, commands, tables, fdb, stats }
+    }
+
+    /// Attaches a queue (the tables must list the port with worker 0 in `tx_workers`).
+    pub fn add_queue(&mut self, port: crate::tables::PortId, queue: Box<dyn crate::port::PortQueue>) {
+        let (done, ack) = crossbeam_channel::bounded(1);
+        self.commands
+            .send(crate::worker::Command::AddQueue { port, queue, done })
+            .expect("the worker holds the receiver");
+        self.worker.poll();
+        ack.try_recv().expect("applied by the poll above");
+    }
+
+    /// One poll round; returns the frames handled.
+    pub fn poll(&mut self) -> usize {
+        self.worker.poll()
+    }
+
+    pub fn publish(&self, tables: crate::tables::Tables) {
+        self.tables.store(std::sync::Arc::new(tables));
+    }
+
+    pub fn fdb(&self) -> &crate::fdb::Fdb {
+        &self.fdb
+    }
+
+    pub fn stats(&self) -> crate::stats::StatsSnapshot {
+        crate::stats::StatsSnapshot::collect(&[&self.stats])
+    }
+
+    pub fn buffer_allocations(&self) -> u64 {
+        self.worker.pool().shared().allocations()
     }
 }

@@ -6,8 +6,9 @@
 //! else through the bounded ring to a worker that does (full ring: drop and count).
 //! The tables snapshot is loaded once per round and used for all of its batches.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -21,8 +22,39 @@ use crate::pipeline::{Pipeline, TxBatches};
 use crate::port::PortQueue;
 use crate::tables::{PortId, Tables, WorkerId};
 
-/// A frame on its way to another worker, tagged with its egress port.
-pub type Handoff = ArrayQueue<(PortId, Frame)>;
+/// Lets other threads wake a worker parked in its idle backoff.
+#[derive(Default)]
+pub struct Waker {
+    parked: AtomicBool,
+    thread: OnceLock<Thread>,
+}
+
+impl Waker {
+    /// Wakes the worker if it is parked. Cheap when it is not: one load.
+    pub fn wake(&self) {
+        // Pairs with the fence in `Worker::park`: either we see `parked`, or the worker
+        // sees what we published before calling this.
+        fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed)
+            && let Some(t) = self.thread.get()
+        {
+            t.unpark();
+        }
+    }
+}
+
+/// Frames on their way to another worker, tagged with their egress port; a bounded
+/// ring with one producer and one consumer worker.
+pub struct Handoff {
+    ring: ArrayQueue<(PortId, Frame)>,
+    consumer: Arc<Waker>,
+}
+
+impl Handoff {
+    pub fn new(capacity: usize, consumer: Arc<Waker>) -> Handoff {
+        Handoff { ring: ArrayQueue::new(capacity.max(1)), consumer }
+    }
+}
 
 /// Requests from the control plane, applied at the start of a round.
 pub enum Command {
@@ -43,7 +75,9 @@ pub enum Command {
 pub enum IdlePolicy {
     /// Spin: lowest latency, one core at 100%.
     BusyPoll,
-    /// Spin briefly, then yield, then sleep this long between rounds until work returns.
+    /// Spin briefly, then yield, then park for up to this long between rounds until work
+    /// returns. Receive queues are polled again after each park; hand-offs and commands
+    /// wake the worker at once.
     Backoff { sleep: Duration },
 }
 
@@ -69,6 +103,7 @@ pub struct Worker {
     clock: Clock,
     batch_size: usize,
     idle: IdlePolicy,
+    waker: Arc<Waker>,
 }
 
 /// Everything a worker is built from; assembled by [`crate::datapath::Datapath`].
@@ -84,6 +119,7 @@ pub struct WorkerParts {
     pub clock: Clock,
     pub batch_size: usize,
     pub idle: IdlePolicy,
+    pub waker: Arc<Waker>,
 }
 
 impl Worker {
@@ -103,6 +139,7 @@ impl Worker {
             clock: p.clock,
             batch_size: p.batch_size,
             idle: p.idle,
+            waker: p.waker,
         }
     }
 
@@ -121,11 +158,8 @@ impl Worker {
                     let _ = done.send(());
                 }
                 Command::RemoveQueue { port, done } => {
-                    let removed = self
-                        .local_queue
-                        .get_mut(usize::from(port))
-                        .and_then(Option::take)
-                        .map(|i| {
+                    let removed =
+                        self.local_queue.get_mut(usize::from(port)).and_then(Option::take).map(|i| {
                             let q = self.queues.swap_remove(i);
                             if let Some(moved) = self.queues.get(i) {
                                 self.local_queue[usize::from(moved.port)] = Some(i);
@@ -148,24 +182,17 @@ impl Worker {
 
         for ring in &self.handoff_from {
             for _ in 0..self.batch_size {
-                let Some((port, frame)) = ring.pop() else {
+                let Some((port, frame)) = ring.ring.pop() else {
                     break;
                 };
                 self.out.push(port, frame);
                 work += 1;
             }
         }
-        self.pipeline
-            .stats()
-            .events
-            .handoff_received
-            .add(work as u64);
+        self.pipeline.stats().events.handoff_received.add(work as u64);
 
         for q in &mut self.queues {
-            match q
-                .queue
-                .rx_batch(&mut self.pool, &mut self.rx, self.batch_size)
-            {
+            match q.queue.rx_batch(&mut self.pool, &mut self.rx, self.batch_size) {
                 Ok(0) => continue,
                 Ok(n) => work += n,
                 // The port is going away or broken; the control plane notices and removes it.
@@ -177,14 +204,7 @@ impl Worker {
             for frame in &mut self.rx {
                 frame.ingress = q.port;
             }
-            self.pipeline.process(
-                &tables,
-                q.port,
-                now,
-                &mut self.rx,
-                &mut self.pool,
-                &mut self.out,
-            );
+            self.pipeline.process(&tables, q.port, now, &mut self.rx, &mut self.pool, &mut self.out);
         }
 
         self.flush(&tables);
@@ -203,12 +223,8 @@ impl Worker {
     fn flush(&mut self, tables: &Tables) {
         let stats = self.pipeline.stats().clone();
         let id = self.id;
-        let (queues, local_queue, pool, handoff_to) = (
-            &mut self.queues,
-            &self.local_queue,
-            &mut self.pool,
-            &self.handoff_to,
-        );
+        let (queues, local_queue, pool, handoff_to) =
+            (&mut self.queues, &self.local_queue, &mut self.pool, &self.handoff_to);
         self.out.flush(|port, frames| {
             if let Some(i) = local_queue.get(usize::from(port)).copied().flatten() {
                 let outcome = queues[i].queue.tx_batch(frames, pool);
@@ -220,20 +236,16 @@ impl Worker {
                 }
                 return;
             }
-            let owner = tables
-                .port(port)
-                .and_then(|e| e.tx_workers.first())
-                .filter(|w| *w != id);
-            let ring = owner
-                .and_then(|w| handoff_to.get(w))
-                .and_then(Option::as_ref);
-            for frame in frames.drain(..) {
-                let Some(ring) = ring else {
+            let owner = tables.port(port).and_then(|e| e.tx_workers.first()).filter(|w| *w != id);
+            let Some(handoff) = owner.and_then(|w| handoff_to.get(w)).and_then(Option::as_ref) else {
+                for frame in frames.drain(..) {
                     stats.count_drop(frame.ingress, DropReason::EgressPortGone);
                     pool.put(frame);
-                    continue;
-                };
-                match ring.push((port, frame)) {
+                }
+                return;
+            };
+            for frame in frames.drain(..) {
+                match handoff.ring.push((port, frame)) {
                     Ok(()) => stats.events.handoff_sent.inc(),
                     Err((_, frame)) => {
                         stats.count_drop(frame.ingress, DropReason::HandoffQueueFull);
@@ -241,11 +253,26 @@ impl Worker {
                     }
                 }
             }
+            handoff.consumer.wake();
         });
+    }
+
+    /// Parks for up to `timeout` unless hand-off frames are already waiting; another
+    /// worker handing frames over (or the control plane sending a command) wakes it.
+    fn park(&self, timeout: Duration) {
+        self.waker.parked.store(true, Ordering::Relaxed);
+        // Pairs with the fence in `Waker::wake`.
+        fence(Ordering::SeqCst);
+        let pending = self.handoff_from.iter().any(|h| !h.ring.is_empty()) || !self.commands.is_empty();
+        if !pending {
+            std::thread::park_timeout(timeout);
+        }
+        self.waker.parked.store(false, Ordering::Relaxed);
     }
 
     /// Polls until `stop` is set, idling per the policy between empty rounds.
     pub fn run(mut self, stop: &AtomicBool) {
+        let _ = self.waker.thread.set(std::thread::current());
         let mut idle_rounds = 0u32;
         while !stop.load(Ordering::Relaxed) {
             if self.poll() > 0 {
@@ -261,7 +288,7 @@ impl Worker {
                     } else if idle_rounds < 256 {
                         std::thread::yield_now();
                     } else {
-                        std::thread::sleep(sleep);
+                        self.park(sleep);
                     }
                 }
             }
@@ -303,42 +330,36 @@ mod tests {
         let tables = Arc::new(ArcSwap::from_pointee(b.build(1).unwrap()));
         let fdb = Arc::new(Fdb::new(FdbConfig::default()));
         let shared = SharedPool::new(2048, 1024);
-        let ring01 = Arc::new(Handoff::new(ring_capacity));
-        let ring10 = Arc::new(Handoff::new(ring_capacity));
+        let (waker0, waker1) = (Arc::new(Waker::default()), Arc::new(Waker::default()));
+        let ring01 = Arc::new(Handoff::new(ring_capacity, waker1.clone()));
+        let ring10 = Arc::new(Handoff::new(ring_capacity, waker0.clone()));
         let mut handles = Vec::new();
-        let make = |id: WorkerId, to: Vec<Option<Arc<Handoff>>>, from: Vec<Arc<Handoff>>| {
-            let (tx, rx) = crossbeam_channel::unbounded();
-            let w = Worker::new(WorkerParts {
-                id,
-                pipeline: Pipeline::new(fdb.clone(), Arc::new(WorkerStats::new(8))),
-                pool: FramePool::new(shared.clone(), 64),
-                max_ports: 8,
-                handoff_to: to,
-                handoff_from: from,
-                tables: tables.clone(),
-                commands: rx,
-                clock: Clock::new(),
-                batch_size: 32,
-                idle: IdlePolicy::BusyPoll,
-            });
-            (w, tx)
-        };
-        let (mut w0, c0) = make(0, vec![None, Some(ring01.clone())], vec![ring10.clone()]);
-        let (mut w1, c1) = make(1, vec![Some(ring10), None], vec![ring01]);
+        let make =
+            |id: WorkerId, to: Vec<Option<Arc<Handoff>>>, from: Vec<Arc<Handoff>>, waker: Arc<Waker>| {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let w = Worker::new(WorkerParts {
+                    id,
+                    pipeline: Pipeline::new(fdb.clone(), Arc::new(WorkerStats::new(8))),
+                    pool: FramePool::new(shared.clone(), 64),
+                    max_ports: 8,
+                    handoff_to: to,
+                    handoff_from: from,
+                    tables: tables.clone(),
+                    commands: rx,
+                    clock: Clock::new(),
+                    batch_size: 32,
+                    idle: IdlePolicy::BusyPoll,
+                    waker,
+                });
+                (w, tx)
+            };
+        let (mut w0, c0) = make(0, vec![None, Some(ring01.clone())], vec![ring10.clone()], waker0);
+        let (mut w1, c1) = make(1, vec![Some(ring10), None], vec![ring01], waker1);
         for (port, on_w1) in [(1u16, false), (2, false), (3, true)] {
             let (q, h) = MemoryPort::pair(&format!("p{port}"), 4096);
             let (done, ack) = crossbeam_channel::bounded(1);
-            let (worker, cmds) = if on_w1 {
-                (&mut w1, &c1)
-            } else {
-                (&mut w0, &c0)
-            };
-            cmds.send(Command::AddQueue {
-                port,
-                queue: Box::new(q),
-                done,
-            })
-            .unwrap();
+            let (worker, cmds) = if on_w1 { (&mut w1, &c1) } else { (&mut w0, &c0) };
+            cmds.send(Command::AddQueue { port, queue: Box::new(q), done }).unwrap();
             worker.poll();
             ack.try_recv().unwrap();
             handles.push(h);
@@ -348,16 +369,9 @@ mod tests {
 
     fn frame(from: u16, to: u16, seq: u32) -> Vec<u8> {
         let ip = |p: u16| Ipv4Addr::new(10, 244, 1, p as u8 + 1);
-        FrameSpec::udp(
-            mac(u32::from(from)),
-            mac(u32::from(to)),
-            ip(from),
-            ip(to),
-            1,
-            2,
-        )
-        .payload(&seq.to_be_bytes())
-        .build()
+        FrameSpec::udp(mac(u32::from(from)), mac(u32::from(to)), ip(from), ip(to), 1, 2)
+            .payload(&seq.to_be_bytes())
+            .build()
     }
 
     #[test]
@@ -382,17 +396,10 @@ mod tests {
             h[0].inject(frame(1, 3, seq));
         }
         w0.poll(); // worker 1 is stalled: only 4 fit in the ring
-        assert_eq!(
-            w0.pipeline.stats().drops(1, DropReason::HandoffQueueFull),
-            6
-        );
+        assert_eq!(w0.pipeline.stats().drops(1, DropReason::HandoffQueueFull), 6);
         w1.poll();
         let got: Vec<Vec<u8>> = h[2].take_sent();
-        assert_eq!(
-            got,
-            (0..4).map(|s| frame(1, 3, s)).collect::<Vec<_>>(),
-            "the first four, in order"
-        );
+        assert_eq!(got, (0..4).map(|s| frame(1, 3, s)).collect::<Vec<_>>(), "the first four, in order");
     }
 
     #[test]

@@ -107,7 +107,10 @@ impl PortQueue for MemoryPort {
                 while n < max {
                     let mut frame = pool.get();
                     frame.set(&frames[*next]);
-                    *next = (*next + 1) % frames.len();
+                    *next += 1;
+                    if *next == frames.len() {
+                        *next = 0;
+                    }
                     batch.push(frame);
                     n += 1;
                 }
@@ -178,14 +181,7 @@ mod tests {
         assert_eq!(port.rx_batch(&mut pool, &mut batch, 32).unwrap(), 0);
         assert_eq!(batch[1].data(), &[4]);
         let out = port.tx_batch(&mut batch, &mut pool);
-        assert_eq!(
-            out,
-            TxOutcome {
-                sent: 2,
-                sent_bytes: 4,
-                dropped: 0
-            }
-        );
+        assert_eq!(out, TxOutcome { sent: 2, sent_bytes: 4, dropped: 0 });
         assert!(batch.is_empty());
         assert_eq!(handle.take_sent(), vec![vec![1, 2, 3], vec![4]]);
         assert_eq!(handle.sent_count(), 2);

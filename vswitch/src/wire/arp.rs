@@ -35,9 +35,7 @@ mod tests {
         let owner = mac(2);
         let (asker_ip, owner_ip) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 1, 3));
         let mut frame = arp_request(asker, asker_ip, owner_ip);
-        let Net::Arp(req) = parse(&frame).unwrap().net else {
-            panic!()
-        };
+        let Net::Arp(req) = parse(&frame).unwrap().net else { panic!() };
         reply_in_place(&mut frame, 14, &req, owner);
         assert_eq!(frame, arp_reply(owner, owner_ip, asker, asker_ip));
     }

@@ -30,12 +30,7 @@ mod tests {
         assert_eq!(&f[..12], &[6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 5]);
         set_destination(&mut f, MacAddr([0xaa; 6]));
         set_source(&mut f, MacAddr([0xbb; 6]));
-        assert_eq!(
-            &f[..12],
-            &[
-                0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb
-            ]
-        );
+        assert_eq!(&f[..12], &[0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb, 0xbb]);
         assert_eq!(&f[12..], &[12, 13, 14, 15, 16, 17, 18, 19]);
     }
 }

@@ -83,17 +83,10 @@ mod tests {
 
     #[test]
     fn fragmentation_needed_quotes_the_offending_header() {
-        let big = FrameSpec::tcp(
-            mac(1),
-            mac(2),
-            [10, 244, 1, 2].into(),
-            [10, 244, 2, 3].into(),
-            4000,
-            80,
-            0x10,
-        )
-        .payload(&[0x55; 1400])
-        .build();
+        let big =
+            FrameSpec::tcp(mac(1), mac(2), [10, 244, 1, 2].into(), [10, 244, 2, 3].into(), 4000, 80, 0x10)
+                .payload(&[0x55; 1400])
+                .build();
         let mut out = [0u8; MAX_ERROR_FRAME_LEN];
         let err = IcmpError {
             eth_src: mac(2),
@@ -110,34 +103,16 @@ mod tests {
         let m = parse(frame).unwrap(); // verifies the IPv4 checksum
         let Net::Ipv4(v4) = m.net else { panic!() };
         assert_eq!((v4.src, v4.dst), (err.src_ip, err.dst_ip));
-        assert_eq!(
-            v4.l4,
-            L4::Icmpv4 {
-                icmp_type: 3,
-                code: 4
-            }
-        );
+        assert_eq!(v4.l4, L4::Icmpv4 { icmp_type: 3, code: 4 });
         let icmp = &frame[34..];
         assert_eq!(checksum::checksum(icmp), 0);
         assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1450);
-        assert_eq!(
-            &icmp[8..8 + 28],
-            &big[14..14 + 28],
-            "quoted IP + first 8 bytes of TCP"
-        );
+        assert_eq!(&icmp[8..8 + 28], &big[14..14 + 28], "quoted IP + first 8 bytes of TCP");
     }
 
     #[test]
     fn short_offending_packets_are_quoted_whole() {
-        let small = FrameSpec::udp(
-            mac(1),
-            mac(2),
-            [10, 0, 0, 1].into(),
-            [10, 0, 0, 2].into(),
-            1,
-            2,
-        )
-        .build();
+        let small = FrameSpec::udp(mac(1), mac(2), [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 1, 2).build();
         let mut out = [0u8; MAX_ERROR_FRAME_LEN];
         let err = IcmpError {
             eth_src: mac(2),

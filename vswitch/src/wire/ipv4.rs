@@ -59,12 +59,7 @@ impl<'a> Ipv4Mut<'a> {
     }
 
     fn read32(&self, at: usize) -> u32 {
-        u32::from_be_bytes([
-            self.frame[at],
-            self.frame[at + 1],
-            self.frame[at + 2],
-            self.frame[at + 3],
-        ])
+        u32::from_be_bytes([self.frame[at], self.frame[at + 1], self.frame[at + 2], self.frame[at + 3]])
     }
 
     fn fix_l4_checksum(&mut self, update: impl Fn(u16) -> u16) {
@@ -175,28 +170,15 @@ mod tests {
         assert_checksums_valid(&f);
         let m = v4(&f);
         assert_eq!(m.dst, Ipv4Addr::new(10, 96, 0, 10));
-        assert_eq!(
-            m.l4,
-            L4::Tcp {
-                src_port: 59520,
-                dst_port: 8080,
-                flags: crate::wire::parse::TCP_SYN
-            }
-        );
+        assert_eq!(m.l4, L4::Tcp { src_port: 59520, dst_port: 8080, flags: crate::wire::parse::TCP_SYN });
     }
 
     #[test]
     fn zero_udp_checksum_stays_zero() {
-        let mut f = FrameSpec::udp(
-            mac(1),
-            mac(2),
-            Ipv4Addr::new(10, 0, 0, 1),
-            Ipv4Addr::new(10, 0, 0, 2),
-            1,
-            2,
-        )
-        .payload(b"abc")
-        .build();
+        let mut f =
+            FrameSpec::udp(mac(1), mac(2), Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 1, 2)
+                .payload(b"abc")
+                .build();
         f[40] = 0;
         f[41] = 0;
         rewrite(&mut f, |p| {
@@ -204,27 +186,15 @@ mod tests {
             p.set_source_port(999);
         });
         assert_eq!(&f[40..42], &[0, 0]);
-        assert_eq!(
-            v4(&f).l4,
-            L4::Udp {
-                src_port: 999,
-                dst_port: 2
-            }
-        );
+        assert_eq!(v4(&f).l4, L4::Udp { src_port: 999, dst_port: 2 });
     }
 
     #[test]
     fn ttl_decrement_and_expiry() {
-        let mut f = FrameSpec::udp(
-            mac(1),
-            mac(2),
-            Ipv4Addr::new(10, 0, 0, 1),
-            Ipv4Addr::new(10, 0, 0, 2),
-            1,
-            2,
-        )
-        .ttl(2)
-        .build();
+        let mut f =
+            FrameSpec::udp(mac(1), mac(2), Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 1, 2)
+                .ttl(2)
+                .build();
         let m = v4(&f);
         assert!(Ipv4Mut::new(&mut f, 14, &m).decrement_ttl());
         assert_eq!(v4(&f).ttl, 1);
@@ -235,28 +205,18 @@ mod tests {
 
     #[test]
     fn later_fragments_get_only_ip_rewrites() {
-        let mut f = FrameSpec::udp(
-            mac(1),
-            mac(2),
-            Ipv4Addr::new(10, 0, 0, 1),
-            Ipv4Addr::new(10, 0, 0, 2),
-            1,
-            2,
-        )
-        .payload(&[7; 16])
-        .ipv4_fragment(3, false)
-        .build();
+        let mut f =
+            FrameSpec::udp(mac(1), mac(2), Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 1, 2)
+                .payload(&[7; 16])
+                .ipv4_fragment(3, false)
+                .build();
         let payload_before = f[34..].to_vec();
         rewrite(&mut f, |p| {
             p.set_destination(Ipv4Addr::new(10, 1, 1, 1));
             p.set_destination_port(80);
         });
         assert_eq!(v4(&f).dst, Ipv4Addr::new(10, 1, 1, 1));
-        assert_eq!(
-            &f[34..],
-            &payload_before[..],
-            "no transport header to touch"
-        );
+        assert_eq!(&f[34..], &payload_before[..], "no transport header to touch");
     }
 
     fn any_l4() -> impl Strategy<Value = u8> {

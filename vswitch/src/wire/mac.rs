@@ -78,11 +78,7 @@ impl MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
     }
 }
 
@@ -132,13 +128,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_text() {
-        for bad in [
-            "",
-            "02:00:00:00:00",
-            "02:00:00:00:00:00:00",
-            "2:00:00:00:00:00",
-            "zz:00:00:00:00:00",
-        ] {
+        for bad in ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "2:00:00:00:00:00", "zz:00:00:00:00:00"] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad:?} accepted");
         }
     }
@@ -155,11 +145,6 @@ mod tests {
     #[test]
     fn eui64_link_local() {
         let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
-        assert_eq!(
-            mac.ipv6_link_local(),
-            "fe80::5054:ff:fe12:3456"
-                .parse::<std::net::Ipv6Addr>()
-                .unwrap()
-        );
+        assert_eq!(mac.ipv6_link_local(), "fe80::5054:ff:fe12:3456".parse::<std::net::Ipv6Addr>().unwrap());
     }
 }

@@ -95,36 +95,17 @@ mod tests {
 
     #[test]
     fn header_flags_and_vni() {
-        assert_eq!(
-            parse_header(&[0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0]),
-            Ok(0x123456)
-        );
+        assert_eq!(parse_header(&[0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0]), Ok(0x123456));
         // Reserved bits are ignored on receipt.
-        assert_eq!(
-            parse_header(&[0xff, 0xff, 0xff, 0xff, 0, 0, 1, 0xff]),
-            Ok(1)
-        );
-        assert_eq!(
-            parse_header(&[0x00, 0, 0, 0, 0, 0, 1, 0]),
-            Err(DropReason::BadVxlanFlags)
-        );
-        assert_eq!(
-            parse_header(&[0x08, 0, 0, 0, 0, 0, 1]),
-            Err(DropReason::TruncatedVxlan)
-        );
+        assert_eq!(parse_header(&[0xff, 0xff, 0xff, 0xff, 0, 0, 1, 0xff]), Ok(1));
+        assert_eq!(parse_header(&[0x00, 0, 0, 0, 0, 0, 1, 0]), Err(DropReason::BadVxlanFlags));
+        assert_eq!(parse_header(&[0x08, 0, 0, 0, 0, 0, 1]), Err(DropReason::TruncatedVxlan));
     }
 
     #[test]
     fn outer_headers_parse_back_and_wrap_the_inner_frame() {
-        let inner = FrameSpec::udp(
-            mac(1),
-            mac(2),
-            [10, 244, 1, 2].into(),
-            [10, 244, 2, 3].into(),
-            5,
-            6,
-        )
-        .build();
+        let inner =
+            FrameSpec::udp(mac(1), mac(2), [10, 244, 1, 2].into(), [10, 244, 2, 3].into(), 5, 6).build();
         let o = Outer {
             src_mac: mac(10),
             dst_mac: mac(20),
@@ -144,13 +125,7 @@ mod tests {
         assert!(v4.dont_fragment);
         assert_eq!((v4.src, v4.dst, v4.ttl), (o.src_ip, o.dst_ip, 64));
         assert_eq!(usize::from(v4.total_len), frame.len() - 14);
-        assert_eq!(
-            v4.l4,
-            L4::Udp {
-                src_port: o.src_port,
-                dst_port: 4789
-            }
-        );
+        assert_eq!(v4.l4, L4::Udp { src_port: o.src_port, dst_port: 4789 });
         assert!(o.src_port >= 49152);
         assert_eq!(parse_header(&frame[42..]), Ok(42));
         assert_eq!(&frame[OUTER_LEN..], &inner[..]);

@@ -1,0 +1,180 @@
+//! Workloads shared by the criterion benches and the callgrind instruction counter:
+//! a [`SoloSwitch`] (one worker, polled on the bench thread) over in-memory ports that
+//! replay prepared 64-byte frames and discard what the switch sends.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vswitch::fdb::FdbConfig;
+use vswitch::port::memory::MemoryPort;
+use vswitch::tables::{
+    Gateway, PortEntry, PortId, PortKind, SegmentConfig, TablesBuilder, UnknownArp, WorkerSet,
+};
+use vswitch::testing::{FrameSpec, SoloSwitch, arp_request, mac};
+use vswitch::wire::MacAddr;
+
+/// 60 bytes on the wire plus the 4-byte FCS the NIC adds: the classic 64-byte frame.
+pub const FRAME_LEN: usize = 60;
+const UDP_PAYLOAD: usize = FRAME_LEN - 14 - 20 - 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Pod to pod on static (port-security) bindings: the common case on a node.
+    L2PodToPod,
+    /// Uplink to uplink through a 10k-entry learned FDB, 256 MAC pairs in play.
+    L2LearnedHot,
+    /// Uplink to uplink through a 10k-entry learned FDB, all 5k pairs cycled.
+    L2LearnedUniform,
+    /// ARP requests for a pod, answered by the proxy.
+    ArpReply,
+    /// Broadcast from one port to 8 others.
+    Flood8,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 5] = [
+        Workload::L2PodToPod,
+        Workload::L2LearnedHot,
+        Workload::L2LearnedUniform,
+        Workload::ArpReply,
+        Workload::Flood8,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::L2PodToPod => "l2_pod_to_pod",
+            Workload::L2LearnedHot => "l2_learned_10k_fdb_hot",
+            Workload::L2LearnedUniform => "l2_learned_10k_fdb_uniform",
+            Workload::ArpReply => "arp_proxy_reply",
+            Workload::Flood8 => "flood_8_ports",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Workload> {
+        Self::ALL.into_iter().find(|w| w.name() == name)
+    }
+}
+
+/// A switch set up for one workload.
+pub struct Rig {
+    pub switch: SoloSwitch,
+    /// Frames the switch received per poll (the batch size).
+    pub frames_per_poll: usize,
+    sent: Vec<Arc<AtomicU64>>,
+}
+
+impl Rig {
+    /// Frames the switch transmitted so far, over all ports.
+    pub fn sent(&self) -> u64 {
+        self.sent.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn poll(&mut self) -> usize {
+        self.switch.poll()
+    }
+}
+
+fn pod_ip(n: u16) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 1, n as u8 + 1)
+}
+
+fn port(id: PortId, kind: PortKind) -> PortEntry {
+    let pod = kind == PortKind::Pod;
+    PortEntry {
+        id,
+        name: format!("p{id}"),
+        kind,
+        segment: 0,
+        mac: pod.then(|| mac(u32::from(id))),
+        ipv4: if pod { vec![pod_ip(id)] } else { vec![] },
+        ipv6: vec![],
+        port_security: pod,
+        mtu: 1500,
+        tx_workers: WorkerSet::single(0),
+    }
+}
+
+fn udp(src: MacAddr, dst: MacAddr, sip: Ipv4Addr, dip: Ipv4Addr, sport: u16) -> Vec<u8> {
+    let f = FrameSpec::udp(src, dst, sip, dip, sport, 9).payload(&[0xab; UDP_PAYLOAD]).build();
+    debug_assert_eq!(f.len(), FRAME_LEN);
+    f
+}
+
+/// Builds the switch for `workload`, receiving `batch` frames per poll on port 1.
+pub fn rig(workload: Workload, batch: usize) -> Rig {
+    let mut b = TablesBuilder::default();
+    b.add_segment(SegmentConfig {
+        id: 0,
+        gateway: Some(Gateway { ip: Ipv4Addr::new(10, 244, 1, 1), mac: mac(0xfffe) }),
+        unknown_arp: UnknownArp::Drop,
+    })
+    .expect("fresh builder");
+    let (kind, ports): (PortKind, u16) = match workload {
+        Workload::L2PodToPod | Workload::ArpReply => (PortKind::Pod, 2),
+        Workload::L2LearnedHot | Workload::L2LearnedUniform => (PortKind::Uplink, 2),
+        Workload::Flood8 => (PortKind::Uplink, 9),
+    };
+    for id in 1..=ports {
+        b.add_port(port(id, kind)).expect("distinct ports");
+    }
+    let tables = b.build(1).expect("valid tables");
+    let mut switch = SoloSwitch::new(tables, FdbConfig::default(), 16, batch);
+
+    // Learned FDB: 5k hosts behind each uplink.
+    const HOSTS: u32 = 5_000;
+    if kind == PortKind::Uplink && workload != Workload::Flood8 {
+        let now = 0;
+        let fdb = switch.fdb().batch();
+        for h in 0..HOSTS {
+            fdb.learn(0, mac(0x10_0000 + h), 1, now);
+            fdb.learn(0, mac(0x20_0000 + h), 2, now);
+        }
+    }
+    let frames: Vec<Vec<u8>> = match workload {
+        Workload::L2PodToPod => {
+            (0..64).map(|i| udp(mac(1), mac(2), pod_ip(1), pod_ip(2), 1000 + i)).collect()
+        }
+        Workload::L2LearnedHot | Workload::L2LearnedUniform => {
+            let pairs = if workload == Workload::L2LearnedHot { 256 } else { HOSTS };
+            let any = Ipv4Addr::new(192, 0, 2, 1);
+            // Stride through hosts so consecutive frames hit unrelated entries.
+            (0..pairs)
+                .map(|i| {
+                    let h = (i * 2_017) % HOSTS;
+                    udp(mac(0x10_0000 + h), mac(0x20_0000 + (h * 7 + 3) % HOSTS), any, any, i as u16)
+                })
+                .collect()
+        }
+        Workload::ArpReply => vec![arp_request(mac(1), pod_ip(1), pod_ip(2))],
+        Workload::Flood8 => {
+            vec![udp(
+                mac(0x10_0001),
+                MacAddr::BROADCAST,
+                Ipv4Addr::new(192, 0, 2, 1),
+                Ipv4Addr::BROADCAST,
+                68,
+            )]
+        }
+    };
+
+    // Sinks first: the replay port starts sending on the first poll.
+    let mut sent = Vec::new();
+    for id in 2..=ports {
+        let (sink, counter) = MemoryPort::sink(&format!("out{id}"));
+        switch.add_queue(id, Box::new(sink));
+        sent.push(counter);
+    }
+    let (replay, counter) = MemoryPort::replay("in", frames);
+    switch.add_queue(1, Box::new(replay));
+    sent.push(counter);
+    let mut rig = Rig { switch, frames_per_poll: batch, sent };
+    // Warm the pool and caches; check the workload does what it says.
+    for _ in 0..64 {
+        rig.poll();
+    }
+    let stats = rig.switch.stats();
+    assert_eq!(stats.total_drops(), 0, "{workload:?} drops: {:?}", stats.drops_by_reason);
+    assert!(rig.sent() > 0, "{workload:?} sent nothing");
+    rig
+}
