@@ -118,7 +118,7 @@ pub fn rig(workload: Workload, batch: usize) -> Rig {
     for id in 1..=ports {
         b.add_port(port(id, kind)).expect("distinct ports");
     }
-    let tables = b.build(1).expect("valid tables");
+    let tables = b.build().expect("valid tables");
     let mut switch = SoloSwitch::new(tables, FdbConfig::default(), 16, batch);
 
     // Learned FDB: 5k hosts behind each uplink.

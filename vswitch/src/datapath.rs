@@ -318,7 +318,7 @@ mod tests {
             b.add_port(entry).unwrap();
             handles.push(h);
         }
-        dp.publish(b.build(1).unwrap());
+        dp.publish(b.build().unwrap());
         (dp, handles)
     }
 
@@ -401,7 +401,7 @@ mod tests {
             entry.tx_workers = WorkerSet::single(usize::from(port) / 2);
             b.add_port(entry).unwrap();
         }
-        dp.publish(b.build(2).unwrap());
+        dp.publish(b.build().unwrap());
         let q = dp.remove_queue(1, 3).unwrap();
         assert!(q.is_some());
         assert!(dp.remove_queue(1, 3).unwrap().is_none(), "idempotent");

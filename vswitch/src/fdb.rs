@@ -16,7 +16,7 @@
 //! ports differ. A lookup racing with an age-out sees the entry or not; either way the
 //! frame is forwarded or flooded, never misdirected to a port outside its segment.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use papaya::{Guard, LocalGuard};
 
@@ -54,6 +54,8 @@ pub enum Learned {
     Moved { from: PortId },
     /// Not learned: the segment's table is at its cap.
     TableFull,
+    /// Not learned: the caller's policy refused the new entry.
+    Refused,
 }
 
 /// One learned entry, for dumps.
@@ -70,6 +72,9 @@ pub struct Fdb {
     map: papaya::HashMap<u64, Entry, foldhash::fast::RandomState>,
     per_segment: Box<[AtomicU32]>,
     config: FdbConfig,
+    /// Advances whenever an entry moves or is removed, so per-worker caches of lookups
+    /// ([`crate::mac_cache::MacCache`]) know to forget. Inserts do not advance it.
+    epoch: AtomicU64,
 }
 
 #[inline]
@@ -88,11 +93,22 @@ impl Fdb {
             map: papaya::HashMap::builder().hasher(foldhash::fast::RandomState::default()).build(),
             per_segment: (0..MAX_SEGMENTS).map(|_| AtomicU32::new(0)).collect(),
             config,
+            epoch: AtomicU64::new(1),
         }
     }
 
     pub fn config(&self) -> FdbConfig {
         self.config
+    }
+
+    /// The current epoch (see the field's doc); read once per batch.
+    #[inline]
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn advance_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::Release);
     }
 
     /// A handle for one batch: holds the map's epoch guard so lookups are lock-free.
@@ -128,6 +144,9 @@ impl Fdb {
             },
             &guard,
         );
+        if removed > 0 {
+            self.advance_epoch();
+        }
         removed
     }
 
@@ -180,9 +199,26 @@ impl FdbBatch<'_> {
     /// Records that `mac` was seen as a source on `port` at time `now` (seconds).
     #[inline]
     pub fn learn(&self, segment: SegmentId, mac: MacAddr, port: PortId, now: u32) -> Learned {
+        self.learn_if(segment, mac, port, now, || true)
+    }
+
+    /// [`learn`](Self::learn), asking `may_insert` before creating a new entry. The
+    /// check runs only for MACs not yet known, so a known MAC costs one lookup.
+    #[inline]
+    pub fn learn_if(
+        &self,
+        segment: SegmentId,
+        mac: MacAddr,
+        port: PortId,
+        now: u32,
+        may_insert: impl FnOnce() -> bool,
+    ) -> Learned {
         let k = key(segment, mac);
         if let Some(e) = self.fdb.map.get(&k, &self.guard) {
-            return Self::refresh(e, port, now);
+            return self.refresh(e, port, now);
+        }
+        if !may_insert() {
+            return Learned::Refused;
         }
         let Some(count) = self.fdb.per_segment.get(usize::from(segment)) else {
             return Learned::TableFull;
@@ -198,13 +234,13 @@ impl FdbBatch<'_> {
             Err(occupied) => {
                 // Another worker learned it first.
                 count.fetch_sub(1, Ordering::Relaxed);
-                Self::refresh(occupied.current, port, now)
+                self.refresh(occupied.current, port, now)
             }
         }
     }
 
     #[inline]
-    fn refresh(e: &Entry, port: PortId, now: u32) -> Learned {
+    fn refresh(&self, e: &Entry, port: PortId, now: u32) -> Learned {
         // Plain loads and stores; each entry has a single writer in practice (the worker
         // owning the port the MAC is behind), and a lost race only delays a refresh.
         if e.last_seen.load(Ordering::Relaxed) != now {
@@ -215,6 +251,7 @@ impl FdbBatch<'_> {
             Learned::Known
         } else {
             e.port.store(u32::from(port), Ordering::Relaxed);
+            self.fdb.advance_epoch();
             Learned::Moved { from: old as PortId }
         }
     }
@@ -244,6 +281,22 @@ mod tests {
         assert_eq!(b.learn(0, mac(1), 7, 12), Learned::Moved { from: 4 });
         assert_eq!(b.lookup(0, mac(1)), Some(7));
         assert_eq!(fdb.len_in(0), 1);
+    }
+
+    #[test]
+    fn epoch_advances_on_moves_and_removals_only() {
+        let fdb = Fdb::new(FdbConfig::default());
+        let e0 = fdb.epoch();
+        fdb.batch().learn(0, mac(1), 4, 0);
+        fdb.batch().learn(0, mac(1), 4, 1);
+        assert_eq!(fdb.epoch(), e0, "insert and refresh keep caches valid");
+        fdb.batch().learn(0, mac(1), 5, 1);
+        assert!(fdb.epoch() > e0);
+        let e1 = fdb.epoch();
+        assert_eq!(fdb.age_out(1), 0);
+        assert_eq!(fdb.epoch(), e1, "nothing removed");
+        fdb.forget_port(5);
+        assert!(fdb.epoch() > e1);
     }
 
     #[test]

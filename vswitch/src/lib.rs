@@ -15,6 +15,7 @@ pub mod drop_reason;
 pub mod fdb;
 pub mod frame;
 pub mod l2;
+pub mod mac_cache;
 pub mod mac_learning;
 pub mod pipeline;
 pub mod port;

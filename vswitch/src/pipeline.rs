@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::drop_reason::DropReason;
 use crate::fdb::{Fdb, FdbBatch};
 use crate::frame::{Frame, FramePool};
+use crate::mac_cache::MacCache;
 use crate::stats::WorkerStats;
 use crate::tables::{PortEntry, PortId, Tables};
 use crate::wire::{self, FrameMeta};
@@ -27,10 +28,12 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
-/// What every stage may read while processing one batch.
+/// What the stages use while processing one batch: shared state to read, and this
+/// worker's cache to fill.
 pub struct StageContext<'a> {
     pub tables: &'a Tables,
     pub fdb: &'a FdbBatch<'a>,
+    pub cache: &'a mut MacCache,
     pub stats: &'a WorkerStats,
     /// Seconds on the datapath clock.
     pub now: u32,
@@ -40,16 +43,16 @@ pub struct StageContext<'a> {
 /// `Break` with its verdict; the last stage always decides.
 #[inline]
 pub fn stages(
-    ctx: &StageContext<'_>,
+    ctx: &mut StageContext<'_>,
     port: &PortEntry,
     frame: &mut Frame,
     meta: &FrameMeta,
 ) -> ControlFlow<Verdict, Verdict> {
     let events = &ctx.stats.events;
     port_security::check(port, meta)?;
-    mac_learning::learn_source(ctx.tables, ctx.fdb, events, port, meta, ctx.now);
+    mac_learning::learn_source(ctx.tables, ctx.fdb, ctx.cache, events, port, meta, ctx.now);
     arp_proxy::answer(ctx.tables, events, port, frame, meta)?;
-    ControlFlow::Continue(l2::forward(ctx.tables, ctx.fdb, port, meta))
+    ControlFlow::Continue(l2::forward(ctx.tables, ctx.fdb, ctx.cache, port, meta, ctx.now))
 }
 
 /// Frames waiting to be transmitted, grouped by egress port.
@@ -87,15 +90,16 @@ impl TxBatches {
     }
 }
 
-/// One worker's pipeline: the shared FDB and this worker's counters.
+/// One worker's pipeline: the shared FDB, this worker's counters and MAC cache.
 pub struct Pipeline {
     fdb: Arc<Fdb>,
     stats: Arc<WorkerStats>,
+    cache: MacCache,
 }
 
 impl Pipeline {
     pub fn new(fdb: Arc<Fdb>, stats: Arc<WorkerStats>) -> Pipeline {
-        Pipeline { fdb, stats }
+        Pipeline { fdb, stats, cache: MacCache::default() }
     }
 
     pub fn stats(&self) -> &Arc<WorkerStats> {
@@ -130,7 +134,8 @@ impl Pipeline {
         };
         let max_len = port.max_frame_len();
         let fdb = self.fdb.batch();
-        let ctx = StageContext { tables, fdb: &fdb, stats, now };
+        self.cache.validate(tables.generation(), self.fdb.epoch());
+        let mut ctx = StageContext { tables, fdb: &fdb, cache: &mut self.cache, stats, now };
         let mut meta = FrameMeta::UNPARSED;
         for mut frame in batch.drain(..) {
             let parsed = if frame.len() > max_len {
@@ -142,7 +147,7 @@ impl Pipeline {
                 Err(reason) => Verdict::Drop(reason),
                 Ok(()) => {
                     let (ControlFlow::Break(v) | ControlFlow::Continue(v)) =
-                        stages(&ctx, port, &mut frame, &meta);
+                        stages(&mut ctx, port, &mut frame, &meta);
                     v
                 }
             };
@@ -272,7 +277,7 @@ mod tests {
             edit(&mut b);
             let fdb = Arc::new(Fdb::new(FdbConfig { max_entries_per_segment: 4, aging_secs: 300 }));
             Harness {
-                tables: b.build(1).unwrap(),
+                tables: b.build().unwrap(),
                 pipeline: Pipeline::new(fdb, Arc::new(WorkerStats::new(16))),
                 pool: FramePool::standalone(2048),
                 out: TxBatches::new(16),
@@ -406,7 +411,7 @@ mod tests {
         b.add_segment(flood_seg).unwrap();
         b.add_port(pod(1, [10, 244, 1, 2])).unwrap();
         b.add_port(pod(2, [10, 244, 1, 3])).unwrap();
-        h.tables = b.build(2).unwrap();
+        h.tables = b.build().unwrap();
         let sent = h.send(1, &[arp_request(mac(1), ip(2), ip(77))]);
         assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![2]);
         // ARP replies between pods are plain unicast.
@@ -459,7 +464,7 @@ mod tests {
         let mut b = TablesBuilder::default();
         b.add_segment(segment0()).unwrap();
         b.add_port(pod(1, [10, 244, 1, 2])).unwrap();
-        h.tables = b.build(2).unwrap();
+        h.tables = b.build().unwrap();
         h.send(1, &[FrameSpec::udp(mac(1), MacAddr::BROADCAST, ip(2), Ipv4Addr::BROADCAST, 1, 2).build()]);
         assert_eq!(h.drops(1, DropReason::NoFloodTargets), 1);
         // The tables changed under a frame: egress gone.
@@ -474,7 +479,7 @@ mod tests {
         let mut b = TablesBuilder::default();
         b.add_segment(segment0()).unwrap();
         b.add_port(pod(1, [10, 244, 1, 2])).unwrap();
-        h.tables = b.build(2).unwrap();
+        h.tables = b.build().unwrap();
         // The FDB still points at uplink 8, which the new tables no longer have.
         assert!(h.send(1, &[udp(1, 0x100, ip(2), Ipv4Addr::new(192, 0, 2, 1))]).is_empty());
         assert_eq!(h.drops(1, DropReason::EgressPortGone), 1);

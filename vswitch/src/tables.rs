@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::wire::MacAddr;
 
@@ -163,9 +164,10 @@ fn ip_key(segment: SegmentId, ip: Ipv4Addr) -> u64 {
 impl Tables {
     /// Tables with no ports and no segments.
     pub fn empty() -> Tables {
-        TablesBuilder::default().build(0).expect("empty tables are valid")
+        TablesBuilder::default().build().expect("empty tables are valid")
     }
 
+    /// Unique per snapshot, increasing in build order.
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -310,8 +312,11 @@ impl TablesBuilder {
     }
 
     /// Builds the snapshot. Every port was validated on insertion, so this only derives
-    /// the lookup maps.
-    pub fn build(&self, generation: u64) -> Result<Tables, TablesError> {
+    /// the lookup maps. Each snapshot gets a generation no other snapshot in this process
+    /// has, so caches keyed by it can never mistake one snapshot for another.
+    pub fn build(&self) -> Result<Tables, TablesError> {
+        static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+        let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
         let max_port = self.ports.keys().next_back().map_or(0, |id| usize::from(*id) + 1);
         let mut ports = vec![None; max_port];
         let max_seg = self.segments.keys().next_back().map_or(0, |id| usize::from(*id) + 1);
@@ -384,8 +389,8 @@ pub(crate) mod tests {
         b.add_segment(segment0()).unwrap();
         b.add_port(pod(1, [10, 244, 1, 2])).unwrap();
         b.add_port(pod(3, [10, 244, 1, 3])).unwrap();
-        let t = b.build(7).unwrap();
-        assert_eq!(t.generation(), 7);
+        let t = b.build().unwrap();
+        assert!(b.build().unwrap().generation() > t.generation(), "every snapshot is distinct");
         assert_eq!(t.segment(0).unwrap().ports, vec![1, 3]);
         assert_eq!(t.static_port(0, mac(3)), Some(3));
         assert_eq!(t.static_port(1, mac(3)), None, "segments are separate");

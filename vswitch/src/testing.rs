@@ -331,25 +331,6 @@ pub fn mac(n: u32) -> MacAddr {
     MacAddr([0x02, 0x00, b[0], b[1], b[2], b[3]])
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checksums_of_built_frames_verify() {
-        let f = FrameSpec::udp(mac(1), mac(2), Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 5, 6)
-            .payload(b"hello")
-            .build();
-        assert_eq!(checksum::checksum(&f[14..34]), 0, "ip header");
-        let sum = pseudo_header_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 17, 13);
-        assert_eq!(!checksum::fold(checksum::sum(&f[34..], sum)), 0, "udp");
-        let t = FrameSpec::tcp(mac(1), mac(2), Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(5, 6, 7, 8), 5, 6, 2)
-            .build();
-        let sum = pseudo_header_v4(Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(5, 6, 7, 8), 6, 20);
-        assert_eq!(!checksum::fold(checksum::sum(&t[34..], sum)), 0, "tcp");
-    }
-}
-
 /// One worker over in-memory ports, polled by hand on the caller's thread: the switch
 /// without threads, for benches, fuzzing and deterministic tests.
 pub struct SoloSwitch {
@@ -419,5 +400,24 @@ impl SoloSwitch {
 
     pub fn buffer_allocations(&self) -> u64 {
         self.worker.pool().shared().allocations()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_of_built_frames_verify() {
+        let f = FrameSpec::udp(mac(1), mac(2), Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 5, 6)
+            .payload(b"hello")
+            .build();
+        assert_eq!(checksum::checksum(&f[14..34]), 0, "ip header");
+        let sum = pseudo_header_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 17, 13);
+        assert_eq!(!checksum::fold(checksum::sum(&f[34..], sum)), 0, "udp");
+        let t = FrameSpec::tcp(mac(1), mac(2), Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(5, 6, 7, 8), 5, 6, 2)
+            .build();
+        let sum = pseudo_header_v4(Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(5, 6, 7, 8), 6, 20);
+        assert_eq!(!checksum::fold(checksum::sum(&t[34..], sum)), 0, "tcp");
     }
 }

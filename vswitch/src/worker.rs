@@ -327,7 +327,7 @@ mod tests {
             p.tx_workers = WorkerSet::single(w);
             b.add_port(p).unwrap();
         }
-        let tables = Arc::new(ArcSwap::from_pointee(b.build(1).unwrap()));
+        let tables = Arc::new(ArcSwap::from_pointee(b.build().unwrap()));
         let fdb = Arc::new(Fdb::new(FdbConfig::default()));
         let shared = SharedPool::new(2048, 1024);
         let (waker0, waker1) = (Arc::new(Waker::default()), Arc::new(Waker::default()));

@@ -641,27 +641,22 @@ mod tests {
     }
 
     fn mutated_frames() -> impl Strategy<Value = Vec<u8>> {
-        let base =
-            prop_oneof![
-                (any::<u16>(), any::<u16>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
-                    |(s, d, p)| FrameSpec::udp(A, B, ip("10.0.0.1"), ip("10.0.0.2"), s, d)
-                        .payload(&p)
-                        .build()
-                ),
-                (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(fl, p)| {
-                    FrameSpec::tcp(A, B, ip("10.0.0.1"), ip("10.0.0.2"), 1, 2, fl).payload(&p).build()
-                }),
-                Just(FrameSpec::icmp_echo(A, B, ip("10.0.0.1"), ip("10.0.0.2"), 3).build()),
-                Just(
-                    FrameSpec::udp(A, B, ip("10.0.0.1"), ip("10.0.0.2"), 1, 2)
-                        .ipv4_options(&[1, 1, 1, 0])
-                        .build()
-                ),
-                Just(
-                    FrameSpec::udp(A, B, ip("10.0.0.1"), ip("10.0.0.2"), 1, 2).ipv4_fragment(0, true).build()
-                ),
-                Just(CAPTURED_TCP_SYN.to_vec()),
-            ];
+        let base = prop_oneof![
+            (any::<u16>(), any::<u16>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
+                |(s, d, p)| FrameSpec::udp(A, B, ip("10.0.0.1"), ip("10.0.0.2"), s, d).payload(&p).build()
+            ),
+            (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(fl, p)| {
+                FrameSpec::tcp(A, B, ip("10.0.0.1"), ip("10.0.0.2"), 1, 2, fl).payload(&p).build()
+            }),
+            Just(FrameSpec::icmp_echo(A, B, ip("10.0.0.1"), ip("10.0.0.2"), 3).build()),
+            Just(
+                FrameSpec::udp(A, B, ip("10.0.0.1"), ip("10.0.0.2"), 1, 2)
+                    .ipv4_options(&[1, 1, 1, 0])
+                    .build()
+            ),
+            Just(FrameSpec::udp(A, B, ip("10.0.0.1"), ip("10.0.0.2"), 1, 2).ipv4_fragment(0, true).build()),
+            Just(CAPTURED_TCP_SYN.to_vec()),
+        ];
         // Overwrite up to four bytes anywhere, then maybe truncate: exercises every check.
         let edits = proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4);
         (base, edits, any::<prop::sample::Index>(), any::<bool>(), any::<bool>()).prop_map(
