@@ -2,13 +2,31 @@
 //!
 //! `cargo bench -p vswitch-benches --bench pipeline`; per-packet time is criterion's
 //! time per iteration divided by the batch, and Mpps is its "thrpt" line.
+//!
+//! `baseline_io_only` is the side-by-side floor of the same run: the in-memory ports
+//! alone (receive a batch from the replay port, hand it to the sink) without any
+//! switching, so the pipeline's own cost is the difference.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use vswitch_benches::{Workload, rig};
+use vswitch::frame::{DEFAULT_BUF_SIZE, FramePool, SharedPool};
+use vswitch::port::PortQueue;
+use vswitch::port::memory::MemoryPort;
+use vswitch_benches::{Workload, baseline_frames, rig};
 
 fn pipeline(c: &mut Criterion) {
     let mut group = c.benchmark_group("pipeline");
     for batch in [64, 256] {
+        group.throughput(Throughput::Elements(batch as u64));
+        let (mut rx, _) = MemoryPort::replay("in", baseline_frames());
+        let (mut tx, _) = MemoryPort::sink("out");
+        let mut pool = FramePool::new(SharedPool::new(DEFAULT_BUF_SIZE, 4 * batch), 4 * batch);
+        let mut frames = Vec::with_capacity(batch);
+        group.bench_function(format!("baseline_io_only/batch{batch}"), |b| {
+            b.iter(|| {
+                rx.rx_batch(&mut pool, &mut frames, batch).expect("memory ports do not fail");
+                tx.tx_batch(&mut frames, &mut pool)
+            })
+        });
         for workload in Workload::ALL {
             let mut rig = rig(workload, batch);
             group.throughput(Throughput::Elements(rig.frames_per_poll as u64));

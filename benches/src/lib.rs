@@ -101,6 +101,11 @@ fn udp(src: MacAddr, dst: MacAddr, sip: Ipv4Addr, dip: Ipv4Addr, sport: u16) -> 
     f
 }
 
+/// The pod-to-pod frames, for the I/O-only baseline.
+pub fn baseline_frames() -> Vec<Vec<u8>> {
+    (0..64).map(|i| udp(mac(1), mac(2), pod_ip(1), pod_ip(2), 1000 + i)).collect()
+}
+
 /// Builds the switch for `workload`, receiving `batch` frames per poll on port 1.
 pub fn rig(workload: Workload, batch: usize) -> Rig {
     let mut b = TablesBuilder::default();
@@ -132,9 +137,7 @@ pub fn rig(workload: Workload, batch: usize) -> Rig {
         }
     }
     let frames: Vec<Vec<u8>> = match workload {
-        Workload::L2PodToPod => {
-            (0..64).map(|i| udp(mac(1), mac(2), pod_ip(1), pod_ip(2), 1000 + i)).collect()
-        }
+        Workload::L2PodToPod => baseline_frames(),
         Workload::L2LearnedHot | Workload::L2LearnedUniform => {
             let pairs = if workload == Workload::L2LearnedHot { 256 } else { HOSTS };
             let any = Ipv4Addr::new(192, 0, 2, 1);

@@ -14,6 +14,7 @@ pub mod datapath;
 pub mod drop_reason;
 pub mod fdb;
 pub mod frame;
+pub mod fuzzing;
 pub mod l2;
 pub mod mac_cache;
 pub mod mac_learning;
