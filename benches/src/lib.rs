@@ -92,6 +92,7 @@ fn port(id: PortId, kind: PortKind) -> PortEntry {
         port_security: pod,
         mtu: 1500,
         tx_workers: WorkerSet::single(0),
+        offloads: false,
     }
 }
 

@@ -69,8 +69,10 @@ pub enum DatapathError {
     PortOutOfRange(PortId),
     #[error("worker {0} did not answer within {1:?} (stopped or stuck)")]
     WorkerUnresponsive(WorkerId, Duration),
-    #[error("could not start worker thread: {0}")]
+    #[error("could not start a worker (thread, epoll or eventfd): {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("worker cannot watch the queue of port {0}: {1}")]
+    Queue(PortId, #[source] std::io::Error),
 }
 
 struct WorkerHandle {
@@ -150,7 +152,8 @@ impl Datapath {
                 batch_size: config.batch_size,
                 idle: config.idle,
                 waker: wakers[id].clone(),
-            });
+            })
+            .map_err(DatapathError::Spawn)?;
             let stop = stop.clone();
             let cpu = config.pin_cpus.as_ref().and_then(|cpus| cpus.get(id).copied());
             let thread = std::thread::Builder::new()
@@ -201,6 +204,7 @@ impl Datapath {
     }
 
     /// Gives `queue` of `port` to worker `id`; returns once the worker polls it.
+    /// Fails if the worker cannot watch the queue's readiness fd (the queue is dropped).
     pub fn add_queue(
         &self,
         id: WorkerId,
@@ -212,7 +216,9 @@ impl Datapath {
         }
         let (done, ack) = crossbeam_channel::bounded(1);
         self.command(id, Command::AddQueue { port, queue, done })?;
-        ack.recv_timeout(ACK_TIMEOUT).map_err(|_| DatapathError::WorkerUnresponsive(id, ACK_TIMEOUT))
+        ack.recv_timeout(ACK_TIMEOUT)
+            .map_err(|_| DatapathError::WorkerUnresponsive(id, ACK_TIMEOUT))?
+            .map_err(|e| DatapathError::Queue(port, e))
     }
 
     /// Takes worker `id`'s queue of `port` back; `None` if it had none.

@@ -82,8 +82,10 @@ drop_reasons! {
     TruncatedVxlan => "truncated_vxlan",
     /// VXLAN header without the I flag (no valid VNI, RFC 7348 §5).
     BadVxlanFlags => "bad_vxlan_flags",
-    /// Longer than the ingress port's MTU allows.
+    /// Longer than the ingress port's MTU allows (for a TSO/GSO super-frame: its segments).
     OversizedFrame => "oversized_frame",
+    /// Virtio-net offload header inconsistent with its frame (offsets, GSO type, segment count).
+    BadOffloadHeader => "bad_offload_header",
     /// Source MAC is a multicast or broadcast address.
     MulticastSourceMac => "multicast_source_mac",
     /// Source MAC is not the one bound to the pod's port (anti-spoofing).

@@ -8,6 +8,11 @@
 //! Buffers can end up on another worker (a frame handed off for transmission there).
 //! Each pool therefore keeps a bounded local stack and spills to, and refills from, one
 //! [`SharedPool`] ring common to all workers.
+//!
+//! Two sizes exist: ordinary buffers ([`DEFAULT_BUF_SIZE`]) for MTU-sized frames, and
+//! large ones ([`LARGE_BUF_SIZE`]) for TSO/GSO super-frames of up to 64 KiB that ports
+//! with offloads exchange. Each size has its own local stack and shared ring; a frame's
+//! buffer goes back to the class it came from.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,15 +27,64 @@ pub const HEADROOM: usize = 128;
 /// Default buffer size: headroom plus a 1518-byte VLAN-tagged frame, with room to spare
 /// for MTUs up to 1900.
 pub const DEFAULT_BUF_SIZE: usize = 2048;
+/// Large buffer size: headroom plus the largest frame a TAP with offloads hands over
+/// (a 64 KiB IP packet behind a tagged Ethernet header), rounded up.
+pub const LARGE_BUF_SIZE: usize = HEADROOM + 65_536 + 512;
+/// The longest frame the switch handles: an IPv4/IPv6 packet of 65535 bytes behind an
+/// Ethernet header and one VLAN tag.
+pub const MAX_FRAME_LEN: usize = 18 + 65_535;
+
+/// Offload state of a frame, as the virtio-net header describes it (see
+/// [`crate::wire::offload`]): the frame may be a TSO/GSO super-frame to be cut into
+/// segments of `gso_size` payload bytes, and its L4 checksum may be left partial.
+///
+/// Only ports with offloads produce or accept such frames; the pipeline completes the
+/// work in software before a frame leaves through a port without them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offload {
+    /// `VIRTIO_NET_HDR_GSO_*`; zero for an ordinary frame.
+    pub gso_type: u8,
+    /// `VIRTIO_NET_HDR_F_*`: NEEDS_CSUM means the L4 checksum holds only the
+    /// pseudo-header sum.
+    pub flags: u8,
+    /// Payload bytes per segment.
+    pub gso_size: u16,
+    /// Where checksumming starts (the L4 header), from the first byte of the frame.
+    pub csum_start: u16,
+    /// Where the checksum goes, from `csum_start`.
+    pub csum_offset: u16,
+    /// Length of the longest segment on the wire (headers included); the MTU checks
+    /// use it instead of the super-frame's length.
+    pub segment_len: u16,
+}
+
+impl Offload {
+    pub const NONE: Offload =
+        Offload { gso_type: 0, flags: 0, gso_size: 0, csum_start: 0, csum_offset: 0, segment_len: 0 };
+
+    /// A super-frame that must be segmented before it meets a port without offloads.
+    #[inline]
+    pub fn is_gso(&self) -> bool {
+        self.gso_type != 0
+    }
+
+    /// Anything a port without offloads cannot take as is.
+    #[inline]
+    pub fn is_pending(&self) -> bool {
+        self.gso_type != 0 || self.flags & crate::wire::offload::F_NEEDS_CSUM != 0
+    }
+}
 
 /// A frame in a pooled buffer.
 pub struct Frame {
     buf: Box<[u8]>,
-    // u32 offsets keep a Frame at 32 bytes: batches move them around a lot.
+    // u32 offsets keep a Frame small: batches move them around a lot.
     start: u32,
     end: u32,
     /// The port the frame arrived on.
     pub ingress: PortId,
+    /// Work left to the egress (segmentation, checksum), from a port with offloads.
+    pub offload: Offload,
 }
 
 impl Frame {
@@ -38,7 +92,7 @@ impl Frame {
     fn from_buf(buf: Box<[u8]>) -> Frame {
         debug_assert!(buf.len() <= u32::MAX as usize, "frame buffers are far below 4 GiB");
         let start = HEADROOM.min(buf.len()) as u32;
-        Frame { buf, start, end: start, ingress: 0 }
+        Frame { buf, start, end: start, ingress: 0, offload: Offload::NONE }
     }
 
     #[inline]
@@ -80,6 +134,12 @@ impl Frame {
         self.buf.len() - HEADROOM.min(self.buf.len())
     }
 
+    /// The frame's length on the wire: for a super-frame, its longest segment.
+    #[inline]
+    pub fn wire_len(&self) -> usize {
+        if self.offload.is_gso() { usize::from(self.offload.segment_len) } else { self.len() }
+    }
+
     /// Replaces the contents with `bytes`, at the default headroom. Returns `false`
     /// (leaving the frame empty) when `bytes` does not fit.
     #[inline]
@@ -106,6 +166,13 @@ impl Frame {
     /// Sets the frame length after writing into [`Frame::spare_mut`].
     pub fn set_len(&mut self, len: usize) {
         self.end = (self.start as usize + len).min(self.buf.len()) as u32;
+    }
+
+    /// The writable area from `offset` bytes past the default headroom, for a backend
+    /// that scatters one read over several buffers.
+    pub fn spare_from_mut(&mut self, offset: usize) -> &mut [u8] {
+        let at = (HEADROOM + offset).min(self.buf.len());
+        &mut self.buf[at..]
     }
 
     /// Grows the frame at the front by `n` bytes of headroom and returns them, or `None`
@@ -139,19 +206,26 @@ impl std::fmt::Debug for Frame {
     }
 }
 
-/// Buffers spilled by one worker's pool for the others to reuse.
-pub struct SharedPool {
+/// Spare buffers of one size, shared by all workers' pools.
+struct SharedClass {
     ring: ArrayQueue<Box<[u8]>>,
     buf_size: usize,
+}
+
+/// Buffers spilled by one worker's pool for the others to reuse.
+pub struct SharedPool {
+    small: SharedClass,
+    large: SharedClass,
     allocations: AtomicU64,
 }
 
 impl SharedPool {
-    /// A shared ring holding up to `capacity` spare buffers of `buf_size` bytes.
+    /// A shared pool holding up to `capacity` spare buffers of `buf_size` bytes (and a
+    /// proportionate few large ones).
     pub fn new(buf_size: usize, capacity: usize) -> Arc<SharedPool> {
         Arc::new(SharedPool {
-            ring: ArrayQueue::new(capacity.max(1)),
-            buf_size,
+            small: SharedClass { ring: ArrayQueue::new(capacity.max(1)), buf_size },
+            large: SharedClass { ring: ArrayQueue::new((capacity / 16).max(16)), buf_size: LARGE_BUF_SIZE },
             allocations: AtomicU64::new(0),
         })
     }
@@ -162,14 +236,63 @@ impl SharedPool {
     }
 
     pub fn buf_size(&self) -> usize {
-        self.buf_size
+        self.small.buf_size
+    }
+}
+
+/// One size class of a worker's pool.
+struct LocalClass {
+    free: Vec<Box<[u8]>>,
+    max_local: usize,
+}
+
+impl LocalClass {
+    fn new(max_local: usize) -> LocalClass {
+        LocalClass { free: Vec::with_capacity(max_local), max_local }
+    }
+
+    #[inline(always)]
+    fn get(&mut self, shared: &SharedClass, allocations: &AtomicU64) -> Frame {
+        if let Some(buf) = self.free.pop() {
+            return Frame::from_buf(buf);
+        }
+        let want = self.max_local / 2;
+        while self.free.len() < want {
+            match shared.ring.pop() {
+                Some(buf) => self.free.push(buf),
+                None => break,
+            }
+        }
+        match self.free.pop() {
+            Some(buf) => Frame::from_buf(buf),
+            None => {
+                allocations.fetch_add(1, Ordering::Relaxed);
+                Frame::from_buf(vec![0u8; shared.buf_size].into_boxed_slice())
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn put(&mut self, buf: Box<[u8]>, shared: &SharedClass) {
+        if self.free.len() >= self.max_local {
+            let keep = self.max_local / 2;
+            while self.free.len() > keep {
+                let spare = self.free.pop().expect("length checked above");
+                if shared.ring.push(spare).is_err() {
+                    // Shared ring full: let the buffer go; memory stays bounded.
+                    break;
+                }
+            }
+            self.free.truncate(keep);
+        }
+        self.free.push(buf);
     }
 }
 
 /// A worker's buffer pool. Not shared: each worker owns one.
 pub struct FramePool {
-    free: Vec<Box<[u8]>>,
-    max_local: usize,
+    small: LocalClass,
+    large: LocalClass,
     shared: Arc<SharedPool>,
 }
 
@@ -177,7 +300,7 @@ impl FramePool {
     /// A pool keeping up to `max_local` spare buffers before spilling to `shared`.
     pub fn new(shared: Arc<SharedPool>, max_local: usize) -> FramePool {
         let max_local = max_local.max(2);
-        FramePool { free: Vec::with_capacity(max_local), max_local, shared }
+        FramePool { small: LocalClass::new(max_local), large: LocalClass::new(16), shared }
     }
 
     /// A standalone pool, for tests and tools.
@@ -189,22 +312,24 @@ impl FramePool {
     /// spare buffer (warm-up, or buffers still in flight elsewhere).
     #[inline(always)]
     pub fn get(&mut self) -> Frame {
-        if let Some(buf) = self.free.pop() {
-            return Frame::from_buf(buf);
-        }
-        self.refill();
-        match self.free.pop() {
-            Some(buf) => Frame::from_buf(buf),
-            None => {
-                self.shared.allocations.fetch_add(1, Ordering::Relaxed);
-                Frame::from_buf(vec![0u8; self.shared.buf_size].into_boxed_slice())
-            }
-        }
+        self.small.get(&self.shared.small, &self.shared.allocations)
     }
 
-    /// A frame holding a copy of `bytes`, or `None` when they exceed the buffer size.
+    /// An empty frame in a large buffer (room for [`MAX_FRAME_LEN`]).
+    pub fn get_large(&mut self) -> Frame {
+        self.large.get(&self.shared.large, &self.shared.allocations)
+    }
+
+    /// An empty frame in the smallest buffer class that holds `len` bytes.
+    #[inline]
+    pub fn get_fitting(&mut self, len: usize) -> Frame {
+        if len <= self.shared.small.buf_size.saturating_sub(HEADROOM) { self.get() } else { self.get_large() }
+    }
+
+    /// A frame holding a copy of `bytes` in the smallest buffer that fits, or `None`
+    /// when they exceed even a large buffer.
     pub fn copy_of(&mut self, bytes: &[u8]) -> Option<Frame> {
-        let mut frame = self.get();
+        let mut frame = self.get_fitting(bytes.len());
         if frame.set(bytes) {
             Some(frame)
         } else {
@@ -213,47 +338,25 @@ impl FramePool {
         }
     }
 
-    /// Returns a frame's buffer to the pool.
+    /// Returns a frame's buffer to the pool of its size.
     #[inline(always)]
     pub fn put(&mut self, frame: Frame) {
-        if frame.buf.len() != self.shared.buf_size {
-            return; // a foreign-sized buffer (e.g. a large-frame buffer): just free it
+        let len = frame.buf.len();
+        if len == self.shared.small.buf_size {
+            self.small.put(frame.buf, &self.shared.small);
+        } else if len == LARGE_BUF_SIZE {
+            self.large.put(frame.buf, &self.shared.large);
         }
-        if self.free.len() >= self.max_local {
-            self.spill();
-        }
-        self.free.push(frame.buf);
-    }
-
-    fn spill(&mut self) {
-        let keep = self.max_local / 2;
-        while self.free.len() > keep {
-            let buf = self.free.pop().expect("length checked above");
-            if self.shared.ring.push(buf).is_err() {
-                // Shared ring full: let the buffer go; memory stays bounded.
-                break;
-            }
-        }
-        self.free.truncate(keep);
-    }
-
-    fn refill(&mut self) {
-        let want = self.max_local / 2;
-        while self.free.len() < want {
-            match self.shared.ring.pop() {
-                Some(buf) => self.free.push(buf),
-                None => break,
-            }
-        }
+        // Any other size (not from a pool): just freed.
     }
 
     pub fn shared(&self) -> &Arc<SharedPool> {
         &self.shared
     }
 
-    /// Spare buffers held locally.
+    /// Spare ordinary buffers held locally.
     pub fn local_len(&self) -> usize {
-        self.free.len()
+        self.small.free.len()
     }
 }
 
@@ -277,10 +380,30 @@ mod tests {
     }
 
     #[test]
-    fn oversize_copy_is_refused() {
+    fn large_frames_get_large_buffers_and_oversize_is_refused() {
         let mut pool = FramePool::standalone(256);
-        assert!(pool.copy_of(&[0; 256 - HEADROOM]).is_some());
-        assert!(pool.copy_of(&[0; 256 - HEADROOM + 1]).is_none());
+        let small = pool.copy_of(&[0; 256 - HEADROOM]).unwrap();
+        assert_eq!(small.capacity(), 256 - HEADROOM);
+        let large = pool.copy_of(&[0; 256 - HEADROOM + 1]).unwrap();
+        assert!(large.capacity() >= MAX_FRAME_LEN);
+        assert!(pool.copy_of(&vec![0; LARGE_BUF_SIZE]).is_none());
+        pool.put(small);
+        pool.put(large);
+        // Both went back to their own class: the next of each size allocates nothing.
+        let before = pool.shared().allocations();
+        let (a, b) = (pool.get(), pool.get_large());
+        assert_eq!(pool.shared().allocations(), before);
+        assert_eq!((a.capacity(), b.capacity()), (256 - HEADROOM, LARGE_BUF_SIZE - HEADROOM));
+    }
+
+    #[test]
+    fn a_recycled_buffer_carries_no_offload_state() {
+        let mut pool = FramePool::standalone(256);
+        let mut f = pool.copy_of(&[1; 60]).unwrap();
+        f.offload.gso_type = 1;
+        f.offload.segment_len = 60;
+        pool.put(f);
+        assert_eq!(pool.get().offload, Offload::NONE);
     }
 
     #[test]

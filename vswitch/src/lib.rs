@@ -10,6 +10,7 @@
 
 pub mod arp_proxy;
 pub mod clock;
+pub mod control;
 pub mod datapath;
 pub mod drop_reason;
 pub mod fdb;

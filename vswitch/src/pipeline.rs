@@ -15,7 +15,7 @@ use crate::frame::{Frame, FramePool};
 use crate::mac_cache::MacCache;
 use crate::stats::WorkerStats;
 use crate::tables::{PortEntry, PortId, Tables};
-use crate::wire::{self, FrameMeta};
+use crate::wire::{self, FrameMeta, offload};
 use crate::{arp_proxy, l2, mac_learning, port_security};
 
 /// The fate of one frame, decided by the stages.
@@ -138,7 +138,7 @@ impl Pipeline {
         let mut ctx = StageContext { tables, fdb: &fdb, cache: &mut self.cache, stats, now };
         let mut meta = FrameMeta::UNPARSED;
         for mut frame in batch.drain(..) {
-            let parsed = if frame.len() > max_len {
+            let parsed = if frame.wire_len() > max_len {
                 Err(DropReason::OversizedFrame)
             } else {
                 wire::parse::parse_into(frame.data(), &mut meta)
@@ -168,7 +168,9 @@ fn dispatch(
 ) {
     let reason = match verdict {
         Verdict::Forward(p) => match tables.port(p) {
-            Some(egress) if frame.len() <= egress.max_frame_len() => return out.push(p, frame),
+            Some(egress) if frame.wire_len() <= egress.max_frame_len() => {
+                return emit(stats, egress, frame, pool, out);
+            }
             Some(_) => DropReason::EgressMtuExceeded,
             None => DropReason::EgressPortGone,
         },
@@ -185,6 +187,40 @@ fn dispatch(
     pool.put(frame);
 }
 
+/// Queues `frame` for `egress`. A port without offloads gets what it can take: a
+/// partial checksum completed, a TSO/GSO super-frame cut into segments.
+#[inline]
+fn emit(
+    stats: &WorkerStats,
+    egress: &PortEntry,
+    mut frame: Frame,
+    pool: &mut FramePool,
+    out: &mut TxBatches,
+) {
+    if !frame.offload.is_pending() || egress.offloads {
+        return out.push(egress.id, frame);
+    }
+    if !frame.offload.is_gso() {
+        let mut off = frame.offload;
+        offload::complete_checksum(frame.data_mut(), &mut off);
+        frame.offload = off;
+        stats.events.checksums_completed.inc();
+        return out.push(egress.id, frame);
+    }
+    let off = frame.offload;
+    let segments = offload::segment_count(frame.data(), &off);
+    for i in 0..segments {
+        let mut seg = pool.get_fitting(usize::from(off.segment_len));
+        let len = offload::write_segment(frame.data(), &off, i, seg.spare_mut());
+        seg.set_len(len);
+        seg.ingress = frame.ingress;
+        out.push(egress.id, seg);
+    }
+    stats.events.gso_segmented.inc();
+    stats.events.gso_segments.add(segments as u64);
+    pool.put(frame);
+}
+
 /// Sends copies of `frame` to every other port of the segment that can carry it; the
 /// last target gets the original buffer.
 fn flood(
@@ -198,23 +234,25 @@ fn flood(
     let Some(segment) = tables.segment(ingress.segment) else {
         return Err((frame, DropReason::NoFloodTargets));
     };
-    let len = frame.len();
+    let len = frame.wire_len();
     let mut others = segment.ports.iter().copied().filter(|p| *p != ingress.id).peekable();
     if others.peek().is_none() {
         return Err((frame, DropReason::NoFloodTargets));
     }
-    let mut targets = others.filter(|p| tables.port(*p).is_some_and(|e| len <= e.max_frame_len()));
+    let mut targets = others.filter_map(|p| tables.port(p)).filter(|e| len <= e.max_frame_len());
     let Some(mut current) = targets.next() else {
         return Err((frame, DropReason::EgressMtuExceeded));
     };
     let mut copies = 1;
     for next in targets {
-        let copy = pool.copy_of(frame.data()).expect("pool buffers are all one size");
-        out.push(current, copy);
+        let mut copy = pool.copy_of(frame.data()).expect("a frame fits a buffer of its own class");
+        copy.ingress = frame.ingress;
+        copy.offload = frame.offload;
+        emit(stats, current, copy, pool, out);
         current = next;
         copies += 1;
     }
-    out.push(current, frame);
+    emit(stats, current, frame, pool, out);
     stats.events.flooded.inc();
     stats.events.flood_copies.add(copies);
     Ok(())
@@ -253,6 +291,7 @@ mod tests {
             port_security: false,
             mtu: 1500,
             tx_workers: WorkerSet::single(0),
+            offloads: false,
         }
     }
 
@@ -483,6 +522,51 @@ mod tests {
         // The FDB still points at uplink 8, which the new tables no longer have.
         assert!(h.send(1, &[udp(1, 0x100, ip(2), Ipv4Addr::new(192, 0, 2, 1))]).is_empty());
         assert_eq!(h.drops(1, DropReason::EgressPortGone), 1);
+    }
+
+    /// A TSO super-frame from a port with offloads: passed whole to a port with
+    /// offloads, cut into MTU-sized segments for one without, and measured against MTUs
+    /// by its segments.
+    #[test]
+    fn super_frames_are_segmented_only_where_they_must_be() {
+        use crate::wire::offload::{self, F_NEEDS_CSUM, GSO_TCPV4, VNET_HDR_LEN};
+        let mut h = Harness::with(|b| {
+            b.port_mut(1).unwrap().offloads = true;
+            b.port_mut(2).unwrap().offloads = true;
+        });
+        let body = vec![0x33; 9000];
+        let frame = FrameSpec::tcp(mac(1), mac(2), ip(2), ip(3), 40000, 80, 0x18).payload(&body).build();
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        hdr[0] = F_NEEDS_CSUM;
+        hdr[1] = GSO_TCPV4;
+        hdr[4..6].copy_from_slice(&1448u16.to_ne_bytes());
+        hdr[6..8].copy_from_slice(&34u16.to_ne_bytes());
+        hdr[8..10].copy_from_slice(&16u16.to_ne_bytes());
+        let off = offload::decode(&hdr, &frame).unwrap();
+        let send = |h: &mut Harness, dst: u32| {
+            let mut f = frame.clone();
+            f[0..6].copy_from_slice(&mac(dst).0);
+            let mut fr = h.pool.copy_of(&f).unwrap();
+            fr.offload = off;
+            let mut batch = vec![fr];
+            h.pipeline.process(&h.tables, 1, h.now, &mut batch, &mut h.pool, &mut h.out);
+            let mut sent = Vec::new();
+            let pool = &mut h.pool;
+            h.out.flush(|port, frames| {
+                for f in frames.drain(..) {
+                    sent.push((port, f.len(), f.offload.is_gso()));
+                    pool.put(f);
+                }
+            });
+            sent
+        };
+        assert_eq!(send(&mut h, 2), vec![(2, frame.len(), true)], "whole, to a port with offloads");
+        let to_plain = send(&mut h, 3);
+        assert_eq!(to_plain.len(), 7, "9000 bytes in 1448-byte segments");
+        assert!(to_plain.iter().all(|(p, len, gso)| *p == 3 && *len <= 14 + 1500 && !gso));
+        let e = &h.pipeline.stats.events;
+        assert_eq!((e.gso_segmented.get(), e.gso_segments.get()), (1, 7));
+        assert_eq!(h.drops(1, DropReason::OversizedFrame), 0, "a super-frame is judged by its segments");
     }
 
     /// The accounting invariant the fuzz target checks, on a mixed batch.

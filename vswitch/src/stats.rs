@@ -56,6 +56,12 @@ pub struct EventCounters {
     pub flood_copies: Counter,
     /// ARP requests answered by the proxy.
     pub arp_replies: Counter,
+    /// Super-frames cut into segments in software (toward a port without offloads),
+    /// and the segments that made.
+    pub gso_segmented: Counter,
+    pub gso_segments: Counter,
+    /// Partial L4 checksums completed in software.
+    pub checksums_completed: Counter,
     /// Frames passed to another worker for transmission.
     pub handoff_sent: Counter,
     /// Frames received from other workers for transmission.
@@ -141,6 +147,9 @@ pub struct EventTotals {
     pub flooded: u64,
     pub flood_copies: u64,
     pub arp_replies: u64,
+    pub gso_segmented: u64,
+    pub gso_segments: u64,
+    pub checksums_completed: u64,
     pub handoff_sent: u64,
     pub handoff_received: u64,
     pub rx_errors: u64,
@@ -201,6 +210,9 @@ impl StatsSnapshot {
             t.flooded += e.flooded.get();
             t.flood_copies += e.flood_copies.get();
             t.arp_replies += e.arp_replies.get();
+            t.gso_segmented += e.gso_segmented.get();
+            t.gso_segments += e.gso_segments.get();
+            t.checksums_completed += e.checksums_completed.get();
             t.handoff_sent += e.handoff_sent.get();
             t.handoff_received += e.handoff_received.get();
             t.rx_errors += e.rx_errors.get();

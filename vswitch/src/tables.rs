@@ -91,6 +91,9 @@ pub struct PortEntry {
     pub mtu: u16,
     /// Workers holding a transmit queue of this port.
     pub tx_workers: WorkerSet,
+    /// The port takes TSO/GSO super-frames and partial checksums (a TAP with
+    /// `IFF_VNET_HDR`); frames toward a port without are finished in software first.
+    pub offloads: bool,
 }
 
 impl PortEntry {
@@ -372,6 +375,7 @@ pub(crate) mod tests {
             port_security: true,
             mtu: 1500,
             tx_workers: WorkerSet::single(0),
+            offloads: false,
         }
     }
 

@@ -117,6 +117,22 @@ impl FrameSpec {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
+    pub fn tcp6(
+        src_mac: MacAddr,
+        dst_mac: MacAddr,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        src_port: u16,
+        dst_port: u16,
+        flags: u8,
+    ) -> Self {
+        FrameSpec {
+            l4: L4Spec::Tcp { src_port, dst_port, flags },
+            ..Self::udp6(src_mac, dst_mac, src, dst, 0, 0)
+        }
+    }
+
     /// Adds an 802.1Q tag (outermost first) with this TCI.
     pub fn vlan(mut self, tci: u16) -> Self {
         self.vlans.push(tci);
@@ -254,7 +270,9 @@ impl FrameSpec {
                     s + l4.len() as u64 + u64::from(proto)
                 };
                 let c = !checksum::fold(checksum::sum(&l4, sum));
-                l4[6..8].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+                let at = if proto == IPPROTO_UDP { 6 } else { 16 };
+                let c = if c == 0 && proto == IPPROTO_UDP { 0xffff } else { c };
+                l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
                 let mut exts = Vec::new();
                 let mut next = proto;
                 if let Some((offset, more)) = fragment {
@@ -367,7 +385,8 @@ impl SoloSwitch {
             batch_size,
             idle: crate::worker::IdlePolicy::BusyPoll,
             waker: Default::default(),
-        });
+        })
+        .expect("epoll and eventfd are available");
         SoloSwitch { worker, commands, tables, fdb, stats }
     }
 
@@ -378,7 +397,7 @@ impl SoloSwitch {
             .send(crate::worker::Command::AddQueue { port, queue, done })
             .expect("the worker holds the receiver");
         self.worker.poll();
-        ack.try_recv().expect("applied by the poll above");
+        ack.try_recv().expect("applied by the poll above").expect("memory ports have no fd to watch");
     }
 
     /// One poll round; returns the frames handled.

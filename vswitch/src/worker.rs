@@ -5,10 +5,14 @@
 //! flush the per-port transmit batches — to our own queue of the port if we have one,
 //! else through the bounded ring to a worker that does (full ring: drop and count).
 //! The tables snapshot is loaded once per round and used for all of its batches.
+//!
+//! An idle worker sleeps in epoll (through `mio`) on its queues' readiness fds and an
+//! eventfd [`Waker`]; another worker handing it frames, or the control plane sending a
+//! command, wakes it. Readiness is edge-triggered: the worker sleeps only after a round
+//! in which every queue came back empty, so no edge can be missed.
 
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{Arc, OnceLock};
-use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -22,26 +26,30 @@ use crate::pipeline::{Pipeline, TxBatches};
 use crate::port::PortQueue;
 use crate::tables::{PortId, Tables, WorkerId};
 
-/// Lets other threads wake a worker parked in its idle backoff.
+/// Lets other threads wake a worker sleeping in its idle backoff.
 #[derive(Default)]
 pub struct Waker {
     parked: AtomicBool,
-    thread: OnceLock<Thread>,
+    eventfd: OnceLock<mio::Waker>,
 }
 
 impl Waker {
-    /// Wakes the worker if it is parked. Cheap when it is not: one load.
+    /// Wakes the worker if it is asleep. Cheap when it is not: one load.
     pub fn wake(&self) {
-        // Pairs with the fence in `Worker::park`: either we see `parked`, or the worker
+        // Pairs with the fence in `Worker::sleep`: either we see `parked`, or the worker
         // sees what we published before calling this.
         fence(Ordering::SeqCst);
         if self.parked.load(Ordering::Relaxed)
-            && let Some(t) = self.thread.get()
+            && let Some(w) = self.eventfd.get()
         {
-            t.unpark();
+            // Fails only if the eventfd counter is saturated, i.e. a wake is pending.
+            let _ = w.wake();
         }
     }
 }
+
+/// The epoll token of a worker's own waker; queue tokens are port ids (below it).
+const WAKE_TOKEN: mio::Token = mio::Token(usize::MAX);
 
 /// Frames on their way to another worker, tagged with their egress port; a bounded
 /// ring with one producer and one consumer worker.
@@ -58,16 +66,10 @@ impl Handoff {
 
 /// Requests from the control plane, applied at the start of a round.
 pub enum Command {
-    AddQueue {
-        port: PortId,
-        queue: Box<dyn PortQueue>,
-        done: Sender<()>,
-    },
+    /// Starts polling `queue`; the answer says whether its fd could be watched.
+    AddQueue { port: PortId, queue: Box<dyn PortQueue>, done: Sender<std::io::Result<()>> },
     /// Hands the queue back (or `None` if the worker had none for the port).
-    RemoveQueue {
-        port: PortId,
-        done: Sender<Option<Box<dyn PortQueue>>>,
-    },
+    RemoveQueue { port: PortId, done: Sender<Option<Box<dyn PortQueue>>> },
 }
 
 /// What a worker does when a round finds no work.
@@ -75,9 +77,10 @@ pub enum Command {
 pub enum IdlePolicy {
     /// Spin: lowest latency, one core at 100%.
     BusyPoll,
-    /// Spin briefly, then yield, then park for up to this long between rounds until work
-    /// returns. Receive queues are polled again after each park; hand-offs and commands
-    /// wake the worker at once.
+    /// Spin briefly, then yield, then sleep in epoll for up to this long between rounds
+    /// until work returns. Frames arriving on a queue with a readiness fd, hand-offs and
+    /// commands wake the worker at once; queues without an fd are polled after each
+    /// sleep.
     Backoff { sleep: Duration },
 }
 
@@ -104,6 +107,8 @@ pub struct Worker {
     batch_size: usize,
     idle: IdlePolicy,
     waker: Arc<Waker>,
+    epoll: mio::Poll,
+    events: mio::Events,
 }
 
 /// Everything a worker is built from; assembled by [`crate::datapath::Datapath`].
@@ -123,8 +128,15 @@ pub struct WorkerParts {
 }
 
 impl Worker {
-    pub fn new(p: WorkerParts) -> Worker {
-        Worker {
+    /// Fails only if the kernel refuses an epoll instance or an eventfd.
+    pub fn new(p: WorkerParts) -> std::io::Result<Worker> {
+        let epoll = mio::Poll::new()?;
+        let eventfd = mio::Waker::new(epoll.registry(), WAKE_TOKEN)?;
+        // A waker belongs to one worker; a second worker on it would be a wiring bug.
+        if p.waker.eventfd.set(eventfd).is_err() {
+            return Err(std::io::Error::other("worker waker already in use by another worker"));
+        }
+        Ok(Worker {
             id: p.id,
             pipeline: p.pipeline,
             pool: p.pool,
@@ -140,22 +152,16 @@ impl Worker {
             batch_size: p.batch_size,
             idle: p.idle,
             waker: p.waker,
-        }
+            epoll,
+            events: mio::Events::with_capacity(64),
+        })
     }
 
     fn apply_commands(&mut self) {
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
                 Command::AddQueue { port, queue, done } => {
-                    if let Some(slot) = self.local_queue.get_mut(usize::from(port)) {
-                        if let Some(old) = *slot {
-                            self.queues[old].queue = queue;
-                        } else {
-                            *slot = Some(self.queues.len());
-                            self.queues.push(OwnedQueue { port, queue });
-                        }
-                    }
-                    let _ = done.send(());
+                    let _ = done.send(self.add_queue(port, queue));
                 }
                 Command::RemoveQueue { port, done } => {
                     let removed =
@@ -166,10 +172,37 @@ impl Worker {
                             }
                             q.queue
                         });
+                    if let Some(fd) = removed.as_ref().and_then(|q| q.readiness_fd()) {
+                        // The fd stays open (the queue is handed back), so stop watching it.
+                        let _ = self.epoll.registry().deregister(&mut mio::unix::SourceFd(&fd));
+                    }
                     let _ = done.send(removed);
                 }
             }
         }
+    }
+
+    fn add_queue(&mut self, port: PortId, queue: Box<dyn PortQueue>) -> std::io::Result<()> {
+        let Some(slot) = self.local_queue.get_mut(usize::from(port)) else {
+            return Err(std::io::Error::other(format!("port {port} is beyond this worker's max_ports")));
+        };
+        if let Some(fd) = queue.readiness_fd() {
+            let token = mio::Token(usize::from(port));
+            self.epoll.registry().register(&mut mio::unix::SourceFd(&fd), token, mio::Interest::READABLE)?;
+        }
+        match *slot {
+            Some(old) => {
+                let replaced = std::mem::replace(&mut self.queues[old].queue, queue);
+                if let Some(fd) = replaced.readiness_fd() {
+                    let _ = self.epoll.registry().deregister(&mut mio::unix::SourceFd(&fd));
+                }
+            }
+            None => {
+                *slot = Some(self.queues.len());
+                self.queues.push(OwnedQueue { port, queue });
+            }
+        }
+        Ok(())
     }
 
     /// One round over everything the worker owns. Returns the number of frames handled.
@@ -257,25 +290,26 @@ impl Worker {
         });
     }
 
-    /// Parks for up to `timeout` unless hand-off frames are already waiting; another
-    /// worker handing frames over (or the control plane sending a command) wakes it.
-    fn park(&self, timeout: Duration) {
+    /// Sleeps in epoll for up to `timeout` unless hand-off frames or commands are
+    /// already waiting. A queue becoming readable, another worker handing frames over,
+    /// or the control plane sending a command wakes it.
+    fn sleep(&mut self, timeout: Duration) {
         self.waker.parked.store(true, Ordering::Relaxed);
         // Pairs with the fence in `Waker::wake`.
         fence(Ordering::SeqCst);
         let pending = self.handoff_from.iter().any(|h| !h.ring.is_empty()) || !self.commands.is_empty();
         if !pending {
-            std::thread::park_timeout(timeout);
+            // Interrupted or failed: the next round polls every queue anyway.
+            let _ = self.epoll.poll(&mut self.events, Some(timeout));
         }
         self.waker.parked.store(false, Ordering::Relaxed);
     }
 
     /// Polls until `stop` is set, idling per the policy between empty rounds.
     pub fn run(mut self, stop: &AtomicBool) {
-        let _ = self.waker.thread.set(std::thread::current());
         let mut idle_rounds = 0u32;
         while !stop.load(Ordering::Relaxed) {
-            if self.poll() > 0 {
+            if self.poll() > 0 || self.queues.iter().any(|q| q.queue.busy()) {
                 idle_rounds = 0;
                 continue;
             }
@@ -288,7 +322,7 @@ impl Worker {
                     } else if idle_rounds < 256 {
                         std::thread::yield_now();
                     } else {
-                        self.park(sleep);
+                        self.sleep(sleep);
                     }
                 }
             }
@@ -350,7 +384,8 @@ mod tests {
                     batch_size: 32,
                     idle: IdlePolicy::BusyPoll,
                     waker,
-                });
+                })
+                .unwrap();
                 (w, tx)
             };
         let (mut w0, c0) = make(0, vec![None, Some(ring01.clone())], vec![ring10.clone()], waker0);
@@ -361,7 +396,7 @@ mod tests {
             let (worker, cmds) = if on_w1 { (&mut w1, &c1) } else { (&mut w0, &c0) };
             cmds.send(Command::AddQueue { port, queue: Box::new(q), done }).unwrap();
             worker.poll();
-            ack.try_recv().unwrap();
+            ack.try_recv().unwrap().unwrap();
             handles.push(h);
         }
         (w0, w1, handles)

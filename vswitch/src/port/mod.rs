@@ -44,4 +44,16 @@ pub trait PortQueue: Send {
 
     /// The port's interface name, for errors and logs.
     fn name(&self) -> &str;
+
+    /// A file descriptor that becomes readable when frames arrive, for a worker that
+    /// sleeps in epoll between rounds. `None`: the queue must be polled.
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    /// True while the queue has work in flight that only more polling completes
+    /// (e.g. AF_XDP transmissions waiting for a kick); the worker does not sleep then.
+    fn busy(&self) -> bool {
+        false
+    }
 }

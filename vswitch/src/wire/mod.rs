@@ -10,6 +10,7 @@ pub mod ethernet;
 pub mod icmp;
 pub mod ipv4;
 mod mac;
+pub mod offload;
 pub mod parse;
 pub mod vxlan;
 

@@ -16,6 +16,7 @@ use etherparse::{
 use super::MacAddr;
 use super::checksum;
 use crate::drop_reason::DropReason;
+use crate::frame::MAX_FRAME_LEN;
 
 pub const ETHERNET_HEADER_LEN: usize = 14;
 pub const VLAN_TAG_LEN: usize = 4;
@@ -159,13 +160,14 @@ impl FrameMeta {
 
 /// Byte offset of `inner` within `outer`. `inner` must be a subslice of `outer`.
 #[inline]
-fn offset_in(outer: &[u8], inner: &[u8]) -> u16 {
-    (inner.as_ptr() as usize - outer.as_ptr() as usize) as u16
+fn offset_in(outer: &[u8], inner: &[u8]) -> Result<u16, DropReason> {
+    u16::try_from(inner.as_ptr() as usize - outer.as_ptr() as usize).map_err(|_| DropReason::OversizedFrame)
 }
 
 /// Parses `frame` (starting at its Ethernet header, without FCS).
 ///
-/// Frames longer than 65535 bytes are rejected as oversized: offsets are 16-bit.
+/// Frames longer than [`MAX_FRAME_LEN`] (a 64 KiB IP packet behind a tagged Ethernet header)
+/// are rejected as oversized.
 #[inline]
 pub fn parse(frame: &[u8]) -> Result<FrameMeta, DropReason> {
     let mut meta = FrameMeta::UNPARSED;
@@ -205,7 +207,7 @@ fn parse_common_ipv4(frame: &[u8], meta: &mut FrameMeta) -> bool {
 #[inline(always)]
 fn common_ipv4(frame: &[u8]) -> Option<FrameMeta> {
     let (eth, l3) = frame.split_first_chunk::<ETHERNET_HEADER_LEN>()?;
-    if eth[12..14] != ETHERTYPE_IPV4.to_be_bytes() || frame.len() > usize::from(u16::MAX) {
+    if eth[12..14] != ETHERTYPE_IPV4.to_be_bytes() || frame.len() > MAX_FRAME_LEN {
         return None;
     }
     let fixed: &[u8; 20] = l3.first_chunk()?;
@@ -272,7 +274,7 @@ fn common_ipv4(frame: &[u8]) -> Option<FrameMeta> {
 
 /// The reference parser: every layer sliced by etherparse, every failure named.
 pub fn parse_with_etherparse(frame: &[u8]) -> Result<FrameMeta, DropReason> {
-    if frame.len() > usize::from(u16::MAX) {
+    if frame.len() > MAX_FRAME_LEN {
         return Err(DropReason::OversizedFrame);
     }
     let eth = Ethernet2Slice::from_slice_without_fcs(frame).map_err(|_| DropReason::TruncatedEthernet)?;
@@ -295,7 +297,7 @@ pub fn parse_with_etherparse(frame: &[u8]) -> Result<FrameMeta, DropReason> {
         vlan_tci = Some(u16::from_be_bytes([tci[0], tci[1]]));
         l3 = tag.payload_slice();
     }
-    let l3_offset = offset_in(frame, l3);
+    let l3_offset = offset_in(frame, l3)?;
 
     let net = match ether_type.0 {
         ETHERTYPE_ARP => Net::Arp(parse_arp(l3)?),
@@ -359,7 +361,7 @@ fn parse_ipv4(frame: &[u8], l3: &[u8]) -> Result<Ipv4Meta, DropReason> {
         total_len: total_len as u16,
         dont_fragment: header.dont_fragment(),
         fragment,
-        l4_offset: offset_in(frame, payload),
+        l4_offset: offset_in(frame, payload)?,
         l4,
     })
 }
@@ -393,7 +395,7 @@ fn parse_ipv6(frame: &[u8], l3: &[u8]) -> Result<Ipv6Meta, DropReason> {
         next_header: payload.ip_number.0,
         hop_limit: header.hop_limit(),
         fragment,
-        l4_offset: offset_in(frame, payload.payload),
+        l4_offset: offset_in(frame, payload.payload)?,
         l4,
     })
 }

@@ -1,0 +1,504 @@
+//! The daemon's configuration: a TOML file, or the embedded default.
+//!
+//! Every error names the file, the line and the field, whether TOML syntax, a wrong
+//! type, an unknown key or a value that makes no sense (a gateway outside the pod
+//! CIDR): an operator should never have to guess which line to fix.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::wire::MacAddr;
+
+/// The configuration `vswitchd` runs with when given no `--config`.
+pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+
+/// How a worker waits when its queues are empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdleMode {
+    /// Sleep in epoll until a queue has frames: no CPU when idle.
+    Epoll,
+    /// Spin: lowest latency, each worker's core at 100%.
+    BusyPoll,
+}
+
+/// Which port backend a pod gets when its attach request does not say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Tap,
+    Afxdp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownArpPolicy {
+    Drop,
+    Flood,
+}
+
+/// The configuration, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub node_name: String,
+    pub pod_cidr: Ipv4Net,
+    pub gateway_ip: Ipv4Addr,
+    pub gateway_mac: MacAddr,
+    /// Worker threads; resolved from "0 = one per core".
+    pub workers: usize,
+    pub pin_cpus: Vec<usize>,
+    pub batch_size: usize,
+    pub idle: IdleMode,
+    pub port_backend: Backend,
+    /// Default pod MTU.
+    pub mtu: u16,
+    pub api_socket: PathBuf,
+    pub metrics_address: Option<SocketAddr>,
+    pub state_file: PathBuf,
+    /// Name of the host port (the TAP in the node's namespace carrying the gateway IP);
+    /// `None` disables it.
+    pub host_port: Option<String>,
+    pub max_ports: usize,
+    pub fdb_aging_secs: u32,
+    pub fdb_max_entries: u32,
+    pub unknown_arp: UnknownArpPolicy,
+}
+
+/// The file as written. Keys it omits come from [`DEFAULT_CONFIG`] (struct-level serde
+/// defaults), so the spans serde reports always point into the user's own text.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    node_name: Spanned<String>,
+    pod_cidr: Spanned<String>,
+    gateway_ip: Spanned<String>,
+    gateway_mac: Spanned<String>,
+    workers: Spanned<usize>,
+    pin_cpus: Spanned<Vec<usize>>,
+    batch_size: Spanned<usize>,
+    idle: IdleMode,
+    port_backend: Backend,
+    mtu: Spanned<u16>,
+    api_socket: PathBuf,
+    metrics_address: Spanned<String>,
+    state_file: PathBuf,
+    host_port: Spanned<String>,
+    max_ports: Spanned<usize>,
+    fdb: RawFdb,
+    arp: RawArp,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawFdb {
+    aging_seconds: Spanned<u32>,
+    max_entries: Spanned<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawArp {
+    unknown_target: UnknownArpPolicy,
+}
+
+/// The embedded default, parsed without defaults (it must be complete).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompleteRawConfig {
+    node_name: Spanned<String>,
+    pod_cidr: Spanned<String>,
+    gateway_ip: Spanned<String>,
+    gateway_mac: Spanned<String>,
+    workers: Spanned<usize>,
+    pin_cpus: Spanned<Vec<usize>>,
+    batch_size: Spanned<usize>,
+    idle: IdleMode,
+    port_backend: Backend,
+    mtu: Spanned<u16>,
+    api_socket: PathBuf,
+    metrics_address: Spanned<String>,
+    state_file: PathBuf,
+    host_port: Spanned<String>,
+    max_ports: Spanned<usize>,
+    fdb: CompleteRawFdb,
+    arp: CompleteRawArp,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompleteRawFdb {
+    aging_seconds: Spanned<u32>,
+    max_entries: Spanned<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompleteRawArp {
+    unknown_target: UnknownArpPolicy,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        let c: CompleteRawConfig =
+            toml::from_str(DEFAULT_CONFIG).expect("the embedded default config is complete");
+        RawConfig {
+            node_name: c.node_name,
+            pod_cidr: c.pod_cidr,
+            gateway_ip: c.gateway_ip,
+            gateway_mac: c.gateway_mac,
+            workers: c.workers,
+            pin_cpus: c.pin_cpus,
+            batch_size: c.batch_size,
+            idle: c.idle,
+            port_backend: c.port_backend,
+            mtu: c.mtu,
+            api_socket: c.api_socket,
+            metrics_address: c.metrics_address,
+            state_file: c.state_file,
+            host_port: c.host_port,
+            max_ports: c.max_ports,
+            fdb: RawFdb { aging_seconds: c.fdb.aging_seconds, max_entries: c.fdb.max_entries },
+            arp: RawArp { unknown_target: c.arp.unknown_target },
+        }
+    }
+}
+
+impl Default for RawFdb {
+    fn default() -> Self {
+        RawConfig::default().fdb
+    }
+}
+
+impl Default for RawArp {
+    fn default() -> Self {
+        RawConfig::default().arp
+    }
+}
+
+/// A configuration problem, located.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}: {field}: {message}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line number.
+    pub line: usize,
+    /// The key, dotted for tables (`fdb.aging_seconds`), or `(syntax)`.
+    pub field: String,
+    pub message: String,
+}
+
+/// Parses and validates `text`, read from `file` (used in messages only). Keys missing
+/// from `text` take their value from [`DEFAULT_CONFIG`].
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let at = e.span().map_or(0, |s| s.start);
+        ConfigError {
+            file: file.to_path_buf(),
+            line: line_at(text, at),
+            field: field_at(text, at, e.message()),
+            message: e.message().trim().to_string(),
+        }
+    })?;
+    // Semantic errors: the key's own line (the value may have come from the default,
+    // but then it was valid on its own and the user's line is the one to look at).
+    let at = |_span: Range<usize>, field: &str, message: String| ConfigError {
+        file: file.to_path_buf(),
+        line: line_of_key(text, field).unwrap_or(0),
+        field: field.to_string(),
+        message,
+    };
+
+    let pod_cidr: Ipv4Net = raw.pod_cidr.get_ref().parse().map_err(|e| {
+        at(raw.pod_cidr.span(), "pod_cidr", format!("{e}: expected an IPv4 CIDR like 10.244.1.0/24"))
+    })?;
+    if pod_cidr.prefix_len() > 30 {
+        return Err(at(
+            raw.pod_cidr.span(),
+            "pod_cidr",
+            "prefix longer than /30 leaves no pod addresses".into(),
+        ));
+    }
+    let pod_cidr = pod_cidr.trunc();
+    let gateway_ip = if raw.gateway_ip.get_ref().is_empty() {
+        pod_cidr.hosts().next().expect("a /30 or shorter has hosts")
+    } else {
+        let ip: Ipv4Addr =
+            raw.gateway_ip.get_ref().parse().map_err(|e| {
+                at(raw.gateway_ip.span(), "gateway_ip", format!("{e}: expected an IPv4 address"))
+            })?;
+        if !pod_cidr.contains(&ip) || ip == pod_cidr.network() || ip == pod_cidr.broadcast() {
+            return Err(at(
+                raw.gateway_ip.span(),
+                "gateway_ip",
+                format!("{ip} is not a host address of pod_cidr {pod_cidr}"),
+            ));
+        }
+        ip
+    };
+    let gateway_mac: MacAddr = raw
+        .gateway_mac
+        .get_ref()
+        .parse()
+        .map_err(|e| at(raw.gateway_mac.span(), "gateway_mac", format!("{e}")))?;
+    if gateway_mac.is_multicast() || gateway_mac.is_zero() {
+        return Err(at(raw.gateway_mac.span(), "gateway_mac", "must be a unicast, non-zero MAC".into()));
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = match *raw.workers.get_ref() {
+        0 => cores.min(crate::tables::MAX_WORKERS),
+        n if n > crate::tables::MAX_WORKERS => {
+            return Err(at(
+                raw.workers.span(),
+                "workers",
+                format!("at most {} workers", crate::tables::MAX_WORKERS),
+            ));
+        }
+        n => n,
+    };
+    let pin_cpus = raw.pin_cpus.get_ref().clone();
+    if let Some(cpu) = pin_cpus.iter().find(|c| **c >= cores) {
+        return Err(at(
+            raw.pin_cpus.span(),
+            "pin_cpus",
+            format!("CPU {cpu} does not exist (this machine has {cores})"),
+        ));
+    }
+    if !pin_cpus.is_empty() && pin_cpus.len() < workers {
+        return Err(at(
+            raw.pin_cpus.span(),
+            "pin_cpus",
+            format!("{} CPUs listed for {workers} workers: list one per worker, or none", pin_cpus.len()),
+        ));
+    }
+    let batch_size = *raw.batch_size.get_ref();
+    if !(1..=1024).contains(&batch_size) {
+        return Err(at(raw.batch_size.span(), "batch_size", format!("{batch_size} is outside 1..=1024")));
+    }
+    let mtu = *raw.mtu.get_ref();
+    if !(576..=9000).contains(&mtu) {
+        return Err(at(raw.mtu.span(), "mtu", format!("{mtu} is outside 576..=9000")));
+    }
+    let metrics_address = match raw.metrics_address.get_ref().as_str() {
+        "" => None,
+        s => Some(s.parse().map_err(|e| {
+            at(
+                raw.metrics_address.span(),
+                "metrics_address",
+                format!("{e}: expected host:port like 127.0.0.1:9479"),
+            )
+        })?),
+    };
+    let host_port = match raw.host_port.get_ref().as_str() {
+        "" => None,
+        name if name.len() > 15 || name.contains('/') || name.contains(char::is_whitespace) => {
+            return Err(at(
+                raw.host_port.span(),
+                "host_port",
+                format!("{name:?} is not a valid interface name"),
+            ));
+        }
+        name => Some(name.to_string()),
+    };
+    let max_ports = *raw.max_ports.get_ref();
+    if !(2..=65536).contains(&max_ports) {
+        return Err(at(raw.max_ports.span(), "max_ports", format!("{max_ports} is outside 2..=65536")));
+    }
+    let fdb_max_entries = *raw.fdb.max_entries.get_ref();
+    if fdb_max_entries == 0 {
+        return Err(at(raw.fdb.max_entries.span(), "fdb.max_entries", "must be at least 1".into()));
+    }
+    let fdb_aging_secs = *raw.fdb.aging_seconds.get_ref();
+    if fdb_aging_secs == 0 {
+        return Err(at(raw.fdb.aging_seconds.span(), "fdb.aging_seconds", "must be at least 1".into()));
+    }
+    let node_name = match raw.node_name.get_ref().as_str() {
+        "" => hostname(),
+        n => n.to_string(),
+    };
+    Ok(Config {
+        node_name,
+        pod_cidr,
+        gateway_ip,
+        gateway_mac,
+        workers,
+        pin_cpus,
+        batch_size,
+        idle: raw.idle,
+        port_backend: raw.port_backend,
+        mtu,
+        api_socket: raw.api_socket,
+        metrics_address,
+        state_file: raw.state_file,
+        host_port,
+        max_ports,
+        fdb_aging_secs,
+        fdb_max_entries,
+        unknown_arp: raw.arp.unknown_target,
+    })
+}
+
+/// Reads and parses a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        field: "(file)".into(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// The embedded default.
+pub fn default_config() -> Config {
+    parse(DEFAULT_CONFIG, Path::new("(embedded default)")).expect("the embedded default config is valid")
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// The key an error at byte `at` is about: the one named in the message (unknown
+/// field), else the key assigned on that line, prefixed with its table.
+fn field_at(text: &str, at: usize, message: &str) -> String {
+    let line_no = line_at(text, at);
+    let mut table = String::new();
+    let mut key = None;
+    for (i, raw) in text.lines().enumerate().take(line_no) {
+        let line = raw.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            table = name.trim().to_string();
+        } else if i + 1 == line_no {
+            key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string());
+        }
+    }
+    if message.starts_with("unknown field") {
+        key = message.split('`').nth(1).map(str::to_string);
+    }
+    match key.filter(|k| !k.is_empty()) {
+        Some(k) if table.is_empty() => k,
+        Some(k) => format!("{table}.{k}"),
+        None => "(syntax)".to_string(),
+    }
+}
+
+/// 1-based line of byte offset `at`.
+fn line_at(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+/// 1-based line where `key` (possibly dotted: `table.key`) is assigned in `text`.
+fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
+    let (table, key) = dotted.rsplit_once('.').map_or(("", dotted), |(t, k)| (t, k));
+    let mut current = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.trim().to_string();
+            continue;
+        }
+        let Some((k, _)) = line.split_once('=') else { continue };
+        let k = k.trim().trim_matches('"');
+        let (t, k) = match k.rsplit_once('.') {
+            Some((inline_table, k)) => {
+                (format!("{current}{}{inline_table}", if current.is_empty() { "" } else { "." }), k)
+            }
+            None => (current.clone(), k),
+        };
+        if t == table && k == key {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        parse(text, Path::new("vswitchd.toml")).unwrap_err()
+    }
+
+    #[test]
+    fn embedded_default_is_valid_and_sensible() {
+        let c = default_config();
+        assert_eq!(c.pod_cidr, "10.244.1.0/24".parse().unwrap());
+        assert_eq!(c.gateway_ip, Ipv4Addr::new(10, 244, 1, 1));
+        assert_eq!(c.idle, IdleMode::Epoll);
+        assert_eq!(c.port_backend, Backend::Tap);
+        assert!(c.workers >= 1);
+        assert_eq!(c.mtu, 1500);
+    }
+
+    #[test]
+    fn a_file_need_only_say_what_differs() {
+        let c = parse("pod_cidr = \"10.244.7.0/24\"\n[fdb]\naging_seconds = 60\n", Path::new("f")).unwrap();
+        assert_eq!(c.gateway_ip, Ipv4Addr::new(10, 244, 7, 1), "gateway derived from the CIDR");
+        assert_eq!(c.fdb_aging_secs, 60);
+        assert_eq!(c.fdb_max_entries, 65536, "the rest of [fdb] from the default");
+        assert_eq!(c.mtu, 1500);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = err("mtu = 1500\nworkers = \"two\"\n");
+        assert_eq!((e.line, e.field.as_str()), (2, "workers"), "{e}");
+        assert!(e.to_string().starts_with("vswitchd.toml:2: workers: invalid type"), "{e}");
+
+        let e = err("mtu = 1500\n\n[fdb]\nagign_seconds = 3\n");
+        assert_eq!((e.line, e.field.as_str()), (4, "fdb.agign_seconds"), "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
+
+        let e = err("pod_cidr = \"10.244.1.0/24\"\ngateway_ip = \"10.9.9.9\"\n");
+        assert_eq!((e.line, e.field.as_str()), (2, "gateway_ip"), "{e}");
+        assert!(e.message.contains("not a host address"), "{e}");
+
+        let e = err("# comment\nmtu = 12\n");
+        assert_eq!((e.line, e.field.as_str()), (2, "mtu"), "{e}");
+
+        let e = err("mtu = 1500\nworkers = [\n");
+        assert_eq!((e.line, e.field.as_str()), (2, "workers"), "{e}");
+        assert!(e.message.contains("unclosed array"), "{e}");
+
+        let e = err("mtu = 1500\n= 3\n");
+        assert_eq!((e.line, e.field.as_str()), (2, "(syntax)"), "{e}");
+
+        let e = err("idle = \"sometimes\"\n");
+        assert_eq!((e.line, e.field.as_str()), (1, "idle"), "{e}");
+
+        let e = err("\n[fdb]\nmax_entries = -1\n");
+        assert_eq!((e.line, e.field.as_str()), (3, "fdb.max_entries"), "{e}");
+    }
+
+    #[test]
+    fn semantic_checks() {
+        for (text, field) in [
+            ("pod_cidr = \"10.244.1.0/31\"", "pod_cidr"),
+            ("pod_cidr = \"banana\"", "pod_cidr"),
+            ("gateway_ip = \"10.244.1.0\"", "gateway_ip"),
+            ("gateway_mac = \"01:00:5e:00:00:01\"", "gateway_mac"),
+            ("gateway_mac = \"nope\"", "gateway_mac"),
+            ("workers = 1000", "workers"),
+            ("pin_cpus = [9999]", "pin_cpus"),
+            ("batch_size = 0", "batch_size"),
+            ("metrics_address = \"localhost\"", "metrics_address"),
+            ("host_port = \"a very long interface name\"", "host_port"),
+            ("max_ports = 1", "max_ports"),
+        ] {
+            let e = err(text);
+            assert_eq!((e.line, e.field.as_str()), (1, field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn unreadable_file_is_a_clear_error() {
+        let e = load(Path::new("/nonexistent/vswitchd.toml")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/vswitchd.toml"), "{e}");
+        assert!(e.message.contains("cannot read"));
+    }
+}

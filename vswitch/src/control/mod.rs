@@ -1,0 +1,8 @@
+//! The control plane: configuration, the Unix-socket API, port management, metrics.
+//!
+//! It builds [`crate::tables::Tables`] snapshots and drives [`crate::datapath::Datapath`];
+//! nothing in the data plane imports from here.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
