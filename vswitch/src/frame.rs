@@ -61,6 +61,15 @@ pub struct Offload {
 impl Offload {
     pub const NONE: Offload =
         Offload { gso_type: 0, flags: 0, gso_size: 0, csum_start: 0, csum_offset: 0, segment_len: 0 };
+    /// A backend got a header that [`crate::wire::offload::decode`] rejected: the
+    /// pipeline drops the frame as `bad_offload_header`.
+    pub const INVALID: Offload =
+        Offload { gso_type: 0xff, flags: 0xff, gso_size: 0, csum_start: 0, csum_offset: 0, segment_len: 0 };
+
+    #[inline]
+    pub fn is_invalid(&self) -> bool {
+        *self == Offload::INVALID
+    }
 
     /// A super-frame that must be segmented before it meets a port without offloads.
     #[inline]

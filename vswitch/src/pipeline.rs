@@ -138,7 +138,9 @@ impl Pipeline {
         let mut ctx = StageContext { tables, fdb: &fdb, cache: &mut self.cache, stats, now };
         let mut meta = FrameMeta::UNPARSED;
         for mut frame in batch.drain(..) {
-            let parsed = if frame.wire_len() > max_len {
+            let parsed = if frame.offload.is_invalid() {
+                Err(DropReason::BadOffloadHeader)
+            } else if frame.wire_len() > max_len {
                 Err(DropReason::OversizedFrame)
             } else {
                 wire::parse::parse_into(frame.data(), &mut meta)

@@ -26,6 +26,12 @@ impl Counter {
         self.add(1);
     }
 
+    /// Overwrites the value (for a gauge-like reading kept by its single writer).
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
     #[inline]
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -71,7 +77,7 @@ pub struct EventCounters {
     /// Poll rounds, and those that found work: their ratio is the worker's busy ratio.
     pub polls: Counter,
     pub busy_polls: Counter,
-    /// Nanoseconds spent in rounds that found work, and in all rounds.
+    /// Nanoseconds spent in rounds that found work, and since the worker started.
     pub busy_ns: Counter,
     pub total_ns: Counter,
 }

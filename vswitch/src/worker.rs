@@ -109,6 +109,7 @@ pub struct Worker {
     waker: Arc<Waker>,
     epoll: mio::Poll,
     events: mio::Events,
+    born: Instant,
 }
 
 /// Everything a worker is built from; assembled by [`crate::datapath::Datapath`].
@@ -154,6 +155,7 @@ impl Worker {
             waker: p.waker,
             epoll,
             events: mio::Events::with_capacity(64),
+            born: Instant::now(),
         })
     }
 
@@ -245,7 +247,8 @@ impl Worker {
         let events = &self.pipeline.stats().events;
         let elapsed = started.elapsed().as_nanos() as u64;
         events.polls.inc();
-        events.total_ns.add(elapsed);
+        // Wall time since the worker started, sleeps included.
+        events.total_ns.set(self.born.elapsed().as_nanos() as u64);
         if work > 0 {
             events.busy_polls.inc();
             events.busy_ns.add(elapsed);

@@ -27,12 +27,16 @@ pub enum IdleMode {
     BusyPoll,
 }
 
-/// Which port backend a pod gets when its attach request does not say.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub use vswitch_api::Backend;
+
+/// How AF_XDP ports attach their XDP program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Tap,
-    Afxdp,
+pub enum AfxdpMode {
+    /// Native (driver) mode where the driver has it, else generic.
+    Auto,
+    Native,
+    Generic,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -55,6 +59,9 @@ pub struct Config {
     pub batch_size: usize,
     pub idle: IdleMode,
     pub port_backend: Backend,
+    /// TAP ports carry TSO/GSO super-frames and partial checksums.
+    pub offloads: bool,
+    pub afxdp_mode: AfxdpMode,
     /// Default pod MTU.
     pub mtu: u16,
     pub api_socket: PathBuf,
@@ -83,6 +90,8 @@ struct RawConfig {
     batch_size: Spanned<usize>,
     idle: IdleMode,
     port_backend: Backend,
+    offloads: bool,
+    afxdp_mode: AfxdpMode,
     mtu: Spanned<u16>,
     api_socket: PathBuf,
     metrics_address: Spanned<String>,
@@ -119,6 +128,8 @@ struct CompleteRawConfig {
     batch_size: Spanned<usize>,
     idle: IdleMode,
     port_backend: Backend,
+    offloads: bool,
+    afxdp_mode: AfxdpMode,
     mtu: Spanned<u16>,
     api_socket: PathBuf,
     metrics_address: Spanned<String>,
@@ -156,6 +167,8 @@ impl Default for RawConfig {
             batch_size: c.batch_size,
             idle: c.idle,
             port_backend: c.port_backend,
+            offloads: c.offloads,
+            afxdp_mode: c.afxdp_mode,
             mtu: c.mtu,
             api_socket: c.api_socket,
             metrics_address: c.metrics_address,
@@ -330,6 +343,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         batch_size,
         idle: raw.idle,
         port_backend: raw.port_backend,
+        offloads: raw.offloads,
+        afxdp_mode: raw.afxdp_mode,
         mtu,
         api_socket: raw.api_socket,
         metrics_address,

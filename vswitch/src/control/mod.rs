@@ -5,4 +5,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod config;
+pub mod daemon;
+pub mod metrics;
+pub mod ports;
+pub mod state;

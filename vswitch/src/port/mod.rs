@@ -4,7 +4,9 @@
 //! receives from it and transmits through it in batches. The pipeline never knows which
 //! backend a frame came from.
 
+pub mod afxdp;
 pub mod memory;
+pub mod tap;
 
 use crate::frame::{Frame, FramePool};
 
@@ -49,6 +51,12 @@ pub trait PortQueue: Send {
     /// sleeps in epoll between rounds. `None`: the queue must be polled.
     fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
         None
+    }
+
+    /// Called when the port is removed for good (not when the daemon merely stops):
+    /// undoes whatever keeps the device alive across restarts.
+    fn release(&mut self) -> Result<(), PortError> {
+        Ok(())
     }
 
     /// True while the queue has work in flight that only more polling completes

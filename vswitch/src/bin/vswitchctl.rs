@@ -1,0 +1,259 @@
+//! vswitchctl: look at and drive a running vswitchd through its API socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ipnet::IpNet;
+use vswitch_api::{AttachRequest, Backend, Client, ClientError};
+
+/// Inspect and control vswitchd.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The daemon's API socket.
+    #[arg(long, env = "VSWITCH_SOCKET", default_value = vswitch_api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The daemon's node, pod CIDR, gateway and worker count.
+    Status,
+    /// Every port: the host port and the attached pods.
+    Ports,
+    /// Learned MAC addresses.
+    Fdb,
+    /// Counters per port, drops by reason, events, worker load.
+    Stats,
+    /// Attach a pod's network namespace (what the CNI plugin does).
+    Attach {
+        #[arg(long)]
+        container_id: String,
+        /// Path of the pod's network namespace.
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        /// An address with its prefix length; repeat for several.
+        #[arg(long = "ip", required = true)]
+        ips: Vec<IpNet>,
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long)]
+        mtu: Option<u16>,
+        #[arg(long)]
+        backend: Option<String>,
+    },
+    /// Detach a pod's interface (nothing happens if it is not attached).
+    Detach { container_id: String, ifname: String },
+}
+
+/// Prints rows as left-aligned columns under a header.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), ClientError> {
+    println!("{}", serde_json::to_string_pretty(v).expect("API types serialize"));
+    Ok(())
+}
+
+async fn run(args: Args) -> Result<(), ClientError> {
+    let client = Client::new(&args.socket);
+    match args.command {
+        Cmd::Status => {
+            let s = client.status().await?;
+            if args.json {
+                return print_json(&s);
+            }
+            println!("node:      {}", s.node_name);
+            println!("version:   {}", s.version);
+            println!("pod CIDR:  {}", s.pod_cidr);
+            println!("gateway:   {} ({})", s.gateway_ip, s.gateway_mac);
+            println!("pod MTU:   {}", s.mtu);
+            println!("backend:   {} (default)", s.default_backend);
+            println!("workers:   {}", s.workers);
+            println!("pod ports: {}", s.ports);
+        }
+        Cmd::Ports => {
+            let ports = client.ports().await?;
+            if args.json {
+                return print_json(&ports);
+            }
+            let rows = ports
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.id.to_string(),
+                        format!("{:?}", p.kind).to_lowercase(),
+                        if p.container_id.is_empty() {
+                            "-".into()
+                        } else {
+                            p.container_id.chars().take(12).collect()
+                        },
+                        p.ifname.clone(),
+                        p.backend.to_string(),
+                        p.mac.clone(),
+                        p.ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                        p.mtu.to_string(),
+                        p.workers.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                        if p.netns.as_os_str().is_empty() {
+                            "-".into()
+                        } else {
+                            p.netns.display().to_string()
+                        },
+                    ]
+                })
+                .collect();
+            table(
+                &["ID", "KIND", "CONTAINER", "IFNAME", "BACKEND", "MAC", "IPS", "MTU", "WORKERS", "NETNS"],
+                rows,
+            );
+        }
+        Cmd::Fdb => {
+            let fdb = client.fdb().await?;
+            if args.json {
+                return print_json(&fdb);
+            }
+            let rows = fdb
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.segment.to_string(),
+                        e.mac.clone(),
+                        e.port.to_string(),
+                        e.port_name.clone().unwrap_or_else(|| "-".into()),
+                        format!("{}s", e.age_secs),
+                    ]
+                })
+                .collect();
+            table(&["SEGMENT", "MAC", "PORT", "NAME", "AGE"], rows);
+        }
+        Cmd::Stats => {
+            let s = client.stats().await?;
+            if args.json {
+                return print_json(&s);
+            }
+            let rows = s
+                .ports
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.id.to_string(),
+                        if p.name.is_empty() { "(gone)".into() } else { p.name.clone() },
+                        p.rx_packets.to_string(),
+                        p.rx_bytes.to_string(),
+                        p.tx_packets.to_string(),
+                        p.tx_bytes.to_string(),
+                        p.drops.values().sum::<u64>().to_string(),
+                    ]
+                })
+                .collect();
+            table(&["PORT", "NAME", "RX_PACKETS", "RX_BYTES", "TX_PACKETS", "TX_BYTES", "DROPPED"], rows);
+            println!();
+            let drops: Vec<Vec<String>> = s
+                .drops
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(r, n)| {
+                    vec![r.clone(), n.to_string(), s.drop_descriptions.get(r).cloned().unwrap_or_default()]
+                })
+                .collect();
+            if drops.is_empty() {
+                println!("no drops ({} reasons counted)", s.drops.len());
+            } else {
+                table(&["DROP_REASON", "FRAMES", "MEANING"], drops);
+            }
+            println!();
+            let events = s
+                .events
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(e, n)| vec![e.clone(), n.to_string()])
+                .collect();
+            table(&["EVENT", "COUNT"], events);
+            println!();
+            println!("FDB entries: {}", s.fdb_entries);
+            let workers = s
+                .workers
+                .iter()
+                .map(|w| vec![w.id.to_string(), w.polls.to_string(), format!("{:.1}%", w.busy_ratio * 100.0)])
+                .collect();
+            table(&["WORKER", "POLLS", "BUSY"], workers);
+        }
+        Cmd::Attach { container_id, netns, ifname, ips, mac, mtu, backend } => {
+            let backend = match backend.as_deref() {
+                None => None,
+                Some("tap") => Some(Backend::Tap),
+                Some("afxdp") => Some(Backend::Afxdp),
+                Some(other) => {
+                    return Err(ClientError::Api {
+                        status: 400,
+                        code: "usage".into(),
+                        message: format!("backend {other:?}: expected tap or afxdp"),
+                    });
+                }
+            };
+            let req = AttachRequest { container_id, netns, ifname, mac, ips, mtu, backend, pod: None };
+            let port = client.attach(&req).await?;
+            if args.json {
+                return print_json(&port);
+            }
+            println!(
+                "attached port {} ({} {} in {}, mac {})",
+                port.id,
+                port.backend,
+                port.ifname,
+                port.netns.display(),
+                port.mac
+            );
+        }
+        Cmd::Detach { container_id, ifname } => {
+            let out = client.detach(&container_id, &ifname).await?;
+            if args.json {
+                return print_json(&out);
+            }
+            println!("{}", if out.existed { "detached" } else { "was not attached" });
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vswitchctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

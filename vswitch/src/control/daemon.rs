@@ -1,0 +1,194 @@
+//! `vswitchd`'s life: start the data plane and the host port, re-attach the ports of
+//! the previous run, serve the API and metrics, age the FDB, and on SIGTERM or SIGINT
+//! stop cleanly, leaving every pod's device and the state file for the next start.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Mutex, watch};
+
+use super::api::{self, ApiState};
+use super::config::{Config, IdleMode};
+use super::metrics;
+use super::ports::{AttachError, PortManager};
+use super::state::{self, StateError};
+use crate::datapath::{Datapath, DatapathConfig, DatapathError};
+use crate::fdb::FdbConfig;
+use crate::frame::DEFAULT_BUF_SIZE;
+use crate::tables::Tables;
+use crate::worker::IdlePolicy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("starting the data plane: {0}")]
+    Datapath(#[from] DatapathError),
+    #[error("{0}")]
+    Ports(#[from] AttachError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("API socket {path}: {source}")]
+    Socket {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics address {addr}: {source}")]
+    Metrics {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The data plane's settings from the daemon's configuration.
+pub fn datapath_config(config: &Config) -> DatapathConfig {
+    DatapathConfig {
+        workers: config.workers,
+        max_ports: config.max_ports,
+        batch_size: config.batch_size,
+        handoff_capacity: 4096,
+        fdb: FdbConfig { max_entries_per_segment: config.fdb_max_entries, aging_secs: config.fdb_aging_secs },
+        buf_size: DEFAULT_BUF_SIZE,
+        idle: match config.idle {
+            // Every queue of the daemon has a readiness fd; the timeout is a safety net.
+            IdleMode::Epoll => IdlePolicy::Backoff { sleep: Duration::from_millis(100) },
+            IdleMode::BusyPoll => IdlePolicy::BusyPoll,
+        },
+        pin_cpus: (!config.pin_cpus.is_empty()).then(|| config.pin_cpus.clone()),
+    }
+}
+
+/// Binds the API socket: parent directory created private to root, a stale socket of a
+/// dead daemon replaced, a live one refused, the socket itself mode 0600.
+async fn bind_api_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    let err = |source| DaemonError::Socket { path: path.display().to_string(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another vswitchd is listening there",
+            )));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+async fn terminated() {
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Must run on a multi-threaded runtime.
+pub async fn run(config: Config, version: &'static str) -> Result<(), DaemonError> {
+    let datapath = Datapath::start(datapath_config(&config), Tables::empty())?;
+    tracing::info!(
+        node = %config.node_name, pod_cidr = %config.pod_cidr, gateway = %config.gateway_ip,
+        workers = datapath.workers(), backend = %config.port_backend, "data plane started"
+    );
+    let mut manager = PortManager::new(config.clone(), datapath)?;
+    manager.start_host_port().await?;
+    match state::load(&config.state_file) {
+        Ok(Some(saved)) => {
+            let report = manager.restore(saved).await;
+            for port in &report.restored {
+                tracing::info!(port = %port, "re-attached");
+            }
+            for (port, reason) in &report.dropped {
+                tracing::warn!(port = %port, reason = %reason, "not re-attached; dropped from the state");
+            }
+        }
+        Ok(None) => {}
+        // The ports' devices still exist; the operator finds them in the kept file.
+        Err(e @ StateError::Corrupt { .. }) => {
+            tracing::error!(error = %e, "starting without the previous state")
+        }
+        Err(e) => return Err(e.into()),
+    }
+
+    let listener = bind_api_socket(&config.api_socket).await?;
+    let shared = Arc::new(ApiState { manager: Mutex::new(manager), version });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let api_server = tokio::spawn(
+        axum::serve(listener, api::router(shared.clone()))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    tracing::info!(socket = %config.api_socket.display(), "API listening");
+
+    let metrics_server = match config.metrics_address {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Metrics { addr: addr.to_string(), source })?;
+            let state = shared.clone();
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let state = state.clone();
+                    async move {
+                        let m = state.manager.lock().await;
+                        let stats =
+                            api::api_stats(&m.datapath().stats(), &m.port_names(), m.datapath().fdb().len());
+                        let body = metrics::render(&stats, m.pod_count());
+                        ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+                    }
+                }),
+            );
+            tracing::info!(%addr, "metrics listening");
+            Some(tokio::spawn(
+                axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone())).into_future(),
+            ))
+        }
+        None => None,
+    };
+
+    let housekeeping = {
+        let state = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let aged = state.manager.lock().await.datapath().housekeeping();
+                if aged > 0 {
+                    tracing::debug!(aged, "FDB entries aged out");
+                }
+            }
+        })
+    };
+
+    terminated().await;
+    let _ = stop_tx.send(true);
+    housekeeping.abort();
+    let _ = housekeeping.await;
+    let _ = api_server.await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
+    let _ = std::fs::remove_file(&config.api_socket);
+    match Arc::into_inner(shared) {
+        Some(state) => state.manager.into_inner().shutdown(),
+        None => tracing::error!("API state still referenced at shutdown; state file not rewritten"),
+    }
+    tracing::info!("stopped; pods keep their interfaces until the next start");
+    Ok(())
+}

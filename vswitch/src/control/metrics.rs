@@ -1,0 +1,121 @@
+//! Metrics in the Prometheus text exposition format (version 0.0.4), rendered from the
+//! same counters as the API's stats on every scrape.
+
+use std::fmt::Write;
+
+use vswitch_api::Stats;
+
+/// Escapes a label value: backslash, double quote and newline.
+fn label(v: &str) -> String {
+    v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The exposition text for `stats` and the number of attached pod ports.
+pub fn render(stats: &Stats, pod_ports: usize) -> String {
+    let mut out = String::with_capacity(4096);
+    type Field = fn(&vswitch_api::PortStats) -> u64;
+    let per_port: [(&str, &str, Field); 4] = [
+        ("vswitch_port_rx_packets_total", "Frames received on a port.", |p| p.rx_packets),
+        ("vswitch_port_rx_bytes_total", "Bytes received on a port.", |p| p.rx_bytes),
+        ("vswitch_port_tx_packets_total", "Frames transmitted on a port.", |p| p.tx_packets),
+        ("vswitch_port_tx_bytes_total", "Bytes transmitted on a port.", |p| p.tx_bytes),
+    ];
+    for (name, help, value) in per_port {
+        header(&mut out, name, "counter", help);
+        for p in &stats.ports {
+            let _ = writeln!(out, "{name}{{port=\"{}\",name=\"{}\"}} {}", p.id, label(&p.name), value(p));
+        }
+    }
+    header(
+        &mut out,
+        "vswitch_port_drops_total",
+        "counter",
+        "Frames that entered on a port and were dropped, by reason.",
+    );
+    for p in &stats.ports {
+        for (reason, n) in &p.drops {
+            let _ = writeln!(
+                out,
+                "vswitch_port_drops_total{{port=\"{}\",name=\"{}\",reason=\"{reason}\"}} {n}",
+                p.id,
+                label(&p.name)
+            );
+        }
+    }
+    header(&mut out, "vswitch_drops_total", "counter", "Frames dropped, by reason, over all ports.");
+    for (reason, n) in &stats.drops {
+        let _ = writeln!(out, "vswitch_drops_total{{reason=\"{reason}\"}} {n}");
+    }
+    header(
+        &mut out,
+        "vswitch_events_total",
+        "counter",
+        "Switching events that are not drops (learning, flooding, ARP replies, ...).",
+    );
+    for (event, n) in &stats.events {
+        let _ = writeln!(out, "vswitch_events_total{{event=\"{event}\"}} {n}");
+    }
+    header(&mut out, "vswitch_fdb_entries", "gauge", "Learned MAC addresses in the forwarding database.");
+    let _ = writeln!(out, "vswitch_fdb_entries {}", stats.fdb_entries);
+    header(&mut out, "vswitch_pod_ports", "gauge", "Attached pod ports.");
+    let _ = writeln!(out, "vswitch_pod_ports {pod_ports}");
+    header(
+        &mut out,
+        "vswitch_worker_busy_ratio",
+        "gauge",
+        "Share of a worker's time spent in poll rounds that found work.",
+    );
+    for w in &stats.workers {
+        let _ = writeln!(out, "vswitch_worker_busy_ratio{{worker=\"{}\"}} {:.6}", w.id, w.busy_ratio);
+    }
+    header(&mut out, "vswitch_worker_polls_total", "counter", "Poll rounds of a worker.");
+    for w in &stats.workers {
+        let _ = writeln!(out, "vswitch_worker_polls_total{{worker=\"{}\"}} {}", w.id, w.polls);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use vswitch_api::PortStats;
+
+    #[test]
+    fn renders_valid_exposition_lines() {
+        let stats = Stats {
+            ports: vec![PortStats {
+                id: 3,
+                name: "ab\"c/eth0".into(),
+                rx_packets: 5,
+                drops: BTreeMap::from([("spoofed_source_ip".to_string(), 2)]),
+                ..Default::default()
+            }],
+            drops: BTreeMap::from([("spoofed_source_ip".to_string(), 2), ("tx_failed".to_string(), 0)]),
+            fdb_entries: 7,
+            ..Default::default()
+        };
+        let text = render(&stats, 1);
+        assert!(
+            text.contains("vswitch_port_rx_packets_total{port=\"3\",name=\"ab\\\"c/eth0\"} 5\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "vswitch_port_drops_total{port=\"3\",name=\"ab\\\"c/eth0\",reason=\"spoofed_source_ip\"} 2\n"
+        ));
+        assert!(text.contains("vswitch_drops_total{reason=\"tx_failed\"} 0\n"), "zero reasons are listed");
+        assert!(text.contains("vswitch_fdb_entries 7\n"));
+        // Every line is a comment or `name{labels} value`, and every metric is typed.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            let metric = name.split('{').next().unwrap();
+            assert!(text.contains(&format!("# TYPE {metric} ")), "{metric} untyped");
+        }
+    }
+}

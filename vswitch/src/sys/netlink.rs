@@ -1,0 +1,304 @@
+//! Links, addresses and routes over rtnetlink.
+//!
+//! A [`Netlink`] talks to the namespace its socket was opened in. Work inside another
+//! namespace (a pod's) goes through [`in_netns`], which opens the socket on a thread
+//! that entered that namespace.
+
+use std::future::Future;
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage, LinkXdp};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use super::netns::Netns;
+use super::{Context, SysError};
+
+/// `XDP_FLAGS_SKB_MODE` / `XDP_FLAGS_DRV_MODE` from `<linux/if_link.h>`.
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+
+/// A link as far as the control plane cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    pub up: bool,
+}
+
+/// An rtnetlink connection in one network namespace.
+pub struct Netlink {
+    handle: Handle,
+}
+
+fn io_error(e: rtnetlink::Error) -> std::io::Error {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => match msg.code {
+            Some(code) => std::io::Error::from_raw_os_error(-code.get()),
+            None => std::io::Error::other("netlink error without code"),
+        },
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
+fn is_errno(e: &SysError, errno: i32) -> bool {
+    e.errno() == Some(errno)
+}
+
+impl Netlink {
+    /// Opens a socket in the calling thread's namespace; its connection runs as a task
+    /// on the current tokio runtime.
+    pub fn connect() -> Result<Netlink, SysError> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().context(|| "opening netlink socket".into())?;
+        tokio::spawn(connection);
+        Ok(Netlink { handle })
+    }
+
+    /// The link called `name`, if there is one.
+    pub async fn link(&self, name: &str) -> Result<Option<LinkInfo>, SysError> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(link_info(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                let e = SysError::new(format!("looking up link {name}"), io_error(e));
+                // ENODEV: no such link.
+                if is_errno(&e, libc::ENODEV) { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
+    /// The index of link `name`, or an error naming it.
+    pub async fn index_of(&self, name: &str) -> Result<u32, SysError> {
+        match self.link(name).await? {
+            Some(l) => Ok(l.index),
+            None => Err(SysError::new(
+                format!("looking up link {name}"),
+                std::io::Error::from_raw_os_error(libc::ENODEV),
+            )),
+        }
+    }
+
+    async fn change(&self, what: String, msg: LinkMessage) -> Result<(), SysError> {
+        self.handle.link().change(msg).execute().await.map_err(io_error).context(|| what)
+    }
+
+    /// Moves link `index` into `netns`, renaming it to `new_name` on the way (one
+    /// message: the name never clashes in either namespace).
+    pub async fn move_to(&self, index: u32, netns: &Netns, new_name: &str) -> Result<(), SysError> {
+        let msg =
+            LinkUnspec::new_with_index(index).setns_by_fd(netns.raw_fd()).name(new_name.to_string()).build();
+        self.change(format!("moving link {index} into {} as {new_name}", netns.path().display()), msg).await
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<(), SysError> {
+        self.change(format!("bringing link {index} up"), LinkUnspec::new_with_index(index).up().build()).await
+    }
+
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), SysError> {
+        self.change(
+            format!("setting MTU {mtu} on link {index}"),
+            LinkUnspec::new_with_index(index).mtu(mtu).build(),
+        )
+        .await
+    }
+
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), SysError> {
+        let msg = LinkUnspec::new_with_index(index).address(mac.to_vec()).build();
+        self.change(format!("setting the MAC of link {index}"), msg).await
+    }
+
+    /// Deletes link `index` (for a veth, both ends go).
+    pub async fn delete(&self, index: u32) -> Result<(), SysError> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(io_error)
+            .context(|| format!("deleting link {index}"))
+    }
+
+    /// Deletes link `name` if it exists; true if it did.
+    pub async fn delete_by_name(&self, name: &str) -> Result<bool, SysError> {
+        match self.link(name).await? {
+            Some(l) => match self.delete(l.index).await {
+                Ok(()) => Ok(true),
+                Err(e) if is_errno(&e, libc::ENODEV) => Ok(false),
+                Err(e) => Err(e),
+            },
+            None => Ok(false),
+        }
+    }
+
+    /// Creates a veth pair `name` ↔ `peer` in this namespace, both with `mtu`, the peer
+    /// with MAC `peer_mac`.
+    pub async fn add_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_mac: [u8; 6],
+        mtu: u32,
+    ) -> Result<(), SysError> {
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .address(peer_mac.to_vec())
+            .mtu(mtu)
+            .build();
+        let mut msg = LinkVeth::new(name, peer).mtu(mtu).build();
+        // Replace the builder's plain peer with one carrying MAC and MTU.
+        for attr in msg.attributes.iter_mut() {
+            if let LinkAttribute::LinkInfo(infos) = attr {
+                for info in infos.iter_mut() {
+                    if let netlink_packet_route::link::LinkInfo::Data(data) = info {
+                        *data = InfoData::Veth(InfoVeth::Peer(peer_msg.clone()));
+                    }
+                }
+            }
+        }
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(io_error)
+            .context(|| format!("creating veth pair {name} <-> {peer}"))
+    }
+
+    /// Removes any XDP program from link `index`, in both native and generic mode (a
+    /// crashed process may have left one behind).
+    pub async fn detach_xdp(&self, index: u32) -> Result<(), SysError> {
+        for flags in [XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE] {
+            let msg = LinkUnspec::new_with_index(index)
+                .append_extra_attribute(LinkAttribute::Xdp(vec![LinkXdp::Fd(-1), LinkXdp::Flags(flags)]))
+                .build();
+            match self.handle.link().set(msg).execute().await.map_err(io_error) {
+                Ok(()) => {}
+                // Native mode unsupported by the driver: nothing attached there either.
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+                Err(e) => return Err(SysError::new(format!("detaching XDP from link {index}"), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `addr` to link `index`; an address already there is fine.
+    pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<(), SysError> {
+        match self
+            .handle
+            .address()
+            .add(index, addr.addr(), addr.prefix_len())
+            .execute()
+            .await
+            .map_err(io_error)
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(SysError::new(format!("adding address {addr} to link {index}"), e)),
+        }
+    }
+
+    /// The addresses on link `index`.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, SysError> {
+        use netlink_packet_route::address::AddressAttribute;
+        let mut out = Vec::new();
+        let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(io_error)
+            .context(|| format!("listing addresses of link {index}"))?
+        {
+            let prefix = msg.header.prefix_len;
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(ip) = attr
+                    && let Ok(net) = IpNet::new(*ip, prefix)
+                {
+                    out.push(net);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds a route to `dst` out of link `index`, via `gateway` if given (else on-link).
+    /// A route already there is fine.
+    pub async fn add_route(&self, dst: IpNet, gateway: Option<IpAddr>, index: u32) -> Result<(), SysError> {
+        let msg = match (dst, gateway) {
+            (IpNet::V4(d), gw) => {
+                let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                    .destination_prefix(d.addr(), d.prefix_len())
+                    .output_interface(index);
+                if let Some(IpAddr::V4(g)) = gw {
+                    b = b.gateway(g);
+                }
+                b.build()
+            }
+            (IpNet::V6(d), gw) => {
+                let mut b = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                    .destination_prefix(d.addr(), d.prefix_len())
+                    .output_interface(index);
+                if let Some(IpAddr::V6(g)) = gw {
+                    b = b.gateway(g);
+                }
+                b.build()
+            }
+        };
+        match self.handle.route().add(msg).execute().await.map_err(io_error) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(SysError::new(format!("adding route to {dst} via {gateway:?} on link {index}"), e)),
+        }
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+fn link_info(msg: &LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        index: msg.header.index,
+        name: String::new(),
+        mac: None,
+        mtu: None,
+        up: msg.header.flags.contains(netlink_packet_route::link::LinkFlags::Up),
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => info.name = n.clone(),
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(a);
+                info.mac = Some(mac);
+            }
+            LinkAttribute::Mtu(m) => info.mtu = Some(*m),
+            _ => {}
+        }
+    }
+    info
+}
+
+/// Runs `f` with a netlink connection inside `netns`, on a thread of its own with a
+/// small runtime, and returns its result. Blocks the caller until `f` is done.
+pub fn in_netns<R, F, Fut>(netns: &Netns, f: F) -> Result<R, SysError>
+where
+    R: Send,
+    F: FnOnce(Netlink) -> Fut + Send,
+    Fut: Future<Output = Result<R, SysError>>,
+{
+    netns.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context(|| "starting a netlink runtime".into())?;
+        rt.block_on(async {
+            let nl = Netlink::connect()?;
+            f(nl).await
+        })
+    })?
+}
