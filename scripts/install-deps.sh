@@ -9,7 +9,7 @@ apt_packages=(
   # zlib, pkg-config and m4 for xsk-rs/libxdp (AF_XDP)
   build-essential clang libclang-dev libelf-dev zlib1g-dev pkg-config m4
   # the real network tools the tests and the demo drive
-  iproute2 ethtool iputils-ping iperf3 ncat tshark nftables iptables netsniff-ng python3-scapy
+  iproute2 ethtool iputils-ping iperf3 ncat curl tshark nftables iptables netsniff-ng python3-scapy
   # CNI: the reference plugins (host-local IPAM, loopback)
   containernetworking-plugins
   # measuring

@@ -10,6 +10,8 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== unit, property and end-to-end tests"
+# The end-to-end tests run vswitchd and vswitchctl from the target directory.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked
 
 echo "== fuzz targets, fixed budget on the committed corpus"

@@ -250,7 +250,8 @@ impl TablesBuilder {
     }
 
     /// Adds a port after checking it against everything already present, so a conflict
-    /// is reported to whoever asked for the port, not discovered at build time.
+    /// is reported to whoever asked for the port, not discovered at build time. Address
+    /// conflicts are reported before MAC ones (a MAC is often derived from the address).
     pub fn add_port(&mut self, port: PortEntry) -> Result<(), TablesError> {
         if self.ports.contains_key(&port.id) {
             return Err(TablesError::DuplicatePort(port.id));
@@ -260,6 +261,20 @@ impl TablesBuilder {
         };
         if port.port_security && port.mac.is_none() {
             return Err(TablesError::SecurityWithoutMac { port: port.id });
+        }
+        for ip in &port.ipv4 {
+            if seg.gateway.map(|g| g.ip) == Some(*ip) {
+                return Err(TablesError::IpIsGateway { ip: *ip, segment: port.segment });
+            }
+            if let Some(existing) =
+                self.ports.values().find(|p| p.segment == port.segment && p.ipv4.contains(ip))
+            {
+                return Err(TablesError::DuplicateIp {
+                    ip: *ip,
+                    segment: port.segment,
+                    existing: existing.id,
+                });
+            }
         }
         if let Some(mac) = port.mac {
             if mac.is_multicast() {
@@ -274,20 +289,6 @@ impl TablesBuilder {
             // Only the host port may carry the gateway MAC.
             if gateway_mac == Some(mac) && port.kind != PortKind::Host {
                 return Err(TablesError::DuplicateMac { mac, segment: port.segment, existing: port.id });
-            }
-        }
-        for ip in &port.ipv4 {
-            if seg.gateway.map(|g| g.ip) == Some(*ip) {
-                return Err(TablesError::IpIsGateway { ip: *ip, segment: port.segment });
-            }
-            if let Some(existing) =
-                self.ports.values().find(|p| p.segment == port.segment && p.ipv4.contains(ip))
-            {
-                return Err(TablesError::DuplicateIp {
-                    ip: *ip,
-                    segment: port.segment,
-                    existing: existing.id,
-                });
             }
         }
         self.ports.insert(port.id, port);

@@ -2,16 +2,20 @@
 //!
 //! Everything a test creates is named with a test-unique prefix ([`unique_prefix`]) and
 //! removed when its guard drops, on failure too: [`Netns`] deletes its namespace (and
-//! with it every interface inside), [`Process`] kills the process it started, by PID.
+//! with it every interface inside), [`Process`] kills the process it started, by PID,
+//! together with anything it forked (each started process leads its own process group).
 //! Nothing here touches the root namespace's interfaces or addresses.
 //!
 //! Needs root (CI runs as root) and iproute2.
 
 use std::ffi::OsStr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+pub use nix::sys::signal::Signal;
 
 /// A short prefix unique to this process and call, for namespace and interface names
 /// (interface names are at most 15 bytes: keep what follows the prefix short).
@@ -104,13 +108,8 @@ impl Netns {
 
     /// Starts `args` inside the namespace; the process is killed when the guard drops.
     pub fn spawn<S: AsRef<OsStr>>(&self, args: &[S]) -> Process {
-        let child = self
-            .command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ip netns exec starts");
-        Process { child: Some(child) }
+        Process::spawn(self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()))
+            .expect("ip netns exec starts")
     }
 
     /// An interface counter (`rx_packets`, `tx_bytes`, ...) read inside the namespace.
@@ -133,8 +132,14 @@ pub struct Process {
 }
 
 impl Process {
+    /// Starts `cmd` as the leader of a new process group, so that signals reach the
+    /// children it forks too.
     pub fn spawn(cmd: &mut Command) -> std::io::Result<Process> {
-        Ok(Process { child: Some(cmd.spawn()?) })
+        Ok(Process { child: Some(cmd.process_group(0).spawn()?) })
+    }
+
+    fn group(&self) -> Option<nix::unistd::Pid> {
+        self.child.as_ref().map(|c| nix::unistd::Pid::from_raw(c.id() as i32))
     }
 
     pub fn pid(&self) -> u32 {
@@ -146,10 +151,10 @@ impl Process {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Sends `signal` to the process.
-    pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        if let Some(c) = &self.child {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), signal);
+    /// Sends `signal` to the process and everything it forked.
+    pub fn signal(&self, signal: Signal) {
+        if let Some(group) = self.group() {
+            let _ = nix::sys::signal::killpg(group, signal);
         }
     }
 
@@ -166,18 +171,18 @@ impl Process {
         }
     }
 
-    /// Kills the process and returns what it wrote.
+    /// Kills the process (and its group) and returns what it wrote.
     pub fn kill(mut self) -> Output {
-        let mut child = self.child.take().expect("not yet killed");
-        let _ = child.kill();
+        self.signal(Signal::SIGKILL);
+        let child = self.child.take().expect("not yet killed");
         child.wait_with_output().expect("reaping a killed child")
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
             let _ = c.wait();
         }
     }

@@ -1,0 +1,226 @@
+//! The end-to-end harness: a node (a network namespace running `vswitchd`) and pods
+//! (namespaces attached through the daemon's API and configured as the CNI plugin would
+//! configure them).
+//!
+//! Everything is named with a test-unique prefix and removed by guards on drop, also when
+//! a test fails: namespaces with their interfaces, the daemon (killed by PID), its
+//! scratch directory. A failing test prints the daemon's log.
+//!
+//! The binaries are taken from the target directory this test was built into; build
+//! them first (`cargo build --workspace --bins`, as `scripts/test.sh` does) or point
+//! `VSWITCHD_BIN` / `VSWITCHCTL_BIN` at them.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use vswitch::testbed::{Netns, Process, unique_prefix, wait_until};
+use vswitch_api::{AttachRequest, Backend, Client, ClientError, PortInfo, Stats};
+
+pub use vswitch::testbed;
+
+/// A binary of this workspace: `$<ENV>` if set, else next to the test executable's
+/// `deps/` directory.
+pub fn binary(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build --workspace --bins` first (scripts/test.sh does), or set {env}",
+        bin.display()
+    );
+    bin
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(prefix: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("vswitch-e2e-{prefix}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A node: its namespace and the `vswitchd` serving it.
+pub struct Node {
+    pub prefix: String,
+    pub ns: Netns,
+    pub dir: Scratch,
+    pub socket: PathBuf,
+    config: PathBuf,
+    daemon: Option<Process>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Node {
+    /// Starts `vswitchd` in a fresh node namespace with the embedded defaults plus
+    /// `extra` TOML (API socket and state file go to the node's scratch directory).
+    pub fn start(tag: &str, extra: &str) -> Node {
+        let prefix = unique_prefix(tag);
+        let ns = Netns::new(&format!("{prefix}n"));
+        let dir = Scratch::new(&prefix);
+        let socket = dir.0.join("api.sock");
+        let config = dir.0.join("vswitchd.toml");
+        let text = format!(
+            "api_socket = {:?}\nstate_file = {:?}\nworkers = 2\n{extra}\n",
+            socket.display().to_string(),
+            dir.0.join("state.json").display().to_string()
+        );
+        std::fs::write(&config, text).expect("config file");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let mut node = Node { prefix, ns, dir, socket, config, daemon: None, runtime };
+        node.launch();
+        node
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.0.join("vswitchd.log")
+    }
+
+    fn launch(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.ns.name()])
+            .arg(binary("vswitchd", "VSWITCHD_BIN"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        self.daemon = Some(Process::spawn(&mut cmd).expect("vswitchd starts"));
+        let client = self.client();
+        let up = wait_until(Duration::from_secs(20), || self.runtime.block_on(client.status()).is_ok());
+        assert!(up, "vswitchd did not answer on {}:\n{}", self.socket.display(), self.log());
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    /// Runs an API call to completion.
+    pub fn api<T, F: Future<Output = Result<T, ClientError>>>(
+        &self,
+        f: impl FnOnce(Client) -> F,
+    ) -> Result<T, ClientError> {
+        self.runtime.block_on(f(self.client()))
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.api(|c| async move { c.stats().await }).expect("stats")
+    }
+
+    /// Drops of frames that entered on `port`, for `reason`.
+    pub fn drops(&self, port: u16, reason: &str) -> u64 {
+        self.stats()
+            .ports
+            .iter()
+            .find(|p| p.id == port)
+            .and_then(|p| p.drops.get(reason).copied())
+            .unwrap_or(0)
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Kills the daemon with SIGKILL (a crash) and waits for it to be gone.
+    pub fn crash(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.kill();
+        }
+    }
+
+    /// Stops the daemon with SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.signal(vswitch::testbed::Signal::SIGTERM);
+            let out = d.wait_output(Duration::from_secs(10)).expect("vswitchd exits on SIGTERM");
+            assert!(out.status.success(), "vswitchd exit status {}:\n{}", out.status, self.log());
+        }
+    }
+
+    /// Starts the daemon again on the same configuration and state.
+    pub fn restart(&mut self) {
+        assert!(self.daemon.is_none(), "stop or crash the daemon first");
+        self.launch();
+    }
+
+    /// Runs `vswitchctl` against this node; returns stdout, panics on failure.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(binary("vswitchctl", "VSWITCHCTL_BIN"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("vswitchctl runs");
+        assert!(out.status.success(), "vswitchctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Creates a pod namespace, attaches it (`eth0`, `ip`/24) and configures it the way
+    /// the CNI plugin does: address and default route via the gateway.
+    pub fn pod(&self, name: &str, ip: Ipv4Addr, backend: Backend) -> Pod {
+        let ns = Netns::new(&format!("{}{name}", self.prefix));
+        let req = AttachRequest {
+            container_id: format!("{}-{name}", self.prefix),
+            netns: ns.path(),
+            ifname: "eth0".into(),
+            mac: None,
+            ips: vec![format!("{ip}/24").parse().expect("CIDR")],
+            mtu: None,
+            backend: Some(backend),
+            pod: None,
+        };
+        let port = self
+            .api(|c| async move { c.attach(&req).await })
+            .unwrap_or_else(|e| panic!("attach {name}: {e}\n{}", self.log()));
+        ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ns.ok(&["ip", "route", "add", "default", "via", "10.244.1.1"]);
+        Pod { ns, ip, port }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- vswitchd log ({}) ----\n{}", self.prefix, self.log());
+        }
+        if let Some(d) = self.daemon.take() {
+            d.kill();
+        }
+    }
+}
+
+/// A pod: its namespace, address and switch port.
+pub struct Pod {
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    pub port: PortInfo,
+}
+
+impl Pod {
+    /// `ping -c count` to `dst`; true if every echo was answered.
+    pub fn ping(&self, dst: Ipv4Addr, count: u32) -> bool {
+        self.ns
+            .run(&["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "2", &dst.to_string()])
+            .status
+            .success()
+    }
+}
