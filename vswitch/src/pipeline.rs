@@ -440,6 +440,15 @@ mod tests {
     }
 
     #[test]
+    fn arp_operations_other_than_request_and_reply_are_dropped() {
+        let mut h = Harness::new();
+        let mut rarp = arp_request(mac(1), ip(2), ip(3));
+        rarp[21] = 3; // RARP request
+        assert!(h.send(1, &[rarp]).is_empty());
+        assert_eq!(h.drops(1, DropReason::UnsupportedArp), 1);
+    }
+
+    #[test]
     fn arp_for_unknown_addresses_is_dropped_or_flooded_by_policy() {
         let mut h = Harness::new();
         assert!(h.send(1, &[arp_request(mac(1), ip(2), ip(77))]).is_empty());

@@ -441,6 +441,26 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_refusing_frames_counts_them_as_tx_failed() {
+        let (mut w0, _w1, h) = two_workers(64);
+        // Replace port 2's queue with one whose capture holds a single frame.
+        let (small, small_handle) = MemoryPort::pair("p2-small", 1);
+        let (done, ack) = crossbeam_channel::bounded(1);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        w0.commands = rx;
+        tx.send(Command::AddQueue { port: 2, queue: Box::new(small), done }).unwrap();
+        w0.poll();
+        ack.try_recv().unwrap().unwrap();
+        for seq in 0..3 {
+            h[0].inject(frame(1, 2, seq));
+        }
+        w0.poll();
+        assert_eq!(small_handle.take_sent().len(), 1);
+        assert_eq!(w0.pipeline.stats().drops(2, DropReason::TxFailed), 2);
+        assert_eq!(w0.pipeline.stats().port(2).tx_packets.get(), 1);
+    }
+
+    #[test]
     fn removed_queue_is_returned_and_its_frames_are_counted() {
         let (mut w0, _w1, h) = two_workers(4);
         let (done, ack) = crossbeam_channel::bounded(1);

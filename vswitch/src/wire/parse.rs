@@ -618,6 +618,17 @@ mod tests {
                 ),
                 DropReason::BadIpv6Header,
             ),
+            (
+                "ipv6 hop-by-hop header longer than the packet",
+                patch(
+                    &FrameSpec::udp6(A, B, "fd00::1".parse().unwrap(), "fd00::2".parse().unwrap(), 1, 2)
+                        .ipv6_hop_by_hop()
+                        .build(),
+                    14 + 40 + 1,
+                    200,
+                ),
+                DropReason::BadIpv6ExtHeader,
+            ),
         ];
         for (what, frame, reason) in cases {
             assert_eq!(parse(&frame), Err(reason), "{what}");
