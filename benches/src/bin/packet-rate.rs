@@ -186,7 +186,10 @@ fn udp64(t: &Topology, seconds: u64) -> Sample {
     std::fs::write(&cfg, format!("{{ {} }}\n", bytes.join(", "))).expect("trafgen config");
     // The receiver counts frames at its interface, then an nftables ingress rule drops
     // them, so its own stack (which would answer with ICMP) costs nothing.
-    let (tx0, rx0) = (t.a.counter("eth0", "tx_packets"), t.b.counter("eth0", "rx_packets"));
+    // Offered: what left the generator's interface, including what its driver dropped
+    // because the switch's queue was full (a TAP or veth counts those as tx_dropped).
+    let offered = || t.a.counter("eth0", "tx_packets") + t.a.counter("eth0", "tx_dropped");
+    let (tx0, rx0) = (offered(), t.b.counter("eth0", "rx_packets"));
     let cpu0 = t.daemon_cpu();
     let start = Instant::now();
     // One generator process on CPU 0; leave the machine's socket-memory sysctls and IRQ
@@ -211,7 +214,7 @@ fn udp64(t: &Topology, seconds: u64) -> Sample {
     gen_.wait_output(Duration::from_secs(10));
     let elapsed = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300)); // let the switch drain
-    let (tx1, rx1) = (t.a.counter("eth0", "tx_packets"), t.b.counter("eth0", "rx_packets"));
+    let (tx1, rx1) = (offered(), t.b.counter("eth0", "rx_packets"));
     let delivered = (rx1 - rx0) as f64;
     Sample {
         delivered: delivered / elapsed,
