@@ -19,6 +19,7 @@ fn request(node: &Node, netns: &Netns, ip: &str) -> AttachRequest {
         mtu: None,
         backend: Some(Backend::Tap),
         pod: None,
+        network: None,
     }
 }
 

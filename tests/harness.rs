@@ -187,6 +187,7 @@ impl Node {
             mtu: None,
             backend: Some(backend),
             pod: None,
+            network: None,
         };
         let port = self
             .api(|c| async move { c.attach(&req).await })

@@ -69,6 +69,10 @@ pub struct AttachRequest {
     pub backend: Option<Backend>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodRef>,
+    /// The CNI network the attachment belongs to (the conflist's `name`); garbage
+    /// collection of one network never touches another's ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// What a port is for.
@@ -103,6 +107,9 @@ pub struct PortInfo {
     /// Whether the port carries TSO/GSO super-frames and partial checksums.
     pub offloads: bool,
     pub pod: Option<PodRef>,
+    /// The CNI network it was attached for, if the attach request named one.
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 /// Answer to a detach.

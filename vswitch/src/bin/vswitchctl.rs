@@ -220,7 +220,17 @@ async fn run(args: Args) -> Result<(), ClientError> {
                     });
                 }
             };
-            let req = AttachRequest { container_id, netns, ifname, mac, ips, mtu, backend, pod: None };
+            let req = AttachRequest {
+                container_id,
+                netns,
+                ifname,
+                mac,
+                ips,
+                mtu,
+                backend,
+                pod: None,
+                network: None,
+            };
             let port = client.attach(&req).await?;
             if args.json {
                 return print_json(&port);

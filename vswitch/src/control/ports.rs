@@ -296,7 +296,8 @@ impl PortManager {
                 && existing.saved.ips == req.ips
                 && existing.saved.backend == backend
                 && existing.saved.mtu == mtu
-                && existing.saved.mac == mac.to_string();
+                && existing.saved.mac == mac.to_string()
+                && existing.saved.network == req.network;
             return if same {
                 Ok((self.pod_info(existing), false))
             } else {
@@ -335,6 +336,7 @@ impl PortManager {
             mtu,
             host_ifname: (backend == Backend::Afxdp).then(|| format!("vsx{id:x}")),
             pod: req.pod.clone(),
+            network: req.network.clone(),
         };
         let workers = match backend {
             Backend::Tap => self.create_tap_port(&saved, &netns, mac).await?,
@@ -350,9 +352,19 @@ impl PortManager {
             self.xsk_load[workers[0]] += 1;
         }
         self.pods.insert(id, PodPort { saved, workers });
-        if let Err(e) = self.save_state() {
-            // The port works but would not survive a restart: undo, so the caller's
-            // retry starts from a clean slate.
+        // Up only now: the pod's first frames (IPv6 DAD, ...) find its port in the tables.
+        let ifname = req.ifname.clone();
+        let up = blocking(|| {
+            in_netns(&netns, |nl| async move {
+                let index = nl.index_of(&ifname).await?;
+                nl.set_up(index).await
+            })
+        })
+        .map_err(AttachError::from)
+        .and_then(|()| self.save_state());
+        if let Err(e) = up {
+            // Not usable, or would not survive a restart: undo, so the caller's retry
+            // starts from a clean slate.
             let port = self.pods.remove(&id).expect("just inserted");
             let _ = self.undo_attach(port).await;
             return Err(e);
@@ -445,8 +457,8 @@ impl PortManager {
         }
     }
 
-    /// TAP: create it here (MAC, MTU, queues), move it into the pod as `ifname`, bring
-    /// it up there, hand one queue to each worker.
+    /// TAP: create it here (MAC, MTU, queues), move it into the pod as `ifname` (still
+    /// down), hand one queue to each worker.
     async fn create_tap_port(
         &self,
         saved: &SavedPort,
@@ -464,14 +476,7 @@ impl PortManager {
         }
         let moved = async {
             let index = self.netlink.index_of(&tmp).await?;
-            self.netlink.move_to(index, netns, &saved.ifname).await?;
-            let ifname = saved.ifname.clone();
-            blocking(|| {
-                in_netns(netns, |nl| async move {
-                    let index = nl.index_of(&ifname).await?;
-                    nl.set_up(index).await
-                })
-            })
+            self.netlink.move_to(index, netns, &saved.ifname).await
         };
         if let Err(e) = moved.await {
             // Not persistent any more: the device goes with its queues, wherever it is.
@@ -491,8 +496,8 @@ impl PortManager {
     }
 
     /// AF_XDP: a veth pair; the pod's end (offloads off, so it sends finished
-    /// frames) moves into the pod as `ifname`, the host end stays here and gets an XSK
-    /// socket on the least loaded worker.
+    /// frames) moves into the pod as `ifname` (still down), the host end stays here and
+    /// gets an XSK socket on the least loaded worker.
     async fn create_afxdp_port(
         &mut self,
         saved: &SavedPort,
@@ -511,13 +516,6 @@ impl PortManager {
             self.netlink.set_up(host_index).await?;
             let peer = self.netlink.index_of(&tmp).await?;
             self.netlink.move_to(peer, netns, &saved.ifname).await?;
-            let ifname = saved.ifname.clone();
-            blocking(|| {
-                in_netns(netns, |nl| async move {
-                    let index = nl.index_of(&ifname).await?;
-                    nl.set_up(index).await
-                })
-            })?;
             self.netlink.detach_xdp(host_index).await?;
             let mode = self.xdp_mode();
             let mut q = blocking(|| XskQueue::open(&host, mode))?;
@@ -639,6 +637,7 @@ impl PortManager {
             mtu: Some(saved.mtu),
             backend: Some(saved.backend),
             pod: saved.pod.clone(),
+            network: saved.network.clone(),
         };
         self.builder
             .clone()
@@ -728,6 +727,7 @@ impl PortManager {
             workers: p.workers.clone(),
             offloads: p.saved.backend == Backend::Tap && self.config.offloads,
             pod: p.saved.pod.clone(),
+            network: p.saved.network.clone(),
         }
     }
 
@@ -750,6 +750,7 @@ impl PortManager {
                 workers: h.workers.clone(),
                 offloads: self.config.offloads,
                 pod: None,
+                network: None,
             });
         }
         out.extend(self.pods.values().map(|p| self.pod_info(p)));

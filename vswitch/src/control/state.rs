@@ -36,6 +36,8 @@ pub struct SavedPort {
     /// Host end of the veth pair (AF_XDP ports).
     pub host_ifname: Option<String>,
     pub pod: Option<PodRef>,
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +126,7 @@ mod tests {
                 mtu: 1500,
                 host_ifname: None,
                 pod: None,
+                network: Some("k8s-pod-network".into()),
             }],
         }
     }

@@ -255,6 +255,55 @@ impl Netlink {
         }
     }
 
+    /// Routes of the main table out of link `index`, as (destination, gateway).
+    pub async fn routes(&self, index: u32) -> Result<Vec<(IpNet, Option<IpAddr>)>, SysError> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+        let as_ip = |a: &RouteAddress| match a {
+            RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+            RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+            _ => None,
+        };
+        let mut out = Vec::new();
+        let queries = [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ];
+        for query in queries {
+            let mut stream = self.handle.route().get(query).execute();
+            while let Some(msg) = stream
+                .try_next()
+                .await
+                .map_err(io_error)
+                .context(|| format!("listing routes of link {index}"))?
+            {
+                let mut dst = None;
+                let mut gw = None;
+                let mut oif = None;
+                for attr in &msg.attributes {
+                    match attr {
+                        RouteAttribute::Destination(a) => dst = as_ip(a),
+                        RouteAttribute::Gateway(a) => gw = as_ip(a),
+                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        _ => {}
+                    }
+                }
+                if oif != Some(index) || msg.header.table != 254 {
+                    continue;
+                }
+                let unspecified = if msg.header.address_family == netlink_packet_route::AddressFamily::Inet6 {
+                    IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+                };
+                if let Ok(net) = IpNet::new(dst.unwrap_or(unspecified), msg.header.destination_prefix_length)
+                {
+                    out.push((net, gw));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn handle(&self) -> &Handle {
         &self.handle
     }
