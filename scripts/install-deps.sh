@@ -10,8 +10,10 @@ apt_packages=(
   build-essential clang libclang-dev libelf-dev zlib1g-dev pkg-config m4
   # the real network tools the tests and the demo drive
   iproute2 ethtool iputils-ping iperf3 ncat curl tshark nftables iptables netsniff-ng python3-scapy
-  # CNI: the reference plugins (host-local IPAM, loopback)
-  containernetworking-plugins
+  # CNI: the reference plugins (host-local IPAM, loopback), and a real runtime to run
+  # the plugin under (containerd + runc), with busybox for the test pods' image and
+  # protoc for the CRI client's generated code
+  containernetworking-plugins containerd runc busybox-static protobuf-compiler
   # measuring
   valgrind jq
 )
