@@ -74,10 +74,12 @@ fn bad_requests_get_clear_errors_and_leave_nothing_behind() {
     let (status, code, msg) = refused(node.api(|c| async move { c.attach(&req).await }));
     assert_eq!((status, code.as_str()), (404, codes::NETNS_NOT_FOUND), "{msg}");
     assert!(msg.contains("nope"), "{msg}");
-    let mut req = request(&node, &pod, "10.244.1.2/24");
-    req.netns = "/etc/hostname".into();
-    let (status, code, _) = refused(node.api(|c| async move { c.attach(&req).await }));
-    assert_eq!((status, code.as_str()), (404, codes::NETNS_NOT_FOUND));
+    for not_netns in ["/etc/hostname", "/proc/self/ns/mnt"] {
+        let mut req = request(&node, &pod, "10.244.1.2/24");
+        req.netns = not_netns.into();
+        let (status, code, msg) = refused(node.api(|c| async move { c.attach(&req).await }));
+        assert_eq!((status, code.as_str()), (404, codes::NETNS_NOT_FOUND), "{not_netns}: {msg}");
+    }
 
     // Out of the node's pod CIDR, invalid names.
     let (status, code, msg) = refused(node.api(|c| {
@@ -142,6 +144,8 @@ fn bad_requests_get_clear_errors_and_leave_nothing_behind() {
     assert_eq!(body["error"]["code"], codes::PAYLOAD_TOO_LARGE, "{body}");
     let (status, body) = curl(&node, "GET", "/v2/nothing", None);
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some(codes::NOT_FOUND)));
+    let (status, body) = curl(&node, "PUT", "/v1/ports", Some("{}"));
+    assert_eq!((status, body["error"]["code"].as_str()), (405, Some(codes::METHOD_NOT_ALLOWED)));
 
     // Nothing half-made: one pod port, its state entry, no stray device in the node.
     let ports = node.api(|c| async move { c.ports().await }).unwrap();
@@ -221,4 +225,32 @@ fn a_bad_config_file_names_the_line_and_field() {
     assert!(err.contains(&format!("{}:4: fdb.aging_seconds", path.display())), "{err}");
     let out = ok(binary("vswitchd", "VSWITCHD_BIN").to_str().unwrap(), &["--check-config"]);
     assert!(out.contains("ok"));
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_refuses_and_disturbs_nothing() {
+    let node = Node::start("e2s", "");
+    let a = node.pod("a", Ipv4Addr::new(10, 244, 1, 2), Backend::Tap);
+    let b = node.pod("b", Ipv4Addr::new(10, 244, 1, 3), Backend::Tap);
+    let second = node.ns.run(&[
+        binary("vswitchd", "VSWITCHD_BIN").to_str().unwrap(),
+        "--config",
+        &node.dir.0.join("vswitchd.toml").display().to_string(),
+    ]);
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another vswitchd"), "{err}");
+    assert!(a.ping(b.ip, 2), "the first daemon's pods still talk");
+    assert_eq!(node.api(|c| async move { c.ports().await }).unwrap().len(), 3);
+    assert!(node.socket.exists(), "the first daemon's socket is left alone");
+}
+
+#[test]
+fn an_unavailable_metrics_address_does_not_stop_the_switch() {
+    // An address no interface of the node has.
+    let node = Node::start("e2m", "metrics_address = \"10.255.255.1:9479\"");
+    let a = node.pod("a", Ipv4Addr::new(10, 244, 1, 2), Backend::Tap);
+    let b = node.pod("b", Ipv4Addr::new(10, 244, 1, 3), Backend::Tap);
+    assert!(a.ping(b.ip, 2));
+    assert!(node.log().contains("metrics endpoint not available"), "{}", node.log());
 }

@@ -198,6 +198,8 @@ pub mod codes {
     pub const NETNS_NOT_FOUND: &str = "netns_not_found";
     /// 404: no such port or route.
     pub const NOT_FOUND: &str = "not_found";
+    /// 405: the route exists, not with this method.
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     /// 409: the IP, MAC or (container, ifname) is already in use differently.
     pub const CONFLICT: &str = "conflict";
     /// 409: an interface of that name already exists in the pod.

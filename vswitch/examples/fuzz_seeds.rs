@@ -75,6 +75,34 @@ fn main() -> std::io::Result<()> {
     let dir = Path::new(&dir);
     std::fs::create_dir_all(dir.join("parse_frame"))?;
     std::fs::create_dir_all(dir.join("pipeline"))?;
+    std::fs::create_dir_all(dir.join("offload"))?;
+    // Offload seeds: a TSO super-frame (TCPv4, 1448-byte segments) and a partial UDP
+    // checksum, each behind its virtio-net header.
+    let tso = FrameSpec::tcp(
+        mac(1),
+        mac(2),
+        Ipv4Addr::new(10, 244, 0, 2),
+        Ipv4Addr::new(10, 244, 0, 3),
+        4000,
+        80,
+        0x18,
+    )
+    .payload(&[0x5a; 4000])
+    .build();
+    let udp =
+        FrameSpec::udp(mac(1), mac(2), Ipv4Addr::new(10, 244, 0, 2), Ipv4Addr::new(10, 244, 0, 3), 5, 6)
+            .payload(b"partial")
+            .build();
+    for (name, flags, gso_type, gso_size, start, offset, frame) in
+        [("tso", 1u8, 1u8, 1448u16, 34u16, 16u16, &tso), ("udp-csum", 1, 0, 0, 34, 6, &udp)]
+    {
+        let mut seed = vec![flags, gso_type, 0, 0];
+        seed.extend_from_slice(&gso_size.to_ne_bytes());
+        seed.extend_from_slice(&start.to_ne_bytes());
+        seed.extend_from_slice(&offset.to_ne_bytes());
+        seed.extend_from_slice(frame);
+        std::fs::write(dir.join("offload").join(format!("seed-{name}")), seed)?;
+    }
     let frames = frames();
     for (name, frame) in &frames {
         std::fs::write(dir.join("parse_frame").join(format!("seed-{name}")), frame)?;

@@ -162,7 +162,16 @@ impl Datapath {
                     if let Some(cpu) = cpu {
                         core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                     }
-                    worker.run(&stop);
+                    // A worker that panicked would leave its queues unserved while the
+                    // daemon looked healthy. Better to stop the whole process: the
+                    // supervisor restarts it, and it re-attaches every port.
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(&stop)));
+                    if run.is_err() {
+                        eprintln!(
+                            "vswitch: data-plane worker {id} panicked; aborting so the daemon restarts"
+                        );
+                        std::process::abort();
+                    }
                 })
                 .map_err(DatapathError::Spawn)?;
             workers.push(WorkerHandle {

@@ -112,6 +112,8 @@ drop_reasons! {
     HandoffQueueFull => "handoff_queue_full",
     /// The egress port's queue refused the frame (full or failed).
     TxFailed => "tx_failed",
+    /// The egress port already had its maximum of frames waiting in this poll round.
+    TxBacklogFull => "tx_backlog_full",
 }
 
 #[cfg(test)]

@@ -55,6 +55,11 @@ pub fn stages(
     ControlFlow::Continue(l2::forward(ctx.tables, ctx.fdb, ctx.cache, port, meta, ctx.now))
 }
 
+/// Frames one egress port may have waiting within one poll round. Ordinary rounds stay
+/// far below (a batch per queue); it bounds what software segmentation of super-frames
+/// cut into tiny segments could otherwise pile up.
+pub const MAX_TX_BACKLOG: usize = 8192;
+
 /// Frames waiting to be transmitted, grouped by egress port.
 pub struct TxBatches {
     per_port: Vec<Vec<Frame>>,
@@ -66,13 +71,17 @@ impl TxBatches {
         TxBatches { per_port: (0..max_ports).map(|_| Vec::new()).collect(), touched: Vec::new() }
     }
 
+    /// Queues `frame` for `port`; hands it back when the port's backlog is full.
     #[inline(always)]
-    pub fn push(&mut self, port: PortId, frame: Frame) {
+    pub fn push(&mut self, port: PortId, frame: Frame) -> Result<(), Frame> {
         let q = &mut self.per_port[usize::from(port)];
         if q.is_empty() {
             self.touched.push(port);
+        } else if q.len() >= MAX_TX_BACKLOG {
+            return Err(frame);
         }
         q.push(frame);
+        Ok(())
     }
 
     /// Calls `f` with each port that has frames waiting, then forgets the list. `f` must
@@ -138,12 +147,14 @@ impl Pipeline {
         let mut ctx = StageContext { tables, fdb: &fdb, cache: &mut self.cache, stats, now };
         let mut meta = FrameMeta::UNPARSED;
         for mut frame in batch.drain(..) {
+            frame.ingress = ingress;
             let parsed = if frame.offload.is_invalid() {
                 Err(DropReason::BadOffloadHeader)
             } else if frame.wire_len() > max_len {
                 Err(DropReason::OversizedFrame)
             } else {
                 wire::parse::parse_into(frame.data(), &mut meta)
+                    .and_then(|()| offload_matches(&frame.offload, &meta))
             };
             let verdict = match parsed {
                 Err(reason) => Verdict::Drop(reason),
@@ -156,6 +167,30 @@ impl Pipeline {
             dispatch(tables, stats, port, frame, verdict, pool, out);
         }
     }
+}
+
+/// A frame's offload state must describe the headers the parser found: the checksum
+/// the switch may have to write later lands in the transport header's checksum field and
+/// nowhere else (a pod controls the virtio header through its packet sockets).
+#[inline]
+fn offload_matches(off: &crate::frame::Offload, meta: &FrameMeta) -> Result<(), DropReason> {
+    if !off.is_pending() {
+        return Ok(());
+    }
+    let (l4_offset, l4) = match &meta.net {
+        wire::Net::Ipv4(v4) if v4.fragment == wire::Fragment::None => (v4.l4_offset, v4.l4),
+        wire::Net::Ipv6(v6) if v6.fragment == wire::Fragment::None => (v6.l4_offset, v6.l4),
+        _ => return Err(DropReason::BadOffloadHeader),
+    };
+    let field = match l4 {
+        wire::L4::Tcp { .. } => 16,
+        wire::L4::Udp { .. } => 6,
+        _ => return Err(DropReason::BadOffloadHeader),
+    };
+    if off.csum_start != l4_offset || off.csum_offset != field {
+        return Err(DropReason::BadOffloadHeader);
+    }
+    Ok(())
 }
 
 #[inline]
@@ -199,15 +234,21 @@ fn emit(
     pool: &mut FramePool,
     out: &mut TxBatches,
 ) {
+    let push = |out: &mut TxBatches, pool: &mut FramePool, frame: Frame| {
+        if let Err(frame) = out.push(egress.id, frame) {
+            stats.count_drop(frame.ingress, DropReason::TxBacklogFull);
+            pool.put(frame);
+        }
+    };
     if !frame.offload.is_pending() || egress.offloads {
-        return out.push(egress.id, frame);
+        return push(out, pool, frame);
     }
     if !frame.offload.is_gso() {
         let mut off = frame.offload;
         offload::complete_checksum(frame.data_mut(), &mut off);
         frame.offload = off;
         stats.events.checksums_completed.inc();
-        return out.push(egress.id, frame);
+        return push(out, pool, frame);
     }
     let off = frame.offload;
     let segments = offload::segment_count(frame.data(), &off);
@@ -216,7 +257,7 @@ fn emit(
         let len = offload::write_segment(frame.data(), &off, i, seg.spare_mut());
         seg.set_len(len);
         seg.ingress = frame.ingress;
-        out.push(egress.id, seg);
+        push(out, pool, seg);
     }
     stats.events.gso_segmented.inc();
     stats.events.gso_segments.add(segments as u64);
@@ -578,6 +619,69 @@ mod tests {
         let e = &h.pipeline.stats.events;
         assert_eq!((e.gso_segmented.get(), e.gso_segments.get()), (1, 7));
         assert_eq!(h.drops(1, DropReason::OversizedFrame), 0, "a super-frame is judged by its segments");
+    }
+
+    fn offloaded(h: &mut Harness, frame: &[u8], hdr: [u8; 10]) -> Frame {
+        let mut f = h.pool.copy_of(frame).unwrap();
+        f.offload = crate::wire::offload::decode(&hdr, frame).unwrap();
+        f
+    }
+
+    fn vnet(flags: u8, gso_type: u8, gso_size: u16, csum_start: u16, csum_offset: u16) -> [u8; 10] {
+        let mut h = [0u8; 10];
+        h[0] = flags;
+        h[1] = gso_type;
+        h[4..6].copy_from_slice(&gso_size.to_ne_bytes());
+        h[6..8].copy_from_slice(&csum_start.to_ne_bytes());
+        h[8..10].copy_from_slice(&csum_offset.to_ne_bytes());
+        h
+    }
+
+    /// A pod controls the virtio header (packet sockets): a checksum offset anywhere but
+    /// the transport checksum field would let the switch's completion rewrite, say, the
+    /// source address after port security passed it.
+    #[test]
+    fn offload_offsets_must_be_the_transport_checksum() {
+        use crate::wire::offload::{F_NEEDS_CSUM, GSO_NONE};
+        let mut h = Harness::with(|b| {
+            b.port_mut(1).unwrap().offloads = true;
+        });
+        let frame = FrameSpec::udp(mac(1), mac(3), ip(2), ip(4), 1, 2).payload(b"hi").build();
+        // Inside the source address, the Ethernet type, the payload, the IP header.
+        for (start, offset) in [(26u16, 0u16), (14, 12), (34, 8), (30, 6)] {
+            let f = offloaded(&mut h, &frame, vnet(F_NEEDS_CSUM, GSO_NONE, 0, start, offset));
+            let mut batch = vec![f];
+            h.pipeline.process(&h.tables, 1, h.now, &mut batch, &mut h.pool, &mut h.out);
+        }
+        assert_eq!(h.drops(1, DropReason::BadOffloadHeader), 4);
+        let good = offloaded(&mut h, &frame, vnet(F_NEEDS_CSUM, GSO_NONE, 0, 34, 6));
+        let mut batch = vec![good];
+        h.pipeline.process(&h.tables, 1, h.now, &mut batch, &mut h.pool, &mut h.out);
+        assert_eq!(h.drops(1, DropReason::BadOffloadHeader), 4, "the transport checksum field is fine");
+        assert_eq!(h.pipeline.stats.events.checksums_completed.get(), 1);
+    }
+
+    /// Super-frames cut into tiny segments cannot pile up without bound in one round.
+    #[test]
+    fn segmentation_backlog_is_bounded_per_round() {
+        use crate::wire::offload::{F_NEEDS_CSUM, GSO_TCPV4};
+        let mut h = Harness::with(|b| {
+            b.port_mut(1).unwrap().offloads = true;
+        });
+        let frame = FrameSpec::tcp(mac(1), mac(3), ip(2), ip(4), 1, 2, 0x10).payload(&[7; 9000]).build();
+        let mut batch: Vec<Frame> =
+            (0..5).map(|_| offloaded(&mut h, &frame, vnet(F_NEEDS_CSUM, GSO_TCPV4, 5, 34, 16))).collect();
+        h.pipeline.process(&h.tables, 1, h.now, &mut batch, &mut h.pool, &mut h.out);
+        let mut sent = 0;
+        let pool = &mut h.pool;
+        h.out.flush(|_, frames| {
+            sent += frames.len();
+            for f in frames.drain(..) {
+                pool.put(f);
+            }
+        });
+        assert_eq!(sent, MAX_TX_BACKLOG);
+        assert_eq!(h.drops(1, DropReason::TxBacklogFull), 5 * 1800 - MAX_TX_BACKLOG as u64);
     }
 
     /// The accounting invariant the fuzz target checks, on a mixed batch.

@@ -6,7 +6,7 @@
 //! the data path; state the data path learns lives in [`crate::fdb::Fdb`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::wire::MacAddr;
@@ -220,7 +220,7 @@ pub enum TablesError {
     #[error("MAC {mac} in segment {segment} is already bound to port {existing}")]
     DuplicateMac { mac: MacAddr, segment: SegmentId, existing: PortId },
     #[error("IP {ip} in segment {segment} is already bound to port {existing}")]
-    DuplicateIp { ip: Ipv4Addr, segment: SegmentId, existing: PortId },
+    DuplicateIp { ip: IpAddr, segment: SegmentId, existing: PortId },
     #[error("IP {ip} is the gateway address of segment {segment}")]
     IpIsGateway { ip: Ipv4Addr, segment: SegmentId },
     #[error("port {port}: a port with port security needs a bound MAC")]
@@ -270,7 +270,18 @@ impl TablesBuilder {
                 self.ports.values().find(|p| p.segment == port.segment && p.ipv4.contains(ip))
             {
                 return Err(TablesError::DuplicateIp {
-                    ip: *ip,
+                    ip: IpAddr::V4(*ip),
+                    segment: port.segment,
+                    existing: existing.id,
+                });
+            }
+        }
+        for ip in &port.ipv6 {
+            if let Some(existing) =
+                self.ports.values().find(|p| p.segment == port.segment && p.ipv6.contains(ip))
+            {
+                return Err(TablesError::DuplicateIp {
+                    ip: IpAddr::V6(*ip),
                     segment: port.segment,
                     existing: existing.id,
                 });
@@ -421,7 +432,11 @@ pub(crate) mod tests {
         same_ip.mac = Some(mac(99));
         assert_eq!(
             b.add_port(same_ip),
-            Err(TablesError::DuplicateIp { ip: Ipv4Addr::new(10, 244, 1, 2), segment: 0, existing: 1 })
+            Err(TablesError::DuplicateIp {
+                ip: Ipv4Addr::new(10, 244, 1, 2).into(),
+                segment: 0,
+                existing: 1
+            })
         );
         let mut same_mac = pod(2, [10, 244, 1, 5]);
         same_mac.mac = Some(mac(1));
@@ -433,6 +448,18 @@ pub(crate) mod tests {
             b.add_port(pod(2, [10, 244, 1, 1])),
             Err(TablesError::IpIsGateway { ip: Ipv4Addr::new(10, 244, 1, 1), segment: 0 })
         );
+        let mut v6 = pod(2, [10, 244, 1, 9]);
+        v6.mac = Some(mac(77));
+        v6.ipv6 = vec!["fd00::9".parse().unwrap()];
+        b.add_port(v6).unwrap();
+        let mut v6_again = pod(3, [10, 244, 1, 10]);
+        v6_again.mac = Some(mac(78));
+        v6_again.ipv6 = vec!["fd00::9".parse().unwrap()];
+        assert!(matches!(
+            b.add_port(v6_again),
+            Err(TablesError::DuplicateIp { ip: IpAddr::V6(_), existing: 2, .. })
+        ));
+        b.remove_port(2);
         let mut elsewhere = pod(2, [10, 244, 1, 5]);
         elsewhere.segment = 9;
         assert_eq!(b.add_port(elsewhere), Err(TablesError::UnknownSegment { port: 2, segment: 9 }));

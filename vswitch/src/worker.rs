@@ -220,25 +220,25 @@ impl Worker {
                 let Some((port, frame)) = ring.ring.pop() else {
                     break;
                 };
-                self.out.push(port, frame);
+                if let Err(frame) = self.out.push(port, frame) {
+                    self.pipeline.stats().count_drop(frame.ingress, DropReason::TxBacklogFull);
+                    self.pool.put(frame);
+                }
                 work += 1;
             }
         }
         self.pipeline.stats().events.handoff_received.add(work as u64);
 
         for q in &mut self.queues {
-            match q.queue.rx_batch(&mut self.pool, &mut self.rx, self.batch_size) {
-                Ok(0) => continue,
-                Ok(n) => work += n,
-                // The port is going away or broken; the control plane notices and removes it.
-                Err(_) => {
-                    self.pipeline.stats().events.rx_errors.inc();
-                    continue;
-                }
+            // A failing queue may still have handed over frames before the error: they
+            // are this port's and go through the pipeline like any others.
+            if q.queue.rx_batch(&mut self.pool, &mut self.rx, self.batch_size).is_err() {
+                self.pipeline.stats().events.rx_errors.inc();
             }
-            for frame in &mut self.rx {
-                frame.ingress = q.port;
+            if self.rx.is_empty() {
+                continue;
             }
+            work += self.rx.len();
             self.pipeline.process(&tables, q.port, now, &mut self.rx, &mut self.pool, &mut self.out);
         }
 
@@ -438,6 +438,61 @@ mod tests {
         w1.poll();
         let got: Vec<Vec<u8>> = h[2].take_sent();
         assert_eq!(got, (0..4).map(|s| frame(1, 3, s)).collect::<Vec<_>>(), "the first four, in order");
+    }
+
+    /// Hands over one frame, then fails, as a TAP whose read breaks mid-batch does.
+    struct FailsAfterOne {
+        frame: Option<Vec<u8>>,
+    }
+
+    impl PortQueue for FailsAfterOne {
+        fn rx_batch(
+            &mut self,
+            pool: &mut FramePool,
+            batch: &mut Vec<Frame>,
+            _max: usize,
+        ) -> Result<usize, crate::port::PortError> {
+            if let Some(bytes) = self.frame.take() {
+                batch.push(pool.copy_of(&bytes).unwrap());
+            }
+            Err(crate::port::PortError {
+                port: "broken".into(),
+                op: "read",
+                source: std::io::Error::other("gone"),
+            })
+        }
+
+        fn tx_batch(&mut self, frames: &mut Vec<Frame>, pool: &mut FramePool) -> crate::port::TxOutcome {
+            let n = frames.len();
+            frames.drain(..).for_each(|f| pool.put(f));
+            crate::port::TxOutcome { sent: n, sent_bytes: 0, dropped: 0 }
+        }
+
+        fn name(&self) -> &str {
+            "broken"
+        }
+    }
+
+    /// Frames a failing queue handed over before its error are that port's: processed
+    /// as such, never left for the next queue to claim.
+    #[test]
+    fn frames_before_a_receive_error_keep_their_port() {
+        let (mut w0, _w1, h) = two_workers(64);
+        let (done, ack) = crossbeam_channel::bounded(1);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        w0.commands = rx;
+        // Port 1's queue breaks after handing over a frame that pod 1 legitimately sent.
+        let queue = FailsAfterOne { frame: Some(frame(1, 2, 7)) };
+        tx.send(Command::AddQueue { port: 1, queue: Box::new(queue), done }).unwrap();
+        w0.poll();
+        ack.try_recv().unwrap().unwrap();
+        // Queue order: port 2's queue comes after port 1's; it receives nothing.
+        w0.poll();
+        assert_eq!(h[1].take_sent(), vec![frame(1, 2, 7)], "delivered as port 1's frame");
+        let stats = w0.pipeline.stats();
+        assert_eq!(stats.port(1).rx_packets.get(), 1);
+        assert_eq!(stats.port(2).rx_packets.get(), 0, "not relabelled as port 2's");
+        assert!(stats.events.rx_errors.get() >= 1);
     }
 
     #[test]

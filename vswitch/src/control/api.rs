@@ -103,6 +103,9 @@ pub fn router(state: Shared) -> Router {
                 "no such route; see /v1/status, /v1/ports, /v1/fdb, /v1/stats",
             )
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(405, codes::METHOD_NOT_ALLOWED, "method not allowed on this route")
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -123,11 +126,22 @@ async fn status(State(s): State<Shared>) -> axum::Json<Status> {
     })
 }
 
+/// Kernel work runs in a task of its own: a client that hangs up mid-way does not cancel
+/// an attach or detach half-done.
+async fn run_to_completion<T: Send + 'static>(
+    work: impl Future<Output = Result<T, AttachError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(work).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::new(500, codes::INTERNAL, format!("port change failed: {e}"))),
+    }
+}
+
 async fn attach(
     State(s): State<Shared>,
     JsonBody(req): JsonBody<AttachRequest>,
 ) -> Result<Response, ApiError> {
-    let (port, created) = s.manager.lock().await.attach(&req).await?;
+    let (port, created) = run_to_completion(async move { s.manager.lock().await.attach(&req).await }).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(port)).into_response())
 }
@@ -150,7 +164,8 @@ async fn detach(
     State(s): State<Shared>,
     Path((cid, ifname)): Path<(String, String)>,
 ) -> Result<axum::Json<DetachOutcome>, ApiError> {
-    let existed = s.manager.lock().await.detach(&cid, &ifname).await?;
+    let existed =
+        run_to_completion(async move { s.manager.lock().await.detach(&cid, &ifname).await }).await?;
     Ok(axum::Json(DetachOutcome { existed }))
 }
 

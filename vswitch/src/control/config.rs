@@ -274,11 +274,15 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         n => n,
     };
     let pin_cpus = raw.pin_cpus.get_ref().clone();
-    if let Some(cpu) = pin_cpus.iter().find(|c| **c >= cores) {
+    // The CPUs this process may run on (its affinity mask), not merely a count: under a
+    // cpuset of 8-11 the valid pins are 8 to 11.
+    let allowed: Vec<usize> = core_affinity::get_core_ids()
+        .map_or_else(|| (0..cores).collect(), |ids| ids.iter().map(|c| c.id).collect());
+    if let Some(cpu) = pin_cpus.iter().find(|c| !allowed.contains(c)) {
         return Err(at(
             raw.pin_cpus.span(),
             "pin_cpus",
-            format!("CPU {cpu} does not exist (this machine has {cores})"),
+            format!("CPU {cpu} is not one this process may run on ({allowed:?})"),
         ));
     }
     if !pin_cpus.is_empty() && pin_cpus.len() < workers {

@@ -30,15 +30,15 @@ pub enum DaemonError {
     Ports(#[from] AttachError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("API socket {path}: {source}")]
-    Socket {
+    #[error("state lock {path}: {source}")]
+    Lock {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("metrics address {addr}: {source}")]
-    Metrics {
-        addr: String,
+    #[error("API socket {path}: {source}")]
+    Socket {
+        path: String,
         #[source]
         source: std::io::Error,
     },
@@ -60,6 +60,27 @@ pub fn datapath_config(config: &Config) -> DatapathConfig {
         },
         pin_cpus: (!config.pin_cpus.is_empty()).then(|| config.pin_cpus.clone()),
     }
+}
+
+/// Takes an exclusive lock on `<state_file>.lock`, held while the daemon runs.
+fn lock_state(state_file: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+    let mut path = state_file.as_os_str().to_owned();
+    path.push(".lock");
+    let path = std::path::PathBuf::from(path);
+    let err = |source| DaemonError::Lock { path: path.display().to_string(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let file =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(err)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        let e = std::io::Error::from(errno);
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            err(std::io::Error::new(e.kind(), "another vswitchd holds it"))
+        } else {
+            err(e)
+        }
+    })
 }
 
 /// Binds the API socket: parent directory created private to root, a stale socket of a
@@ -97,7 +118,25 @@ async fn terminated() {
 
 /// Runs the daemon until SIGTERM or SIGINT. Must run on a multi-threaded runtime.
 pub async fn run(config: Config, version: &'static str) -> Result<(), DaemonError> {
-    let datapath = Datapath::start(datapath_config(&config), Tables::empty())?;
+    // First, before touching any port: another daemon on the same state means this one
+    // must not start (it would reopen the other's TAP queues and split their traffic,
+    // and take its XDP programs away). The lock lives as long as this call.
+    let _lock = lock_state(&config.state_file)?;
+    let listener = bind_api_socket(&config.api_socket).await?;
+    let started = start(&config).await;
+    let manager = match started {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.api_socket);
+            return Err(e);
+        }
+    };
+    serve(config, version, listener, manager).await
+}
+
+/// The data plane, the host port and the ports of the previous run.
+async fn start(config: &Config) -> Result<PortManager, DaemonError> {
+    let datapath = Datapath::start(datapath_config(config), Tables::empty())?;
     tracing::info!(
         node = %config.node_name, pod_cidr = %config.pod_cidr, gateway = %config.gateway_ip,
         workers = datapath.workers(), backend = %config.port_backend, "data plane started"
@@ -121,8 +160,16 @@ pub async fn run(config: Config, version: &'static str) -> Result<(), DaemonErro
         }
         Err(e) => return Err(e.into()),
     }
+    Ok(manager)
+}
 
-    let listener = bind_api_socket(&config.api_socket).await?;
+/// Serves the API and metrics until a signal, then stops cleanly.
+async fn serve(
+    config: Config,
+    version: &'static str,
+    listener: UnixListener,
+    manager: PortManager,
+) -> Result<(), DaemonError> {
     let shared = Arc::new(ApiState { manager: Mutex::new(manager), version });
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -135,30 +182,37 @@ pub async fn run(config: Config, version: &'static str) -> Result<(), DaemonErro
     );
     tracing::info!(socket = %config.api_socket.display(), "API listening");
 
+    // Metrics are for people; a port in use there must not stop the switching.
     let metrics_server = match config.metrics_address {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| DaemonError::Metrics { addr: addr.to_string(), source })?;
-            let state = shared.clone();
-            let app = axum::Router::new().route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let state = state.clone();
-                    async move {
-                        let m = state.manager.lock().await;
-                        let stats =
-                            api::api_stats(&m.datapath().stats(), &m.port_names(), m.datapath().fdb().len());
-                        let body = metrics::render(&stats, m.pod_count());
-                        ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
-                    }
-                }),
-            );
-            tracing::info!(%addr, "metrics listening");
-            Some(tokio::spawn(
-                axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone())).into_future(),
-            ))
-        }
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let state = shared.clone();
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let state = state.clone();
+                        async move {
+                            let m = state.manager.lock().await;
+                            let stats = api::api_stats(
+                                &m.datapath().stats(),
+                                &m.port_names(),
+                                m.datapath().fdb().len(),
+                            );
+                            let body = metrics::render(&stats, m.pod_count());
+                            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+                        }
+                    }),
+                );
+                tracing::info!(%addr, "metrics listening");
+                Some(tokio::spawn(
+                    axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone())).into_future(),
+                ))
+            }
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "metrics endpoint not available; switching goes on without it");
+                None
+            }
+        },
         None => None,
     };
 

@@ -96,6 +96,8 @@ pub struct PortManager {
     netlink: Netlink,
     /// AF_XDP queues per worker, to place the next one on the least loaded.
     xsk_load: Vec<usize>,
+    /// The port id given out last.
+    last_id: PortId,
 }
 
 /// What a restart found.
@@ -156,6 +158,7 @@ impl PortManager {
             host: None,
             netlink,
             xsk_load: vec![0; workers],
+            last_id: 0,
         };
         m.publish()?;
         Ok(m)
@@ -203,22 +206,25 @@ impl PortManager {
         queues: Vec<Box<dyn PortQueue>>,
         workers: &[WorkerId],
     ) -> Result<(), AttachError> {
-        for (i, (q, w)) in queues.into_iter().zip(workers).enumerate() {
-            if let Err(e) = self.datapath.add_queue(*w, id, q) {
-                for w in &workers[..i] {
-                    let _ = self.datapath.remove_queue(*w, id);
+        // Each hand-over waits for the worker's acknowledgement.
+        blocking(|| {
+            for (i, (q, w)) in queues.into_iter().zip(workers).enumerate() {
+                if let Err(e) = self.datapath.add_queue(*w, id, q) {
+                    for w in &workers[..i] {
+                        let _ = self.datapath.remove_queue(*w, id);
+                    }
+                    return Err(e.into());
                 }
-                return Err(e.into());
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Takes the port's queues back from the workers; `release` undoes persistence (the
     /// port goes for good) rather than leaving the device for a restart.
     fn remove_queues(&self, id: PortId, workers: &[WorkerId], release: bool) {
         for w in workers {
-            match self.datapath.remove_queue(*w, id) {
+            match blocking(|| self.datapath.remove_queue(*w, id)) {
                 Ok(Some(mut q)) if release => {
                     if let Err(e) = q.release() {
                         tracing::warn!(port = id, error = %e, "releasing queue");
@@ -244,6 +250,11 @@ impl PortManager {
             None => tap::create(&name, &opts),
         })?;
         let index = self.netlink.index_of(&name).await?;
+        if existing.is_some() {
+            // Reopened as it was: bring it in line with this configuration.
+            self.netlink.set_mac(index, self.config.gateway_mac.0).await?;
+            self.netlink.set_mtu(index, u32::from(self.config.mtu)).await?;
+        }
         let prefix = self.config.pod_cidr.prefix_len();
         let gw = IpNet::new(IpAddr::V4(self.config.gateway_ip), prefix).expect("prefix of a valid CIDR");
         self.netlink.add_address(index, gw).await?;
@@ -308,10 +319,14 @@ impl PortManager {
             };
         }
         self.validate(req, backend, mtu, mac)?;
-        let id = (1..self.config.max_ports)
-            .map(|i| i as PortId)
+        // The next free id after the last one given out: an id is reused as late as
+        // possible, so a new pod rarely shows up under a departed one's counters.
+        let span = self.config.max_ports - 1;
+        let id = (0..span)
+            .map(|k| (1 + (usize::from(self.last_id) + k) % span) as PortId)
             .find(|i| !self.pods.contains_key(i))
             .ok_or(AttachError::PortLimit(self.config.max_ports))?;
+        self.last_id = id;
         let entry = self.entry_for(id, req, mac, mtu, backend, &[]);
         // Conflicts (IP or MAC in use) are found before any device exists.
         self.builder.clone().add_port(entry).map_err(conflict)?;
@@ -390,6 +405,11 @@ impl PortManager {
             if req.ips[..i].iter().any(|n| n.addr() == net.addr()) {
                 return Err(AttachError::Invalid(format!("{} is listed twice", net.addr())));
             }
+            if let IpAddr::V6(v6) = net.addr()
+                && (v6.is_unspecified() || v6.is_multicast() || v6.is_loopback())
+            {
+                return Err(AttachError::Invalid(format!("{v6} is not a unicast address")));
+            }
             if let IpAddr::V4(v4) = net.addr() {
                 if !cidr.contains(&v4) || v4 == cidr.network() || v4 == cidr.broadcast() {
                     return Err(AttachError::Invalid(format!(
@@ -457,31 +477,22 @@ impl PortManager {
         }
     }
 
-    /// TAP: create it here (MAC, MTU, queues), move it into the pod as `ifname` (still
-    /// down), hand one queue to each worker.
+    /// TAP: create it in the pod as `ifname` (MAC, MTU, queues; still down), hand one
+    /// queue to each worker.
     async fn create_tap_port(
         &self,
         saved: &SavedPort,
         netns: &Netns,
         mac: MacAddr,
     ) -> Result<Vec<WorkerId>, AttachError> {
-        let tmp = format!("vst{:x}", saved.id);
-        // A leftover of a crash between creating and moving a TAP: ours by its name.
-        self.netlink.delete_by_name(&tmp).await?;
+        // Made right inside the pod (the queues opened from a thread in its namespace
+        // belong to it): no move across namespaces, which costs the kernel an RCU grace
+        // period or two.
         let opts = self.tap_options(Some(mac), saved.mtu);
-        let mut queues = blocking(|| tap::create(&tmp, &opts))?;
+        let mut queues = blocking(|| netns.run(|| tap::create(&saved.ifname, &opts)))??;
         let label = format!("{} {}", short(&saved.container_id), saved.ifname);
         for q in &mut queues {
             q.set_label(label.clone());
-        }
-        let moved = async {
-            let index = self.netlink.index_of(&tmp).await?;
-            self.netlink.move_to(index, netns, &saved.ifname).await
-        };
-        if let Err(e) = moved.await {
-            // Not persistent any more: the device goes with its queues, wherever it is.
-            let _ = queues[0].release_device();
-            return Err(e.into());
         }
         let workers = self.all_workers();
         let boxed: Vec<Box<dyn PortQueue>> =
@@ -495,9 +506,9 @@ impl PortManager {
         Ok(workers)
     }
 
-    /// AF_XDP: a veth pair; the pod's end (offloads off, so it sends finished
-    /// frames) moves into the pod as `ifname` (still down), the host end stays here and
-    /// gets an XSK socket on the least loaded worker.
+    /// AF_XDP: a veth pair whose pod end is made in the pod as `ifname` (still down,
+    /// offloads off so it sends finished frames); the host end stays here and gets an
+    /// XSK socket on the least loaded worker.
     async fn create_afxdp_port(
         &mut self,
         saved: &SavedPort,
@@ -505,22 +516,20 @@ impl PortManager {
         mac: MacAddr,
     ) -> Result<Vec<WorkerId>, AttachError> {
         let host = saved.host_ifname.clone().expect("AF_XDP ports have a host end");
-        let tmp = format!("vsp{:x}", saved.id);
+        // A leftover of an earlier run with this id: ours by its name.
         self.netlink.delete_by_name(&host).await?;
-        self.netlink.delete_by_name(&tmp).await?;
-        self.netlink.add_veth(&host, &tmp, mac.0, u32::from(saved.mtu)).await?;
+        // The pod's end is made right in the pod (no move across namespaces).
+        self.netlink.add_veth(&host, &saved.ifname, Some(netns), mac.0, u32::from(saved.mtu)).await?;
         let worker = (0..self.xsk_load.len()).min_by_key(|w| self.xsk_load[*w]).unwrap_or(0);
         let made = async {
-            blocking(|| crate::sys::ethtool::disable_offloads(&tmp))?;
+            blocking(|| netns.run(|| crate::sys::ethtool::disable_offloads(&saved.ifname)))??;
             let host_index = self.netlink.index_of(&host).await?;
             self.netlink.set_up(host_index).await?;
-            let peer = self.netlink.index_of(&tmp).await?;
-            self.netlink.move_to(peer, netns, &saved.ifname).await?;
             self.netlink.detach_xdp(host_index).await?;
             let mode = self.xdp_mode();
             let mut q = blocking(|| XskQueue::open(&host, mode))?;
             q.set_label(format!("{} {}", short(&saved.container_id), saved.ifname));
-            self.datapath.add_queue(worker, saved.id, Box::new(q))?;
+            blocking(|| self.datapath.add_queue(worker, saved.id, Box::new(q)))?;
             Ok::<_, AttachError>(())
         };
         if let Err(e) = made.await {
@@ -604,14 +613,16 @@ impl PortManager {
                     if saved.backend == Backend::Afxdp {
                         self.xsk_load[workers[0]] += 1;
                     }
+                    self.last_id = self.last_id.max(saved.id);
                     self.pods.insert(saved.id, PodPort { saved, workers });
                     report.restored.push(what);
+                    // Each port's traffic resumes as soon as it is back, not after all.
+                    if let Err(e) = self.publish() {
+                        tracing::error!(error = %e, "publishing restored tables");
+                    }
                 }
                 Err(e) => report.dropped.push((what, e.to_string())),
             }
-        }
-        if let Err(e) = self.publish() {
-            tracing::error!(error = %e, "publishing restored tables");
         }
         if let Err(e) = self.save_state() {
             tracing::error!(error = %e, "saving state after restore");
@@ -704,7 +715,7 @@ impl PortManager {
             version: state::VERSION,
             ports: self.pods.values().map(|p| p.saved.clone()).collect(),
         };
-        state::save(&self.config.state_file, &state)?;
+        blocking(|| state::save(&self.config.state_file, &state))?;
         Ok(())
     }
 

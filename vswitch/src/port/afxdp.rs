@@ -24,6 +24,7 @@
 use std::io::Write;
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 use xsk_rs::config::{BindFlags, FrameSize, Interface, QueueSize, SocketConfig, UmemConfig, XdpFlags};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
@@ -90,9 +91,17 @@ pub struct XskQueue {
     /// Scratch for ring operations, sized once.
     scratch: Vec<FrameDesc>,
     produce: Vec<FrameDesc>,
+    /// Receive frames the fill ring could not take back yet (retried every round).
+    refill: Vec<FrameDesc>,
     in_flight: usize,
+    /// When transmitted frames last came back; a queue whose device stopped completing
+    /// (down, unregistered) stops counting as busy after [`STALL`].
+    last_completion: Instant,
     label: String,
 }
+
+/// How long frames in flight keep a worker awake without any completing.
+const STALL: Duration = Duration::from_millis(50);
 
 fn socket_config(flags: XdpFlags) -> SocketConfig {
     SocketConfig::builder()
@@ -107,7 +116,25 @@ impl XskQueue {
     /// Binds a socket to queue 0 of `ifname` (in the calling thread's namespace),
     /// attaching libxdp's redirect program in `mode`.
     pub fn open(ifname: &str, mode: XdpMode) -> Result<XskQueue, SysError> {
-        let ctx = || format!("AF_XDP socket on {ifname}");
+        let attempts: &[XdpFlags] = match mode {
+            XdpMode::Auto => &[XdpFlags::XDP_FLAGS_DRV_MODE, XdpFlags::XDP_FLAGS_SKB_MODE],
+            XdpMode::Native => &[XdpFlags::XDP_FLAGS_DRV_MODE],
+            XdpMode::Generic => &[XdpFlags::XDP_FLAGS_SKB_MODE],
+        };
+        let mut last = None;
+        for flags in attempts {
+            // A fresh UMEM each time: a failed bind leaves libxdp's context of the old one
+            // holding the queue.
+            match Self::open_with(ifname, *flags) {
+                Ok(q) => return Ok(q),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn open_with(ifname: &str, flags: XdpFlags) -> Result<XskQueue, SysError> {
+        let ctx = || format!("AF_XDP socket on {ifname} ({flags:?})");
         let umem_config = UmemConfig::builder()
             .frame_size(FrameSize::new(FRAME_SIZE).expect("at least 2048"))
             .fill_queue_size(QueueSize::new(RING).expect("a power of two"))
@@ -120,30 +147,16 @@ impl XskQueue {
             .context(ctx)?;
         let iface: Interface =
             ifname.parse().map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL)).context(ctx)?;
-        let attempts: &[XdpFlags] = match mode {
-            XdpMode::Auto => &[XdpFlags::XDP_FLAGS_DRV_MODE, XdpFlags::XDP_FLAGS_SKB_MODE],
-            XdpMode::Native => &[XdpFlags::XDP_FLAGS_DRV_MODE],
-            XdpMode::Generic => &[XdpFlags::XDP_FLAGS_SKB_MODE],
-        };
-        let mut last_err = None;
-        let mut bound = None;
-        for flags in attempts {
-            // SAFETY: the UMEM is this socket's alone (not shared), so no other socket
-            // is bound to this interface and queue through it.
-            match unsafe { Socket::new(socket_config(*flags), &umem, &iface, 0) } {
-                Ok(sock) => {
-                    bound = Some(sock);
-                    break;
-                }
-                Err(e) => last_err = Some(e),
-            }
-        }
-        let Some((tx, rx, Some((mut fill, comp)))) = bound else {
-            let e = last_err.map_or_else(
-                || std::io::Error::other("socket shares a fill ring it should own"),
-                |e| std::io::Error::other(e.to_string()),
-            );
-            return Err(SysError::new(ctx(), e));
+        // SAFETY: the UMEM is this socket's alone (not shared), so no other socket is
+        // bound to this interface and queue through it.
+        let sock = unsafe { Socket::new(socket_config(flags), &umem, &iface, 0) }
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .context(ctx)?;
+        let (tx, rx, Some((mut fill, comp))) = sock else {
+            return Err(SysError::new(
+                ctx(),
+                std::io::Error::other("socket shares a fill ring it should own"),
+            ));
         };
         let free_tx = descs.split_off(RING as usize);
         // SAFETY: the descriptors are this UMEM's, fresh, and go to the fill ring once.
@@ -160,7 +173,9 @@ impl XskQueue {
             free_tx,
             scratch: vec![FrameDesc::default(); RING as usize],
             produce: Vec::with_capacity(RING as usize),
+            refill: Vec::new(),
             in_flight: 0,
+            last_completion: Instant::now(),
             label: ifname.to_string(),
         })
     }
@@ -179,6 +194,9 @@ impl XskQueue {
         let done = unsafe { self.comp.consume(&mut self.scratch) };
         self.free_tx.extend_from_slice(&self.scratch[..done]);
         self.in_flight -= done;
+        if done > 0 {
+            self.last_completion = Instant::now();
+        }
         if self.in_flight > 0 {
             // Copy mode sends only inside this syscall, at most 32 frames per call;
             // EAGAIN (more left) and ENOBUFS are expected and retried next round.
@@ -208,11 +226,15 @@ impl PortQueue for XskQueue {
             frame.set(bytes);
             batch.push(frame);
         }
-        if n > 0 {
-            // SAFETY: each descriptor was just consumed from the receive ring, so it is
-            // ours; the fill ring has room for every frame it gave out.
-            let back = unsafe { self.fill.produce(&self.scratch[..n]) };
-            debug_assert_eq!(back, n, "fill ring sized for all receive frames");
+        self.refill.extend_from_slice(&self.scratch[..n]);
+        if !self.refill.is_empty() {
+            // SAFETY: each descriptor came from the receive ring and is on no ring now.
+            // The fill ring holds every receive frame, so this succeeds; if it ever did
+            // not (produce is all or nothing), the frames wait here for the next round.
+            let back = unsafe { self.fill.produce(&self.refill) };
+            if back == self.refill.len() {
+                self.refill.clear();
+            }
         }
         Ok(n)
     }
@@ -257,6 +279,9 @@ impl PortQueue for XskQueue {
             self.free_tx.append(&mut self.produce);
         } else {
             out.sent += produced;
+            if self.in_flight == 0 {
+                self.last_completion = Instant::now();
+            }
             self.in_flight += produced;
             let _ = self.tx.wakeup();
         }
@@ -272,7 +297,7 @@ impl PortQueue for XskQueue {
     }
 
     fn busy(&self) -> bool {
-        self.in_flight > 0
+        self.in_flight > 0 && self.last_completion.elapsed() < STALL
     }
 }
 

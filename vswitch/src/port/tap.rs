@@ -73,15 +73,16 @@ fn finish_queues(
 ) -> Result<Vec<TapQueue>, SysError> {
     let mut devs = vec![first];
     let opened = (|| {
+        for q in 1..opts.queues {
+            let dev = devs[0].try_clone().context(|| format!("opening queue {q} of TAP {name}"))?;
+            devs.push(dev);
+        }
+        // After the clones: each one re-applies tun-rs's offload mask to the whole device.
         if !opts.offloads {
             // SAFETY: TUNSETOFFLOAD takes the flags by value; the fd is a TAP we own.
             unsafe { tun_set_offload(devs[0].as_raw_fd(), 0) }
                 .map_err(std::io::Error::from)
                 .context(|| format!("switching offloads off on TAP {name}"))?;
-        }
-        for q in 1..opts.queues {
-            let dev = devs[0].try_clone().context(|| format!("opening queue {q} of TAP {name}"))?;
-            devs.push(dev);
         }
         for dev in &devs {
             dev.set_nonblocking(true).context(|| format!("making TAP {name} non-blocking"))?;
@@ -174,8 +175,11 @@ impl PortQueue for TapQueue {
             let len = match read {
                 Ok(len) if len > VNET_HDR_LEN => len - VNET_HDR_LEN,
                 Ok(_) => {
-                    // Shorter than the header: nothing to forward.
-                    pool.put(frame);
+                    // Shorter than the header: passed on empty, so the pipeline counts it
+                    // (as truncated_ethernet) like any other runt.
+                    frame.set_len(0);
+                    batch.push(frame);
+                    n += 1;
                     continue;
                 }
                 Err(e) => {
@@ -321,6 +325,18 @@ mod tests {
             .status
             .code()
             != Some(0)));
+    }
+
+    #[test]
+    fn offloads_stay_off_on_every_queue() {
+        let ns = Netns::new(&unique_prefix("vttap"));
+        let handle = NsHandle::open(&ns.path()).unwrap();
+        let opts = TapOptions { queues: 3, offloads: false, mac: None, mtu: None };
+        let queues = handle.run(|| create("vt0", &opts)).unwrap().unwrap();
+        let features = ns.ok(&["ethtool", "-k", "vt0"]);
+        assert!(features.contains("tcp-segmentation-offload: off"), "{features}");
+        assert!(features.contains("tx-checksumming: off"), "{features}");
+        queues[0].release_device().unwrap();
     }
 
     #[test]

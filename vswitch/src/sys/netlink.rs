@@ -87,14 +87,6 @@ impl Netlink {
         self.handle.link().change(msg).execute().await.map_err(io_error).context(|| what)
     }
 
-    /// Moves link `index` into `netns`, renaming it to `new_name` on the way (one
-    /// message: the name never clashes in either namespace).
-    pub async fn move_to(&self, index: u32, netns: &Netns, new_name: &str) -> Result<(), SysError> {
-        let msg =
-            LinkUnspec::new_with_index(index).setns_by_fd(netns.raw_fd()).name(new_name.to_string()).build();
-        self.change(format!("moving link {index} into {} as {new_name}", netns.path().display()), msg).await
-    }
-
     pub async fn set_up(&self, index: u32) -> Result<(), SysError> {
         self.change(format!("bringing link {index} up"), LinkUnspec::new_with_index(index).up().build()).await
     }
@@ -135,22 +127,26 @@ impl Netlink {
         }
     }
 
-    /// Creates a veth pair `name` ↔ `peer` in this namespace, both with `mtu`, the peer
-    /// with MAC `peer_mac`.
+    /// Creates a veth pair `name` ↔ `peer`, both with `mtu`, the peer with MAC
+    /// `peer_mac`; the peer is made directly in `peer_netns` if given, else here.
     pub async fn add_veth(
         &self,
         name: &str,
         peer: &str,
+        peer_netns: Option<&Netns>,
         peer_mac: [u8; 6],
         mtu: u32,
     ) -> Result<(), SysError> {
-        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+        let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
             .address(peer_mac.to_vec())
-            .mtu(mtu)
-            .build();
+            .mtu(mtu);
+        if let Some(ns) = peer_netns {
+            peer_msg = peer_msg.setns_by_fd(ns.raw_fd());
+        }
+        let peer_msg = peer_msg.build();
         let mut msg = LinkVeth::new(name, peer).mtu(mtu).build();
-        // Replace the builder's plain peer with one carrying MAC and MTU.
+        // Replace the builder's plain peer with one carrying MAC, MTU and namespace.
         for attr in msg.attributes.iter_mut() {
             if let LinkAttribute::LinkInfo(infos) = attr {
                 for info in infos.iter_mut() {

@@ -1,13 +1,20 @@
 //! Network namespaces: open one by path and run code inside it.
 
+#![allow(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::sched::{CloneFlags, setns};
 use nix::sys::statfs::{NSFS_MAGIC, fstatfs};
 
 use super::{Context, SysError};
+
+// <linux/nsfs.h>: NS_GET_NSTYPE = _IO(0xb7, 0x3), answering the CLONE_NEW* type.
+nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
 
 /// An open network namespace (the file keeps it alive while we hold it).
 #[derive(Debug)]
@@ -21,7 +28,7 @@ pub struct Netns {
 pub enum NetnsError {
     #[error("network namespace {} does not exist", .0.display())]
     NotFound(PathBuf),
-    #[error("{} is not a namespace (expected a bind mount of /proc/<pid>/ns/net)", .0.display())]
+    #[error("{} is not a network namespace (expected a bind mount of /proc/<pid>/ns/net)", .0.display())]
     NotANamespace(PathBuf),
     #[error("opening network namespace {}: {source}", path.display())]
     Io {
@@ -34,12 +41,23 @@ pub enum NetnsError {
 impl Netns {
     /// Opens the namespace at `path` (e.g. `/var/run/netns/x` or `/proc/<pid>/ns/net`).
     pub fn open(path: &Path) -> Result<Netns, NetnsError> {
-        let file = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => NetnsError::NotFound(path.to_path_buf()),
-            _ => NetnsError::Io { path: path.to_path_buf(), source: e },
-        })?;
+        // Non-blocking: a FIFO at that path must not hang the caller.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => NetnsError::NotFound(path.to_path_buf()),
+                _ => NetnsError::Io { path: path.to_path_buf(), source: e },
+            })?;
         let fs = fstatfs(&file).map_err(|e| NetnsError::Io { path: path.to_path_buf(), source: e.into() })?;
         if fs.filesystem_type() != NSFS_MAGIC {
+            return Err(NetnsError::NotANamespace(path.to_path_buf()));
+        }
+        // A namespace, but which kind (a mount namespace is no place for an interface)?
+        // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd, which is open.
+        let kind = unsafe { ns_get_nstype(file.as_raw_fd()) };
+        if kind != Ok(libc::CLONE_NEWNET) {
             return Err(NetnsError::NotANamespace(path.to_path_buf()));
         }
         Ok(Netns { file, path: path.to_path_buf() })
@@ -89,6 +107,10 @@ mod tests {
     fn rejects_paths_that_are_not_namespaces() {
         assert!(matches!(Netns::open(Path::new("/nonexistent/netns")), Err(NetnsError::NotFound(_))));
         assert!(matches!(Netns::open(Path::new("/proc/self/status")), Err(NetnsError::NotANamespace(_))));
+        assert!(
+            matches!(Netns::open(Path::new("/proc/self/ns/mnt")), Err(NetnsError::NotANamespace(_))),
+            "a namespace of another kind"
+        );
         let ns = Netns::current().unwrap();
         // Entering our own namespace needs CAP_SYS_ADMIN: the tests run as root.
         assert_eq!(ns.run(|| 7).unwrap(), 7);

@@ -38,10 +38,12 @@ pub const MAX_SEGMENTS: usize = 2048;
 
 /// Reads and validates the virtio-net header of `frame`.
 ///
-/// Everything segmentation or checksum completion will rely on is checked here, once:
-/// offsets inside the frame, a transport header where `csum_start` says, the GSO type
-/// matching the IP version, a bounded number of segments. A header that fails any of
-/// this is a [`DropReason::BadOffloadHeader`].
+/// What segmentation and checksum completion rely on is checked here, once: offsets
+/// inside the frame; for a super-frame, a transport header where `csum_start` says, the
+/// GSO type matching the IP version, a bounded number of segments. A header that fails
+/// any of this is a [`DropReason::BadOffloadHeader`]. The pipeline then checks, against
+/// the parsed headers, that `csum_start` is the transport header and `csum_offset` its
+/// checksum field, so a completed checksum can land nowhere else.
 pub fn decode(hdr: &[u8; VNET_HDR_LEN], frame: &[u8]) -> Result<Offload, DropReason> {
     let bad = Err(DropReason::BadOffloadHeader);
     let flags = hdr[0] & !F_DATA_VALID;
@@ -74,7 +76,9 @@ pub fn decode(hdr: &[u8; VNET_HDR_LEN], frame: &[u8]) -> Result<Offload, DropRea
     if segments > MAX_SEGMENTS {
         return bad;
     }
-    off.segment_len = (shape.hdr_len + payload.min(usize::from(gso_size))) as u16;
+    // A segment longer than any IP packet cannot be described (nor exist).
+    off.segment_len = u16::try_from(shape.hdr_len + payload.min(usize::from(gso_size)))
+        .map_err(|_| DropReason::BadOffloadHeader)?;
     Ok(off)
 }
 
@@ -231,6 +235,25 @@ fn pseudo_header(frame: &[u8], l3: usize, ipv4: bool, proto: u8, l4_len: usize) 
     sum(addrs, 0) + u64::from(proto) + l4_len as u64
 }
 
+/// Where the IP packet of an untagged or tagged Ethernet frame ends, from its length field.
+fn ip_end(frame: &[u8]) -> Option<usize> {
+    let (mut l3, mut ethertype) =
+        (ETHERNET_HEADER_LEN, u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]));
+    if ethertype == ETHERTYPE_VLAN {
+        ethertype = u16::from_be_bytes([*frame.get(16)?, *frame.get(17)?]);
+        l3 += 4;
+    }
+    match ethertype {
+        ETHERTYPE_IPV4 => {
+            Some(l3 + usize::from(u16::from_be_bytes([*frame.get(l3 + 2)?, *frame.get(l3 + 3)?])))
+        }
+        ETHERTYPE_IPV6 => {
+            Some(l3 + 40 + usize::from(u16::from_be_bytes([*frame.get(l3 + 4)?, *frame.get(l3 + 5)?])))
+        }
+        _ => None,
+    }
+}
+
 /// Completes a partial L4 checksum in place (`NEEDS_CSUM` without segmentation) and
 /// clears the flag. `off` must come from [`decode`] for this frame.
 pub fn complete_checksum(frame: &mut [u8], off: &mut Offload) {
@@ -239,8 +262,10 @@ pub fn complete_checksum(frame: &mut [u8], off: &mut Offload) {
     }
     let start = usize::from(off.csum_start);
     let at = start + usize::from(off.csum_offset);
+    // The transport segment ends with the IP packet, not the frame (Ethernet padding).
+    let end = ip_end(frame).unwrap_or(frame.len()).clamp(at + 2, frame.len());
     // The field holds the pseudo-header sum; summing it in with the rest completes it.
-    let mut c = !fold(sum(&frame[start..], 0));
+    let mut c = !fold(sum(&frame[start..end], 0));
     let is_udp = off.csum_offset == 6;
     if is_udp && c == 0 {
         c = 0xffff;
@@ -383,6 +408,16 @@ mod tests {
         complete_checksum(&mut p, &mut off);
         assert_eq!(p, f, "the same bytes a full computation gives");
         assert!(!off.is_pending());
+    }
+
+    #[test]
+    fn completion_ignores_ethernet_padding() {
+        let f = FrameSpec::udp(mac(1), mac(2), [10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 1, 2).build();
+        let mut padded = partial(f.clone(), 34, 40, IPPROTO_UDP);
+        padded.extend_from_slice(&[0xee; 12]);
+        let mut off = decode(&hdr(F_NEEDS_CSUM, GSO_NONE, 0, 34, 6), &padded).unwrap();
+        complete_checksum(&mut padded, &mut off);
+        assert_eq!(&padded[..f.len()], &f[..]);
     }
 
     #[test]
