@@ -274,6 +274,17 @@ fn failures_have_the_spec_codes_and_undo_everything() {
     assert!(other.run(&["ip", "link", "show", "eth0"]).status.code() != Some(0));
     assert_eq!(cni.pod_ports().len(), 1);
 
+    // The pod side cannot be configured (a route via a gateway no interface reaches):
+    // 103, and the port and the allocation are undone.
+    let mut unreachable_route = conf.clone();
+    unreachable_route["ipam"]["routes"] = json!([{"dst": "10.99.0.0/16", "gw": "192.168.99.1"}]);
+    let routed = pod(&node, "r");
+    let r = cni.call("ADD", "c5", &path(&routed), &unreachable_route, &[]);
+    assert_eq!(r.code(), 103, "{}", r.out);
+    assert!(routed.run(&["ip", "link", "show", "eth0"]).status.code() != Some(0), "interface removed again");
+    assert!(cni.allocations().is_empty(), "allocation released again");
+    assert_eq!(cni.pod_ports().len(), 1, "only c2's port");
+
     // The daemon gone: ADD says "try again later" (11) and allocates nothing; STATUS
     // says "not available" (50); DEL does not pretend (11).
     node.stop();
