@@ -18,10 +18,12 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 
 use crate::clock::Clock;
+use crate::conntrack::{Conntrack, ConntrackConfig};
 use crate::fdb::{Fdb, FdbConfig};
 use crate::frame::{DEFAULT_BUF_SIZE, FramePool, SharedPool};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, SharedState};
 use crate::port::PortQueue;
+use crate::services::Affinity;
 use crate::stats::{StatsSnapshot, WorkerStats};
 use crate::tables::{MAX_WORKERS, PortId, Tables, WorkerId};
 use crate::worker::{Command, Handoff, IdlePolicy, Waker, Worker, WorkerParts};
@@ -37,6 +39,7 @@ pub struct DatapathConfig {
     /// Frames each worker-to-worker ring holds.
     pub handoff_capacity: usize,
     pub fdb: FdbConfig,
+    pub conntrack: ConntrackConfig,
     /// Bytes per frame buffer, headroom included.
     pub buf_size: usize,
     pub idle: IdlePolicy,
@@ -52,11 +55,20 @@ impl Default for DatapathConfig {
             batch_size: 64,
             handoff_capacity: 4096,
             fdb: FdbConfig::default(),
+            conntrack: ConntrackConfig::default(),
             buf_size: DEFAULT_BUF_SIZE,
             idle: IdlePolicy::Backoff { sleep: Duration::from_micros(100) },
             pin_cpus: None,
         }
     }
+}
+
+/// What one housekeeping pass removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Housekeeping {
+    pub fdb_aged: usize,
+    pub flows_expired: usize,
+    pub affinities_expired: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +97,7 @@ struct WorkerHandle {
 pub struct Datapath {
     config: DatapathConfig,
     tables: Arc<ArcSwap<Tables>>,
-    fdb: Arc<Fdb>,
+    shared: SharedState,
     shared_pool: Arc<SharedPool>,
     clock: Clock,
     workers: Vec<WorkerHandle>,
@@ -114,7 +126,7 @@ impl Datapath {
             )));
         }
         let tables = Arc::new(ArcSwap::from_pointee(tables));
-        let fdb = Arc::new(Fdb::new(config.fdb));
+        let shared = SharedState::new(config.fdb, config.conntrack);
         let clock = Clock::new();
         let stop = Arc::new(AtomicBool::new(false));
         // Enough spare buffers for every worker's rings and batches in flight.
@@ -138,7 +150,7 @@ impl Datapath {
             let stats = Arc::new(WorkerStats::new(config.max_ports));
             let worker = Worker::new(WorkerParts {
                 id,
-                pipeline: Pipeline::new(fdb.clone(), stats.clone()),
+                pipeline: Pipeline::new(&shared, stats.clone()),
                 pool: FramePool::new(shared_pool.clone(), 4 * config.batch_size),
                 max_ports: config.max_ports,
                 handoff_to: handoff_to.clone(),
@@ -181,7 +193,7 @@ impl Datapath {
                 thread: Some(thread),
             });
         }
-        Ok(Datapath { config, tables, fdb, shared_pool, clock, workers, stop })
+        Ok(Datapath { config, tables, shared, shared_pool, clock, workers, stop })
     }
 
     pub fn config(&self) -> &DatapathConfig {
@@ -247,7 +259,15 @@ impl Datapath {
     }
 
     pub fn fdb(&self) -> &Arc<Fdb> {
-        &self.fdb
+        &self.shared.fdb
+    }
+
+    pub fn conntrack(&self) -> &Arc<Conntrack> {
+        &self.shared.conntrack
+    }
+
+    pub fn affinity(&self) -> &Arc<Affinity> {
+        &self.shared.affinity
     }
 
     /// Seconds on the datapath clock (the time base of FDB ages).
@@ -255,9 +275,15 @@ impl Datapath {
         self.clock.now()
     }
 
-    /// Periodic maintenance (about once a second): ages out idle FDB entries.
-    pub fn housekeeping(&self) -> usize {
-        self.fdb.age_out(self.clock.now())
+    /// Periodic maintenance (about once a second): ages out idle FDB entries, expires
+    /// conntrack entries and session affinities. Returns what went from each.
+    pub fn housekeeping(&self) -> Housekeeping {
+        let now = self.clock.now();
+        Housekeeping {
+            fdb_aged: self.shared.fdb.age_out(now),
+            flows_expired: self.shared.conntrack.expire(now),
+            affinities_expired: self.shared.affinity.expire(now),
+        }
     }
 
     /// Buffers allocated so far; flat once the pools are warm.

@@ -110,6 +110,20 @@ drop_reasons! {
     EgressPortGone => "egress_port_gone",
     /// The ring to the worker that owns the egress port was full.
     HandoffQueueFull => "handoff_queue_full",
+    /// A Service has no endpoint for a new flow: answered with ICMP port unreachable.
+    ServiceNoEndpoints => "service_no_endpoints",
+    /// NodePort with externalTrafficPolicy Local and no endpoint on this node.
+    ServiceNoLocalEndpoints => "service_no_local_endpoints",
+    /// A translated packet's destination is neither a local pod nor a known client.
+    ServiceNoRoute => "service_no_route",
+    /// An IP fragment to a Service VIP (ports are only in the first; not translated).
+    ServiceFragment => "service_fragment",
+    /// The connection-tracking table is full: new Service flows are refused.
+    ConntrackFull => "conntrack_full",
+    /// No free source port for a new flow's reply tuple.
+    ConntrackClash => "conntrack_clash",
+    /// The TTL ran out at the switch (a routed hop).
+    TtlExpired => "ttl_expired",
     /// The egress port's queue refused the frame (full or failed).
     TxFailed => "tx_failed",
     /// The egress port already had its maximum of frames waiting in this poll round.

@@ -10,6 +10,7 @@
 
 pub mod arp_proxy;
 pub mod clock;
+pub mod conntrack;
 pub mod control;
 pub mod datapath;
 pub mod drop_reason;
@@ -19,9 +20,12 @@ pub mod fuzzing;
 pub mod l2;
 pub mod mac_cache;
 pub mod mac_learning;
+pub mod maglev;
 pub mod pipeline;
 pub mod port;
 pub mod port_security;
+pub mod service_nat;
+pub mod services;
 pub mod stats;
 pub mod sys;
 pub mod tables;

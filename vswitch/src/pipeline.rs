@@ -9,10 +9,13 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use crate::conntrack::{Conntrack, ConntrackBatch, ConntrackConfig};
 use crate::drop_reason::DropReason;
-use crate::fdb::{Fdb, FdbBatch};
+use crate::fdb::{Fdb, FdbBatch, FdbConfig};
 use crate::frame::{Frame, FramePool};
 use crate::mac_cache::MacCache;
+use crate::service_nat::{self, NatContext};
+use crate::services::Affinity;
 use crate::stats::WorkerStats;
 use crate::tables::{PortEntry, PortId, Tables};
 use crate::wire::{self, FrameMeta, offload};
@@ -33,6 +36,8 @@ pub enum Verdict {
 pub struct StageContext<'a> {
     pub tables: &'a Tables,
     pub fdb: &'a FdbBatch<'a>,
+    pub ct: &'a ConntrackBatch<'a>,
+    pub affinity: &'a Affinity,
     pub cache: &'a mut MacCache,
     pub stats: &'a WorkerStats,
     /// Seconds on the datapath clock.
@@ -52,6 +57,8 @@ pub fn stages(
     port_security::check(port, meta)?;
     mac_learning::learn_source(ctx.tables, ctx.fdb, ctx.cache, events, port, meta, ctx.now);
     arp_proxy::answer(ctx.tables, events, port, frame, meta)?;
+    let nat = NatContext { tables: ctx.tables, ct: ctx.ct, affinity: ctx.affinity, events, now: ctx.now };
+    service_nat::translate(&nat, port, frame, meta)?;
     ControlFlow::Continue(l2::forward(ctx.tables, ctx.fdb, ctx.cache, port, meta, ctx.now))
 }
 
@@ -99,16 +106,42 @@ impl TxBatches {
     }
 }
 
-/// One worker's pipeline: the shared FDB, this worker's counters and MAC cache.
+/// The state all workers' pipelines share: what the data path itself writes.
+#[derive(Clone)]
+pub struct SharedState {
+    pub fdb: Arc<Fdb>,
+    pub conntrack: Arc<Conntrack>,
+    pub affinity: Arc<Affinity>,
+}
+
+impl SharedState {
+    pub fn new(fdb: FdbConfig, conntrack: ConntrackConfig) -> SharedState {
+        SharedState {
+            fdb: Arc::new(Fdb::new(fdb)),
+            conntrack: Arc::new(Conntrack::new(conntrack)),
+            affinity: Arc::new(Affinity::default()),
+        }
+    }
+}
+
+/// One worker's pipeline: the shared state, this worker's counters and MAC cache.
 pub struct Pipeline {
     fdb: Arc<Fdb>,
+    conntrack: Arc<Conntrack>,
+    affinity: Arc<Affinity>,
     stats: Arc<WorkerStats>,
     cache: MacCache,
 }
 
 impl Pipeline {
-    pub fn new(fdb: Arc<Fdb>, stats: Arc<WorkerStats>) -> Pipeline {
-        Pipeline { fdb, stats, cache: MacCache::default() }
+    pub fn new(shared: &SharedState, stats: Arc<WorkerStats>) -> Pipeline {
+        Pipeline {
+            fdb: shared.fdb.clone(),
+            conntrack: shared.conntrack.clone(),
+            affinity: shared.affinity.clone(),
+            stats,
+            cache: MacCache::default(),
+        }
     }
 
     pub fn stats(&self) -> &Arc<WorkerStats> {
@@ -143,8 +176,17 @@ impl Pipeline {
         };
         let max_len = port.max_frame_len();
         let fdb = self.fdb.batch();
+        let ct = self.conntrack.batch();
         self.cache.validate(tables.generation(), self.fdb.epoch());
-        let mut ctx = StageContext { tables, fdb: &fdb, cache: &mut self.cache, stats, now };
+        let mut ctx = StageContext {
+            tables,
+            fdb: &fdb,
+            ct: &ct,
+            affinity: &self.affinity,
+            cache: &mut self.cache,
+            stats,
+            now,
+        };
         let mut meta = FrameMeta::UNPARSED;
         for mut frame in batch.drain(..) {
             frame.ingress = ingress;
@@ -304,7 +346,6 @@ fn flood(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fdb::FdbConfig;
     use crate::frame::FramePool;
     use crate::tables::tests::{pod, segment0};
     use crate::tables::{PortKind, TablesBuilder, UnknownArp, WorkerSet};
@@ -357,10 +398,13 @@ mod tests {
             b.add_port(uplink(8)).unwrap();
             b.add_port(uplink(9)).unwrap();
             edit(&mut b);
-            let fdb = Arc::new(Fdb::new(FdbConfig { max_entries_per_segment: 4, aging_secs: 300 }));
+            let shared = SharedState::new(
+                FdbConfig { max_entries_per_segment: 4, aging_secs: 300 },
+                ConntrackConfig::default(),
+            );
             Harness {
                 tables: b.build().unwrap(),
-                pipeline: Pipeline::new(fdb, Arc::new(WorkerStats::new(16))),
+                pipeline: Pipeline::new(&shared, Arc::new(WorkerStats::new(16))),
                 pool: FramePool::standalone(2048),
                 out: TxBatches::new(16),
                 now: 100,

@@ -68,6 +68,12 @@ pub struct EventCounters {
     pub gso_segments: Counter,
     /// Partial L4 checksums completed in software.
     pub checksums_completed: Counter,
+    /// New flows translated to a Service endpoint.
+    pub service_flows: Counter,
+    /// New flows to a Service without endpoints, answered with ICMP unreachable.
+    pub service_rejects: Counter,
+    /// ICMP errors whose quoted packet belonged to a translated flow.
+    pub icmp_translated: Counter,
     /// Frames passed to another worker for transmission.
     pub handoff_sent: Counter,
     /// Frames received from other workers for transmission.
@@ -156,6 +162,9 @@ pub struct EventTotals {
     pub gso_segmented: u64,
     pub gso_segments: u64,
     pub checksums_completed: u64,
+    pub service_flows: u64,
+    pub service_rejects: u64,
+    pub icmp_translated: u64,
     pub handoff_sent: u64,
     pub handoff_received: u64,
     pub rx_errors: u64,
@@ -219,6 +228,9 @@ impl StatsSnapshot {
             t.gso_segmented += e.gso_segmented.get();
             t.gso_segments += e.gso_segments.get();
             t.checksums_completed += e.checksums_completed.get();
+            t.service_flows += e.service_flows.get();
+            t.service_rejects += e.service_rejects.get();
+            t.icmp_translated += e.icmp_translated.get();
             t.handoff_sent += e.handoff_sent.get();
             t.handoff_received += e.handoff_received.get();
             t.rx_errors += e.rx_errors.get();

@@ -7,8 +7,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::services::ServiceTable;
 use crate::wire::MacAddr;
 
 /// Index of a port in the tables and in per-port counters.
@@ -152,6 +154,7 @@ pub struct Tables {
     segments: Vec<Option<Segment>>,
     static_macs: FastMap<u64, PortId>,
     arp: FastMap<u64, ArpAnswer>,
+    services: Arc<ServiceTable>,
 }
 
 #[inline]
@@ -204,6 +207,12 @@ impl Tables {
     pub fn arp_answer(&self, segment: SegmentId, ip: Ipv4Addr) -> Option<ArpAnswer> {
         self.arp.get(&ip_key(segment, ip)).copied()
     }
+
+    /// The Service table (empty when no Service is defined).
+    #[inline]
+    pub fn services(&self) -> &ServiceTable {
+        &self.services
+    }
 }
 
 /// Why a set of ports and segments does not make valid tables.
@@ -235,6 +244,7 @@ pub enum TablesError {
 pub struct TablesBuilder {
     segments: BTreeMap<SegmentId, SegmentConfig>,
     ports: BTreeMap<PortId, PortEntry>,
+    services: Arc<ServiceTable>,
 }
 
 impl TablesBuilder {
@@ -306,6 +316,11 @@ impl TablesBuilder {
         Ok(())
     }
 
+    /// Replaces the Service table (built separately: it changes on its own schedule).
+    pub fn set_services(&mut self, services: Arc<ServiceTable>) {
+        self.services = services;
+    }
+
     pub fn remove_port(&mut self, id: PortId) -> Option<PortEntry> {
         self.ports.remove(&id)
     }
@@ -366,7 +381,7 @@ impl TablesBuilder {
             }
             ports[usize::from(port.id)] = Some(port.clone());
         }
-        Ok(Tables { generation, ports, segments, static_macs, arp })
+        Ok(Tables { generation, ports, segments, static_macs, arp, services: self.services.clone() })
     }
 }
 

@@ -355,7 +355,7 @@ pub struct SoloSwitch {
     worker: crate::worker::Worker,
     commands: crossbeam_channel::Sender<crate::worker::Command>,
     tables: std::sync::Arc<arc_swap::ArcSwap<crate::tables::Tables>>,
-    fdb: std::sync::Arc<crate::fdb::Fdb>,
+    shared: crate::pipeline::SharedState,
     stats: std::sync::Arc<crate::stats::WorkerStats>,
 }
 
@@ -368,13 +368,13 @@ impl SoloSwitch {
     ) -> SoloSwitch {
         use std::sync::Arc;
         let tables = Arc::new(arc_swap::ArcSwap::from_pointee(tables));
-        let fdb = Arc::new(crate::fdb::Fdb::new(fdb));
+        let state = crate::pipeline::SharedState::new(fdb, crate::conntrack::ConntrackConfig::default());
         let stats = Arc::new(crate::stats::WorkerStats::new(max_ports));
         let (commands, rx) = crossbeam_channel::unbounded();
         let shared = crate::frame::SharedPool::new(crate::frame::DEFAULT_BUF_SIZE, 4 * batch_size);
         let worker = crate::worker::Worker::new(crate::worker::WorkerParts {
             id: 0,
-            pipeline: crate::pipeline::Pipeline::new(fdb.clone(), stats.clone()),
+            pipeline: crate::pipeline::Pipeline::new(&state, stats.clone()),
             pool: crate::frame::FramePool::new(shared, 4 * batch_size),
             max_ports,
             handoff_to: vec![None],
@@ -387,7 +387,7 @@ impl SoloSwitch {
             waker: Default::default(),
         })
         .expect("epoll and eventfd are available");
-        SoloSwitch { worker, commands, tables, fdb, stats }
+        SoloSwitch { worker, commands, tables, shared: state, stats }
     }
 
     /// Attaches a queue (the tables must list the port with worker 0 in `tx_workers`).
@@ -410,7 +410,11 @@ impl SoloSwitch {
     }
 
     pub fn fdb(&self) -> &crate::fdb::Fdb {
-        &self.fdb
+        &self.shared.fdb
+    }
+
+    pub fn conntrack(&self) -> &crate::conntrack::Conntrack {
+        &self.shared.conntrack
     }
 
     pub fn stats(&self) -> crate::stats::StatsSnapshot {

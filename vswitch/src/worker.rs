@@ -346,7 +346,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fdb::{Fdb, FdbConfig};
+    use crate::fdb::FdbConfig;
     use crate::frame::SharedPool;
     use crate::port::memory::{MemoryPort, MemoryPortHandle};
     use crate::stats::WorkerStats;
@@ -365,7 +365,7 @@ mod tests {
             b.add_port(p).unwrap();
         }
         let tables = Arc::new(ArcSwap::from_pointee(b.build().unwrap()));
-        let fdb = Arc::new(Fdb::new(FdbConfig::default()));
+        let state = crate::pipeline::SharedState::new(FdbConfig::default(), Default::default());
         let shared = SharedPool::new(2048, 1024);
         let (waker0, waker1) = (Arc::new(Waker::default()), Arc::new(Waker::default()));
         let ring01 = Arc::new(Handoff::new(ring_capacity, waker1.clone()));
@@ -376,7 +376,7 @@ mod tests {
                 let (tx, rx) = crossbeam_channel::unbounded();
                 let w = Worker::new(WorkerParts {
                     id,
-                    pipeline: Pipeline::new(fdb.clone(), Arc::new(WorkerStats::new(8))),
+                    pipeline: Pipeline::new(&state, Arc::new(WorkerStats::new(8))),
                     pool: FramePool::new(shared.clone(), 64),
                     max_ports: 8,
                     handoff_to: to,

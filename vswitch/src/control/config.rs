@@ -74,124 +74,101 @@ pub struct Config {
     pub fdb_aging_secs: u32,
     pub fdb_max_entries: u32,
     pub unknown_arp: UnknownArpPolicy,
+    pub conntrack: crate::conntrack::ConntrackConfig,
+    /// A TOML file of Services, watched for changes; `None`: no file source.
+    pub services_file: Option<PathBuf>,
+    /// The node's address, for NodePorts; `None`: NodePorts are not served.
+    pub node_ip: Option<Ipv4Addr>,
+    /// Source address of a pod's flow to its own Service when it is the endpoint.
+    pub hairpin_ip: Ipv4Addr,
 }
 
-/// The file as written. Keys it omits come from [`DEFAULT_CONFIG`] (struct-level serde
-/// defaults), so the spans serde reports always point into the user's own text.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawConfig {
-    node_name: Spanned<String>,
-    pod_cidr: Spanned<String>,
-    gateway_ip: Spanned<String>,
-    gateway_mac: Spanned<String>,
-    workers: Spanned<usize>,
-    pin_cpus: Spanned<Vec<usize>>,
-    batch_size: Spanned<usize>,
-    idle: IdleMode,
-    port_backend: Backend,
-    offloads: bool,
-    afxdp_mode: AfxdpMode,
-    mtu: Spanned<u16>,
-    api_socket: PathBuf,
-    metrics_address: Spanned<String>,
-    state_file: PathBuf,
-    host_port: Spanned<String>,
-    max_ports: Spanned<usize>,
-    fdb: RawFdb,
-    arp: RawArp,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawFdb {
-    aging_seconds: Spanned<u32>,
-    max_entries: Spanned<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawArp {
-    unknown_target: UnknownArpPolicy,
-}
-
-/// The embedded default, parsed without defaults (it must be complete).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompleteRawConfig {
-    node_name: Spanned<String>,
-    pod_cidr: Spanned<String>,
-    gateway_ip: Spanned<String>,
-    gateway_mac: Spanned<String>,
-    workers: Spanned<usize>,
-    pin_cpus: Spanned<Vec<usize>>,
-    batch_size: Spanned<usize>,
-    idle: IdleMode,
-    port_backend: Backend,
-    offloads: bool,
-    afxdp_mode: AfxdpMode,
-    mtu: Spanned<u16>,
-    api_socket: PathBuf,
-    metrics_address: Spanned<String>,
-    state_file: PathBuf,
-    host_port: Spanned<String>,
-    max_ports: Spanned<usize>,
-    fdb: CompleteRawFdb,
-    arp: CompleteRawArp,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompleteRawFdb {
-    aging_seconds: Spanned<u32>,
-    max_entries: Spanned<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompleteRawArp {
-    unknown_target: UnknownArpPolicy,
-}
-
-impl Default for RawConfig {
-    fn default() -> Self {
-        let c: CompleteRawConfig =
-            toml::from_str(DEFAULT_CONFIG).expect("the embedded default config is complete");
-        RawConfig {
-            node_name: c.node_name,
-            pod_cidr: c.pod_cidr,
-            gateway_ip: c.gateway_ip,
-            gateway_mac: c.gateway_mac,
-            workers: c.workers,
-            pin_cpus: c.pin_cpus,
-            batch_size: c.batch_size,
-            idle: c.idle,
-            port_backend: c.port_backend,
-            offloads: c.offloads,
-            afxdp_mode: c.afxdp_mode,
-            mtu: c.mtu,
-            api_socket: c.api_socket,
-            metrics_address: c.metrics_address,
-            state_file: c.state_file,
-            host_port: c.host_port,
-            max_ports: c.max_ports,
-            fdb: RawFdb { aging_seconds: c.fdb.aging_seconds, max_entries: c.fdb.max_entries },
-            arp: RawArp { unknown_target: c.arp.unknown_target },
+/// Declares a section of the file twice: as written by the user (every key optional,
+/// missing ones from the embedded default) and as the embedded default must be
+/// (complete). The user's form keeps serde's spans pointing into the user's own text.
+macro_rules! section {
+    ($raw:ident, $complete:ident, { $($field:ident : $ty:ty => $cty:ty),* $(,)? }, $default:expr) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        struct $raw {
+            $($field: $ty,)*
         }
-    }
+
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $complete {
+            $($field: $cty,)*
+        }
+
+        impl From<$complete> for $raw {
+            fn from(c: $complete) -> Self {
+                $raw { $($field: c.$field.into(),)* }
+            }
+        }
+
+        impl Default for $raw {
+            fn default() -> Self {
+                let all = embedded();
+                #[allow(clippy::redundant_closure_call)]
+                ($default)(all)
+            }
+        }
+    };
 }
 
-impl Default for RawFdb {
-    fn default() -> Self {
-        RawConfig::default().fdb
-    }
+/// The embedded default, parsed strictly: it must name every key.
+fn embedded() -> CompleteRawConfig {
+    toml::from_str(DEFAULT_CONFIG).expect("the embedded default config is complete")
 }
 
-impl Default for RawArp {
-    fn default() -> Self {
-        RawConfig::default().arp
-    }
-}
+section!(RawConfig, CompleteRawConfig, {
+    node_name: Spanned<String> => Spanned<String>,
+    pod_cidr: Spanned<String> => Spanned<String>,
+    gateway_ip: Spanned<String> => Spanned<String>,
+    gateway_mac: Spanned<String> => Spanned<String>,
+    workers: Spanned<usize> => Spanned<usize>,
+    pin_cpus: Spanned<Vec<usize>> => Spanned<Vec<usize>>,
+    batch_size: Spanned<usize> => Spanned<usize>,
+    idle: IdleMode => IdleMode,
+    port_backend: Backend => Backend,
+    offloads: bool => bool,
+    afxdp_mode: AfxdpMode => AfxdpMode,
+    mtu: Spanned<u16> => Spanned<u16>,
+    api_socket: PathBuf => PathBuf,
+    metrics_address: Spanned<String> => Spanned<String>,
+    state_file: PathBuf => PathBuf,
+    host_port: Spanned<String> => Spanned<String>,
+    max_ports: Spanned<usize> => Spanned<usize>,
+    fdb: RawFdb => CompleteRawFdb,
+    arp: RawArp => CompleteRawArp,
+    conntrack: RawConntrack => CompleteRawConntrack,
+    services: RawServices => CompleteRawServices,
+}, |c: CompleteRawConfig| c.into());
+
+section!(RawFdb, CompleteRawFdb, {
+    aging_seconds: Spanned<u32> => Spanned<u32>,
+    max_entries: Spanned<u32> => Spanned<u32>,
+}, |c: CompleteRawConfig| c.fdb.into());
+
+section!(RawArp, CompleteRawArp, {
+    unknown_target: UnknownArpPolicy => UnknownArpPolicy,
+}, |c: CompleteRawConfig| c.arp.into());
+
+section!(RawConntrack, CompleteRawConntrack, {
+    max_entries: Spanned<u32> => Spanned<u32>,
+    tcp_syn_timeout: Spanned<u32> => Spanned<u32>,
+    tcp_established_timeout: Spanned<u32> => Spanned<u32>,
+    tcp_closing_timeout: Spanned<u32> => Spanned<u32>,
+    tcp_reset_timeout: Spanned<u32> => Spanned<u32>,
+    udp_timeout: Spanned<u32> => Spanned<u32>,
+    udp_replied_timeout: Spanned<u32> => Spanned<u32>,
+}, |c: CompleteRawConfig| c.conntrack.into());
+
+section!(RawServices, CompleteRawServices, {
+    file: PathBuf => PathBuf,
+    node_ip: Spanned<String> => Spanned<String>,
+    hairpin_ip: Spanned<String> => Spanned<String>,
+}, |c: CompleteRawConfig| c.services.into());
 
 /// A configuration problem, located.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -337,6 +314,49 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         "" => hostname(),
         n => n.to_string(),
     };
+    let ct = &raw.conntrack;
+    for (value, field) in [
+        (&ct.max_entries, "conntrack.max_entries"),
+        (&ct.tcp_syn_timeout, "conntrack.tcp_syn_timeout"),
+        (&ct.tcp_established_timeout, "conntrack.tcp_established_timeout"),
+        (&ct.tcp_closing_timeout, "conntrack.tcp_closing_timeout"),
+        (&ct.tcp_reset_timeout, "conntrack.tcp_reset_timeout"),
+        (&ct.udp_timeout, "conntrack.udp_timeout"),
+        (&ct.udp_replied_timeout, "conntrack.udp_replied_timeout"),
+    ] {
+        if *value.get_ref() == 0 {
+            return Err(at(value.span(), field, "must be at least 1".into()));
+        }
+    }
+    let conntrack = crate::conntrack::ConntrackConfig {
+        max_entries: *ct.max_entries.get_ref(),
+        timeouts: crate::conntrack::Timeouts {
+            tcp_syn: *ct.tcp_syn_timeout.get_ref(),
+            tcp_established: *ct.tcp_established_timeout.get_ref(),
+            tcp_closing: *ct.tcp_closing_timeout.get_ref(),
+            tcp_reset: *ct.tcp_reset_timeout.get_ref(),
+            udp: *ct.udp_timeout.get_ref(),
+            udp_replied: *ct.udp_replied_timeout.get_ref(),
+        },
+    };
+    let sv = &raw.services;
+    let services_file = (!sv.file.as_os_str().is_empty()).then(|| sv.file.clone());
+    let node_ip = match sv.node_ip.get_ref().as_str() {
+        "" => None,
+        text => Some(text.parse::<Ipv4Addr>().map_err(|e| {
+            at(sv.node_ip.span(), "services.node_ip", format!("{e}: expected an IPv4 address"))
+        })?),
+    };
+    let hairpin_ip: Ipv4Addr = sv.hairpin_ip.get_ref().parse().map_err(|e| {
+        at(sv.hairpin_ip.span(), "services.hairpin_ip", format!("{e}: expected an IPv4 address"))
+    })?;
+    if pod_cidr.contains(&hairpin_ip) {
+        return Err(at(
+            sv.hairpin_ip.span(),
+            "services.hairpin_ip",
+            format!("{hairpin_ip} is inside pod_cidr {pod_cidr}; it must belong to no pod"),
+        ));
+    }
     Ok(Config {
         node_name,
         pod_cidr,
@@ -358,6 +378,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         fdb_aging_secs,
         fdb_max_entries,
         unknown_arp: raw.arp.unknown_target,
+        conntrack,
+        services_file,
+        node_ip,
+        hairpin_ip,
     })
 }
 

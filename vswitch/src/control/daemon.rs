@@ -52,6 +52,7 @@ pub fn datapath_config(config: &Config) -> DatapathConfig {
         batch_size: config.batch_size,
         handoff_capacity: 4096,
         fdb: FdbConfig { max_entries_per_segment: config.fdb_max_entries, aging_secs: config.fdb_aging_secs },
+        conntrack: config.conntrack,
         buf_size: DEFAULT_BUF_SIZE,
         idle: match config.idle {
             // Every queue of the daemon has a readiness fd; the timeout is a safety net.
@@ -222,9 +223,14 @@ async fn serve(
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                let aged = state.manager.lock().await.datapath().housekeeping();
-                if aged > 0 {
-                    tracing::debug!(aged, "FDB entries aged out");
+                let done = state.manager.lock().await.datapath().housekeeping();
+                if done != Default::default() {
+                    tracing::debug!(
+                        fdb_aged = done.fdb_aged,
+                        flows_expired = done.flows_expired,
+                        affinities_expired = done.affinities_expired,
+                        "housekeeping"
+                    );
                 }
             }
         })

@@ -24,6 +24,9 @@ pub struct Ipv4Mut<'a> {
     /// Offset of a TCP/UDP checksum that covers the pseudo-header and is in use.
     l4_checksum_at: Option<usize>,
     is_udp: bool,
+    /// The L4 checksum field holds only the pseudo-header sum, to be completed later
+    /// (a frame with a partial checksum from a port with offloads).
+    l4_partial: bool,
 }
 
 impl<'a> Ipv4Mut<'a> {
@@ -47,7 +50,21 @@ impl<'a> Ipv4Mut<'a> {
             ports_at,
             l4_checksum_at,
             is_udp: meta.protocol == IPPROTO_UDP,
+            l4_partial: false,
         }
+    }
+
+    /// Treats the L4 checksum as partial (virtio `NEEDS_CSUM`): the field holds the
+    /// folded pseudo-header sum, not complemented, and the sum over the transport header
+    /// and payload is added when it is completed. An address change then adjusts that
+    /// sum; a port change needs nothing (the ports are summed at completion).
+    pub fn with_partial_l4_checksum(mut self, partial: bool) -> Self {
+        if partial && self.ports_at.is_some() {
+            // A partial UDP checksum is never "unused": the field is always live.
+            self.l4_checksum_at = self.ports_at.map(|l4| l4 + if self.is_udp { 6 } else { 16 });
+        }
+        self.l4_partial = partial;
+        self
     }
 
     fn read16(&self, at: usize) -> u16 {
@@ -64,10 +81,15 @@ impl<'a> Ipv4Mut<'a> {
 
     fn fix_l4_checksum(&mut self, update: impl Fn(u16) -> u16) {
         if let Some(at) = self.l4_checksum_at {
-            let mut c = update(self.read16(at));
-            if c == 0 && self.is_udp {
-                c = 0xffff;
-            }
+            let old = self.read16(at);
+            let c = if self.l4_partial {
+                // The partial sum P is stored as is: P' = P - old + new, i.e. the
+                // complement of the update applied to the complement.
+                !update(!old)
+            } else {
+                let c = update(old);
+                if c == 0 && self.is_udp { 0xffff } else { c }
+            };
             self.write16(at, c);
         }
     }
@@ -95,7 +117,9 @@ impl<'a> Ipv4Mut<'a> {
         let Some(l4) = self.ports_at else { return };
         let old = self.read16(l4 + field);
         self.write16(l4 + field, new);
-        self.fix_l4_checksum(|c| update_u16(c, old, new));
+        if !self.l4_partial {
+            self.fix_l4_checksum(|c| update_u16(c, old, new));
+        }
     }
 
     /// Rewrites the TCP/UDP source port; a no-op for packets without ports.
@@ -217,6 +241,42 @@ mod tests {
         });
         assert_eq!(v4(&f).dst, Ipv4Addr::new(10, 1, 1, 1));
         assert_eq!(&f[34..], &payload_before[..], "no transport header to touch");
+    }
+
+    /// A partial checksum adjusted across a NAT rewrite completes to the same value as a
+    /// full computation over the rewritten packet.
+    #[test]
+    fn partial_checksums_survive_nat() {
+        use crate::frame::Offload;
+        use crate::wire::offload::{F_NEEDS_CSUM, complete_checksum};
+        let full = FrameSpec::tcp(
+            mac(1),
+            mac(2),
+            Ipv4Addr::new(10, 244, 1, 2),
+            Ipv4Addr::new(10, 96, 0, 10),
+            40000,
+            80,
+            0x18,
+        )
+        .payload(b"GET / HTTP/1.1")
+        .build();
+        // What the kernel hands over: the TCP checksum holding the pseudo-header sum.
+        let mut f = full.clone();
+        let m = v4(&f);
+        let l4 = &f[34..];
+        let pseudo = fold(pseudo_header_v4(m.src, m.dst, m.protocol, l4.len() as u16));
+        f[50..52].copy_from_slice(&pseudo.to_be_bytes());
+        {
+            let mut p = Ipv4Mut::new(&mut f, 14, &m).with_partial_l4_checksum(true);
+            p.set_destination(Ipv4Addr::new(10, 244, 1, 7));
+            p.set_destination_port(8080);
+            p.set_source(Ipv4Addr::new(169, 254, 1, 1));
+        }
+        let mut off = Offload { flags: F_NEEDS_CSUM, csum_start: 34, csum_offset: 16, ..Offload::NONE };
+        complete_checksum(&mut f, &mut off);
+        assert_checksums_valid(&f);
+        let m = v4(&f);
+        assert_eq!((m.src, m.dst), (Ipv4Addr::new(169, 254, 1, 1), Ipv4Addr::new(10, 244, 1, 7)));
     }
 
     fn any_l4() -> impl Strategy<Value = u8> {

@@ -1,0 +1,719 @@
+//! Service NAT: the data-path half of kube-proxy.
+//!
+//! A packet to a Service VIP:port (or to the node's address at a NodePort, from outside
+//! the pod network) starts a flow: an endpoint is picked — session affinity first, else
+//! Maglev over the 5-tuple — a conntrack entry records both directions, and the packet
+//! is DNATed (and SNATed where needed) and routed to the endpoint. Every later packet of
+//! the flow, either way, is found in conntrack and rewritten to the other side's view.
+//! ICMP errors about a translated flow get their quoted packet translated too.
+//!
+//! Source NAT is used only where the reply would not come back through the switch
+//! otherwise: a pod picked as the endpoint of its own Service (hairpin: the source
+//! becomes the Service table's `hairpin_ip`), and NodePort traffic with
+//! `externalTrafficPolicy: Cluster` (the source becomes the node's address). A reply
+//! tuple already used by another flow gets another source port, as the kernel's NAT
+//! clash resolution does.
+//!
+//! Only IPv4 TCP and UDP are translated; later IP fragments to a VIP are dropped (their
+//! ports are not in them).
+
+use std::net::Ipv4Addr;
+use std::ops::ControlFlow;
+
+use crate::conntrack::{Conn, ConntrackBatch, Direction, InsertError, ReturnPath, Tuple};
+use crate::drop_reason::DropReason;
+use crate::frame::{Frame, Offload};
+use crate::maglev::{flow_hash, mix64};
+use crate::pipeline::Verdict;
+use crate::services::{Affinity, ServicePort};
+use crate::stats::EventCounters;
+use crate::tables::{PortEntry, PortKind, Tables};
+use crate::wire::checksum::{self, update_u16, update_u32};
+use crate::wire::icmp::{self, IcmpError};
+use crate::wire::ipv4::Ipv4Mut;
+use crate::wire::parse::{IPPROTO_TCP, IPPROTO_UDP};
+use crate::wire::{Fragment, FrameMeta, Ipv4Meta, L4, MacAddr, Net, ethernet};
+
+/// What the stage reads and writes.
+pub struct NatContext<'a, 'b> {
+    pub tables: &'a Tables,
+    pub ct: &'a ConntrackBatch<'b>,
+    pub affinity: &'a Affinity,
+    pub events: &'a EventCounters,
+    pub now: u32,
+}
+
+fn drop(r: DropReason) -> ControlFlow<Verdict> {
+    ControlFlow::Break(Verdict::Drop(r))
+}
+
+/// ICMP types that quote an offending packet.
+fn is_icmp_error(t: u8) -> bool {
+    matches!(t, 3 | 4 | 5 | 11 | 12)
+}
+
+#[inline]
+pub fn translate(
+    ctx: &NatContext<'_, '_>,
+    port: &PortEntry,
+    frame: &mut Frame,
+    meta: &FrameMeta,
+) -> ControlFlow<Verdict> {
+    let svc = ctx.tables.services();
+    if svc.is_empty() {
+        return ControlFlow::Continue(());
+    }
+    let Net::Ipv4(ip) = &meta.net else { return ControlFlow::Continue(()) };
+    let (src_port, dst_port, flags) = match ip.l4 {
+        L4::Tcp { src_port, dst_port, flags } => (src_port, dst_port, flags),
+        L4::Udp { src_port, dst_port } => (src_port, dst_port, 0),
+        L4::Icmpv4 { icmp_type, .. } if is_icmp_error(icmp_type) => {
+            return icmp_error(ctx, port, frame, meta, ip);
+        }
+        _ => {
+            if ip.fragment == Fragment::Later && svc.is_vip(ip.dst) {
+                return drop(DropReason::ServiceFragment);
+            }
+            return ControlFlow::Continue(());
+        }
+    };
+    let proto = ip.protocol;
+    let from_outside = port.kind != PortKind::Pod;
+    let to_node_port = from_outside && svc.node_ip == Some(ip.dst);
+    // Cheap tests first: most pod traffic has nothing to do with Services.
+    if !(svc.is_vip(ip.dst)
+        || to_node_port
+        || svc.is_endpoint(ip.src, src_port, proto)
+        || svc.is_snat_address(ip.dst))
+    {
+        return ControlFlow::Continue(());
+    }
+    if ip.fragment == Fragment::First {
+        return drop(DropReason::ServiceFragment);
+    }
+    let t = Tuple { proto, src: ip.src, src_port, dst: ip.dst, dst_port };
+    if let Some((conn, dir)) = ctx.ct.lookup(&t) {
+        conn.observe(dir, flags, ctx.now);
+        return apply(ctx, port, frame, meta, ip, conn, dir);
+    }
+    let service = match svc.by_vip(ip.dst, dst_port, proto) {
+        Some(sp) => sp,
+        None if to_node_port => match svc.by_node_port(dst_port, proto) {
+            Some(sp) => sp,
+            None => return ControlFlow::Continue(()),
+        },
+        // A packet from an endpoint that belongs to no translated flow: ordinary traffic.
+        None => return ControlFlow::Continue(()),
+    };
+    new_flow(ctx, port, frame, meta, ip, t, flags, service, to_node_port)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_flow(
+    ctx: &NatContext<'_, '_>,
+    port: &PortEntry,
+    frame: &mut Frame,
+    meta: &FrameMeta,
+    ip: &Ipv4Meta,
+    t: Tuple,
+    flags: u8,
+    sp: &ServicePort,
+    node_port: bool,
+) -> ControlFlow<Verdict> {
+    let svc = ctx.tables.services();
+    let local_only = node_port && sp.external_local;
+    let hash = flow_hash(u32::from(t.src), u32::from(t.dst), t.src_port, t.dst_port, t.proto);
+    let sticky = sp.affinity_timeout.and_then(|_| ctx.affinity.get(sp.id, t.src, ctx.now));
+    let backend = match sticky {
+        Some(key) if sp.has_backend(key, local_only) => {
+            let list = if local_only { &sp.local_backends } else { &sp.backends };
+            list.iter().copied().find(|b| b.key() == key)
+        }
+        _ => sp.pick(hash, local_only),
+    };
+    let Some(backend) = backend else {
+        if local_only {
+            // kube-proxy drops (not rejects) what a Local policy cannot serve here.
+            return drop(DropReason::ServiceNoLocalEndpoints);
+        }
+        return reject(ctx, port, frame, meta, ip);
+    };
+    if let Some(timeout) = sp.affinity_timeout {
+        ctx.affinity.set(sp.id, t.src, backend.key(), timeout, ctx.now);
+    }
+    let snat = if node_port && !sp.external_local {
+        svc.node_ip
+    } else if backend.ip == t.src {
+        Some(svc.hairpin_ip)
+    } else {
+        None
+    };
+    let return_path = (port.kind != PortKind::Pod).then_some(ReturnPath {
+        port: port.id,
+        client_mac: meta.src_mac,
+        local_mac: meta.dst_mac,
+    });
+    let reply_dst = snat.unwrap_or(t.src);
+    // The client's own port first; on a clash, others, as the kernel's NAT does.
+    let mut candidates =
+        std::iter::once(t.src_port).chain((0..16u64).map(|i| 32768 + (mix64(hash ^ i) % 28232) as u16));
+    let conn = loop {
+        let Some(reply_port) = candidates.next() else { return drop(DropReason::ConntrackClash) };
+        let reply = Tuple {
+            proto: t.proto,
+            src: backend.ip,
+            src_port: backend.port,
+            dst: reply_dst,
+            dst_port: reply_port,
+        };
+        match ctx.ct.insert(t, reply, sp.id, return_path, ctx.now) {
+            Ok(c) => break c,
+            Err(InsertError::Full) => return drop(DropReason::ConntrackFull),
+            Err(InsertError::Clash) => continue,
+        }
+    };
+    ctx.events.service_flows.inc();
+    conn.observe(Direction::Orig, flags, ctx.now);
+    apply(ctx, port, frame, meta, ip, conn, Direction::Orig)
+}
+
+/// Rewrites a packet of `conn` in direction `dir` to the other side's view and routes
+/// it there.
+fn apply(
+    ctx: &NatContext<'_, '_>,
+    port: &PortEntry,
+    frame: &mut Frame,
+    meta: &FrameMeta,
+    ip: &Ipv4Meta,
+    conn: &Conn,
+    dir: Direction,
+) -> ControlFlow<Verdict> {
+    let (to, from) = match dir {
+        // Toward the endpoint: the reply tuple, reversed.
+        Direction::Orig => (conn.reply.reversed(), conn.orig),
+        // Toward the client: the orig tuple, reversed.
+        Direction::Reply => (conn.orig.reversed(), conn.reply),
+    };
+    let gateway = ctx.tables.segment(port.segment).and_then(|s| s.config.gateway);
+    let routed = gateway.is_some_and(|g| g.mac == meta.dst_mac);
+    let partial = frame.offload.flags & crate::wire::offload::F_NEEDS_CSUM != 0;
+    {
+        let mut p = Ipv4Mut::new(frame.data_mut(), meta.l3_offset, ip).with_partial_l4_checksum(partial);
+        if to.src != from.src {
+            p.set_source(to.src);
+        }
+        if to.src_port != from.src_port {
+            p.set_source_port(to.src_port);
+        }
+        if to.dst != from.dst {
+            p.set_destination(to.dst);
+        }
+        if to.dst_port != from.dst_port {
+            p.set_destination_port(to.dst_port);
+        }
+        if routed && !p.decrement_ttl() {
+            return drop(DropReason::TtlExpired);
+        }
+    }
+    let via = gateway.map_or(meta.dst_mac, |g| g.mac);
+    route(ctx, port, frame, to.dst, if dir == Direction::Reply { conn.return_path } else { None }, via)
+}
+
+/// Sends a translated frame toward `dst`: back out where a NodePort client came from,
+/// or to the local pod that has the address.
+fn route(
+    ctx: &NatContext<'_, '_>,
+    port: &PortEntry,
+    frame: &mut Frame,
+    dst: Ipv4Addr,
+    return_path: Option<ReturnPath>,
+    gateway_mac: MacAddr,
+) -> ControlFlow<Verdict> {
+    if let Some(rp) = return_path {
+        let data = frame.data_mut();
+        ethernet::set_destination(data, rp.client_mac);
+        ethernet::set_source(data, rp.local_mac);
+        return ControlFlow::Break(Verdict::Forward(rp.port));
+    }
+    match ctx.tables.arp_answer(port.segment, dst) {
+        Some(a) if a.port.is_some() => {
+            let data = frame.data_mut();
+            ethernet::set_destination(data, a.mac);
+            ethernet::set_source(data, gateway_mac);
+            ControlFlow::Break(Verdict::Forward(a.port.expect("checked")))
+        }
+        _ => drop(DropReason::ServiceNoRoute),
+    }
+}
+
+/// No endpoint: answer with ICMP port unreachable from the VIP, as kube-proxy's REJECT
+/// rule does (the client sees "connection refused" at once), and drop the packet.
+fn reject(
+    ctx: &NatContext<'_, '_>,
+    port: &PortEntry,
+    frame: &mut Frame,
+    meta: &FrameMeta,
+    ip: &Ipv4Meta,
+) -> ControlFlow<Verdict> {
+    let l3 = usize::from(meta.l3_offset);
+    let mut quoted = [0u8; icmp::MAX_ERROR_IP_LEN - 28];
+    let ip_len = usize::from(ip.total_len).min(frame.len() - l3).min(quoted.len());
+    quoted[..ip_len].copy_from_slice(&frame.data()[l3..l3 + ip_len]);
+    let err = IcmpError {
+        eth_src: meta.dst_mac,
+        eth_dst: meta.src_mac,
+        src_ip: ip.dst,
+        dst_ip: ip.src,
+        icmp_type: icmp::TYPE_DEST_UNREACHABLE,
+        code: icmp::CODE_PORT_UNREACHABLE,
+        next_hop_mtu: 0,
+    };
+    let len = icmp::write_error(frame.spare_mut(), &err, &quoted[..ip_len]);
+    frame.set_len(len);
+    frame.offload = Offload::NONE;
+    ctx.events.service_rejects.inc();
+    ControlFlow::Break(Verdict::Forward(port.id))
+}
+
+/// Rewrites 4 bytes at `at` (an address in a header covered by checksums `sums`),
+/// adjusting each checksum incrementally.
+fn rewrite_addr(data: &mut [u8], at: usize, new: Ipv4Addr, sums: &[usize]) {
+    let old = u32::from_be_bytes(data[at..at + 4].try_into().expect("4 bytes"));
+    let new = u32::from(new);
+    data[at..at + 4].copy_from_slice(&new.to_be_bytes());
+    for s in sums {
+        let c = u16::from_be_bytes([data[*s], data[*s + 1]]);
+        data[*s..*s + 2].copy_from_slice(&update_u32(c, old, new).to_be_bytes());
+    }
+}
+
+fn rewrite_port(data: &mut [u8], at: usize, new: u16, sums: &[usize]) {
+    let old = u16::from_be_bytes([data[at], data[at + 1]]);
+    data[at..at + 2].copy_from_slice(&new.to_be_bytes());
+    for s in sums {
+        let c = u16::from_be_bytes([data[*s], data[*s + 1]]);
+        data[*s..*s + 2].copy_from_slice(&update_u16(c, old, new).to_be_bytes());
+    }
+}
+
+/// An ICMP error quoting a packet of a translated flow: the quoted packet and the outer
+/// addresses are rewritten to what the receiver of the error sent or expects, so
+/// "connection refused" and path-MTU discovery work through a Service.
+fn icmp_error(
+    ctx: &NatContext<'_, '_>,
+    port: &PortEntry,
+    frame: &mut Frame,
+    meta: &FrameMeta,
+    ip: &Ipv4Meta,
+) -> ControlFlow<Verdict> {
+    let l4 = usize::from(ip.l4_offset);
+    let end = usize::from(meta.l3_offset) + usize::from(ip.total_len);
+    let data = frame.data();
+    let inner = l4 + 8;
+    // The quoted IP header and at least the 8 bytes of ports and UDP checksum.
+    let Some(&vihl) = data.get(inner) else { return ControlFlow::Continue(()) };
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    let inner_l4 = inner + ihl;
+    if vihl >> 4 != 4 || ihl < 20 || inner_l4 + 8 > end {
+        return ControlFlow::Continue(());
+    }
+    let proto = data[inner + 9];
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return ControlFlow::Continue(());
+    }
+    let addr = |at: usize| Ipv4Addr::new(data[at], data[at + 1], data[at + 2], data[at + 3]);
+    let port_at = |at: usize| u16::from_be_bytes([data[at], data[at + 1]]);
+    let quoted = Tuple {
+        proto,
+        src: addr(inner + 12),
+        src_port: port_at(inner_l4),
+        dst: addr(inner + 16),
+        dst_port: port_at(inner_l4 + 2),
+    };
+    let Some((conn, dir)) = ctx.ct.lookup(&quoted.reversed()) else { return ControlFlow::Continue(()) };
+    // The quoted packet went the other way: `dir` is the direction of this error's
+    // receiver's packets. Rewrite the quoted packet to what that receiver sent.
+    let (want, towards_client) = match dir {
+        // reversed(quoted) is the reply tuple: quoted is an orig packet after translation.
+        Direction::Reply => (conn.orig, true),
+        // reversed(quoted) is the orig tuple: quoted is a reply packet after translation.
+        Direction::Orig => (conn.reply, false),
+    };
+    let seen = quoted;
+    let outer_dst = want.src;
+    // The quoted packet's endpoint that generated the error (if it did) hides behind
+    // the address its peer knows.
+    let outer_src = if ip.src == seen.dst { Some(want.dst) } else { None };
+
+    let data = frame.data_mut();
+    let inner_sum = inner + 10;
+    // A quoted L4 checksum is adjusted only if it is there whole (and, for UDP, in use).
+    let l4_sum = match proto {
+        IPPROTO_UDP if u16::from_be_bytes([data[inner_l4 + 6], data[inner_l4 + 7]]) != 0 => {
+            Some(inner_l4 + 6)
+        }
+        IPPROTO_TCP if inner_l4 + 18 <= end => Some(inner_l4 + 16),
+        _ => None,
+    };
+    let addr_sums: Vec<usize> = std::iter::once(inner_sum).chain(l4_sum).collect();
+    let port_sums: Vec<usize> = l4_sum.into_iter().collect();
+    if seen.src != want.src {
+        rewrite_addr(data, inner + 12, want.src, &addr_sums);
+    }
+    if seen.dst != want.dst {
+        rewrite_addr(data, inner + 16, want.dst, &addr_sums);
+    }
+    if seen.src_port != want.src_port {
+        rewrite_port(data, inner_l4, want.src_port, &port_sums);
+    }
+    if seen.dst_port != want.dst_port {
+        rewrite_port(data, inner_l4 + 2, want.dst_port, &port_sums);
+    }
+    {
+        let mut p = Ipv4Mut::new(data, meta.l3_offset, ip);
+        p.set_destination(outer_dst);
+        if let Some(src) = outer_src {
+            p.set_source(src);
+        }
+    }
+    // The ICMP checksum covers everything after it: recompute (at most 576 bytes).
+    data[l4 + 2..l4 + 4].copy_from_slice(&[0, 0]);
+    let c = checksum::checksum(&data[l4..end]);
+    data[l4 + 2..l4 + 4].copy_from_slice(&c.to_be_bytes());
+    ctx.events.icmp_translated.inc();
+    let gateway_mac =
+        ctx.tables.segment(port.segment).and_then(|s| s.config.gateway).map_or(meta.dst_mac, |g| g.mac);
+    let return_path = if towards_client { conn.return_path } else { None };
+    route(ctx, port, frame, outer_dst, return_path, gateway_mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::ConntrackConfig;
+    use crate::fdb::FdbConfig;
+    use crate::frame::FramePool;
+    use crate::pipeline::{Pipeline, SharedState, TxBatches};
+    use crate::services::{EndpointSpec, ServicePortSpec, ServiceTable};
+    use crate::stats::WorkerStats;
+    use crate::tables::tests::{pod, segment0};
+    use crate::tables::{TablesBuilder, WorkerSet};
+    use crate::testing::{FrameSpec, mac};
+    use crate::wire::checksum::{fold, pseudo_header_v4, sum};
+    use crate::wire::parse::{TCP_ACK, TCP_SYN};
+    use crate::wire::{L4, parse};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    const GW: u32 = 0xffff;
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+    const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, 1, last)
+    }
+
+    struct Rig {
+        tables: Tables,
+        pipeline: Pipeline,
+        state: SharedState,
+        pool: FramePool,
+        out: TxBatches,
+        now: u32,
+    }
+
+    fn endpoint(last: u8) -> EndpointSpec {
+        EndpointSpec { ip: ip(last), port: 8080, ready: true, serving: true, terminating: false, local: true }
+    }
+
+    fn web(endpoints: Vec<EndpointSpec>) -> ServicePortSpec {
+        ServicePortSpec {
+            name: "default/web:http".into(),
+            vip: VIP,
+            port: 80,
+            protocol: IPPROTO_TCP,
+            node_port: Some(30080),
+            endpoints,
+            affinity_timeout: None,
+            external_local: false,
+        }
+    }
+
+    impl Rig {
+        /// Pods 1..=3 (10.244.1.2-4), uplink 8, the given Services.
+        fn new(specs: Vec<ServicePortSpec>, ct: ConntrackConfig) -> Rig {
+            let mut b = TablesBuilder::default();
+            b.add_segment(segment0()).unwrap();
+            for i in 1..=3u8 {
+                b.add_port(pod(u16::from(i), [10, 244, 1, i + 1])).unwrap();
+            }
+            b.add_port(PortEntry {
+                id: 8,
+                name: "uplink".into(),
+                kind: PortKind::Uplink,
+                segment: 0,
+                mac: None,
+                ipv4: vec![],
+                ipv6: vec![],
+                port_security: false,
+                mtu: 1500,
+                tx_workers: WorkerSet::single(0),
+                offloads: false,
+            })
+            .unwrap();
+            let (svc, _) =
+                ServiceTable::build(&specs, Some(NODE), Ipv4Addr::new(169, 254, 42, 1), &HashMap::new());
+            b.set_services(Arc::new(svc));
+            let state = SharedState::new(FdbConfig::default(), ct);
+            Rig {
+                tables: b.build().unwrap(),
+                pipeline: Pipeline::new(&state, Arc::new(WorkerStats::new(16))),
+                state,
+                pool: FramePool::standalone(2048),
+                out: TxBatches::new(16),
+                now: 10,
+            }
+        }
+
+        fn send(&mut self, ingress: u16, frame: Vec<u8>) -> Vec<(u16, Vec<u8>)> {
+            let mut batch = vec![self.pool.copy_of(&frame).unwrap()];
+            self.pipeline.process(&self.tables, ingress, self.now, &mut batch, &mut self.pool, &mut self.out);
+            let mut sent = Vec::new();
+            let pool = &mut self.pool;
+            self.out.flush(|port, frames| {
+                for f in frames.drain(..) {
+                    sent.push((port, f.data().to_vec()));
+                    pool.put(f);
+                }
+            });
+            sent
+        }
+
+        fn drops(&self, port: u16, r: DropReason) -> u64 {
+            self.pipeline.stats().drops(port, r)
+        }
+    }
+
+    /// Every checksum of an IPv4 TCP/UDP/ICMP frame, from scratch.
+    fn assert_valid(frame: &[u8]) -> Ipv4Meta {
+        let m = parse(frame).expect("parses (IPv4 header checksum verified)");
+        let Net::Ipv4(v4) = m.net else { panic!() };
+        let l4 = &frame[usize::from(v4.l4_offset)..14 + usize::from(v4.total_len)];
+        match v4.l4 {
+            L4::Tcp { .. } | L4::Udp { .. } => {
+                let p = pseudo_header_v4(v4.src, v4.dst, v4.protocol, l4.len() as u16);
+                assert_eq!(!fold(sum(l4, p)), 0, "L4 checksum");
+            }
+            L4::Icmpv4 { .. } => assert_eq!(checksum::checksum(l4), 0, "ICMP checksum"),
+            _ => {}
+        }
+        v4
+    }
+
+    fn syn(src_mac: u32, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+        FrameSpec::tcp(mac(src_mac), mac(GW), src, dst, sport, dport, TCP_SYN).payload(b"x").build()
+    }
+
+    #[test]
+    fn a_flow_to_a_vip_is_translated_both_ways() {
+        let mut r = Rig::new(vec![web(vec![endpoint(3), endpoint(4)])], ConntrackConfig::default());
+        let out = r.send(1, syn(1, ip(2), 40000, VIP, 80));
+        let [(egress, f)] = out.as_slice() else { panic!("{out:?}") };
+        let v4 = assert_valid(f);
+        let backend = v4.dst;
+        assert!(backend == ip(3) || backend == ip(4));
+        assert_eq!(*egress, if backend == ip(3) { 2 } else { 3 });
+        assert_eq!(v4.l4, L4::Tcp { src_port: 40000, dst_port: 8080, flags: TCP_SYN });
+        assert_eq!((v4.src, v4.ttl), (ip(2), 63), "no SNAT; routed: TTL decremented");
+        assert_eq!((&f[0..6], &f[6..12]), (&mac(u32::from(*egress)).0[..], &mac(GW).0[..]));
+        assert_eq!(r.state.conntrack.len(), 1);
+
+        // The endpoint answers the client directly (same subnet): un-DNATed to the VIP.
+        let reply =
+            FrameSpec::tcp(mac(u32::from(*egress)), mac(1), backend, ip(2), 8080, 40000, TCP_SYN | TCP_ACK)
+                .build();
+        let back = r.send(*egress, reply);
+        let [(1, f)] = back.as_slice() else { panic!("{back:?}") };
+        let v4 = assert_valid(f);
+        assert_eq!((v4.src, v4.dst, v4.ttl), (VIP, ip(2), 64), "from the VIP; not routed, TTL kept");
+        assert_eq!(v4.l4, L4::Tcp { src_port: 80, dst_port: 40000, flags: TCP_SYN | TCP_ACK });
+        assert_eq!(&f[6..12], &mac(GW).0[..]);
+
+        // The rest of the flow sticks to the same endpoint.
+        for _ in 0..5 {
+            let more = FrameSpec::tcp(mac(1), mac(GW), ip(2), VIP, 40000, 80, TCP_ACK).build();
+            let [(e, f)] = r.send(1, more).try_into().unwrap();
+            assert_eq!((e, assert_valid(&f).dst), (*egress, backend));
+        }
+        assert_eq!(r.pipeline.stats().events.service_flows.get(), 1);
+    }
+
+    #[test]
+    fn no_endpoints_is_refused_with_icmp_from_the_vip() {
+        let mut r = Rig::new(vec![web(vec![])], ConntrackConfig::default());
+        let out = r.send(1, syn(1, ip(2), 40000, VIP, 80));
+        let [(1, f)] = out.as_slice() else { panic!("{out:?}") };
+        let v4 = assert_valid(f);
+        assert_eq!((v4.src, v4.dst), (VIP, ip(2)));
+        assert_eq!(v4.l4, L4::Icmpv4 { icmp_type: 3, code: 3 });
+        assert_eq!(
+            u16::from_be_bytes([f[14 + 28 + 20], f[14 + 28 + 21]]),
+            40000,
+            "quotes the client's packet"
+        );
+        assert_eq!(r.pipeline.stats().events.service_rejects.get(), 1);
+        assert!(r.state.conntrack.is_empty());
+    }
+
+    #[test]
+    fn hairpin_gets_source_nat_and_comes_back() {
+        let mut r = Rig::new(vec![web(vec![endpoint(2)])], ConntrackConfig::default());
+        let out = r.send(1, syn(1, ip(2), 40000, VIP, 80));
+        let [(1, f)] = out.as_slice() else { panic!("{out:?}") };
+        let v4 = assert_valid(f);
+        assert_eq!(
+            (v4.src, v4.dst),
+            (Ipv4Addr::new(169, 254, 42, 1), ip(2)),
+            "to itself, from the hairpin address"
+        );
+        // Its answer goes to the hairpin address via the gateway, and comes back as the VIP.
+        let reply = FrameSpec::tcp(
+            mac(1),
+            mac(GW),
+            ip(2),
+            Ipv4Addr::new(169, 254, 42, 1),
+            8080,
+            40000,
+            TCP_SYN | TCP_ACK,
+        )
+        .build();
+        let back = r.send(1, reply);
+        let [(1, f)] = back.as_slice() else { panic!("{back:?}") };
+        let v4 = assert_valid(f);
+        assert_eq!((v4.src, v4.dst), (VIP, ip(2)));
+        assert_eq!(v4.l4, L4::Tcp { src_port: 80, dst_port: 40000, flags: TCP_SYN | TCP_ACK });
+    }
+
+    #[test]
+    fn node_port_from_outside_with_cluster_policy() {
+        let mut r = Rig::new(vec![web(vec![endpoint(3)])], ConntrackConfig::default());
+        let client = Ipv4Addr::new(192, 168, 50, 99);
+        let from_outside =
+            FrameSpec::tcp(mac(0x500), mac(0x600), client, NODE, 50000, 30080, TCP_SYN).build();
+        let out = r.send(8, from_outside);
+        let [(2, f)] = out.as_slice() else { panic!("{out:?}") };
+        let v4 = assert_valid(f);
+        assert_eq!((v4.src, v4.dst), (NODE, ip(3)), "source NAT to the node's address");
+        let reply = FrameSpec::tcp(mac(2), mac(GW), ip(3), NODE, 8080, 50000, TCP_SYN | TCP_ACK).build();
+        let back = r.send(2, reply);
+        let [(8, f)] = back.as_slice() else { panic!("{back:?}") };
+        let v4 = assert_valid(f);
+        assert_eq!((v4.src, v4.dst), (NODE, client));
+        assert_eq!(v4.l4, L4::Tcp { src_port: 30080, dst_port: 50000, flags: TCP_SYN | TCP_ACK });
+        assert_eq!((&f[0..6], &f[6..12]), (&mac(0x500).0[..], &mac(0x600).0[..]), "back to the client's MAC");
+        // A pod cannot reach NodePorts by the node address (they are for outside traffic).
+        let from_pod = FrameSpec::tcp(mac(1), mac(GW), ip(2), NODE, 40000, 30080, TCP_SYN).build();
+        for (_, f) in r.send(1, from_pod) {
+            let v4 = assert_valid(&f);
+            assert_eq!((v4.dst, v4.l4), (NODE, L4::Tcp { src_port: 40000, dst_port: 30080, flags: TCP_SYN }));
+        }
+    }
+
+    #[test]
+    fn local_policy_without_local_endpoints_drops() {
+        let mut remote = endpoint(3);
+        remote.local = false;
+        let mut spec = web(vec![remote]);
+        spec.external_local = true;
+        let mut r = Rig::new(vec![spec], ConntrackConfig::default());
+        let from_outside = FrameSpec::tcp(
+            mac(0x500),
+            mac(0x600),
+            Ipv4Addr::new(192, 168, 50, 99),
+            NODE,
+            50000,
+            30080,
+            TCP_SYN,
+        )
+        .build();
+        assert!(r.send(8, from_outside).is_empty());
+        assert_eq!(r.drops(8, DropReason::ServiceNoLocalEndpoints), 1);
+    }
+
+    #[test]
+    fn session_affinity_pins_a_client() {
+        let mut spec = web((3..=4).map(endpoint).collect());
+        spec.affinity_timeout = Some(10800);
+        let mut r = Rig::new(vec![spec], ConntrackConfig::default());
+        let first = r.send(1, syn(1, ip(2), 40000, VIP, 80))[0].0;
+        for port in 40001..40050 {
+            assert_eq!(
+                r.send(1, syn(1, ip(2), port, VIP, 80))[0].0,
+                first,
+                "same endpoint for every new flow"
+            );
+        }
+        assert_eq!(r.state.affinity.len(), 1);
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_flows_only() {
+        let mut r =
+            Rig::new(vec![web(vec![endpoint(3)])], ConntrackConfig { max_entries: 2, ..Default::default() });
+        assert_eq!(r.send(1, syn(1, ip(2), 40000, VIP, 80)).len(), 1);
+        assert_eq!(r.send(1, syn(1, ip(2), 40001, VIP, 80)).len(), 1);
+        assert!(r.send(1, syn(1, ip(2), 40002, VIP, 80)).is_empty());
+        assert_eq!(r.drops(1, DropReason::ConntrackFull), 1);
+        let established = FrameSpec::tcp(mac(1), mac(GW), ip(2), VIP, 40000, 80, TCP_ACK).build();
+        assert_eq!(r.send(1, established).len(), 1, "established flows keep working");
+    }
+
+    /// An endpoint's ICMP port unreachable about a UDP datagram sent to the VIP reaches
+    /// the client as if the VIP had sent it, quoting the datagram the client sent.
+    #[test]
+    fn icmp_errors_are_translated_back() {
+        let mut spec = web(vec![endpoint(3)]);
+        spec.protocol = IPPROTO_UDP;
+        let mut r = Rig::new(vec![spec], ConntrackConfig::default());
+        let query = FrameSpec::udp(mac(1), mac(GW), ip(2), VIP, 5353, 80).payload(b"query").build();
+        let [(to, delivered)]: [(u16, Vec<u8>); 1] = r.send(1, query.clone()).try_into().unwrap();
+        assert_eq!(to, 2);
+        // The endpoint's kernel answers with port unreachable, quoting what it got.
+        let mut err = vec![0u8; icmp::MAX_ERROR_FRAME_LEN];
+        let e = IcmpError {
+            eth_src: mac(2),
+            eth_dst: mac(1),
+            src_ip: ip(3),
+            dst_ip: ip(2),
+            icmp_type: 3,
+            code: 3,
+            next_hop_mtu: 0,
+        };
+        let n = icmp::write_error(&mut err, &e, &delivered[14..]);
+        let back = r.send(2, err[..n].to_vec());
+        let [(1, f)] = back.as_slice() else { panic!("{back:?}") };
+        let v4 = assert_valid(f);
+        assert_eq!((v4.src, v4.dst), (VIP, ip(2)), "from the VIP");
+        let quoted = &f[14 + 28..];
+        assert_eq!(checksum::checksum(&quoted[..20]), 0, "the quoted IP header's checksum still verifies");
+        assert_eq!(
+            (&quoted[12..16], &quoted[16..20]),
+            (&query[26..30], &query[30..34]),
+            "client -> VIP, as sent"
+        );
+        assert_eq!(quoted[8], query[22] - 1, "the TTL the endpoint saw (one routed hop)");
+        assert_eq!(&quoted[20..28], &query[34..42], "and its UDP header, checksum included");
+        assert_eq!(r.pipeline.stats().events.icmp_translated.get(), 1);
+    }
+
+    #[test]
+    fn unrelated_traffic_is_untouched() {
+        let mut r = Rig::new(vec![web(vec![endpoint(3)])], ConntrackConfig::default());
+        // Pod to pod, and an endpoint's traffic that belongs to no Service flow.
+        let plain = FrameSpec::tcp(mac(1), mac(3), ip(2), ip(4), 1000, 2000, TCP_SYN).build();
+        assert_eq!(r.send(1, plain.clone()), vec![(3, plain)]);
+        let from_endpoint = FrameSpec::tcp(mac(2), mac(3), ip(3), ip(4), 8080, 2000, TCP_ACK).build();
+        assert_eq!(r.send(2, from_endpoint.clone()), vec![(3, from_endpoint)]);
+        assert!(r.state.conntrack.is_empty());
+    }
+}

@@ -1,0 +1,394 @@
+//! The Service table workers read — part of the tables snapshot, built by the control
+//! plane from Service specs — and the session-affinity table they write.
+//!
+//! A Service port (VIP, port, protocol; optionally a NodePort) has the endpoints a new
+//! flow may go to and a [`Maglev`] table over them. New flows go to ready endpoints; when
+//! none is ready, to serving ones that are terminating (as kube-proxy does); established
+//! flows are conntrack's business and never look here.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use papaya::Guard;
+
+use crate::maglev::Maglev;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
+/// An endpoint as the data path needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// On this node (in its pod CIDR): eligible for `externalTrafficPolicy: Local`.
+    pub local: bool,
+}
+
+impl Backend {
+    /// Identity for Maglev and affinity.
+    pub fn key(&self) -> u64 {
+        (u64::from(u32::from(self.ip)) << 16) | u64::from(self.port)
+    }
+}
+
+/// An endpoint with its EndpointSlice conditions, as the control plane gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub local: bool,
+}
+
+/// One Service port, as the control plane describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePortSpec {
+    /// `namespace/name:port-name`, for diagnostics.
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u8,
+    pub node_port: Option<u16>,
+    pub endpoints: Vec<EndpointSpec>,
+    /// `sessionAffinity: ClientIP` with this timeout (seconds).
+    pub affinity_timeout: Option<u32>,
+    /// `externalTrafficPolicy: Local`: NodePort traffic to local endpoints only, not
+    /// source-NATed.
+    pub external_local: bool,
+}
+
+/// A Service port as workers use it.
+#[derive(Clone, Debug)]
+pub struct ServicePort {
+    pub id: u32,
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: u8,
+    pub node_port: Option<u16>,
+    /// Where new flows may go.
+    pub backends: Vec<Backend>,
+    pub maglev: Option<Maglev>,
+    /// The local ones among them, for `externalTrafficPolicy: Local`.
+    pub local_backends: Vec<Backend>,
+    pub local_maglev: Option<Maglev>,
+    pub affinity_timeout: Option<u32>,
+    pub external_local: bool,
+}
+
+impl ServicePort {
+    /// Picks a backend for a new flow with hash `h`: `None` when there is none.
+    #[inline]
+    pub fn pick(&self, h: u64, local_only: bool) -> Option<Backend> {
+        let (list, table) = if local_only {
+            (&self.local_backends, &self.local_maglev)
+        } else {
+            (&self.backends, &self.maglev)
+        };
+        table.as_ref().map(|t| list[t.pick(h)])
+    }
+
+    pub fn has_backend(&self, key: u64, local_only: bool) -> bool {
+        let list = if local_only { &self.local_backends } else { &self.backends };
+        list.iter().any(|b| b.key() == key)
+    }
+}
+
+#[inline]
+fn vip_key(ip: Ipv4Addr, port: u16, proto: u8) -> u64 {
+    (u64::from(u32::from(ip)) << 24) | (u64::from(port) << 8) | u64::from(proto)
+}
+
+/// Every Service port, indexed for the data path.
+#[derive(Clone, Debug)]
+pub struct ServiceTable {
+    ports: Vec<ServicePort>,
+    by_vip: FastMap<u64, u32>,
+    by_node_port: FastMap<u32, u32>,
+    vips: FastSet<u32>,
+    /// (ip, port, proto) of every endpoint in any condition: a packet from one may be a
+    /// reply of a translated flow.
+    endpoints: FastSet<u64>,
+    /// The node's own address: NodePort traffic is addressed to it, and it is the source
+    /// address of NodePort flows with `externalTrafficPolicy: Cluster`.
+    pub node_ip: Option<Ipv4Addr>,
+    /// The source address given to a pod's flow to its own Service when it is picked as
+    /// the endpoint (hairpin), so its reply comes back through the switch.
+    pub hairpin_ip: Ipv4Addr,
+}
+
+/// The default hairpin source address: link-local, so it can clash with no pod, node
+/// or Service address, and pods reach it through their default route (the gateway).
+pub const DEFAULT_HAIRPIN_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
+
+impl Default for ServiceTable {
+    fn default() -> Self {
+        ServiceTable {
+            ports: Vec::new(),
+            by_vip: FastMap::default(),
+            by_node_port: FastMap::default(),
+            vips: FastSet::default(),
+            endpoints: FastSet::default(),
+            node_ip: None,
+            hairpin_ip: DEFAULT_HAIRPIN_IP,
+        }
+    }
+}
+
+impl ServiceTable {
+    /// Builds the table. `previous_sizes` gives each port's last Maglev table size by name
+    /// (sizes only grow, see [`crate::maglev::table_size`]); the sizes used are returned.
+    pub fn build(
+        specs: &[ServicePortSpec],
+        node_ip: Option<Ipv4Addr>,
+        hairpin_ip: Ipv4Addr,
+        previous_sizes: &HashMap<String, usize>,
+    ) -> (ServiceTable, HashMap<String, usize>) {
+        let mut t = ServiceTable { node_ip, hairpin_ip, ..Default::default() };
+        let mut sizes = HashMap::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let id = i as u32;
+            let ready: Vec<&EndpointSpec> = spec.endpoints.iter().filter(|e| e.ready).collect();
+            // No ready endpoint: serving ones that are terminating still take new flows.
+            let eligible: Vec<&EndpointSpec> =
+                if ready.is_empty() { spec.endpoints.iter().filter(|e| e.serving).collect() } else { ready };
+            let backends: Vec<Backend> =
+                eligible.iter().map(|e| Backend { ip: e.ip, port: e.port, local: e.local }).collect();
+            let local_backends: Vec<Backend> = backends.iter().copied().filter(|b| b.local).collect();
+            let prev = previous_sizes.get(&spec.name).copied().unwrap_or(0);
+            let maglev = Maglev::build(&backends.iter().map(Backend::key).collect::<Vec<_>>(), prev);
+            let local_prev = previous_sizes.get(&format!("{}#local", spec.name)).copied().unwrap_or(0);
+            let local_maglev =
+                Maglev::build(&local_backends.iter().map(Backend::key).collect::<Vec<_>>(), local_prev);
+            if let Some(m) = &maglev {
+                sizes.insert(spec.name.clone(), m.len());
+            }
+            if let Some(m) = &local_maglev {
+                sizes.insert(format!("{}#local", spec.name), m.len());
+            }
+            for e in &spec.endpoints {
+                t.endpoints.insert(vip_key(e.ip, e.port, spec.protocol));
+            }
+            t.by_vip.insert(vip_key(spec.vip, spec.port, spec.protocol), id);
+            t.vips.insert(u32::from(spec.vip));
+            if let Some(np) = spec.node_port {
+                t.by_node_port.insert((u32::from(np) << 8) | u32::from(spec.protocol), id);
+            }
+            t.ports.push(ServicePort {
+                id,
+                name: spec.name.clone(),
+                vip: spec.vip,
+                port: spec.port,
+                protocol: spec.protocol,
+                node_port: spec.node_port,
+                backends,
+                maglev,
+                local_backends,
+                local_maglev,
+                affinity_timeout: spec.affinity_timeout,
+                external_local: spec.external_local,
+            });
+        }
+        (t, sizes)
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty()
+    }
+
+    pub fn ports(&self) -> &[ServicePort] {
+        &self.ports
+    }
+
+    pub fn port(&self, id: u32) -> Option<&ServicePort> {
+        self.ports.get(id as usize)
+    }
+
+    #[inline]
+    pub fn by_vip(&self, ip: Ipv4Addr, port: u16, proto: u8) -> Option<&ServicePort> {
+        self.by_vip.get(&vip_key(ip, port, proto)).map(|i| &self.ports[*i as usize])
+    }
+
+    #[inline]
+    pub fn by_node_port(&self, port: u16, proto: u8) -> Option<&ServicePort> {
+        self.by_node_port.get(&((u32::from(port) << 8) | u32::from(proto))).map(|i| &self.ports[*i as usize])
+    }
+
+    #[inline]
+    pub fn is_vip(&self, ip: Ipv4Addr) -> bool {
+        self.vips.contains(&u32::from(ip))
+    }
+
+    #[inline]
+    pub fn is_endpoint(&self, ip: Ipv4Addr, port: u16, proto: u8) -> bool {
+        self.endpoints.contains(&vip_key(ip, port, proto))
+    }
+
+    /// An address this switch source-NATs to: replies to it may belong to a flow.
+    #[inline]
+    pub fn is_snat_address(&self, ip: Ipv4Addr) -> bool {
+        ip == self.hairpin_ip || Some(ip) == self.node_ip
+    }
+}
+
+/// `sessionAffinity: ClientIP`: which backend a client was last sent to, per Service
+/// port, written by workers and expired by housekeeping.
+pub struct Affinity {
+    map: papaya::HashMap<u64, AffinityEntry, foldhash::fast::RandomState>,
+}
+
+struct AffinityEntry {
+    backend: u64,
+    last_used: AtomicU32,
+    timeout: u32,
+}
+
+impl Default for Affinity {
+    fn default() -> Self {
+        Affinity { map: papaya::HashMap::builder().hasher(foldhash::fast::RandomState::default()).build() }
+    }
+}
+
+#[inline]
+fn affinity_key(service: u32, client: Ipv4Addr) -> u64 {
+    (u64::from(service) << 32) | u64::from(u32::from(client))
+}
+
+impl Affinity {
+    /// The backend `client` was last given for `service`, if still within `timeout`.
+    pub fn get(&self, service: u32, client: Ipv4Addr, now: u32) -> Option<u64> {
+        let guard = self.map.guard();
+        let e = self.map.get(&affinity_key(service, client), &guard)?;
+        (now.saturating_sub(e.last_used.load(Ordering::Relaxed)) <= e.timeout).then_some(e.backend)
+    }
+
+    /// Records (or refreshes) `client`'s backend for `service`.
+    pub fn set(&self, service: u32, client: Ipv4Addr, backend: u64, timeout: u32, now: u32) {
+        let guard = self.map.guard();
+        let key = affinity_key(service, client);
+        match self.map.get(&key, &guard) {
+            Some(e) if e.backend == backend => e.last_used.store(now, Ordering::Relaxed),
+            _ => {
+                self.map.insert(
+                    key,
+                    AffinityEntry { backend, last_used: AtomicU32::new(now), timeout },
+                    &guard,
+                );
+            }
+        }
+    }
+
+    /// Forgets clients idle past their Service's timeout.
+    pub fn expire(&self, now: u32) -> usize {
+        let guard = self.map.guard();
+        let before = self.map.len();
+        self.map.retain(|_, e| now.saturating_sub(e.last_used.load(Ordering::Relaxed)) <= e.timeout, &guard);
+        guard.flush();
+        before.saturating_sub(self.map.len())
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::parse::{IPPROTO_TCP, IPPROTO_UDP};
+
+    fn ep(last: u8, ready: bool, serving: bool, terminating: bool) -> EndpointSpec {
+        EndpointSpec {
+            ip: Ipv4Addr::new(10, 244, 1, last),
+            port: 8080,
+            ready,
+            serving,
+            terminating,
+            local: last < 100,
+        }
+    }
+
+    fn spec(endpoints: Vec<EndpointSpec>) -> ServicePortSpec {
+        ServicePortSpec {
+            name: "default/web:http".into(),
+            vip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            protocol: IPPROTO_TCP,
+            node_port: Some(30080),
+            endpoints,
+            affinity_timeout: None,
+            external_local: false,
+        }
+    }
+
+    #[test]
+    fn lookups_and_eligibility() {
+        let specs =
+            vec![spec(vec![ep(2, true, true, false), ep(3, false, true, true), ep(150, true, true, false)])];
+        let (t, sizes) = ServiceTable::build(
+            &specs,
+            Some(Ipv4Addr::new(192, 168, 0, 1)),
+            Ipv4Addr::new(169, 254, 1, 1),
+            &HashMap::new(),
+        );
+        let sp = t.by_vip(Ipv4Addr::new(10, 96, 0, 10), 80, IPPROTO_TCP).unwrap();
+        assert!(
+            t.by_vip(Ipv4Addr::new(10, 96, 0, 10), 80, IPPROTO_UDP).is_none(),
+            "protocol is part of the key"
+        );
+        assert_eq!(sp.backends.len(), 2, "only ready endpoints take new flows");
+        assert_eq!(sp.local_backends.len(), 1);
+        assert!(t.by_node_port(30080, IPPROTO_TCP).is_some());
+        assert!(
+            t.is_endpoint(Ipv4Addr::new(10, 244, 1, 3), 8080, IPPROTO_TCP),
+            "terminating ones still answer"
+        );
+        assert!(t.is_vip(Ipv4Addr::new(10, 96, 0, 10)) && !t.is_vip(Ipv4Addr::new(10, 96, 0, 11)));
+        assert!(
+            t.is_snat_address(Ipv4Addr::new(169, 254, 1, 1))
+                && t.is_snat_address(Ipv4Addr::new(192, 168, 0, 1))
+        );
+        assert_eq!(sizes["default/web:http"], 251);
+        // Every pick is one of the eligible backends.
+        for h in 0..1000u64 {
+            let b = sp.pick(crate::maglev::mix64(h), false).unwrap();
+            assert!(b.ip.octets()[3] == 2 || b.ip.octets()[3] == 150);
+            assert_eq!(sp.pick(h, true).unwrap().ip.octets()[3], 2);
+        }
+    }
+
+    #[test]
+    fn terminating_serving_endpoints_are_the_fallback() {
+        let specs = vec![spec(vec![ep(3, false, true, true), ep(4, false, false, true)])];
+        let (t, _) = ServiceTable::build(&specs, None, Ipv4Addr::new(169, 254, 1, 1), &HashMap::new());
+        let sp = t.by_vip(Ipv4Addr::new(10, 96, 0, 10), 80, IPPROTO_TCP).unwrap();
+        assert_eq!(sp.backends.iter().map(|b| b.ip.octets()[3]).collect::<Vec<_>>(), vec![3]);
+        let none = vec![spec(vec![ep(4, false, false, true)])];
+        let (t, _) = ServiceTable::build(&none, None, Ipv4Addr::new(169, 254, 1, 1), &HashMap::new());
+        assert!(t.by_vip(Ipv4Addr::new(10, 96, 0, 10), 80, IPPROTO_TCP).unwrap().pick(7, false).is_none());
+    }
+
+    #[test]
+    fn affinity_remembers_within_its_timeout() {
+        let a = Affinity::default();
+        let client = Ipv4Addr::new(10, 244, 1, 9);
+        a.set(1, client, 42, 100, 0);
+        assert_eq!(a.get(1, client, 100), Some(42));
+        assert_eq!(a.get(1, client, 101), None);
+        assert_eq!(a.get(2, client, 0), None, "per Service");
+        a.set(1, client, 42, 100, 50);
+        assert_eq!(a.expire(150), 0);
+        assert_eq!(a.expire(151), 1);
+        assert!(a.is_empty());
+    }
+}
