@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
+use crate::services::{ConntrackView, ServicesView};
 use crate::types::{AttachRequest, DetachOutcome, ErrorBody, FdbEntry, PortInfo, Stats, Status};
 
 /// Why a request did not get a successful answer.
@@ -99,6 +100,20 @@ impl Client {
 
     pub async fn stats(&self) -> Result<Stats, ClientError> {
         self.call(Method::GET, "/v1/stats", None::<&()>).await
+    }
+
+    pub async fn services(&self) -> Result<ServicesView, ClientError> {
+        self.call(Method::GET, "/v1/services", None::<&()>).await
+    }
+
+    /// Reads the services file now instead of at the next poll.
+    pub async fn reload_services(&self) -> Result<ServicesView, ClientError> {
+        self.call(Method::POST, "/v1/services/reload", None::<&()>).await
+    }
+
+    /// The tracked flows, at most `limit` of them.
+    pub async fn conntrack(&self, limit: usize) -> Result<ConntrackView, ClientError> {
+        self.call(Method::GET, &format!("/v1/conntrack?limit={limit}"), None::<&()>).await
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(

@@ -13,15 +13,20 @@
 //! | `DELETE /v1/ports/{container_id}/{ifname}` | | [`DetachOutcome`] (200 whether or not it existed) |
 //! | `GET /v1/fdb` | | `[`[`FdbEntry`]`]` |
 //! | `GET /v1/stats` | | [`Stats`] |
+//! | `GET /v1/services` | | [`ServicesView`] |
+//! | `POST /v1/services/reload` | | [`ServicesView`] after reading the services file now, or 400 `invalid_services` naming the line and field |
+//! | `GET /v1/conntrack?limit=N` | | [`ConntrackView`] (at most N flows, default 1000) |
 //!
 //! A failure answers with a 4xx/5xx status and an [`ErrorBody`].
 
 #![forbid(unsafe_code)]
 
 mod client;
+mod services;
 mod types;
 
 pub use client::{Client, ClientError};
+pub use services::*;
 pub use types::*;
 
 /// Where the daemon listens unless configured otherwise.

@@ -183,6 +183,14 @@ pub struct Stats {
     /// Non-drop events: `fdb_learned`, `flooded`, `arp_replies`, ...
     pub events: BTreeMap<String, u64>,
     pub fdb_entries: usize,
+    /// Flows in the connection-tracking table (Service NAT).
+    #[serde(default)]
+    pub conntrack_entries: u32,
+    #[serde(default)]
+    pub conntrack_max_entries: u32,
+    /// Clients remembered for `ClientIP` session affinity.
+    #[serde(default)]
+    pub affinity_entries: usize,
     pub workers: Vec<WorkerStats>,
 }
 
@@ -194,6 +202,8 @@ pub mod codes {
     pub const INVALID_REQUEST: &str = "invalid_request";
     /// 413: the body is larger than the daemon accepts.
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// 400: the services file is not valid (message names the line and field).
+    pub const INVALID_SERVICES: &str = "invalid_services";
     /// 404: the network namespace path does not exist or is not a namespace.
     pub const NETNS_NOT_FOUND: &str = "netns_not_found";
     /// 404: no such port or route.

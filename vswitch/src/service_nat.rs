@@ -78,8 +78,7 @@ pub fn translate(
         }
     };
     let proto = ip.protocol;
-    let from_outside = port.kind != PortKind::Pod;
-    let to_node_port = from_outside && svc.node_ip == Some(ip.dst);
+    let to_node_port = svc.node_ip == Some(ip.dst);
     // Cheap tests first: most pod traffic has nothing to do with Services.
     if !(svc.is_vip(ip.dst)
         || to_node_port
@@ -105,7 +104,10 @@ pub fn translate(
         // A packet from an endpoint that belongs to no translated flow: ordinary traffic.
         None => return ControlFlow::Continue(()),
     };
-    new_flow(ctx, port, frame, meta, ip, t, flags, service, to_node_port)
+    // Pods reaching a NodePort are cluster traffic, as under kube-proxy: internal
+    // policy, no source NAT.
+    let external = to_node_port && port.kind != PortKind::Pod;
+    new_flow(ctx, port, frame, meta, ip, t, flags, service, external)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -118,10 +120,11 @@ fn new_flow(
     t: Tuple,
     flags: u8,
     sp: &ServicePort,
-    node_port: bool,
+    external: bool,
 ) -> ControlFlow<Verdict> {
     let svc = ctx.tables.services();
-    let local_only = node_port && sp.external_local;
+    // The traffic policy of where the flow came from: outside (NodePort) or a pod.
+    let local_only = if external { sp.external_local } else { sp.internal_local };
     let hash = flow_hash(u32::from(t.src), u32::from(t.dst), t.src_port, t.dst_port, t.proto);
     let sticky = sp.affinity_timeout.and_then(|_| ctx.affinity.get(sp.id, t.src, ctx.now));
     let backend = match sticky {
@@ -132,8 +135,9 @@ fn new_flow(
         _ => sp.pick(hash, local_only),
     };
     let Some(backend) = backend else {
-        if local_only {
-            // kube-proxy drops (not rejects) what a Local policy cannot serve here.
+        if local_only && !sp.backends.is_empty() {
+            // kube-proxy drops (not rejects) what a Local policy cannot serve here; a
+            // Service with no endpoints anywhere is rejected as usual.
             return drop(DropReason::ServiceNoLocalEndpoints);
         }
         return reject(ctx, port, frame, meta, ip);
@@ -141,7 +145,7 @@ fn new_flow(
     if let Some(timeout) = sp.affinity_timeout {
         ctx.affinity.set(sp.id, t.src, backend.key(), timeout, ctx.now);
     }
-    let snat = if node_port && !sp.external_local {
+    let snat = if external && !sp.external_local {
         svc.node_ip
     } else if backend.ip == t.src {
         Some(svc.hairpin_ip)
@@ -394,7 +398,7 @@ mod tests {
     use crate::fdb::FdbConfig;
     use crate::frame::FramePool;
     use crate::pipeline::{Pipeline, SharedState, TxBatches};
-    use crate::services::{EndpointSpec, ServicePortSpec, ServiceTable};
+    use crate::services::{BuildMemory, EndpointSpec, ServicePortSpec, ServiceTable};
     use crate::stats::WorkerStats;
     use crate::tables::tests::{pod, segment0};
     use crate::tables::{TablesBuilder, WorkerSet};
@@ -402,7 +406,6 @@ mod tests {
     use crate::wire::checksum::{fold, pseudo_header_v4, sum};
     use crate::wire::parse::{TCP_ACK, TCP_SYN};
     use crate::wire::{L4, parse};
-    use std::collections::HashMap;
     use std::sync::Arc;
 
     const GW: u32 = 0xffff;
@@ -413,7 +416,7 @@ mod tests {
         Ipv4Addr::new(10, 244, 1, last)
     }
 
-    struct Rig {
+    pub(super) struct Rig {
         tables: Tables,
         pipeline: Pipeline,
         state: SharedState,
@@ -436,12 +439,13 @@ mod tests {
             endpoints,
             affinity_timeout: None,
             external_local: false,
+            internal_local: false,
         }
     }
 
     impl Rig {
         /// Pods 1..=3 (10.244.1.2-4), uplink 8, the given Services.
-        fn new(specs: Vec<ServicePortSpec>, ct: ConntrackConfig) -> Rig {
+        pub(super) fn new(specs: Vec<ServicePortSpec>, ct: ConntrackConfig) -> Rig {
             let mut b = TablesBuilder::default();
             b.add_segment(segment0()).unwrap();
             for i in 1..=3u8 {
@@ -461,8 +465,12 @@ mod tests {
                 offloads: false,
             })
             .unwrap();
-            let (svc, _) =
-                ServiceTable::build(&specs, Some(NODE), Ipv4Addr::new(169, 254, 42, 1), &HashMap::new());
+            let svc = ServiceTable::build(
+                &specs,
+                Some(NODE),
+                Ipv4Addr::new(169, 254, 42, 1),
+                &mut BuildMemory::default(),
+            );
             b.set_services(Arc::new(svc));
             let state = SharedState::new(FdbConfig::default(), ct);
             Rig {
@@ -475,7 +483,7 @@ mod tests {
             }
         }
 
-        fn send(&mut self, ingress: u16, frame: Vec<u8>) -> Vec<(u16, Vec<u8>)> {
+        pub(super) fn send(&mut self, ingress: u16, frame: Vec<u8>) -> Vec<(u16, Vec<u8>)> {
             let mut batch = vec![self.pool.copy_of(&frame).unwrap()];
             self.pipeline.process(&self.tables, ingress, self.now, &mut batch, &mut self.pool, &mut self.out);
             let mut sent = Vec::new();
@@ -611,12 +619,21 @@ mod tests {
         assert_eq!((v4.src, v4.dst), (NODE, client));
         assert_eq!(v4.l4, L4::Tcp { src_port: 30080, dst_port: 50000, flags: TCP_SYN | TCP_ACK });
         assert_eq!((&f[0..6], &f[6..12]), (&mac(0x500).0[..], &mac(0x600).0[..]), "back to the client's MAC");
-        // A pod cannot reach NodePorts by the node address (they are for outside traffic).
+        // A pod reaching the NodePort is cluster traffic: translated, not source-NATed,
+        // and the reply comes back from the node's address and NodePort.
         let from_pod = FrameSpec::tcp(mac(1), mac(GW), ip(2), NODE, 40000, 30080, TCP_SYN).build();
-        for (_, f) in r.send(1, from_pod) {
-            let v4 = assert_valid(&f);
-            assert_eq!((v4.dst, v4.l4), (NODE, L4::Tcp { src_port: 40000, dst_port: 30080, flags: TCP_SYN }));
-        }
+        let out = r.send(1, from_pod);
+        let [(2, f)] = out.as_slice() else { panic!("{out:?}") };
+        let v4 = assert_valid(f);
+        assert_eq!((v4.src, v4.dst), (ip(2), ip(3)));
+        let reply = FrameSpec::tcp(mac(2), mac(1), ip(3), ip(2), 8080, 40000, TCP_SYN | TCP_ACK).build();
+        let back = r.send(2, reply);
+        let [(1, f)] = back.as_slice() else { panic!("{back:?}") };
+        let v4 = assert_valid(f);
+        assert_eq!(
+            (v4.src, v4.l4),
+            (NODE, L4::Tcp { src_port: 30080, dst_port: 40000, flags: TCP_SYN | TCP_ACK })
+        );
     }
 
     #[test]
@@ -638,6 +655,24 @@ mod tests {
         .build();
         assert!(r.send(8, from_outside).is_empty());
         assert_eq!(r.drops(8, DropReason::ServiceNoLocalEndpoints), 1);
+    }
+
+    #[test]
+    fn internal_local_policy_keeps_cluster_traffic_on_the_node() {
+        let mut remote = endpoint(4);
+        remote.local = false;
+        let mut spec = web(vec![endpoint(3), remote]);
+        spec.internal_local = true;
+        let mut r = Rig::new(vec![spec.clone()], ConntrackConfig::default());
+        for port in 40000..40040 {
+            let out = r.send(1, syn(1, ip(2), port, VIP, 80));
+            assert_eq!(assert_valid(&out[0].1).dst, ip(3), "only the local endpoint");
+        }
+        // No local endpoint: dropped, as kube-proxy does, not rejected.
+        spec.endpoints = vec![remote];
+        let mut r = Rig::new(vec![spec], ConntrackConfig::default());
+        assert!(r.send(1, syn(1, ip(2), 40000, VIP, 80)).is_empty());
+        assert_eq!(r.drops(1, DropReason::ServiceNoLocalEndpoints), 1);
     }
 
     #[test]
@@ -715,5 +750,112 @@ mod tests {
         let from_endpoint = FrameSpec::tcp(mac(2), mac(3), ip(3), ip(4), 8080, 2000, TCP_ACK).build();
         assert_eq!(r.send(2, from_endpoint.clone()), vec![(3, from_endpoint)]);
         assert!(r.state.conntrack.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::tests::Rig;
+    use super::*;
+    use crate::conntrack::ConntrackConfig;
+    use crate::services::{EndpointSpec, ServicePortSpec};
+    use crate::testing::{FrameSpec, mac};
+    use crate::wire::checksum::{fold, pseudo_header_v4, sum};
+    use crate::wire::parse;
+    use proptest::prelude::*;
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 7);
+
+    fn verify(frame: &[u8]) -> Ipv4Meta {
+        let m = parse(frame).expect("valid IPv4 header checksum");
+        let Net::Ipv4(v4) = m.net else { panic!("not IPv4") };
+        let l4 = &frame[usize::from(v4.l4_offset)..14 + usize::from(v4.total_len)];
+        let zero_udp = v4.protocol == IPPROTO_UDP && l4[6..8] == [0, 0];
+        if !zero_udp {
+            let p = pseudo_header_v4(v4.src, v4.dst, v4.protocol, l4.len() as u16);
+            assert_eq!(!fold(sum(l4, p)), 0, "L4 checksum recomputed from scratch");
+        }
+        v4
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// Any flow through DNAT and back: every checksum is what a from-scratch
+        /// computation gives, a zero UDP checksum stays zero, the payload is untouched.
+        #[test]
+        fn translated_packets_have_valid_checksums(
+            tcp in any::<bool>(),
+            client_port in 1u16..,
+            service_port in 1u16..,
+            target_port in 1u16..,
+            payload in proptest::collection::vec(any::<u8>(), 0..400),
+            zero_udp_checksum in any::<bool>(),
+            client_last in 2u8..=4,
+            endpoint_last in 2u8..=4,
+        ) {
+            let proto = if tcp { IPPROTO_TCP } else { IPPROTO_UDP };
+            let spec = ServicePortSpec {
+                name: "p/q:r".into(),
+                vip: VIP,
+                port: service_port,
+                protocol: proto,
+                node_port: None,
+                endpoints: vec![EndpointSpec {
+                    ip: Ipv4Addr::new(10, 244, 1, endpoint_last),
+                    port: target_port,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    local: true,
+                }],
+                affinity_timeout: None,
+                external_local: false,
+                internal_local: false,
+            };
+            let mut r = Rig::new(vec![spec], ConntrackConfig::default());
+            let client = Ipv4Addr::new(10, 244, 1, client_last);
+            let client_portid = u16::from(client_last) - 1;
+            let build = |src, dst, sport, dport, src_mac, dst_mac| {
+                let f = if tcp {
+                    FrameSpec::tcp(src_mac, dst_mac, src, dst, sport, dport, parse::TCP_ACK)
+                } else {
+                    FrameSpec::udp(src_mac, dst_mac, src, dst, sport, dport)
+                };
+                let mut f = f.payload(&payload).build();
+                if !tcp && zero_udp_checksum {
+                    f[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+                }
+                f
+            };
+            let out = r.send(client_portid, build(client, VIP, client_port, service_port, mac(u32::from(client_portid)), mac(0xffff)));
+            prop_assert_eq!(out.len(), 1);
+            let (egress, f) = &out[0];
+            let v4 = verify(f);
+            let l4 = usize::from(v4.l4_offset);
+            prop_assert_eq!(&f[l4 + if tcp { 20 } else { 8 }..], &payload[..]);
+            if !tcp && zero_udp_checksum {
+                prop_assert_eq!(&f[l4 + 6..l4 + 8], &[0u8, 0][..]);
+            }
+            // The endpoint sees a source it can answer (the client, or the hairpin address).
+            let seen_src = v4.src;
+            let (sport, dport) = match v4.l4 {
+                L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port } => (src_port, dst_port),
+                _ => unreachable!(),
+            };
+            prop_assert_eq!(dport, target_port);
+            let reply = build(v4.dst, seen_src, target_port, sport, mac(u32::from(*egress)), mac(0xffff));
+            let back = r.send(*egress, reply);
+            prop_assert_eq!(back.len(), 1);
+            let (to, f) = &back[0];
+            prop_assert_eq!(*to, client_portid);
+            let v4 = verify(f);
+            prop_assert_eq!((v4.src, v4.dst), (VIP, client));
+            match v4.l4 {
+                L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port } => {
+                    prop_assert_eq!((src_port, dst_port), (service_port, client_port));
+                }
+                _ => unreachable!(),
+            }
+        }
     }
 }

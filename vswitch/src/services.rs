@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use papaya::Guard;
@@ -47,7 +48,7 @@ pub struct EndpointSpec {
 /// One Service port, as the control plane describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePortSpec {
-    /// `namespace/name:port-name`, for diagnostics.
+    /// `namespace/name:port-name`: identifies the port across rebuilds of the table.
     pub name: String,
     pub vip: Ipv4Addr,
     pub port: u16,
@@ -60,11 +61,14 @@ pub struct ServicePortSpec {
     /// `externalTrafficPolicy: Local`: NodePort traffic to local endpoints only, not
     /// source-NATed.
     pub external_local: bool,
+    /// `internalTrafficPolicy: Local`: cluster-IP traffic to local endpoints only.
+    pub internal_local: bool,
 }
 
 /// A Service port as workers use it.
 #[derive(Clone, Debug)]
 pub struct ServicePort {
+    /// Stable across rebuilds while the port exists (affinity and conntrack use it).
     pub id: u32,
     pub name: String,
     pub vip: Ipv4Addr,
@@ -74,11 +78,15 @@ pub struct ServicePort {
     /// Where new flows may go.
     pub backends: Vec<Backend>,
     pub maglev: Option<Maglev>,
-    /// The local ones among them, for `externalTrafficPolicy: Local`.
+    /// The local ones among them, for the `Local` traffic policies.
     pub local_backends: Vec<Backend>,
     pub local_maglev: Option<Maglev>,
+    /// Every endpoint in any condition: their flows are not cut when one stops
+    /// taking new ones.
+    pub endpoints: Vec<EndpointSpec>,
     pub affinity_timeout: Option<u32>,
     pub external_local: bool,
+    pub internal_local: bool,
 }
 
 impl ServicePort {
@@ -97,6 +105,12 @@ impl ServicePort {
         let list = if local_only { &self.local_backends } else { &self.backends };
         list.iter().any(|b| b.key() == key)
     }
+
+    /// Whether `ip:port` is an endpoint that can still answer (ready, or serving while
+    /// terminating).
+    pub fn serves(&self, ip: Ipv4Addr, port: u16) -> bool {
+        self.endpoints.iter().any(|e| e.ip == ip && e.port == port && (e.ready || e.serving))
+    }
 }
 
 #[inline]
@@ -104,16 +118,36 @@ fn vip_key(ip: Ipv4Addr, port: u16, proto: u8) -> u64 {
     (u64::from(u32::from(ip)) << 24) | (u64::from(port) << 8) | u64::from(proto)
 }
 
+/// What the control plane keeps from one build of the table to the next so that a
+/// rebuild disturbs no flow: each Service port's id, and its Maglev table sizes (which
+/// only grow, see [`crate::maglev::table_size`]).
+#[derive(Debug, Default)]
+pub struct BuildMemory {
+    ports: HashMap<String, Remembered>,
+    next_id: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Remembered {
+    id: u32,
+    size: usize,
+    local_size: usize,
+}
+
 /// Every Service port, indexed for the data path.
 #[derive(Clone, Debug)]
 pub struct ServiceTable {
-    ports: Vec<ServicePort>,
+    ports: Arc<[ServicePort]>,
+    by_id: FastMap<u32, u32>,
     by_vip: FastMap<u64, u32>,
     by_node_port: FastMap<u32, u32>,
     vips: FastSet<u32>,
     /// (ip, port, proto) of every endpoint in any condition: a packet from one may be a
     /// reply of a translated flow.
     endpoints: FastSet<u64>,
+    /// VIPs and endpoints no Service has any more that established flows still use
+    /// (see [`ServiceTable::keep_for_flows`]).
+    retired: usize,
     /// The node's own address: NodePort traffic is addressed to it, and it is the source
     /// address of NodePort flows with `externalTrafficPolicy: Cluster`.
     pub node_ip: Option<Ipv4Addr>,
@@ -129,11 +163,13 @@ pub const DEFAULT_HAIRPIN_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
 impl Default for ServiceTable {
     fn default() -> Self {
         ServiceTable {
-            ports: Vec::new(),
+            ports: Arc::new([]),
+            by_id: FastMap::default(),
             by_vip: FastMap::default(),
             by_node_port: FastMap::default(),
             vips: FastSet::default(),
             endpoints: FastSet::default(),
+            retired: 0,
             node_ip: None,
             hairpin_ip: DEFAULT_HAIRPIN_IP,
         }
@@ -141,18 +177,27 @@ impl Default for ServiceTable {
 }
 
 impl ServiceTable {
-    /// Builds the table. `previous_sizes` gives each port's last Maglev table size by name
-    /// (sizes only grow, see [`crate::maglev::table_size`]); the sizes used are returned.
+    /// Builds the table. `memory` carries ids and Maglev sizes from the previous build
+    /// and is updated for the next (ports gone are forgotten; their ids are not reused).
     pub fn build(
         specs: &[ServicePortSpec],
         node_ip: Option<Ipv4Addr>,
         hairpin_ip: Ipv4Addr,
-        previous_sizes: &HashMap<String, usize>,
-    ) -> (ServiceTable, HashMap<String, usize>) {
+        memory: &mut BuildMemory,
+    ) -> ServiceTable {
         let mut t = ServiceTable { node_ip, hairpin_ip, ..Default::default() };
-        let mut sizes = HashMap::new();
-        for (i, spec) in specs.iter().enumerate() {
-            let id = i as u32;
+        let mut ports = Vec::with_capacity(specs.len());
+        let mut remembered = HashMap::with_capacity(specs.len());
+        for (index, spec) in specs.iter().enumerate() {
+            let index = index as u32;
+            let before = memory.ports.get(&spec.name).copied();
+            let id = before.map_or_else(
+                || {
+                    memory.next_id = memory.next_id.wrapping_add(1);
+                    memory.next_id
+                },
+                |r| r.id,
+            );
             let ready: Vec<&EndpointSpec> = spec.endpoints.iter().filter(|e| e.ready).collect();
             // No ready endpoint: serving ones that are terminating still take new flows.
             let eligible: Vec<&EndpointSpec> =
@@ -160,26 +205,27 @@ impl ServiceTable {
             let backends: Vec<Backend> =
                 eligible.iter().map(|e| Backend { ip: e.ip, port: e.port, local: e.local }).collect();
             let local_backends: Vec<Backend> = backends.iter().copied().filter(|b| b.local).collect();
-            let prev = previous_sizes.get(&spec.name).copied().unwrap_or(0);
-            let maglev = Maglev::build(&backends.iter().map(Backend::key).collect::<Vec<_>>(), prev);
-            let local_prev = previous_sizes.get(&format!("{}#local", spec.name)).copied().unwrap_or(0);
-            let local_maglev =
-                Maglev::build(&local_backends.iter().map(Backend::key).collect::<Vec<_>>(), local_prev);
-            if let Some(m) = &maglev {
-                sizes.insert(spec.name.clone(), m.len());
-            }
-            if let Some(m) = &local_maglev {
-                sizes.insert(format!("{}#local", spec.name), m.len());
-            }
+            let keys = |list: &[Backend]| list.iter().map(Backend::key).collect::<Vec<_>>();
+            let maglev = Maglev::build(&keys(&backends), before.map_or(0, |r| r.size));
+            let local_maglev = Maglev::build(&keys(&local_backends), before.map_or(0, |r| r.local_size));
+            remembered.insert(
+                spec.name.clone(),
+                Remembered {
+                    id,
+                    size: maglev.as_ref().map_or(before.map_or(0, |r| r.size), Maglev::len),
+                    local_size: local_maglev.as_ref().map_or(before.map_or(0, |r| r.local_size), Maglev::len),
+                },
+            );
             for e in &spec.endpoints {
                 t.endpoints.insert(vip_key(e.ip, e.port, spec.protocol));
             }
-            t.by_vip.insert(vip_key(spec.vip, spec.port, spec.protocol), id);
+            t.by_id.insert(id, index);
+            t.by_vip.insert(vip_key(spec.vip, spec.port, spec.protocol), index);
             t.vips.insert(u32::from(spec.vip));
             if let Some(np) = spec.node_port {
-                t.by_node_port.insert((u32::from(np) << 8) | u32::from(spec.protocol), id);
+                t.by_node_port.insert((u32::from(np) << 8) | u32::from(spec.protocol), index);
             }
-            t.ports.push(ServicePort {
+            ports.push(ServicePort {
                 id,
                 name: spec.name.clone(),
                 vip: spec.vip,
@@ -190,24 +236,55 @@ impl ServiceTable {
                 maglev,
                 local_backends,
                 local_maglev,
+                endpoints: spec.endpoints.clone(),
                 affinity_timeout: spec.affinity_timeout,
                 external_local: spec.external_local,
+                internal_local: spec.internal_local,
             });
         }
-        (t, sizes)
+        memory.ports = remembered;
+        t.ports = ports.into();
+        t
+    }
+
+    /// A copy that still recognises the VIPs and endpoints `flows` use, though no
+    /// Service has them any more: their established flows keep being translated until
+    /// they end (as the kernel's conntrack keeps NATing after kube-proxy removed a rule).
+    pub fn keep_for_flows<'a>(
+        &self,
+        flows: impl IntoIterator<Item = &'a crate::conntrack::Conn>,
+    ) -> ServiceTable {
+        let mut t = self.clone();
+        for c in flows {
+            let r = c.reply.src;
+            if t.endpoints.insert(vip_key(r, c.reply.src_port, c.reply.proto)) {
+                t.retired += 1;
+            }
+            let d = c.orig.dst;
+            if Some(d) != t.node_ip && t.vips.insert(u32::from(d)) {
+                t.retired += 1;
+            }
+        }
+        t
+    }
+
+    /// How many VIPs and endpoints are kept only for established flows.
+    pub fn retired(&self) -> usize {
+        self.retired
     }
 
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.ports.is_empty()
+        self.ports.is_empty() && self.retired == 0
     }
 
     pub fn ports(&self) -> &[ServicePort] {
         &self.ports
     }
 
-    pub fn port(&self, id: u32) -> Option<&ServicePort> {
-        self.ports.get(id as usize)
+    /// The port with stable id `id`.
+    pub fn by_id(&self, id: u32) -> Option<&ServicePort> {
+        self.by_id.get(&id).map(|i| &self.ports[*i as usize])
     }
 
     #[inline]
@@ -218,6 +295,11 @@ impl ServiceTable {
     #[inline]
     pub fn by_node_port(&self, port: u16, proto: u8) -> Option<&ServicePort> {
         self.by_node_port.get(&((u32::from(port) << 8) | u32::from(proto))).map(|i| &self.ports[*i as usize])
+    }
+
+    /// Every NodePort served, with its protocol.
+    pub fn node_ports(&self) -> impl Iterator<Item = (u16, u8)> + '_ {
+        self.ports.iter().filter_map(|p| p.node_port.map(|np| (np, p.protocol)))
     }
 
     #[inline]
@@ -328,6 +410,7 @@ mod tests {
             endpoints,
             affinity_timeout: None,
             external_local: false,
+            internal_local: false,
         }
     }
 
@@ -335,11 +418,12 @@ mod tests {
     fn lookups_and_eligibility() {
         let specs =
             vec![spec(vec![ep(2, true, true, false), ep(3, false, true, true), ep(150, true, true, false)])];
-        let (t, sizes) = ServiceTable::build(
+        let mut memory = BuildMemory::default();
+        let t = ServiceTable::build(
             &specs,
             Some(Ipv4Addr::new(192, 168, 0, 1)),
             Ipv4Addr::new(169, 254, 1, 1),
-            &HashMap::new(),
+            &mut memory,
         );
         let sp = t.by_vip(Ipv4Addr::new(10, 96, 0, 10), 80, IPPROTO_TCP).unwrap();
         assert!(
@@ -358,7 +442,7 @@ mod tests {
             t.is_snat_address(Ipv4Addr::new(169, 254, 1, 1))
                 && t.is_snat_address(Ipv4Addr::new(192, 168, 0, 1))
         );
-        assert_eq!(sizes["default/web:http"], 251);
+        assert_eq!(sp.maglev.as_ref().unwrap().len(), 251);
         // Every pick is one of the eligible backends.
         for h in 0..1000u64 {
             let b = sp.pick(crate::maglev::mix64(h), false).unwrap();
@@ -370,12 +454,64 @@ mod tests {
     #[test]
     fn terminating_serving_endpoints_are_the_fallback() {
         let specs = vec![spec(vec![ep(3, false, true, true), ep(4, false, false, true)])];
-        let (t, _) = ServiceTable::build(&specs, None, Ipv4Addr::new(169, 254, 1, 1), &HashMap::new());
+        let t = ServiceTable::build(&specs, None, Ipv4Addr::new(169, 254, 1, 1), &mut BuildMemory::default());
         let sp = t.by_vip(Ipv4Addr::new(10, 96, 0, 10), 80, IPPROTO_TCP).unwrap();
         assert_eq!(sp.backends.iter().map(|b| b.ip.octets()[3]).collect::<Vec<_>>(), vec![3]);
         let none = vec![spec(vec![ep(4, false, false, true)])];
-        let (t, _) = ServiceTable::build(&none, None, Ipv4Addr::new(169, 254, 1, 1), &HashMap::new());
+        let t = ServiceTable::build(&none, None, Ipv4Addr::new(169, 254, 1, 1), &mut BuildMemory::default());
         assert!(t.by_vip(Ipv4Addr::new(10, 96, 0, 10), 80, IPPROTO_TCP).unwrap().pick(7, false).is_none());
+    }
+
+    #[test]
+    fn rebuilds_keep_ids_and_table_sizes() {
+        let mut memory = BuildMemory::default();
+        let hairpin = Ipv4Addr::new(169, 254, 1, 1);
+        let many: Vec<EndpointSpec> = (2..6).map(|i| ep(i, true, true, false)).collect();
+        let mut other = spec(vec![ep(9, true, true, false)]);
+        other.name = "default/other:http".into();
+        other.vip = Ipv4Addr::new(10, 96, 0, 11);
+        let t1 = ServiceTable::build(&[other.clone(), spec(many)], None, hairpin, &mut memory);
+        let web = t1.by_vip(Ipv4Addr::new(10, 96, 0, 10), 80, IPPROTO_TCP).unwrap();
+        let (web_id, web_size) = (web.id, web.maglev.as_ref().unwrap().len());
+        assert_eq!(web_size, 1021, "4 endpoints need at least 400 slots");
+        // Reordered, one Service gone, endpoints down to one: same id, same size.
+        let t2 = ServiceTable::build(&[spec(vec![ep(2, true, true, false)])], None, hairpin, &mut memory);
+        let web2 = t2.by_vip(Ipv4Addr::new(10, 96, 0, 10), 80, IPPROTO_TCP).unwrap();
+        assert_eq!((web2.id, web2.maglev.as_ref().unwrap().len()), (web_id, web_size));
+        assert!(t2.by_id(web_id).is_some());
+        // A port that went away and came back is a new port.
+        let t3 = ServiceTable::build(&[other], None, hairpin, &mut memory);
+        let other_id = t1.by_vip(Ipv4Addr::new(10, 96, 0, 11), 80, IPPROTO_TCP).unwrap().id;
+        assert_ne!(t3.ports()[0].id, other_id);
+        assert_ne!(t3.ports()[0].id, web_id);
+    }
+
+    #[test]
+    fn retired_vips_and_endpoints_stay_recognised_for_their_flows() {
+        use crate::conntrack::{Conntrack, ConntrackConfig, Tuple};
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let client = Tuple {
+            proto: IPPROTO_TCP,
+            src: Ipv4Addr::new(10, 244, 1, 50),
+            src_port: 40000,
+            dst: Ipv4Addr::new(10, 96, 0, 10),
+            dst_port: 80,
+        };
+        let reply = Tuple {
+            proto: IPPROTO_TCP,
+            src: Ipv4Addr::new(10, 244, 1, 2),
+            src_port: 8080,
+            dst: client.src,
+            dst_port: 40000,
+        };
+        ct.batch().insert(client, reply, 1, None, 0).unwrap();
+        let empty = ServiceTable::build(&[], None, DEFAULT_HAIRPIN_IP, &mut BuildMemory::default());
+        assert!(empty.is_empty());
+        let kept = empty.keep_for_flows(ct.snapshot().iter().map(|c| &**c));
+        assert_eq!(kept.retired(), 2);
+        assert!(!kept.is_empty(), "the NAT stage must still look at packets");
+        assert!(kept.is_vip(client.dst) && kept.is_endpoint(reply.src, 8080, IPPROTO_TCP));
+        assert!(kept.by_vip(client.dst, 80, IPPROTO_TCP).is_none(), "but no new flows");
     }
 
     #[test]

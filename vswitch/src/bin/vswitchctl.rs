@@ -52,6 +52,63 @@ enum Cmd {
     },
     /// Detach a pod's interface (nothing happens if it is not attached).
     Detach { container_id: String, ifname: String },
+    /// The Services served, with their endpoints; `services reload` reads the
+    /// services file now.
+    Services {
+        #[command(subcommand)]
+        action: Option<ServicesCmd>,
+    },
+    /// Flows translated to Services (connection tracking).
+    Conntrack {
+        /// List at most this many flows.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServicesCmd {
+    /// Read the services file now and report whether it was taken.
+    Reload,
+}
+
+fn print_services(view: &vswitch_api::ServicesView) {
+    let rows = view
+        .services
+        .iter()
+        .map(|s| {
+            let ports = s
+                .ports
+                .iter()
+                .map(|p| {
+                    let np = p.node_port.map(|n| format!(":{n}")).unwrap_or_default();
+                    format!("{}{np}->{}/{}", p.port, p.target_port, p.protocol)
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let ready = s.endpoints.iter().filter(|e| e.ready).count();
+            vec![
+                format!("{}/{}", s.namespace, s.name),
+                format!("{:?}", s.service_type),
+                s.cluster_ip.to_string(),
+                ports,
+                format!("{ready}/{}", s.endpoints.len()),
+                match s.session_affinity {
+                    vswitch_api::SessionAffinity::ClientIP => {
+                        format!("ClientIP {}s", s.session_affinity_timeout)
+                    }
+                    vswitch_api::SessionAffinity::None => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    table(&["SERVICE", "TYPE", "CLUSTER-IP", "PORTS", "READY", "AFFINITY"], rows);
+    if let Some(file) = &view.file {
+        println!("\nfrom {} (generation {})", file.display(), view.generation);
+    }
+    if let Some(e) = &view.file_error {
+        println!("NOT APPLIED: {e}");
+    }
 }
 
 /// Prints rows as left-aligned columns under a header.
@@ -200,6 +257,10 @@ async fn run(args: Args) -> Result<(), ClientError> {
             table(&["EVENT", "COUNT"], events);
             println!();
             println!("FDB entries: {}", s.fdb_entries);
+            println!(
+                "conntrack: {} of {} flows; affinity: {} clients",
+                s.conntrack_entries, s.conntrack_max_entries, s.affinity_entries
+            );
             let workers = s
                 .workers
                 .iter()
@@ -250,6 +311,45 @@ async fn run(args: Args) -> Result<(), ClientError> {
                 return print_json(&out);
             }
             println!("{}", if out.existed { "detached" } else { "was not attached" });
+        }
+        Cmd::Services { action } => {
+            let view = match action {
+                None => client.services().await?,
+                Some(ServicesCmd::Reload) => client.reload_services().await?,
+            };
+            if args.json {
+                return print_json(&view);
+            }
+            print_services(&view);
+        }
+        Cmd::Conntrack { limit } => {
+            let ct = client.conntrack(limit).await?;
+            if args.json {
+                return print_json(&ct);
+            }
+            let rows = ct
+                .flows
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.protocol.to_string(),
+                        f.client.to_string(),
+                        f.frontend.to_string(),
+                        f.endpoint.to_string(),
+                        f.source_nat.map_or_else(|| "-".into(), |a| a.to_string()),
+                        f.state.clone(),
+                        format!("{}s", f.idle_secs),
+                        f.service.clone(),
+                    ]
+                })
+                .collect();
+            table(&["PROTO", "CLIENT", "FRONTEND", "ENDPOINT", "SNAT", "STATE", "IDLE", "SERVICE"], rows);
+            println!(
+                "\n{} of {} flows listed (table holds at most {})",
+                ct.flows.len(),
+                ct.entries,
+                ct.max_entries
+            );
         }
     }
     Ok(())

@@ -18,7 +18,8 @@ use axum::routing::get;
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 use vswitch_api::{
-    AttachRequest, DetachOutcome, ErrorBody, FdbEntry, PortStats, Stats, Status, WorkerStats, codes,
+    AttachRequest, ConntrackView, DetachOutcome, ErrorBody, FdbEntry, PortStats, ServicesView, Stats, Status,
+    WorkerStats, codes,
 };
 
 use super::ports::{AttachError, PortManager};
@@ -96,11 +97,14 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/ports/{container_id}/{ifname}", get(get_port).delete(detach))
         .route("/v1/fdb", get(fdb))
         .route("/v1/stats", get(stats))
+        .route("/v1/services", get(services))
+        .route("/v1/services/reload", axum::routing::post(reload_services))
+        .route("/v1/conntrack", get(conntrack))
         .fallback(|| async {
             ApiError::new(
                 404,
                 codes::NOT_FOUND,
-                "no such route; see /v1/status, /v1/ports, /v1/fdb, /v1/stats",
+                "no such route; see /v1/status, /v1/ports, /v1/fdb, /v1/stats, /v1/services, /v1/conntrack",
             )
         })
         .method_not_allowed_fallback(|| async {
@@ -169,6 +173,35 @@ async fn detach(
     Ok(axum::Json(DetachOutcome { existed }))
 }
 
+async fn services(State(s): State<Shared>) -> axum::Json<ServicesView> {
+    axum::Json(s.manager.lock().await.services_view())
+}
+
+/// Reads the services file now: the answer says at once whether it was taken.
+async fn reload_services(State(s): State<Shared>) -> Result<axum::Json<ServicesView>, ApiError> {
+    let mut m = s.manager.lock().await;
+    let Some(path) = m.services_file().map(ToOwned::to_owned) else {
+        return Err(ApiError::new(400, codes::INVALID_REQUEST, "no services file is configured"));
+    };
+    let text = super::daemon::read_services_file(&path)
+        .map_err(|e| ApiError::new(400, codes::INVALID_SERVICES, e.to_string()))?;
+    m.services_file_read(text, true)
+        .map_err(|e| ApiError::new(400, codes::INVALID_SERVICES, e.to_string()))?;
+    Ok(axum::Json(m.services_view()))
+}
+
+#[derive(serde::Deserialize)]
+struct ConntrackQuery {
+    limit: Option<usize>,
+}
+
+async fn conntrack(
+    State(s): State<Shared>,
+    axum::extract::Query(q): axum::extract::Query<ConntrackQuery>,
+) -> axum::Json<ConntrackView> {
+    axum::Json(s.manager.lock().await.conntrack_view(q.limit.unwrap_or(1000)))
+}
+
 async fn fdb(State(s): State<Shared>) -> axum::Json<Vec<FdbEntry>> {
     let m = s.manager.lock().await;
     let names = m.port_names();
@@ -189,15 +222,17 @@ async fn fdb(State(s): State<Shared>) -> axum::Json<Vec<FdbEntry>> {
 }
 
 async fn stats(State(s): State<Shared>) -> axum::Json<Stats> {
-    let m = s.manager.lock().await;
-    let names = m.port_names();
-    let snap = m.datapath().stats();
-    axum::Json(api_stats(&snap, &names, m.datapath().fdb().len()))
+    axum::Json(api_stats(&*s.manager.lock().await))
 }
 
 /// The API's view of the counters: attached ports always, other port ids only if they
 /// counted something (a port detached since).
-pub fn api_stats(snap: &StatsSnapshot, names: &BTreeMap<u16, String>, fdb_entries: usize) -> Stats {
+pub fn api_stats(m: &PortManager) -> Stats {
+    let dp = m.datapath();
+    stats_of(&dp.stats(), &m.port_names(), dp)
+}
+
+fn stats_of(snap: &StatsSnapshot, names: &BTreeMap<u16, String>, dp: &crate::datapath::Datapath) -> Stats {
     let ports = snap
         .ports
         .iter()
@@ -227,6 +262,9 @@ pub fn api_stats(snap: &StatsSnapshot, names: &BTreeMap<u16, String>, fdb_entrie
         ("handoff_sent", e.handoff_sent),
         ("handoff_received", e.handoff_received),
         ("rx_errors", e.rx_errors),
+        ("service_flows", e.service_flows),
+        ("service_rejects", e.service_rejects),
+        ("icmp_translated", e.icmp_translated),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -239,7 +277,10 @@ pub fn api_stats(snap: &StatsSnapshot, names: &BTreeMap<u16, String>, fdb_entrie
             .map(|r| (r.name().to_string(), r.description().to_string()))
             .collect(),
         events,
-        fdb_entries,
+        fdb_entries: dp.fdb().len(),
+        conntrack_entries: dp.conntrack().len(),
+        conntrack_max_entries: dp.conntrack().config().max_entries,
+        affinity_entries: dp.affinity().len(),
         workers: snap
             .workers
             .iter()

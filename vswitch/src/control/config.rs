@@ -407,14 +407,15 @@ fn hostname() -> String {
 
 /// The key an error at byte `at` is about: the one named in the message (unknown
 /// field), else the key assigned on that line, prefixed with its table.
-fn field_at(text: &str, at: usize, message: &str) -> String {
+pub(super) fn field_at(text: &str, at: usize, message: &str) -> String {
     let line_no = line_at(text, at);
     let mut table = String::new();
     let mut key = None;
     for (i, raw) in text.lines().enumerate().take(line_no) {
         let line = raw.trim();
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            table = name.trim().to_string();
+            // `[table]` or `[[array.of.tables]]`
+            table = name.trim_matches(['[', ']']).trim().to_string();
         } else if i + 1 == line_no {
             key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string());
         }
@@ -430,7 +431,7 @@ fn field_at(text: &str, at: usize, message: &str) -> String {
 }
 
 /// 1-based line of byte offset `at`.
-fn line_at(text: &str, at: usize) -> usize {
+pub(super) fn line_at(text: &str, at: usize) -> usize {
     text[..at.min(text.len())].matches('\n').count() + 1
 }
 

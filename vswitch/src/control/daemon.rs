@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Mutex, watch};
 
 use super::api::{self, ApiState};
-use super::config::{Config, IdleMode};
+use super::config::{Config, ConfigError, IdleMode};
 use super::metrics;
 use super::ports::{AttachError, PortManager};
 use super::state::{self, StateError};
@@ -108,6 +108,57 @@ async fn bind_api_socket(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
+/// The services file's content; `None` when it does not exist (no Services).
+pub fn read_services_file(path: &Path) -> Result<Option<String>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            field: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        }),
+    }
+}
+
+/// How often the services file is looked at. Polling, not inotify: it sees every way a
+/// file is replaced (rename over it, a ConfigMap's symlink swap, an editor's truncate
+/// and rewrite) and costs one small read a second.
+const SERVICES_POLL: Duration = Duration::from_secs(1);
+/// A changed file is read again after this, and taken only if it is the same: a file
+/// caught half-written is not applied (a truncated file would remove Services).
+const SERVICES_SETTLE: Duration = Duration::from_millis(200);
+
+/// Applies the services file whenever its content changes (and once at start).
+async fn watch_services_file(state: Arc<ApiState>, path: std::path::PathBuf) {
+    let mut last: Option<Result<Option<String>, String>> = None;
+    let mut tick = tokio::time::interval(SERVICES_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let read = read_services_file(&path).map_err(|e| e.to_string());
+        if last.as_ref() == Some(&read) {
+            continue;
+        }
+        if last.is_some() {
+            tokio::time::sleep(SERVICES_SETTLE).await;
+            if read_services_file(&path).map_err(|e| e.to_string()) != read {
+                continue;
+            }
+        }
+        last = Some(read.clone());
+        match read {
+            Err(e) => tracing::error!(error = %e, "services file; keeping the Services served"),
+            Ok(text) => {
+                if let Err(e) = state.manager.lock().await.services_file_read(text, false) {
+                    tracing::error!(error = %e, "services file not applied; keeping the Services served");
+                }
+            }
+        }
+    }
+}
+
 async fn terminated() {
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
@@ -194,11 +245,7 @@ async fn serve(
                         let state = state.clone();
                         async move {
                             let m = state.manager.lock().await;
-                            let stats = api::api_stats(
-                                &m.datapath().stats(),
-                                &m.port_names(),
-                                m.datapath().fdb().len(),
-                            );
+                            let stats = api::api_stats(&m);
                             let body = metrics::render(&stats, m.pod_count());
                             ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
                         }
@@ -223,7 +270,12 @@ async fn serve(
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                let done = state.manager.lock().await.datapath().housekeeping();
+                let mut m = state.manager.lock().await;
+                let done = m.datapath().housekeeping();
+                if done.flows_expired > 0 {
+                    m.services_housekeeping();
+                }
+                drop(m);
                 if done != Default::default() {
                     tracing::debug!(
                         fdb_aged = done.fdb_aged,
@@ -236,10 +288,21 @@ async fn serve(
         })
     };
 
+    let services_watch = shared
+        .manager
+        .lock()
+        .await
+        .services_file()
+        .map(|path| tokio::spawn(watch_services_file(shared.clone(), path.to_owned())));
+
     terminated().await;
     let _ = stop_tx.send(true);
     housekeeping.abort();
     let _ = housekeeping.await;
+    if let Some(w) = services_watch {
+        w.abort();
+        let _ = w.await;
+    }
     let _ = api_server.await;
     if let Some(m) = metrics_server {
         let _ = m.await;

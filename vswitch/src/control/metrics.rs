@@ -62,6 +62,22 @@ pub fn render(stats: &Stats, pod_ports: usize) -> String {
     }
     header(&mut out, "vswitch_fdb_entries", "gauge", "Learned MAC addresses in the forwarding database.");
     let _ = writeln!(out, "vswitch_fdb_entries {}", stats.fdb_entries);
+    header(&mut out, "vswitch_conntrack_entries", "gauge", "Flows tracked for Service NAT.");
+    let _ = writeln!(out, "vswitch_conntrack_entries {}", stats.conntrack_entries);
+    header(
+        &mut out,
+        "vswitch_conntrack_max_entries",
+        "gauge",
+        "Capacity of the connection-tracking table; new Service flows are dropped beyond it.",
+    );
+    let _ = writeln!(out, "vswitch_conntrack_max_entries {}", stats.conntrack_max_entries);
+    header(
+        &mut out,
+        "vswitch_affinity_entries",
+        "gauge",
+        "Clients remembered for ClientIP session affinity.",
+    );
+    let _ = writeln!(out, "vswitch_affinity_entries {}", stats.affinity_entries);
     header(&mut out, "vswitch_pod_ports", "gauge", "Attached pod ports.");
     let _ = writeln!(out, "vswitch_pod_ports {pod_ports}");
     header(

@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod catalog;
 pub mod config;
 pub mod daemon;
 pub mod metrics;
 pub mod ports;
+pub mod services_file;
 pub mod state;

@@ -12,9 +12,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use ipnet::IpNet;
-use vswitch_api::{AttachRequest, Backend, PodRef, PortInfo, PortKind as ApiPortKind};
+use vswitch_api::{
+    AttachRequest, Backend, ConntrackView, Flow, PodRef, PortInfo, PortKind as ApiPortKind, Protocol,
+    ServicesView,
+};
 
-use super::config::{AfxdpMode, Config, UnknownArpPolicy};
+use super::catalog::{FileOutcome, ServiceCatalog};
+use super::config::{AfxdpMode, Config, ConfigError, UnknownArpPolicy};
 use super::state::{self, SavedPort, StateError, StateFile};
 use crate::datapath::{Datapath, DatapathError};
 use crate::port::PortQueue;
@@ -98,6 +102,7 @@ pub struct PortManager {
     xsk_load: Vec<usize>,
     /// The port id given out last.
     last_id: PortId,
+    catalog: ServiceCatalog,
 }
 
 /// What a restart found.
@@ -150,6 +155,8 @@ impl PortManager {
             .map_err(|e| AttachError::Invalid(e.to_string()))?;
         let netlink = Netlink::connect()?;
         let workers = datapath.workers();
+        let catalog = ServiceCatalog::new(&config);
+        builder.set_services(catalog.table());
         let m = PortManager {
             config,
             datapath,
@@ -159,6 +166,7 @@ impl PortManager {
             netlink,
             xsk_load: vec![0; workers],
             last_id: 0,
+            catalog,
         };
         m.publish()?;
         Ok(m)
@@ -176,6 +184,102 @@ impl PortManager {
         let tables = self.builder.build().map_err(|e| AttachError::Invalid(e.to_string()))?;
         self.datapath.publish(tables);
         Ok(())
+    }
+
+    /// Takes the services file's content (`None`: absent) and publishes the Services in
+    /// it if they changed. A content seen before is not parsed again unless `force`.
+    /// On an error, the Services served before stay.
+    pub fn services_file_read(&mut self, text: Option<String>, force: bool) -> Result<bool, ConfigError> {
+        match self.catalog.file_read(text, force, self.datapath.conntrack()) {
+            FileOutcome::Unchanged => Ok(false),
+            FileOutcome::Rejected(e) => Err(e),
+            FileOutcome::Applied => {
+                self.publish_services();
+                let cut = self.catalog.cut_stale_flows(self.datapath.conntrack());
+                let view = self.catalog.view();
+                tracing::info!(
+                    services = view.services.len(),
+                    generation = view.generation,
+                    udp_flows_cut = cut,
+                    "services applied"
+                );
+                if cut > 0
+                    && let Some(t) = self.catalog.refresh(self.datapath.conntrack())
+                {
+                    self.builder.set_services(t);
+                    self.publish_or_log();
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    fn publish_services(&mut self) {
+        self.builder.set_services(self.catalog.table());
+        self.publish_or_log();
+    }
+
+    /// Publishing after a Service change: the port tables did not change, so building
+    /// them cannot fail for a reason the change made.
+    fn publish_or_log(&self) {
+        if let Err(e) = self.publish() {
+            tracing::error!(error = %e, "publishing tables");
+        }
+    }
+
+    /// After conntrack housekeeping: stops recognising VIPs and endpoints kept only for
+    /// flows that have ended.
+    pub fn services_housekeeping(&mut self) {
+        if let Some(t) = self.catalog.refresh(self.datapath.conntrack()) {
+            self.builder.set_services(t);
+            self.publish_or_log();
+        }
+    }
+
+    pub fn services_view(&self) -> ServicesView {
+        self.catalog.view()
+    }
+
+    pub fn services_file(&self) -> Option<&std::path::Path> {
+        self.catalog.file()
+    }
+
+    /// The tracked flows, at most `limit`.
+    pub fn conntrack_view(&self, limit: usize) -> ConntrackView {
+        let ct = self.datapath.conntrack();
+        let now = self.datapath.now();
+        let flows = ct.snapshot();
+        let truncated = flows.len() > limit;
+        let addr = |ip, port| std::net::SocketAddrV4::new(ip, port);
+        ConntrackView {
+            entries: ct.len(),
+            max_entries: ct.config().max_entries,
+            truncated,
+            flows: flows
+                .iter()
+                .take(limit)
+                .map(|c| {
+                    // The endpoint's view: reply is endpoint -> (client or SNAT address).
+                    let snat = (c.reply.dst != c.orig.src || c.reply.dst_port != c.orig.src_port)
+                        .then(|| addr(c.reply.dst, c.reply.dst_port));
+                    Flow {
+                        protocol: if c.orig.proto == crate::wire::parse::IPPROTO_UDP {
+                            Protocol::Udp
+                        } else {
+                            Protocol::Tcp
+                        },
+                        service: self.catalog.port_name(c.service).unwrap_or("(removed)").to_string(),
+                        client: addr(c.orig.src, c.orig.src_port),
+                        frontend: addr(c.orig.dst, c.orig.dst_port),
+                        endpoint: addr(c.reply.src, c.reply.src_port),
+                        source_nat: snat,
+                        state: format!("{:?}", c.state()).to_lowercase(),
+                        replied: c.replied(),
+                        idle_secs: now.saturating_sub(c.last_seen()),
+                    }
+                })
+                .collect(),
+        }
     }
 
     fn all_workers(&self) -> Vec<WorkerId> {
