@@ -1,0 +1,314 @@
+//! Services through vswitchd, end to end: endpoint pods run a server that says who it
+//! is; clients in other pods reach it by the Service's cluster IP. The Services come
+//! from the daemon's services file, as on a node without a cluster.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vswitch_api::Backend;
+use vswitch_e2e::testbed::{Process, unique_prefix, wait_until};
+use vswitch_e2e::{Node, Pod, Scratch};
+
+fn ip(host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 1, host)
+}
+
+const WEB_VIP: &str = "10.96.0.10";
+const EMPTY_VIP: &str = "10.96.0.11";
+const HAIRPIN_IP: &str = "169.254.42.1";
+
+fn tool() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("svc_tool.py")
+}
+
+/// Runs the test tool in `pod`; returns its stdout parsed as JSON.
+fn tool_json(pod: &Pod, args: &[&str]) -> serde_json::Value {
+    let tool = tool();
+    let mut argv = vec!["/usr/bin/python3", tool.to_str().expect("utf-8 path")];
+    argv.extend_from_slice(args);
+    let out = pod.ns.ok(&argv);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {out:?}"))
+}
+
+/// Starts the who-am-I server (TCP 8080, UDP 5353) in `pod` under `name`.
+fn serve(pod: &Pod, name: &str) -> Process {
+    let tool = tool();
+    let p = pod.ns.spawn(&["/usr/bin/python3", tool.to_str().unwrap(), "serve", name, "8080", "5353"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || pod.ns.ok(&["ss", "-ltn"]).contains(":8080")),
+        "server {name} listens"
+    );
+    p
+}
+
+fn endpoints(ips: &[Ipv4Addr]) -> String {
+    ips.iter().map(|i| format!("{{ ip = \"{i}\" }}")).collect::<Vec<_>>().join(", ")
+}
+
+/// A services file: `web` (TCP 80 and UDP 53) over `web`, `empty` without endpoints,
+/// `sticky` with ClientIP affinity over `web` too, and `extra` appended.
+fn services_toml(web: &[Ipv4Addr], extra: &str) -> String {
+    format!(
+        r#"
+[[service]]
+name = "web"
+cluster_ip = "{WEB_VIP}"
+ports = [
+  {{ name = "http", port = 80, target_port = 8080 }},
+  {{ name = "dns", protocol = "UDP", port = 53, target_port = 5353 }},
+]
+endpoints = [{eps}]
+
+[[service]]
+name = "empty"
+cluster_ip = "{EMPTY_VIP}"
+ports = [{{ port = 80, target_port = 8080 }}]
+
+[[service]]
+name = "sticky"
+cluster_ip = "10.96.0.12"
+session_affinity = "ClientIP"
+ports = [{{ port = 80, target_port = 8080 }}]
+endpoints = [{eps}]
+{extra}
+"#,
+        eps = endpoints(web)
+    )
+}
+
+/// A node whose services file is `file` (written by the test).
+fn node_with_services(tag: &str, file: &Path, extra_config: &str) -> Node {
+    Node::start(tag, &format!("{extra_config}\n[services]\nfile = {:?}\n", file.display().to_string()))
+}
+
+fn counts(names: &serde_json::Value) -> BTreeMap<String, usize> {
+    let mut c = BTreeMap::new();
+    for n in names.as_array().expect("a list") {
+        *c.entry(n.as_str().expect("a name").to_string()).or_default() += 1;
+    }
+    c
+}
+
+/// Writes the services file and has the daemon read it now.
+fn apply(node: &Node, file: &Path, text: &str) {
+    std::fs::write(file, text).expect("services file");
+    let out = node.ctl(&["services", "reload"]);
+    assert!(!out.contains("NOT APPLIED"), "{out}");
+}
+
+struct Setup {
+    node: Node,
+    file: PathBuf,
+    files: Scratch,
+    pods: Vec<Pod>,
+    client: Pod,
+    _servers: Vec<Process>,
+}
+
+/// A node with endpoint pods a, b, c (10.244.1.11-13) serving, a client pod
+/// (10.244.1.20), and the Services of [`services_toml`] over a, b and c.
+fn setup(tag: &str, extra_config: &str, backend: Backend) -> Setup {
+    let files = Scratch::new(&unique_prefix(&format!("{tag}f")));
+    let file = files.0.join("services.toml");
+    let node = node_with_services(tag, &file, extra_config);
+    let pods: Vec<Pod> =
+        ["a", "b", "c"].iter().enumerate().map(|(i, n)| node.pod(n, ip(11 + i as u8), backend)).collect();
+    let client = node.pod("cl", ip(20), backend);
+    let servers = pods.iter().zip(["a", "b", "c"]).map(|(p, n)| serve(p, n)).collect();
+    apply(&node, &file, &services_toml(&[ip(11), ip(12), ip(13)], ""));
+    Setup { node, file, files, pods, client, _servers: servers }
+}
+
+#[test]
+fn cluster_ip_spreads_connections_answers_udp_and_refuses_without_endpoints() {
+    let s = setup("sva", "", Backend::Tap);
+    let listed = s.node.ctl(&["services"]);
+    assert!(listed.contains("default/web") && listed.contains("3/3"), "{listed}");
+
+    let names = tool_json(&s.client, &["connect", WEB_VIP, "80", "300"]);
+    let c = counts(&names);
+    assert_eq!(c.values().sum::<usize>(), 300, "{c:?}");
+    for n in ["a", "b", "c"] {
+        let got = c.get(n).copied().unwrap_or(0);
+        assert!(got >= 60, "endpoint {n} got {got} of 300 connections (at least 20% expected): {c:?}");
+    }
+
+    let udp = tool_json(&s.client, &["udp", WEB_VIP, "53"]);
+    let reply = udp["reply"].as_str().unwrap_or_else(|| panic!("no UDP reply: {udp}"));
+    assert!(["a ", "b ", "c "].iter().any(|p| reply.starts_with(p)), "{udp}");
+    assert!(reply.ends_with(" 10.244.1.20"), "the endpoint sees the client's own address: {udp}");
+    assert_eq!(udp["from"], format!("{WEB_VIP}:53"), "the reply comes from the Service: {udp}");
+
+    let refused = tool_json(&s.client, &["refused", EMPTY_VIP, "80"]);
+    assert_eq!(refused["error"], "ECONNREFUSED", "{refused}");
+    let stats = s.node.stats();
+    assert!(stats.events["service_rejects"] >= 1, "{:?}", stats.events);
+    assert!(stats.events["service_flows"] >= 301, "{:?}", stats.events);
+    assert!(stats.conntrack_entries >= 1, "the UDP flow at least is still tracked");
+    let ct = s.node.ctl(&["conntrack"]);
+    assert!(ct.contains("default/web:dns") && ct.contains("10.244.1.20"), "{ct}");
+}
+
+#[test]
+fn endpoint_changes_leave_established_connections_alone() {
+    let s = setup("svb", "", Backend::Tap);
+    let hold_dir = s.files.0.join("hold");
+    std::fs::create_dir_all(&hold_dir).unwrap();
+    let tool = tool();
+    let _holder = s.client.ns.spawn(&[
+        "/usr/bin/python3",
+        tool.to_str().unwrap(),
+        "hold",
+        WEB_VIP,
+        "80",
+        "30",
+        hold_dir.to_str().unwrap(),
+    ]);
+    let held_file = hold_dir.join("held");
+    assert!(wait_until(Duration::from_secs(20), || held_file.exists()), "30 connections open");
+    let held: Vec<String> = serde_json::from_str(&std::fs::read_to_string(&held_file).unwrap()).unwrap();
+    let held: Vec<&str> = held.iter().map(|g| g.split(' ').next().unwrap()).collect();
+    assert!(held.contains(&"c"), "some connection went to c: {held:?}");
+
+    // c leaves the Service, through the watched file (no reload call): new
+    // connections avoid it at once...
+    let before = s.node.api(|c| async move { c.services().await }).unwrap().generation;
+    std::fs::write(&s.file, services_toml(&[ip(11), ip(12)], "")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            s.node.api(|c| async move { c.services().await }).unwrap().generation > before
+        }),
+        "the daemon noticed the file changed"
+    );
+    let c = counts(&tool_json(&s.client, &["connect", WEB_VIP, "80", "60"]));
+    assert_eq!(c.get("c"), None, "no new connection to a removed endpoint: {c:?}");
+    // ...while every established connection, to a and b and even to c, goes on.
+    std::fs::write(hold_dir.join("go"), "").unwrap();
+    let answers_file = hold_dir.join("answers");
+    assert!(wait_until(Duration::from_secs(20), || answers_file.exists()), "answers");
+    let answers: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(&answers_file).unwrap()).unwrap();
+    for (i, (server, answer)) in held.iter().zip(&answers).enumerate() {
+        assert_eq!(answer, &format!("{server} ping{i}"), "connection {i} to {server} kept working");
+    }
+}
+
+#[test]
+fn session_affinity_pins_a_client_and_hairpin_comes_back() {
+    let s = setup("svc", "", Backend::Tap);
+    let c = counts(&tool_json(&s.client, &["connect", "10.96.0.12", "80", "50"]));
+    assert_eq!(c.len(), 1, "ClientIP affinity: every connection to the same endpoint: {c:?}");
+    assert_eq!(s.node.stats().affinity_entries, 1);
+
+    // Pod a reaches its own Service; when it is picked it sees the hairpin address as
+    // the client, and the reply comes back through the switch.
+    let a = &s.pods[0];
+    let c = counts(&tool_json(a, &["connect", WEB_VIP, "80", "60"]));
+    assert!(c.get("a").copied().unwrap_or(0) > 0, "a was picked for some of its own flows: {c:?}");
+    let solo = format!(
+        "[[service]]\nname = \"solo\"\ncluster_ip = \"10.96.0.13\"\n\
+         ports = [{{ port = 80, target_port = 8080 }}]\nendpoints = [{{ ip = \"{}\" }}]\n",
+        ip(11)
+    );
+    apply(&s.node, &s.file, &services_toml(&[ip(11), ip(12), ip(13)], &solo));
+    let greeting = tool_json(a, &["greet", "10.96.0.13", "80"]);
+    assert_eq!(greeting["greeting"], format!("a {HAIRPIN_IP}"), "hairpin: source NAT to the hairpin address");
+}
+
+/// What tshark read in `pcap`: (frames whose L4 checksum it verified good, frames
+/// with a bad IPv4, TCP, UDP or ICMP checksum).
+fn checksum_report(pcap: &Path) -> (usize, Vec<String>) {
+    let out = vswitch_e2e::testbed::ok(
+        "tshark",
+        &[
+            "-r",
+            pcap.to_str().unwrap(),
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-o",
+            "tcp.check_checksum:TRUE",
+            "-o",
+            "udp.check_checksum:TRUE",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "frame.number",
+            "-e",
+            "ip.checksum.status",
+            "-e",
+            "tcp.checksum.status",
+            "-e",
+            "udp.checksum.status",
+            "-e",
+            "icmp.checksum.status",
+            "-e",
+            "_ws.col.Info",
+        ],
+    );
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    // Wireshark's checksum status: 0 bad, 1 good, 2 not checked.
+    let statuses = |l: &str| -> Vec<String> {
+        l.split('|').skip(1).take(4).flat_map(|f| f.split(',')).map(str::to_string).collect()
+    };
+    let bad = lines.iter().filter(|l| statuses(l).iter().any(|v| v == "0")).map(|l| l.to_string()).collect();
+    // Verified good: the L4 checksum (the one NAT rewrites) was checked, not skipped.
+    let good = lines
+        .iter()
+        .filter(|l| l.split('|').skip(2).take(3).flat_map(|f| f.split(',')).any(|v| v == "1"))
+        .count();
+    (good, bad)
+}
+
+/// Starts tshark on `eth0` of `pod`, writing to `pcap`; returns once it captures.
+fn capture(pod: &Pod, pcap: &Path) -> Process {
+    let p = pod.ns.spawn(&["tshark", "-i", "eth0", "-w", pcap.to_str().unwrap(), "-q"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::metadata(pcap).is_ok_and(|m| m.len() > 0)),
+        "tshark started"
+    );
+    p
+}
+
+#[test]
+fn translated_packets_carry_correct_checksums_on_the_wire() {
+    // Without offloads, pods put complete checksums on every packet, so what tshark
+    // sees on the far side is exactly what the switch's incremental updates made.
+    let s = setup("svd", "offloads = false", Backend::Tap);
+    let dir = &s.files.0;
+    let at_client = dir.join("client.pcap");
+    let at_endpoint = dir.join("endpoint.pcap");
+    let c1 = capture(&s.client, &at_client);
+    let c2 = capture(&s.pods[0], &at_endpoint);
+    tool_json(&s.client, &["connect", WEB_VIP, "80", "30"]);
+    for _ in 0..5 {
+        tool_json(&s.client, &["udp", WEB_VIP, "53"]);
+    }
+    tool_json(&s.client, &["refused", EMPTY_VIP, "80"]);
+    std::thread::sleep(Duration::from_millis(500));
+    for p in [c1, c2] {
+        p.signal(vswitch_e2e::testbed::Signal::SIGINT);
+        let mut p = p;
+        p.wait_output(Duration::from_secs(10));
+    }
+    let (frames, bad) = checksum_report(&at_client);
+    assert!(frames >= 100, "the client's capture has the flows, verified ({frames} frames)");
+    assert!(bad.is_empty(), "bad checksums at the client:\n{}", bad.join("\n"));
+    let (frames, bad) = checksum_report(&at_endpoint);
+    assert!(frames >= 10, "the endpoint's capture has its share, verified ({frames} frames)");
+    assert!(bad.is_empty(), "bad checksums at the endpoint:\n{}", bad.join("\n"));
+    // The client saw the Service address, never the endpoints'.
+    let from_vip = vswitch_e2e::testbed::ok(
+        "tshark",
+        &["-r", at_client.to_str().unwrap(), "-Y", &format!("ip.src == {WEB_VIP} && tcp.srcport == 80")],
+    );
+    assert!(from_vip.lines().count() >= 30, "{from_vip}");
+    let icmp = vswitch_e2e::testbed::ok(
+        "tshark",
+        &["-r", at_client.to_str().unwrap(), "-Y", &format!("icmp.type == 3 && ip.src == {EMPTY_VIP}")],
+    );
+    assert!(icmp.lines().count() >= 1, "the refusal is an ICMP port unreachable from the VIP");
+}

@@ -1,0 +1,139 @@
+#!/usr/bin/python3
+"""Servers and clients for the Service end-to-end tests, run inside pod namespaces.
+
+  serve NAME TCP_PORT UDP_PORT   TCP: greet each connection with "NAME PEER_IP", then
+                                 answer each line with "NAME LINE". UDP: answer each
+                                 datagram with "NAME PEER_IP".
+  connect IP PORT N              N TCP connections one after another; prints a JSON
+                                 list of the greetings' names.
+  greet IP PORT                  one TCP connection; prints JSON {"greeting"}.
+  udp IP PORT                    one datagram; prints JSON {"reply", "from"}.
+  refused IP PORT                one TCP connect; prints JSON {"error": errno name}.
+  hold IP PORT N DIR             N TCP connections kept open; writes their greetings to
+                                 DIR/held, waits for DIR/go, sends a line on each and
+                                 writes the answers (or errors) to DIR/answers.
+"""
+
+import errno
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+
+def serve(name, tcp_port, udp_port):
+    def tcp_client(conn, peer):
+        with conn:
+            conn.sendall(f"{name} {peer[0]}\n".encode())
+            f = conn.makefile("rb")
+            for line in f:
+                conn.sendall(f"{name} {line.decode().strip()}\n".encode())
+
+    def tcp_loop():
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", tcp_port))
+        s.listen(512)
+        while True:
+            conn, peer = s.accept()
+            threading.Thread(target=tcp_client, args=(conn, peer), daemon=True).start()
+
+    def udp_loop():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", udp_port))
+        while True:
+            _, peer = s.recvfrom(2048)
+            s.sendto(f"{name} {peer[0]}".encode(), peer)
+
+    threading.Thread(target=udp_loop, daemon=True).start()
+    tcp_loop()
+
+
+def greeting(s):
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = s.recv(256)
+        if not chunk:
+            break
+        line += chunk
+    return line.decode().strip()
+
+
+def connect(ip, port, n):
+    names = []
+    for _ in range(n):
+        with socket.create_connection((ip, port), timeout=5) as s:
+            names.append(greeting(s).split()[0])
+    print(json.dumps(names))
+
+
+def greet(ip, port):
+    with socket.create_connection((ip, port), timeout=5) as s:
+        print(json.dumps({"greeting": greeting(s)}))
+
+
+def udp(ip, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    for _ in range(3):
+        s.sendto(b"hello", (ip, port))
+        try:
+            data, peer = s.recvfrom(2048)
+            print(json.dumps({"reply": data.decode(), "from": f"{peer[0]}:{peer[1]}"}))
+            return
+        except socket.timeout:
+            continue
+    print(json.dumps({"reply": None, "from": None}))
+
+
+def refused(ip, port):
+    try:
+        socket.create_connection((ip, port), timeout=5).close()
+        print(json.dumps({"error": None}))
+    except OSError as e:
+        name = errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout"
+        print(json.dumps({"error": name}))
+
+
+def hold(ip, port, n, directory):
+    conns = [socket.create_connection((ip, port), timeout=5) for _ in range(n)]
+    held = [greeting(s) for s in conns]
+    with open(os.path.join(directory, "held.tmp"), "w") as f:
+        json.dump(held, f)
+    os.rename(os.path.join(directory, "held.tmp"), os.path.join(directory, "held"))
+    while not os.path.exists(os.path.join(directory, "go")):
+        time.sleep(0.05)
+    answers = []
+    for i, s in enumerate(conns):
+        try:
+            s.sendall(f"ping{i}\n".encode())
+            answers.append(greeting(s))
+        except OSError as e:
+            answers.append(f"error {e}")
+    with open(os.path.join(directory, "answers.tmp"), "w") as f:
+        json.dump(answers, f)
+    os.rename(os.path.join(directory, "answers.tmp"), os.path.join(directory, "answers"))
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "serve":
+        serve(args[0], int(args[1]), int(args[2]))
+    elif cmd == "connect":
+        connect(args[0], int(args[1]), int(args[2]))
+    elif cmd == "greet":
+        greet(args[0], int(args[1]))
+    elif cmd == "udp":
+        udp(args[0], int(args[1]))
+    elif cmd == "refused":
+        refused(args[0], int(args[1]))
+    elif cmd == "hold":
+        hold(args[0], int(args[1]), int(args[2]), args[3])
+    else:
+        sys.exit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()
