@@ -70,8 +70,15 @@ impl Node {
     /// Starts `vswitchd` in a fresh node namespace with the embedded defaults plus
     /// `extra` TOML (API socket and state file go to the node's scratch directory).
     pub fn start(tag: &str, extra: &str) -> Node {
+        Node::start_prepared(tag, extra, |_, _| {})
+    }
+
+    /// Like [`Node::start`], with `prepare(namespace, prefix)` run in the fresh node
+    /// namespace before the daemon starts (e.g. to give it an uplink interface).
+    pub fn start_prepared(tag: &str, extra: &str, prepare: impl FnOnce(&Netns, &str)) -> Node {
         let prefix = unique_prefix(tag);
         let ns = Netns::new(&format!("{prefix}n"));
+        prepare(&ns, &prefix);
         let dir = Scratch::new(&prefix);
         let socket = dir.0.join("api.sock");
         let config = dir.0.join("vswitchd.toml");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vswitch_api::Backend;
-use vswitch_e2e::testbed::{Process, unique_prefix, wait_until};
+use vswitch_e2e::testbed::{Netns, Process, unique_prefix, wait_until};
 use vswitch_e2e::{Node, Pod, Scratch};
 
 fn ip(host: u8) -> Ipv4Addr {
@@ -25,10 +25,14 @@ fn tool() -> PathBuf {
 
 /// Runs the test tool in `pod`; returns its stdout parsed as JSON.
 fn tool_json(pod: &Pod, args: &[&str]) -> serde_json::Value {
+    tool_json_in(&pod.ns, args)
+}
+
+fn tool_json_in(ns: &Netns, args: &[&str]) -> serde_json::Value {
     let tool = tool();
     let mut argv = vec!["/usr/bin/python3", tool.to_str().expect("utf-8 path")];
     argv.extend_from_slice(args);
-    let out = pod.ns.ok(&argv);
+    let out = ns.ok(&argv);
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {out:?}"))
 }
 
@@ -78,9 +82,16 @@ endpoints = [{eps}]
     )
 }
 
-/// A node whose services file is `file` (written by the test).
-fn node_with_services(tag: &str, file: &Path, extra_config: &str) -> Node {
-    Node::start(tag, &format!("{extra_config}\n[services]\nfile = {:?}\n", file.display().to_string()))
+/// A node whose services file is `file` (written by the test); `prepare` runs in its
+/// namespace before the daemon starts.
+fn node_with_services(
+    tag: &str,
+    file: &Path,
+    extra_config: &str,
+    prepare: impl FnOnce(&Netns, &str),
+) -> Node {
+    let config = format!("{extra_config}\n[services]\nfile = {:?}\n", file.display().to_string());
+    Node::start_prepared(tag, &config, prepare)
 }
 
 fn counts(names: &serde_json::Value) -> BTreeMap<String, usize> {
@@ -110,9 +121,18 @@ struct Setup {
 /// A node with endpoint pods a, b, c (10.244.1.11-13) serving, a client pod
 /// (10.244.1.20), and the Services of [`services_toml`] over a, b and c.
 fn setup(tag: &str, extra_config: &str, backend: Backend) -> Setup {
+    setup_prepared(tag, extra_config, backend, |_, _| {})
+}
+
+fn setup_prepared(
+    tag: &str,
+    extra_config: &str,
+    backend: Backend,
+    prepare: impl FnOnce(&Netns, &str),
+) -> Setup {
     let files = Scratch::new(&unique_prefix(&format!("{tag}f")));
     let file = files.0.join("services.toml");
-    let node = node_with_services(tag, &file, extra_config);
+    let node = node_with_services(tag, &file, extra_config, prepare);
     let pods: Vec<Pod> =
         ["a", "b", "c"].iter().enumerate().map(|(i, n)| node.pod(n, ip(11 + i as u8), backend)).collect();
     let client = node.pod("cl", ip(20), backend);
@@ -265,12 +285,23 @@ fn checksum_report(pcap: &Path) -> (usize, Vec<String>) {
 
 /// Starts tshark on `eth0` of `pod`, writing to `pcap`; returns once it captures.
 fn capture(pod: &Pod, pcap: &Path) -> Process {
-    let p = pod.ns.spawn(&["tshark", "-i", "eth0", "-w", pcap.to_str().unwrap(), "-q"]);
+    capture_in(&pod.ns, "eth0", pcap)
+}
+
+fn capture_in(ns: &Netns, ifname: &str, pcap: &Path) -> Process {
+    let p = ns.spawn(&["tshark", "-i", ifname, "-w", pcap.to_str().unwrap(), "-q"]);
     assert!(
         wait_until(Duration::from_secs(20), || std::fs::metadata(pcap).is_ok_and(|m| m.len() > 0)),
         "tshark started"
     );
     p
+}
+
+fn stop_captures(captures: Vec<Process>) {
+    for mut p in captures {
+        p.signal(vswitch_e2e::testbed::Signal::SIGINT);
+        p.wait_output(Duration::from_secs(10));
+    }
 }
 
 #[test]
@@ -289,11 +320,7 @@ fn translated_packets_carry_correct_checksums_on_the_wire() {
     }
     tool_json(&s.client, &["refused", EMPTY_VIP, "80"]);
     std::thread::sleep(Duration::from_millis(500));
-    for p in [c1, c2] {
-        p.signal(vswitch_e2e::testbed::Signal::SIGINT);
-        let mut p = p;
-        p.wait_output(Duration::from_secs(10));
-    }
+    stop_captures(vec![c1, c2]);
     let (frames, bad) = checksum_report(&at_client);
     assert!(frames >= 100, "the client's capture has the flows, verified ({frames} frames)");
     assert!(bad.is_empty(), "bad checksums at the client:\n{}", bad.join("\n"));
@@ -311,4 +338,98 @@ fn translated_packets_carry_correct_checksums_on_the_wire() {
         &["-r", at_client.to_str().unwrap(), "-Y", &format!("icmp.type == 3 && ip.src == {EMPTY_VIP}")],
     );
     assert!(icmp.lines().count() >= 1, "the refusal is an ICMP port unreachable from the VIP");
+}
+
+const NODE_IP: &str = "192.168.77.1";
+const OUTSIDE_IP: &str = "192.168.77.2";
+
+/// NodePorts from a namespace playing a machine outside the cluster, through the
+/// node's uplink (a veth whose far end is that namespace): `Cluster` policy translates
+/// the source to the node's address, `Local` keeps the client's and uses only this
+/// node's endpoints; the node's own traffic on the same interface stays the kernel's.
+#[test]
+fn node_ports_from_outside_through_the_uplink() {
+    let mut outside: Option<Netns> = None;
+    let s = setup_prepared("sve", "[uplink]\ninterface = \"upl0\"", Backend::Tap, |node, prefix| {
+        let x = Netns::new(&format!("{prefix}x"));
+        node.ok(&["ip", "link", "add", "upl0", "type", "veth", "peer", "name", "ext0"]);
+        node.ok(&["ip", "link", "set", "ext0", "netns", x.name()]);
+        node.ok(&["ip", "addr", "add", &format!("{NODE_IP}/24"), "dev", "upl0"]);
+        node.ok(&["ip", "link", "set", "upl0", "up"]);
+        x.ok(&["ip", "addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "ext0"]);
+        x.ok(&["ip", "link", "set", "ext0", "up"]);
+        // A veth stands in for a wire, on which frames arrive with complete checksums
+        // (XDP sees the bytes as they are; a veth peer would leave them partial).
+        let handle = vswitch::sys::netns::Netns::open(&x.path()).expect("outside namespace");
+        handle.run(|| vswitch::sys::ethtool::disable_offloads("ext0")).unwrap().expect("offloads off");
+        outside = Some(x);
+    });
+    let x = outside.expect("the outside namespace");
+    let status = s.node.ctl(&["status"]);
+    assert!(
+        status.contains(&format!("node IP:   {NODE_IP}")) && status.contains("uplink:    upl0"),
+        "{status}"
+    );
+
+    let node_ports = format!(
+        r#"
+[[service]]
+name = "np"
+cluster_ip = "10.96.0.20"
+type = "NodePort"
+ports = [
+  {{ name = "http", port = 80, target_port = 8080, node_port = 30080 }},
+  {{ name = "dns", protocol = "UDP", port = 53, target_port = 5353, node_port = 30053 }},
+]
+endpoints = [{eps}]
+
+[[service]]
+name = "np-local"
+cluster_ip = "10.96.0.21"
+type = "NodePort"
+external_traffic_policy = "Local"
+ports = [{{ port = 80, target_port = 8080, node_port = 30081 }}]
+endpoints = [{{ ip = "{a}" }}, {{ ip = "10.244.2.9", node = "elsewhere" }}]
+"#,
+        eps = endpoints(&[ip(11), ip(12), ip(13)]),
+        a = ip(11)
+    );
+    apply(&s.node, &s.file, &services_toml(&[ip(11), ip(12), ip(13)], &node_ports));
+    let pcap = s.files.0.join("outside.pcap");
+    let capture = capture_in(&x, "ext0", &pcap);
+
+    // Cluster policy: spread over every endpoint, which sees the node's address.
+    let names = counts(&tool_json_in(&x, &["connect", NODE_IP, "30080", "60"]));
+    assert_eq!(names.values().sum::<usize>(), 60, "{names:?}");
+    assert!(names.len() == 3, "all three endpoints take NodePort flows: {names:?}");
+    let g = tool_json_in(&x, &["greet", NODE_IP, "30080"]);
+    assert!(g["greeting"].as_str().unwrap().ends_with(&format!(" {NODE_IP}")), "source NAT to the node: {g}");
+    let udp = tool_json_in(&x, &["udp", NODE_IP, "30053"]);
+    assert_eq!(udp["from"], format!("{NODE_IP}:30053"), "{udp}");
+    assert!(udp["reply"].as_str().unwrap().ends_with(&format!(" {NODE_IP}")), "{udp}");
+
+    // Local policy: only this node's endpoint, and it sees the real client.
+    for _ in 0..10 {
+        let g = tool_json_in(&x, &["greet", NODE_IP, "30081"]);
+        assert_eq!(g["greeting"], format!("a {OUTSIDE_IP}"), "{g}");
+    }
+
+    // The node's own traffic on the uplink is the kernel's: ping, and a TCP service of
+    // the node itself.
+    let _own = s.node.ns.spawn(&["ncat", "-lk", "22222"]);
+    assert!(wait_until(Duration::from_secs(5), || s.node.ns.ok(&["ss", "-ltn"]).contains(":22222")));
+    assert!(x.run(&["ping", "-c", "2", "-i", "0.2", "-W", "2", NODE_IP]).status.success());
+    assert!(x.run(&["ncat", "-z", "-w", "3", NODE_IP, "22222"]).status.success(), "the node's own port");
+
+    stop_captures(vec![capture]);
+    let (verified, bad) = checksum_report(&pcap);
+    assert!(verified >= 100, "the outside capture has the NodePort flows ({verified} verified)");
+    assert!(bad.is_empty(), "bad checksums on the wire outside:\n{}", bad.join("\n"));
+
+    // A NodePort that goes away is no longer steered: the node's kernel refuses it.
+    apply(&s.node, &s.file, &services_toml(&[ip(11), ip(12), ip(13)], ""));
+    let refused = tool_json_in(&x, &["refused", NODE_IP, "30080"]);
+    assert_eq!(refused["error"], "ECONNREFUSED", "{refused}");
+    let ports = s.node.ctl(&["ports"]);
+    assert!(ports.contains("uplink") && ports.contains("upl0"), "{ports}");
 }

@@ -82,6 +82,9 @@ pub enum PortKind {
     Pod,
     /// The TAP in the node's namespace that carries the gateway address.
     Host,
+    /// The node's underlay interface, where NodePort traffic comes in (AF_XDP sockets
+    /// behind an XDP program that leaves the node's own traffic to the kernel).
+    Uplink,
 }
 
 /// A port as the daemon reports it.
@@ -132,6 +135,12 @@ pub struct Status {
     pub default_backend: Backend,
     pub workers: usize,
     pub ports: usize,
+    /// The node's address NodePorts are served on.
+    #[serde(default)]
+    pub node_ip: Option<Ipv4Addr>,
+    /// The uplink interface, when it is up.
+    #[serde(default)]
+    pub uplink: Option<String>,
 }
 
 /// A learned MAC address.

@@ -199,7 +199,8 @@ fn apply(
         Direction::Reply => (conn.orig.reversed(), conn.reply),
     };
     let gateway = ctx.tables.segment(port.segment).and_then(|s| s.config.gateway);
-    let routed = gateway.is_some_and(|g| g.mac == meta.dst_mac);
+    // Through the gateway, or in from the uplink (addressed to the node): a routed hop.
+    let routed = port.kind == PortKind::Uplink || gateway.is_some_and(|g| g.mac == meta.dst_mac);
     let partial = frame.offload.flags & crate::wire::offload::F_NEEDS_CSUM != 0;
     {
         let mut p = Ipv4Mut::new(frame.data_mut(), meta.l3_offset, ip).with_partial_l4_checksum(partial);
@@ -239,14 +240,22 @@ fn route(
         ethernet::set_source(data, rp.local_mac);
         return ControlFlow::Break(Verdict::Forward(rp.port));
     }
-    match ctx.tables.arp_answer(port.segment, dst) {
-        Some(a) if a.port.is_some() => {
+    let owner = match ctx.tables.arp_answer(port.segment, dst) {
+        Some(a) if a.port.is_some() => Some((a, gateway_mac)),
+        // From another segment (the uplink's): the pod's, sent from its gateway.
+        _ => ctx.tables.routed_owner(dst).map(|(a, segment)| {
+            let gw = ctx.tables.segment(segment).and_then(|s| s.config.gateway);
+            (a, gw.map_or(gateway_mac, |g| g.mac))
+        }),
+    };
+    match owner {
+        Some((a, src_mac)) => {
             let data = frame.data_mut();
             ethernet::set_destination(data, a.mac);
-            ethernet::set_source(data, gateway_mac);
-            ControlFlow::Break(Verdict::Forward(a.port.expect("checked")))
+            ethernet::set_source(data, src_mac);
+            ControlFlow::Break(Verdict::Forward(a.port.expect("owners have a port")))
         }
-        _ => drop(DropReason::ServiceNoRoute),
+        None => drop(DropReason::ServiceNoRoute),
     }
 }
 
@@ -444,10 +453,17 @@ mod tests {
     }
 
     impl Rig {
-        /// Pods 1..=3 (10.244.1.2-4), uplink 8, the given Services.
+        /// Pods 1..=3 (10.244.1.2-4) in segment 0, uplink 8 in a segment of its own
+        /// (as the daemon sets it up), the given Services.
         pub(super) fn new(specs: Vec<ServicePortSpec>, ct: ConntrackConfig) -> Rig {
             let mut b = TablesBuilder::default();
             b.add_segment(segment0()).unwrap();
+            b.add_segment(crate::tables::SegmentConfig {
+                id: 1,
+                gateway: None,
+                unknown_arp: crate::tables::UnknownArp::Drop,
+            })
+            .unwrap();
             for i in 1..=3u8 {
                 b.add_port(pod(u16::from(i), [10, 244, 1, i + 1])).unwrap();
             }
@@ -455,7 +471,7 @@ mod tests {
                 id: 8,
                 name: "uplink".into(),
                 kind: PortKind::Uplink,
-                segment: 0,
+                segment: 1,
                 mac: None,
                 ipv4: vec![],
                 ipv6: vec![],
@@ -612,6 +628,8 @@ mod tests {
         let [(2, f)] = out.as_slice() else { panic!("{out:?}") };
         let v4 = assert_valid(f);
         assert_eq!((v4.src, v4.dst), (NODE, ip(3)), "source NAT to the node's address");
+        assert_eq!(v4.ttl, 63, "the node is a routed hop");
+        assert_eq!((&f[0..6], &f[6..12]), (&mac(2).0[..], &mac(GW).0[..]), "to the pod, from its gateway");
         let reply = FrameSpec::tcp(mac(2), mac(GW), ip(3), NODE, 8080, 50000, TCP_SYN | TCP_ACK).build();
         let back = r.send(2, reply);
         let [(8, f)] = back.as_slice() else { panic!("{back:?}") };

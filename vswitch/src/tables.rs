@@ -208,6 +208,14 @@ impl Tables {
         self.arp.get(&ip_key(segment, ip)).copied()
     }
 
+    /// The port that owns `ip` in any segment with a gateway (a routed segment), with
+    /// that segment: where traffic routed to `ip` from another segment goes.
+    pub fn routed_owner(&self, ip: Ipv4Addr) -> Option<(ArpAnswer, SegmentId)> {
+        self.segments().filter(|s| s.config.gateway.is_some()).find_map(|s| {
+            self.arp_answer(s.config.id, ip).filter(|a| a.port.is_some()).map(|a| (a, s.config.id))
+        })
+    }
+
     /// The Service table (empty when no Service is defined).
     #[inline]
     pub fn services(&self) -> &ServiceTable {

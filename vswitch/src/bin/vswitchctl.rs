@@ -157,6 +157,8 @@ async fn run(args: Args) -> Result<(), ClientError> {
             println!("backend:   {} (default)", s.default_backend);
             println!("workers:   {}", s.workers);
             println!("pod ports: {}", s.ports);
+            println!("node IP:   {}", s.node_ip.map_or_else(|| "-".into(), |ip| ip.to_string()));
+            println!("uplink:    {}", s.uplink.as_deref().unwrap_or("-"));
         }
         Cmd::Ports => {
             let ports = client.ports().await?;

@@ -127,6 +127,8 @@ async fn status(State(s): State<Shared>) -> axum::Json<Status> {
         default_backend: c.port_backend,
         workers: m.datapath().workers(),
         ports: m.pod_count(),
+        node_ip: c.node_ip,
+        uplink: m.uplink_name().map(str::to_string),
     })
 }
 

@@ -115,6 +115,12 @@ impl ServiceCatalog {
         self.generation += 1;
     }
 
+    /// The node's address became known (from the uplink): rebuilds the table with it.
+    pub fn set_node_ip(&mut self, ip: std::net::Ipv4Addr, ct: &Conntrack) {
+        self.node.node_ip = Some(ip);
+        self.set(self.services.clone(), ct);
+    }
+
     /// Whether a flow's endpoint has stopped serving (or its Service is gone).
     fn stale(&self, c: &Conn) -> bool {
         !self.base.by_id(c.service).is_some_and(|p| p.serves(c.reply.src, c.reply.src_port))

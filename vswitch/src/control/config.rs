@@ -75,6 +75,8 @@ pub struct Config {
     pub fdb_max_entries: u32,
     pub unknown_arp: UnknownArpPolicy,
     pub conntrack: crate::conntrack::ConntrackConfig,
+    /// The node's underlay interface, where NodePort traffic is taken from.
+    pub uplink: Option<String>,
     /// A TOML file of Services, watched for changes; `None`: no file source.
     pub services_file: Option<PathBuf>,
     /// The node's address, for NodePorts; `None`: NodePorts are not served.
@@ -142,8 +144,13 @@ section!(RawConfig, CompleteRawConfig, {
     fdb: RawFdb => CompleteRawFdb,
     arp: RawArp => CompleteRawArp,
     conntrack: RawConntrack => CompleteRawConntrack,
+    uplink: RawUplink => CompleteRawUplink,
     services: RawServices => CompleteRawServices,
 }, |c: CompleteRawConfig| c.into());
+
+section!(RawUplink, CompleteRawUplink, {
+    interface: Spanned<String> => Spanned<String>,
+}, |c: CompleteRawConfig| c.uplink.into());
 
 section!(RawFdb, CompleteRawFdb, {
     aging_seconds: Spanned<u32> => Spanned<u32>,
@@ -287,17 +294,22 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             )
         })?),
     };
-    let host_port = match raw.host_port.get_ref().as_str() {
-        "" => None,
+    let interface = |value: &Spanned<String>, field: &str| match value.get_ref().as_str() {
+        "" => Ok(None),
         name if name.len() > 15 || name.contains('/') || name.contains(char::is_whitespace) => {
-            return Err(at(
-                raw.host_port.span(),
-                "host_port",
-                format!("{name:?} is not a valid interface name"),
-            ));
+            Err(at(value.span(), field, format!("{name:?} is not a valid interface name")))
         }
-        name => Some(name.to_string()),
+        name => Ok(Some(name.to_string())),
     };
+    let host_port = interface(&raw.host_port, "host_port")?;
+    let uplink = interface(&raw.uplink.interface, "uplink.interface")?;
+    if uplink.is_some() && uplink == host_port {
+        return Err(at(
+            raw.uplink.interface.span(),
+            "uplink.interface",
+            "the uplink cannot be the host port".into(),
+        ));
+    }
     let max_ports = *raw.max_ports.get_ref();
     if !(2..=65536).contains(&max_ports) {
         return Err(at(raw.max_ports.span(), "max_ports", format!("{max_ports} is outside 2..=65536")));
@@ -379,6 +391,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         fdb_max_entries,
         unknown_arp: raw.arp.unknown_target,
         conntrack,
+        uplink,
         services_file,
         node_ip,
         hairpin_ip,

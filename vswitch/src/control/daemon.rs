@@ -212,6 +212,10 @@ async fn start(config: &Config) -> Result<PortManager, DaemonError> {
         }
         Err(e) => return Err(e.into()),
     }
+    // After the pods: an uplink that cannot start costs NodePorts, not pod traffic.
+    if let Err(e) = manager.start_uplink().await {
+        tracing::error!(error = %e, "uplink not started: NodePorts are not reachable from outside the node");
+    }
     Ok(manager)
 }
 

@@ -24,11 +24,17 @@
 use std::io::Write;
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
 use std::time::{Duration, Instant};
 
-use xsk_rs::config::{BindFlags, FrameSize, Interface, QueueSize, SocketConfig, UmemConfig, XdpFlags};
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags,
+};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
+use super::steer::SteeringProgram;
 use super::{PortError, PortQueue, TxOutcome};
 use crate::frame::{Frame, FramePool};
 use crate::sys::{Context, SysError};
@@ -112,6 +118,17 @@ fn socket_config(flags: XdpFlags) -> SocketConfig {
         .build()
 }
 
+/// A socket for an interface whose XDP program is ours ([`SteeringProgram`]): libxdp
+/// loads nothing.
+fn steered_socket_config() -> SocketConfig {
+    SocketConfig::builder()
+        .rx_queue_size(QueueSize::new(RING).expect("a power of two"))
+        .tx_queue_size(QueueSize::new(RING).expect("a power of two"))
+        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
+        .build()
+}
+
 impl XskQueue {
     /// Binds a socket to queue 0 of `ifname` (in the calling thread's namespace),
     /// attaching libxdp's redirect program in `mode`.
@@ -125,7 +142,7 @@ impl XskQueue {
         for flags in attempts {
             // A fresh UMEM each time: a failed bind leaves libxdp's context of the old one
             // holding the queue.
-            match Self::open_with(ifname, *flags) {
+            match Self::open_with(ifname, 0, socket_config(*flags), &format!("{flags:?}")) {
                 Ok(q) => return Ok(q),
                 Err(e) => last = Some(e),
             }
@@ -133,8 +150,16 @@ impl XskQueue {
         Err(last.expect("at least one attempt"))
     }
 
-    fn open_with(ifname: &str, flags: XdpFlags) -> Result<XskQueue, SysError> {
-        let ctx = || format!("AF_XDP socket on {ifname} ({flags:?})");
+    /// Binds a socket to queue `queue` of the interface `program` is attached to and
+    /// registers it there: the program decides which frames reach it.
+    pub fn open_steered(program: &SteeringProgram, queue: u32) -> Result<XskQueue, SysError> {
+        let q = Self::open_with(program.ifname(), queue, steered_socket_config(), "steered")?;
+        program.register_socket(queue, q.rx.fd().as_raw_fd())?;
+        Ok(q)
+    }
+
+    fn open_with(ifname: &str, queue: u32, config: SocketConfig, how: &str) -> Result<XskQueue, SysError> {
+        let ctx = || format!("AF_XDP socket on {ifname} queue {queue} ({how})");
         let umem_config = UmemConfig::builder()
             .frame_size(FrameSize::new(FRAME_SIZE).expect("at least 2048"))
             .fill_queue_size(QueueSize::new(RING).expect("a power of two"))
@@ -149,7 +174,7 @@ impl XskQueue {
             ifname.parse().map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL)).context(ctx)?;
         // SAFETY: the UMEM is this socket's alone (not shared), so no other socket is
         // bound to this interface and queue through it.
-        let sock = unsafe { Socket::new(socket_config(flags), &umem, &iface, 0) }
+        let sock = unsafe { Socket::new(config, &umem, &iface, queue) }
             .map_err(|e| std::io::Error::other(e.to_string()))
             .context(ctx)?;
         let (tx, rx, Some((mut fill, comp))) = sock else {
@@ -298,6 +323,92 @@ impl PortQueue for XskQueue {
 
     fn busy(&self) -> bool {
         self.in_flight > 0 && self.last_completion.elapsed() < STALL
+    }
+}
+
+/// Several sockets of one interface served by one worker, as one queue: the uplink's
+/// NIC may have more receive queues than there are workers, and every queue needs a
+/// socket (a queue without one would hand its share of the steered flows to the
+/// kernel).
+///
+/// Receiving takes from each member in turn (a different one first each round, so none
+/// starves); transmitting goes through the first. The group's readiness fd is an epoll
+/// instance of its own holding the members' fds, edge-triggered and drained on every
+/// receive, so the worker's epoll sees it readable whenever any member became readable.
+pub struct XskGroup {
+    members: Vec<XskQueue>,
+    /// An epoll instance (mio registers edge-triggered).
+    epoll: Poll,
+    events: Events,
+    next: usize,
+    label: String,
+}
+
+impl XskGroup {
+    /// Groups `members` (at least one), sockets of the same interface.
+    pub fn new(members: Vec<XskQueue>) -> Result<XskGroup, SysError> {
+        let label = members.first().map(|q| q.label.clone()).unwrap_or_default();
+        let ctx = || format!("grouping AF_XDP sockets of {label}");
+        let epoll = Poll::new().context(ctx)?;
+        for (i, q) in members.iter().enumerate() {
+            let fd = q.rx.fd().as_raw_fd();
+            epoll.registry().register(&mut SourceFd(&fd), Token(i), Interest::READABLE).context(ctx)?;
+        }
+        Ok(XskGroup { members, epoll, events: Events::with_capacity(16), next: 0, label })
+    }
+
+    /// Empties the group's ready list, so that the next member readiness makes the
+    /// group's fd readable again (an edge for the worker's epoll).
+    fn drain_readiness(&mut self) {
+        while self.epoll.poll(&mut self.events, Some(Duration::ZERO)).is_ok() {
+            if self.events.iter().count() < self.events.capacity() {
+                break;
+            }
+        }
+    }
+}
+
+impl PortQueue for XskGroup {
+    fn rx_batch(
+        &mut self,
+        pool: &mut FramePool,
+        batch: &mut Vec<Frame>,
+        max: usize,
+    ) -> Result<usize, PortError> {
+        self.drain_readiness();
+        let n = self.members.len();
+        let mut got = 0;
+        for k in 0..n {
+            if got >= max {
+                break;
+            }
+            got += self.members[(self.next + k) % n].rx_batch(pool, batch, max - got)?;
+        }
+        self.next = (self.next + 1) % n.max(1);
+        Ok(got)
+    }
+
+    fn tx_batch(&mut self, frames: &mut Vec<Frame>, pool: &mut FramePool) -> TxOutcome {
+        match self.members.first_mut() {
+            Some(q) => q.tx_batch(frames, pool),
+            None => {
+                let dropped = frames.len();
+                frames.drain(..).for_each(|f| pool.put(f));
+                TxOutcome { dropped, ..Default::default() }
+            }
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.label
+    }
+
+    fn readiness_fd(&self) -> Option<RawFd> {
+        Some(self.epoll.as_raw_fd())
+    }
+
+    fn busy(&self) -> bool {
+        self.members.iter().any(XskQueue::busy)
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod afxdp;
 pub mod memory;
+pub mod steer;
 pub mod tap;
 
 use crate::frame::{Frame, FramePool};

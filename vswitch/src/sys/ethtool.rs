@@ -1,4 +1,4 @@
-//! ethtool feature switches, through the `SIOCETHTOOL` ioctl.
+//! ethtool feature switches and channel counts, through the `SIOCETHTOOL` ioctl.
 //!
 //! AF_XDP copies raw frame bytes: a frame the pod's stack left with a partial checksum,
 //! or a TSO super-frame, would reach the switch unfinished (or not fit a UMEM frame at
@@ -20,6 +20,7 @@ const ETHTOOL_SSG: u32 = 0x19;
 const ETHTOOL_STSO: u32 = 0x1f;
 const ETHTOOL_SGSO: u32 = 0x24;
 const ETHTOOL_SGRO: u32 = 0x2c;
+const ETHTOOL_GCHANNELS: u32 = 0x3c;
 
 #[repr(C)]
 struct EthtoolValue {
@@ -27,9 +28,24 @@ struct EthtoolValue {
     data: u32,
 }
 
-fn set(ifname: &str, cmd: u32, data: u32) -> std::io::Result<()> {
+/// `struct ethtool_channels`.
+#[repr(C)]
+#[derive(Default)]
+struct EthtoolChannels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
+}
+
+/// Runs the ethtool command whose `struct ethtool_*` (starting with its `cmd`) is `data`.
+fn ethtool<T>(ifname: &str, data: &mut T) -> std::io::Result<()> {
     let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
-    let mut value = EthtoolValue { cmd, data };
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     let name = ifname.as_bytes();
@@ -39,11 +55,27 @@ fn set(ifname: &str, cmd: u32, data: u32) -> std::io::Result<()> {
     for (dst, src) in ifr.ifr_name.iter_mut().zip(name) {
         *dst = *src as libc::c_char;
     }
-    ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
-    // SAFETY: SIOCETHTOOL reads `ifr` (a NUL-terminated name and a pointer to `value`)
-    // and reads/writes `value`, both alive and exclusively borrowed for the call.
+    ifr.ifr_ifru.ifru_data = (data as *mut T).cast();
+    // SAFETY: SIOCETHTOOL reads `ifr` (a NUL-terminated name and a pointer to `data`,
+    // a repr(C) ethtool struct of the kind its `cmd` names) and reads/writes `data`,
+    // both alive and exclusively borrowed for the call.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &raw mut ifr) };
     if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+fn set(ifname: &str, cmd: u32, data: u32) -> std::io::Result<()> {
+    ethtool(ifname, &mut EthtoolValue { cmd, data })
+}
+
+/// How many receive queues `ifname` has (combined plus receive-only channels), in the
+/// calling thread's namespace; 1 for a device that does not say.
+pub fn rx_queues(ifname: &str) -> Result<u32, SysError> {
+    let mut ch = EthtoolChannels { cmd: ETHTOOL_GCHANNELS, ..Default::default() };
+    match ethtool(ifname, &mut ch) {
+        Ok(()) => Ok((ch.rx_count + ch.combined_count).max(1)),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(1),
+        Err(e) => Err(SysError::new(format!("ethtool: channels of {ifname}"), e)),
+    }
 }
 
 /// Switches off transmit checksumming, scatter-gather, TSO, GSO and GRO on `ifname`

@@ -17,6 +17,10 @@ use vswitch_api::{
     ServicesView,
 };
 
+mod uplink;
+
+pub use uplink::UPLINK_SEGMENT;
+
 use super::catalog::{FileOutcome, ServiceCatalog};
 use super::config::{AfxdpMode, Config, ConfigError, UnknownArpPolicy};
 use super::state::{self, SavedPort, StateError, StateFile};
@@ -103,6 +107,7 @@ pub struct PortManager {
     /// The port id given out last.
     last_id: PortId,
     catalog: ServiceCatalog,
+    uplink: Option<uplink::Uplink>,
 }
 
 /// What a restart found.
@@ -167,6 +172,7 @@ impl PortManager {
             xsk_load: vec![0; workers],
             last_id: 0,
             catalog,
+            uplink: None,
         };
         m.publish()?;
         Ok(m)
@@ -195,6 +201,7 @@ impl PortManager {
             FileOutcome::Rejected(e) => Err(e),
             FileOutcome::Applied => {
                 self.publish_services();
+                self.sync_steered_ports();
                 let cut = self.catalog.cut_stale_flows(self.datapath.conntrack());
                 let view = self.catalog.view();
                 tracing::info!(
@@ -280,6 +287,19 @@ impl PortManager {
                 })
                 .collect(),
         }
+    }
+
+    /// The next free id after the last one given out: an id is reused as late as
+    /// possible, so a new port rarely shows up under a departed one's counters.
+    fn free_id(&mut self) -> Result<PortId, AttachError> {
+        let span = self.config.max_ports - 1;
+        let uplink = self.uplink.as_ref().map(|u| u.id);
+        let id = (0..span)
+            .map(|k| (1 + (usize::from(self.last_id) + k) % span) as PortId)
+            .find(|i| !self.pods.contains_key(i) && Some(*i) != uplink)
+            .ok_or(AttachError::PortLimit(self.config.max_ports))?;
+        self.last_id = id;
+        Ok(id)
     }
 
     fn all_workers(&self) -> Vec<WorkerId> {
@@ -423,14 +443,7 @@ impl PortManager {
             };
         }
         self.validate(req, backend, mtu, mac)?;
-        // The next free id after the last one given out: an id is reused as late as
-        // possible, so a new pod rarely shows up under a departed one's counters.
-        let span = self.config.max_ports - 1;
-        let id = (0..span)
-            .map(|k| (1 + (usize::from(self.last_id) + k) % span) as PortId)
-            .find(|i| !self.pods.contains_key(i))
-            .ok_or(AttachError::PortLimit(self.config.max_ports))?;
-        self.last_id = id;
+        let id = self.free_id()?;
         let entry = self.entry_for(id, req, mac, mtu, backend, &[]);
         // Conflicts (IP or MAC in use) are found before any device exists.
         self.builder.clone().add_port(entry).map_err(conflict)?;
@@ -868,6 +881,24 @@ impl PortManager {
                 network: None,
             });
         }
+        if let Some(u) = &self.uplink {
+            out.push(PortInfo {
+                id: u.id,
+                kind: ApiPortKind::Uplink,
+                container_id: String::new(),
+                ifname: u.name.clone(),
+                netns: PathBuf::new(),
+                host_ifname: None,
+                mac: u.mac.to_string(),
+                ips: self.config.node_ip.map(|ip| IpNet::from(IpAddr::V4(ip))).into_iter().collect(),
+                mtu: u.mtu,
+                backend: Backend::Afxdp,
+                workers: u.workers.clone(),
+                offloads: false,
+                pod: None,
+                network: None,
+            });
+        }
         out.extend(self.pods.values().map(|p| self.pod_info(p)));
         out
     }
@@ -885,6 +916,9 @@ impl PortManager {
             .collect();
         if let Some(h) = &self.host {
             names.insert(HOST_PORT_ID, h.name.clone());
+        }
+        if let Some(u) = &self.uplink {
+            names.insert(u.id, format!("uplink {}", u.name));
         }
         names
     }
