@@ -15,7 +15,8 @@ ir() {
   rm -f "$out"
 }
 printf '%-30s %8s %s\n' workload batch instructions/packet
-for w in l2_pod_to_pod l2_learned_10k_fdb_hot l2_learned_10k_fdb_uniform arp_proxy_reply flood_8_ports; do
+for w in l2_pod_to_pod l2_learned_10k_fdb_hot l2_learned_10k_fdb_uniform arp_proxy_reply flood_8_ports \
+         service_dnat_established service_dnat_new_flow service_dnat_new_flow_10k_services; do
   for batch in 64 256; do
     a=$(ir "$w" "$N" "$batch"); b=$(ir "$w" $((2 * N)) "$batch")
     printf '%-30s %8s %s\n' "$w" "$batch" "$(( (b - a) / N ))"

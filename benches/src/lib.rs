@@ -2,17 +2,23 @@
 //! a [`SoloSwitch`] (one worker, polled on the bench thread) over in-memory ports that
 //! replay prepared 64-byte frames and discard what the switch sends.
 
+pub mod node;
+
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use vswitch::fdb::FdbConfig;
+use vswitch::frame::{Frame, FramePool};
 use vswitch::port::memory::MemoryPort;
+use vswitch::port::{PortError, PortQueue, TxOutcome};
+use vswitch::services::{BuildMemory, DEFAULT_HAIRPIN_IP, EndpointSpec, ServicePortSpec, ServiceTable};
 use vswitch::tables::{
     Gateway, PortEntry, PortId, PortKind, SegmentConfig, TablesBuilder, UnknownArp, WorkerSet,
 };
 use vswitch::testing::{FrameSpec, SoloSwitch, arp_request, mac};
 use vswitch::wire::MacAddr;
+use vswitch::wire::parse::IPPROTO_UDP;
 
 /// 60 bytes on the wire plus the 4-byte FCS the NIC adds: the classic 64-byte frame.
 pub const FRAME_LEN: usize = 60;
@@ -30,15 +36,26 @@ pub enum Workload {
     ArpReply,
     /// Broadcast from one port to 8 others.
     Flood8,
+    /// Pod to a Service VIP (3 endpoints), 4096 flows already in conntrack: lookup and
+    /// DNAT of an established flow.
+    ServiceEstablished,
+    /// Pod to a Service VIP (3 endpoints), every packet a new flow: Maglev pick,
+    /// conntrack insert (table up to 32k flows), DNAT.
+    ServiceNewFlow,
+    /// As `ServiceNewFlow`, with 10 000 Services installed.
+    ServiceNewFlow10k,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 8] = [
         Workload::L2PodToPod,
         Workload::L2LearnedHot,
         Workload::L2LearnedUniform,
         Workload::ArpReply,
         Workload::Flood8,
+        Workload::ServiceEstablished,
+        Workload::ServiceNewFlow,
+        Workload::ServiceNewFlow10k,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +65,9 @@ impl Workload {
             Workload::L2LearnedUniform => "l2_learned_10k_fdb_uniform",
             Workload::ArpReply => "arp_proxy_reply",
             Workload::Flood8 => "flood_8_ports",
+            Workload::ServiceEstablished => "service_dnat_established",
+            Workload::ServiceNewFlow => "service_dnat_new_flow",
+            Workload::ServiceNewFlow10k => "service_dnat_new_flow_10k_services",
         }
     }
 
@@ -62,6 +82,10 @@ pub struct Rig {
     /// Frames the switch received per poll (the batch size).
     pub frames_per_poll: usize,
     sent: Vec<Arc<AtomicU64>>,
+    /// New-flow workloads: packets until conntrack must be emptied (the generator's
+    /// client ports come round again after 64k flows).
+    reset_every: Option<u64>,
+    since_reset: u64,
 }
 
 impl Rig {
@@ -71,8 +95,95 @@ impl Rig {
     }
 
     pub fn poll(&mut self) -> usize {
-        self.switch.poll()
+        let n = self.switch.poll();
+        self.since_reset += n as u64;
+        n
     }
+
+    /// Whether [`Rig::reset`] is due (new-flow workloads only). Benches stop their clock
+    /// for it: forgetting flows is housekeeping's work, off the packet path.
+    pub fn needs_reset(&self) -> bool {
+        self.reset_every.is_some_and(|every| self.since_reset >= every)
+    }
+
+    /// Empties conntrack, so that the generator's next packets are new flows again.
+    pub fn reset(&mut self) {
+        self.switch.conntrack().remove_where(|_| true);
+        self.since_reset = 0;
+    }
+}
+
+/// The client port of a new-flow workload: an endless stream of UDP packets from pod 1
+/// to a VIP, each from the next source port (UDP checksum zero, so only the port
+/// changes).
+pub struct FlowGenerator {
+    template: Vec<u8>,
+    next: u16,
+}
+
+impl PortQueue for FlowGenerator {
+    fn rx_batch(
+        &mut self,
+        pool: &mut FramePool,
+        batch: &mut Vec<Frame>,
+        max: usize,
+    ) -> Result<usize, PortError> {
+        for _ in 0..max {
+            let mut frame = pool.get();
+            frame.set(&self.template);
+            frame.data_mut()[34..36].copy_from_slice(&self.next.to_be_bytes());
+            self.next = self.next.wrapping_add(1);
+            batch.push(frame);
+        }
+        Ok(max)
+    }
+
+    fn tx_batch(&mut self, frames: &mut Vec<Frame>, pool: &mut FramePool) -> TxOutcome {
+        let sent = frames.len();
+        frames.drain(..).for_each(|f| pool.put(f));
+        TxOutcome { sent, ..Default::default() }
+    }
+
+    fn name(&self) -> &str {
+        "flow generator"
+    }
+}
+
+/// The bench Services: `count` of them, VIPs from 10.96.0.10 up, port 80 UDP, each over
+/// the endpoints pods 2–4 (10.244.1.3–5) at port 8080.
+pub fn bench_services(count: usize) -> ServiceTable {
+    let specs: Vec<ServicePortSpec> = (0..count)
+        .map(|i| {
+            let n = 10 + i as u32;
+            ServicePortSpec {
+                name: format!("bench/s{i}:80"),
+                vip: Ipv4Addr::new(10, 96, (n >> 8) as u8, n as u8),
+                port: 80,
+                protocol: IPPROTO_UDP,
+                node_port: None,
+                endpoints: (2..=4)
+                    .map(|p| EndpointSpec {
+                        ip: pod_ip(p),
+                        port: 8080,
+                        ready: true,
+                        serving: true,
+                        terminating: false,
+                        local: true,
+                    })
+                    .collect(),
+                affinity_timeout: None,
+                external_local: false,
+                internal_local: false,
+            }
+        })
+        .collect();
+    ServiceTable::build(&specs, None, DEFAULT_HAIRPIN_IP, &mut BuildMemory::default())
+}
+
+/// The VIP the service workloads send to: the middle one of those installed.
+pub fn bench_vip(count: usize) -> Ipv4Addr {
+    let n = 10 + (count / 2) as u32;
+    Ipv4Addr::new(10, 96, (n >> 8) as u8, n as u8)
 }
 
 fn pod_ip(n: u16) -> Ipv4Addr {
@@ -102,6 +213,13 @@ fn udp(src: MacAddr, dst: MacAddr, sip: Ipv4Addr, dip: Ipv4Addr, sport: u16) -> 
     f
 }
 
+/// A 64-byte UDP frame from pod 1 to `vip`:80 through the gateway.
+fn service_udp(gateway: MacAddr, vip: Ipv4Addr, sport: u16) -> Vec<u8> {
+    let f = FrameSpec::udp(mac(1), gateway, pod_ip(1), vip, sport, 80).payload(&[0xab; UDP_PAYLOAD]).build();
+    debug_assert_eq!(f.len(), FRAME_LEN);
+    f
+}
+
 /// The pod-to-pod frames, for the I/O-only baseline.
 pub fn baseline_frames() -> Vec<Vec<u8>> {
     (0..64).map(|i| udp(mac(1), mac(2), pod_ip(1), pod_ip(2), 1000 + i)).collect()
@@ -120,10 +238,22 @@ pub fn rig(workload: Workload, batch: usize) -> Rig {
         Workload::L2PodToPod | Workload::ArpReply => (PortKind::Pod, 2),
         Workload::L2LearnedHot | Workload::L2LearnedUniform => (PortKind::Uplink, 2),
         Workload::Flood8 => (PortKind::Uplink, 9),
+        Workload::ServiceEstablished | Workload::ServiceNewFlow | Workload::ServiceNewFlow10k => {
+            (PortKind::Pod, 4)
+        }
     };
     for id in 1..=ports {
         b.add_port(port(id, kind)).expect("distinct ports");
     }
+    let services = match workload {
+        Workload::ServiceEstablished | Workload::ServiceNewFlow => 1,
+        Workload::ServiceNewFlow10k => 10_000,
+        _ => 0,
+    };
+    if services > 0 {
+        b.set_services(Arc::new(bench_services(services)));
+    }
+    let gateway = mac(0xfffe);
     let tables = b.build().expect("valid tables");
     let mut switch = SoloSwitch::new(tables, FdbConfig::default(), 16, batch);
 
@@ -151,6 +281,10 @@ pub fn rig(workload: Workload, batch: usize) -> Rig {
                 .collect()
         }
         Workload::ArpReply => vec![arp_request(mac(1), pod_ip(1), pod_ip(2))],
+        Workload::ServiceEstablished => {
+            (0..4096).map(|i| service_udp(gateway, bench_vip(services), 10_000 + i)).collect()
+        }
+        Workload::ServiceNewFlow | Workload::ServiceNewFlow10k => vec![],
         Workload::Flood8 => {
             vec![udp(
                 mac(0x10_0001),
@@ -169,13 +303,24 @@ pub fn rig(workload: Workload, batch: usize) -> Rig {
         switch.add_queue(id, Box::new(sink));
         sent.push(counter);
     }
-    let (replay, counter) = MemoryPort::replay("in", frames);
-    switch.add_queue(1, Box::new(replay));
-    sent.push(counter);
-    let mut rig = Rig { switch, frames_per_poll: batch, sent };
+    let new_flows = frames.is_empty();
+    if new_flows {
+        let mut template = service_udp(gateway, bench_vip(services), 0);
+        template[40..42].copy_from_slice(&[0, 0]); // no UDP checksum
+        switch.add_queue(1, Box::new(FlowGenerator { template, next: 1024 }));
+    } else {
+        let (replay, counter) = MemoryPort::replay("in", frames);
+        switch.add_queue(1, Box::new(replay));
+        sent.push(counter);
+    }
+    let reset_every = new_flows.then_some(32_768);
+    let mut rig = Rig { switch, frames_per_poll: batch, sent, reset_every, since_reset: 0 };
     // Warm the pool and caches; check the workload does what it says.
     for _ in 0..64 {
         rig.poll();
+        if rig.needs_reset() {
+            rig.reset();
+        }
     }
     let stats = rig.switch.stats();
     assert_eq!(stats.total_drops(), 0, "{workload:?} drops: {:?}", stats.drops_by_reason);

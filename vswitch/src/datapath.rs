@@ -20,7 +20,7 @@ use crossbeam_channel::Sender;
 use crate::clock::Clock;
 use crate::conntrack::{Conntrack, ConntrackConfig};
 use crate::fdb::{Fdb, FdbConfig};
-use crate::frame::{DEFAULT_BUF_SIZE, FramePool, SharedPool};
+use crate::frame::{DEFAULT_BUF_SIZE, FramePool, LOCAL_BUFFERS_PER_BATCH_FRAME, SharedPool};
 use crate::pipeline::{Pipeline, SharedState};
 use crate::port::PortQueue;
 use crate::services::Affinity;
@@ -130,8 +130,8 @@ impl Datapath {
         let clock = Clock::new();
         let stop = Arc::new(AtomicBool::new(false));
         // Enough spare buffers for every worker's rings and batches in flight.
-        let shared_pool =
-            SharedPool::new(config.buf_size, n * (config.handoff_capacity + 4 * config.batch_size));
+        let local = LOCAL_BUFFERS_PER_BATCH_FRAME * config.batch_size;
+        let shared_pool = SharedPool::new(config.buf_size, n * (config.handoff_capacity + local));
         let wakers: Vec<Arc<Waker>> = (0..n).map(|_| Arc::new(Waker::default())).collect();
         let rings: Vec<Vec<Option<Arc<Handoff>>>> = (0..n)
             .map(|from| {
@@ -151,7 +151,7 @@ impl Datapath {
             let worker = Worker::new(WorkerParts {
                 id,
                 pipeline: Pipeline::new(&shared, stats.clone()),
-                pool: FramePool::new(shared_pool.clone(), 4 * config.batch_size),
+                pool: FramePool::new(shared_pool.clone(), local),
                 max_ports: config.max_ports,
                 handoff_to: handoff_to.clone(),
                 handoff_from: (0..n)

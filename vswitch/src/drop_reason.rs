@@ -110,9 +110,7 @@ drop_reasons! {
     EgressPortGone => "egress_port_gone",
     /// The ring to the worker that owns the egress port was full.
     HandoffQueueFull => "handoff_queue_full",
-    /// A Service has no endpoint for a new flow: answered with ICMP port unreachable.
-    ServiceNoEndpoints => "service_no_endpoints",
-    /// NodePort with externalTrafficPolicy Local and no endpoint on this node.
+    /// A `Local` traffic policy and no endpoint on this node (kube-proxy drops these).
     ServiceNoLocalEndpoints => "service_no_local_endpoints",
     /// A translated packet's destination is neither a local pod nor a known client.
     ServiceNoRoute => "service_no_route",

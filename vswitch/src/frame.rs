@@ -298,6 +298,11 @@ impl LocalClass {
     }
 }
 
+/// Spare buffers a worker keeps per frame of its batch size: a poll round can hold a
+/// batch from every queue plus the copies a flood makes, and spilling to the shared ring
+/// and back every round costs more than the memory (1024 × 2 KiB at batch 64).
+pub const LOCAL_BUFFERS_PER_BATCH_FRAME: usize = 16;
+
 /// A worker's buffer pool. Not shared: each worker owns one.
 pub struct FramePool {
     small: LocalClass,

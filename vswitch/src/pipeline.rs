@@ -57,8 +57,11 @@ pub fn stages(
     port_security::check(port, meta)?;
     mac_learning::learn_source(ctx.tables, ctx.fdb, ctx.cache, events, port, meta, ctx.now);
     arp_proxy::answer(ctx.tables, events, port, frame, meta)?;
-    let nat = NatContext { tables: ctx.tables, ct: ctx.ct, affinity: ctx.affinity, events, now: ctx.now };
-    service_nat::translate(&nat, port, frame, meta)?;
+    // Without Services (or flows kept for removed ones) the stage is one test.
+    if !ctx.tables.services().is_empty() {
+        let nat = NatContext { tables: ctx.tables, ct: ctx.ct, affinity: ctx.affinity, events, now: ctx.now };
+        service_nat::translate(&nat, port, frame, meta)?;
+    }
     ControlFlow::Continue(l2::forward(ctx.tables, ctx.fdb, ctx.cache, port, meta, ctx.now))
 }
 
@@ -269,22 +272,24 @@ fn dispatch(
 /// Queues `frame` for `egress`. A port without offloads gets what it can take: a
 /// partial checksum completed, a TSO/GSO super-frame cut into segments.
 #[inline]
-fn emit(
+fn emit(stats: &WorkerStats, egress: &PortEntry, frame: Frame, pool: &mut FramePool, out: &mut TxBatches) {
+    if !frame.offload.is_pending() || egress.offloads {
+        return enqueue(stats, egress, frame, pool, out);
+    }
+    finish_offloads(stats, egress, frame, pool, out)
+}
+
+/// The rare case: a frame with offload work left, toward a port that cannot take it.
+#[inline(never)]
+fn finish_offloads(
     stats: &WorkerStats,
     egress: &PortEntry,
     mut frame: Frame,
     pool: &mut FramePool,
     out: &mut TxBatches,
 ) {
-    let push = |out: &mut TxBatches, pool: &mut FramePool, frame: Frame| {
-        if let Err(frame) = out.push(egress.id, frame) {
-            stats.count_drop(frame.ingress, DropReason::TxBacklogFull);
-            pool.put(frame);
-        }
-    };
-    if !frame.offload.is_pending() || egress.offloads {
-        return push(out, pool, frame);
-    }
+    let push =
+        |out: &mut TxBatches, pool: &mut FramePool, frame: Frame| enqueue(stats, egress, frame, pool, out);
     if !frame.offload.is_gso() {
         let mut off = frame.offload;
         offload::complete_checksum(frame.data_mut(), &mut off);
@@ -304,6 +309,15 @@ fn emit(
     stats.events.gso_segmented.inc();
     stats.events.gso_segments.add(segments as u64);
     pool.put(frame);
+}
+
+/// Queues `frame` toward `egress`, or drops it when the port's backlog is full.
+#[inline(always)]
+fn enqueue(stats: &WorkerStats, egress: &PortEntry, frame: Frame, pool: &mut FramePool, out: &mut TxBatches) {
+    if let Err(frame) = out.push(egress.id, frame) {
+        stats.count_drop(frame.ingress, DropReason::TxBacklogFull);
+        pool.put(frame);
+    }
 }
 
 /// Sends copies of `frame` to every other port of the segment that can carry it; the

@@ -52,7 +52,9 @@ fn is_icmp_error(t: u8) -> bool {
     matches!(t, 3 | 4 | 5 | 11 | 12)
 }
 
-#[inline]
+/// Kept out of line: most frames skip it (see `pipeline::stages`), and inlined it would
+/// weigh on the plain L2 path.
+#[inline(never)]
 pub fn translate(
     ctx: &NatContext<'_, '_>,
     port: &PortEntry,

@@ -371,11 +371,12 @@ impl SoloSwitch {
         let state = crate::pipeline::SharedState::new(fdb, crate::conntrack::ConntrackConfig::default());
         let stats = Arc::new(crate::stats::WorkerStats::new(max_ports));
         let (commands, rx) = crossbeam_channel::unbounded();
-        let shared = crate::frame::SharedPool::new(crate::frame::DEFAULT_BUF_SIZE, 4 * batch_size);
+        let local = crate::frame::LOCAL_BUFFERS_PER_BATCH_FRAME * batch_size;
+        let shared = crate::frame::SharedPool::new(crate::frame::DEFAULT_BUF_SIZE, local);
         let worker = crate::worker::Worker::new(crate::worker::WorkerParts {
             id: 0,
             pipeline: crate::pipeline::Pipeline::new(&state, stats.clone()),
-            pool: crate::frame::FramePool::new(shared, 4 * batch_size),
+            pool: crate::frame::FramePool::new(shared, local),
             max_ports,
             handoff_to: vec![None],
             handoff_from: vec![],

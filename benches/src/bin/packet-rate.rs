@@ -16,13 +16,12 @@
 //! [--seconds S] [--only bridge,tap,afxdp]`; prints a markdown table.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vswitch::testbed::{Netns, Process, Signal, ok, unique_prefix, wait_until};
+use vswitch::testbed::{Netns, Signal, unique_prefix, wait_until};
 use vswitch::testing::FrameSpec;
 use vswitch::wire::MacAddr;
+use vswitch_benches::node::{Scratch, Vswitchd, median};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Contender {
@@ -51,21 +50,8 @@ struct Topology {
     a: Netns,
     b: Netns,
     _node: Netns,
-    daemon: Option<Process>,
-    _dir: Scratch,
-}
-
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn vswitchd_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    exe.parent().expect("target dir").join("vswitchd")
+    daemon: Option<Vswitchd>,
+    dir: Scratch,
 }
 
 impl Topology {
@@ -74,8 +60,7 @@ impl Topology {
         let node = Netns::new(&format!("{prefix}n"));
         let a = Netns::new(&format!("{prefix}a"));
         let b = Netns::new(&format!("{prefix}b"));
-        let dir = Scratch(std::env::temp_dir().join(format!("vswitch-{prefix}")));
-        std::fs::create_dir_all(&dir.0).expect("scratch dir");
+        let dir = Scratch::new(&prefix);
         let mut daemon = None;
         match c {
             Contender::Bridge => {
@@ -98,58 +83,18 @@ impl Topology {
                     node.ok(&["ip", "link", "set", name, "master", "br0", "up"]);
                     pod.ok(&["ip", "link", "set", "eth0", "address", &mac.to_string(), "up"]);
                 }
-            }
-            Contender::VswitchTap | Contender::VswitchAfxdp => {
-                let socket = dir.0.join("api.sock");
-                let config = dir.0.join("vswitchd.toml");
-                std::fs::write(
-                    &config,
-                    format!(
-                        "api_socket = {:?}\nstate_file = {:?}\nworkers = 1\npin_cpus = [1]\nmetrics_address = \"\"\nhost_port = \"\"\n",
-                        socket.display().to_string(),
-                        dir.0.join("state.json").display().to_string()
-                    ),
-                )
-                .expect("config");
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", node.name()])
-                    .arg(vswitchd_bin())
-                    .arg("--config")
-                    .arg(&config)
-                    .env("RUST_LOG", "warn");
-                daemon = Some(Process::spawn(&mut cmd).expect("vswitchd starts"));
-                let ctl = vswitchd_bin().with_file_name("vswitchctl");
-                let sock = socket.display().to_string();
-                assert!(
-                    wait_until(Duration::from_secs(20), || Command::new(&ctl)
-                        .args(["--socket", &sock, "status"])
-                        .output()
-                        .is_ok_and(|o| o.status.success())),
-                    "vswitchd answers"
-                );
-                let backend = if c == Contender::VswitchTap { "tap" } else { "afxdp" };
                 for (pod, ip) in [(&a, A_IP), (&b, B_IP)] {
-                    ok(
-                        ctl.to_str().unwrap(),
-                        &[
-                            "--socket",
-                            &sock,
-                            "attach",
-                            "--container-id",
-                            pod.name(),
-                            "--netns",
-                            &pod.path().display().to_string(),
-                            "--ip",
-                            &format!("{ip}/24"),
-                            "--backend",
-                            backend,
-                        ],
-                    );
+                    pod.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
                 }
             }
-        }
-        for (pod, ip) in [(&a, A_IP), (&b, B_IP)] {
-            pod.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            Contender::VswitchTap | Contender::VswitchAfxdp => {
+                let d = Vswitchd::start(&node, &dir.0, "workers = 1\npin_cpus = [1]");
+                let backend = if c == Contender::VswitchTap { "tap" } else { "afxdp" };
+                for (pod, ip) in [(&a, A_IP), (&b, B_IP)] {
+                    d.attach(pod, ip, backend);
+                }
+                daemon = Some(d);
+            }
         }
         b.ok(&["nft", "add table netdev sink"]);
         b.ok(&["nft", "add chain netdev sink in { type filter hook ingress device eth0 priority 0 ; }"]);
@@ -158,16 +103,12 @@ impl Topology {
             a.run(&["ping", "-c", "3", "-i", "0.2", "-W", "2", &B_IP.to_string()]).status.success(),
             "{c:?}: a reaches b"
         );
-        Topology { a, b, _node: node, daemon, _dir: dir }
+        Topology { a, b, _node: node, daemon, dir }
     }
 
     /// CPU seconds vswitchd has used so far (user + system).
     fn daemon_cpu(&self) -> Option<f64> {
-        let pid = self.daemon.as_ref()?.pid();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        Some(ticks / 100.0)
+        self.daemon.as_ref()?.cpu_seconds()
     }
 }
 
@@ -182,7 +123,7 @@ struct Sample {
 fn udp64(t: &Topology, seconds: u64) -> Sample {
     let frame = FrameSpec::udp(A_MAC, B_MAC, A_IP, B_IP, 9000, 9).payload(&[0u8; 18]).build();
     let bytes: Vec<String> = frame.iter().map(|b| format!("0x{b:02x}")).collect();
-    let cfg = t._dir.0.join("udp64.cfg");
+    let cfg = t.dir.0.join("udp64.cfg");
     std::fs::write(&cfg, format!("{{ {} }}\n", bytes.join(", "))).expect("trafgen config");
     // The receiver counts frames at its interface, then an nftables ingress rule drops
     // them, so its own stack (which would answer with ICMP) costs nothing.
@@ -249,11 +190,6 @@ fn tcp(t: &Topology, seconds: u64) -> Sample {
         offered: sent / 1e9,
         cpu_ns_per_packet: cpu0.zip(t.daemon_cpu()).map(|(c0, c1)| (c1 - c0) * 1e9 / packets.max(1.0)),
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {
