@@ -114,7 +114,7 @@ EOF
   done
   echo
   echo "pod1 -> 10.96.0.10:80, six connections (Maglev spreads them by 5-tuple):"
-  for _ in $(seq 6); do ip netns exec $P-pod1 ncat -w 2 10.96.0.10 80 </dev/null; done
+  for _ in $(seq 6); do ip netns exec $P-pod1 ncat --recv-only -w 2 10.96.0.10 80 </dev/null; done
   echo
   run $CTL conntrack
 else
