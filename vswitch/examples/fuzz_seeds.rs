@@ -123,6 +123,36 @@ fn main() -> std::io::Result<()> {
         talk.push(0x81);
     }
     std::fs::write(dir.join("pipeline").join("seed-conversation"), talk)?;
+    // A Service conversation: pod 1 to the VIP, the endpoint's answer, a NodePort flow
+    // from the uplink, a refusal, then conntrack forgetting everything.
+    let gw = mac(0xff00);
+    let pod = |h| Ipv4Addr::new(10, 244, 0, h);
+    let service_talk: [(u8, Vec<u8>); 4] = [
+        (0, FrameSpec::tcp(mac(1), gw, pod(2), vswitch::fuzzing::WEB_VIP, 40000, 80, 0x02).build()),
+        (1, FrameSpec::tcp(mac(2), gw, pod(3), pod(2), 8080, 40000, 0x12).build()),
+        (
+            2,
+            FrameSpec::tcp(
+                mac(0x700),
+                mac(0x701),
+                Ipv4Addr::new(192, 168, 0, 9),
+                vswitch::fuzzing::NODE_IP,
+                5,
+                30080,
+                2,
+            )
+            .build(),
+        ),
+        (0, FrameSpec::tcp(mac(1), gw, pod(2), vswitch::fuzzing::EMPTY_VIP, 40001, 80, 0x02).build()),
+    ];
+    let mut talk = Vec::new();
+    for (port, frame) in &service_talk {
+        talk.push(*port);
+        talk.extend_from_slice(&(frame.len() as u16).to_be_bytes());
+        talk.extend_from_slice(frame);
+    }
+    talk.push(0x82);
+    std::fs::write(dir.join("pipeline").join("seed-services"), talk)?;
     println!("wrote {} seeds per target to {}", frames.len(), dir.display());
     Ok(())
 }

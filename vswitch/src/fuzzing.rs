@@ -6,20 +6,61 @@ use std::net::Ipv4Addr;
 use crate::drop_reason::DropReason;
 use crate::fdb::FdbConfig;
 use crate::port::memory::{MemoryPort, MemoryPortHandle};
+use crate::services::{BuildMemory, DEFAULT_HAIRPIN_IP, EndpointSpec, ServicePortSpec, ServiceTable};
 use crate::tables::{
     Gateway, PortEntry, PortId, PortKind, SegmentConfig, Tables, TablesBuilder, UnknownArp, WorkerSet,
 };
 use crate::testing::{SoloSwitch, mac};
 use crate::wire;
+use crate::wire::parse::{IPPROTO_TCP, IPPROTO_UDP};
 
 /// Two segments (one dropping, one flooding unknown ARP), pods with port security,
 /// learning uplinks, a port with a small MTU, and a queue whose port is not in the
-/// tables. The FDB cap is tiny so the full-table path runs.
+/// tables. The FDB cap is tiny so the full-table path runs. Services: [`WEB_VIP`] (TCP
+/// 80 and UDP 53, a NodePort on [`NODE_IP`], endpoints pods 1 and 2) and [`EMPTY_VIP`]
+/// (no endpoints).
 pub struct Topology {
     switch: SoloSwitch,
     handles: Vec<(PortId, MemoryPortHandle)>,
     builder: TablesBuilder,
     received: u64,
+}
+
+pub const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
+
+fn services() -> ServiceTable {
+    let endpoints: Vec<EndpointSpec> = [2u8, 3]
+        .iter()
+        .map(|h| EndpointSpec {
+            ip: Ipv4Addr::new(10, 244, 0, *h),
+            port: 8080,
+            ready: true,
+            serving: true,
+            terminating: false,
+            local: true,
+        })
+        .collect();
+    let spec = |name: &str, vip, port, protocol, node_port, endpoints: &[EndpointSpec]| ServicePortSpec {
+        name: name.into(),
+        vip,
+        port,
+        protocol,
+        node_port,
+        endpoints: endpoints.to_vec(),
+        affinity_timeout: None,
+        external_local: false,
+        internal_local: false,
+    };
+    let mut sticky = spec("fz/web:dns", WEB_VIP, 53, IPPROTO_UDP, None, &endpoints);
+    sticky.affinity_timeout = Some(10);
+    let specs = [
+        spec("fz/web:http", WEB_VIP, 80, IPPROTO_TCP, Some(30080), &endpoints),
+        sticky,
+        spec("fz/empty:http", EMPTY_VIP, 80, IPPROTO_TCP, None, &[]),
+    ];
+    ServiceTable::build(&specs, Some(NODE_IP), DEFAULT_HAIRPIN_IP, &mut BuildMemory::default())
 }
 
 /// Port ids the fuzzer's port byte maps to (modulo the length).
@@ -66,6 +107,7 @@ impl Topology {
         ] {
             b.add_port(p).expect("distinct ports");
         }
+        b.set_services(std::sync::Arc::new(services()));
         let tables = b.build().expect("valid tables");
         let mut switch =
             SoloSwitch::new(tables, FdbConfig { max_entries_per_segment: 8, aging_secs: 300 }, 16, 32);
@@ -89,13 +131,17 @@ impl Topology {
         self.drain();
     }
 
-    /// A control-plane event: age the FDB far into the future, or republish the tables
-    /// (invalidating every cache).
+    /// A control-plane event: age the FDB far into the future, republish the tables
+    /// (invalidating every cache), or forget every tracked flow.
     pub fn control(&mut self, op: u8) {
-        if op & 1 == 0 {
-            self.switch.fdb().age_out(u32::MAX);
-        } else {
-            self.switch.publish(self.rebuild());
+        match op % 3 {
+            0 => {
+                self.switch.fdb().age_out(u32::MAX);
+            }
+            1 => self.switch.publish(self.rebuild()),
+            _ => {
+                self.switch.conntrack().expire(u32::MAX);
+            }
         }
     }
 
@@ -174,10 +220,24 @@ mod tests {
         t.control(0x80);
         t.control(0x81);
         t.receive(1, &[0u8; 3]);
+        // Services: a flow to the VIP and its answer, a NodePort from the uplink, a
+        // refusal, an ICMP error about the flow, and conntrack forgetting it all.
+        let gw = mac(0xff00);
+        t.receive(0, &FrameSpec::tcp(mac(1), gw, ip(0, 2), WEB_VIP, 40000, 80, 0x02).build());
+        t.receive(1, &FrameSpec::tcp(mac(2), gw, ip(0, 3), ip(0, 2), 8080, 40000, 0x12).build());
+        t.receive(0, &FrameSpec::udp(mac(1), gw, ip(0, 2), WEB_VIP, 5353, 53).build());
+        t.receive(
+            2,
+            &FrameSpec::tcp(mac(0x700), mac(0x701), Ipv4Addr::new(192, 168, 0, 9), NODE_IP, 5, 30080, 0x02)
+                .build(),
+        );
+        t.receive(0, &FrameSpec::tcp(mac(1), gw, ip(0, 2), EMPTY_VIP, 40001, 80, 0x02).build());
+        t.control(0x82);
         t.check_invariants();
         let s = t.switch.stats();
         assert!(s.events.fdb_full > 0 && s.events.flooded > 0 && s.events.arp_replies > 0);
         assert!(s.drops_of(DropReason::UnknownIngressPort) > 0);
         assert!(s.drops_of(DropReason::EgressMtuExceeded) > 0 || s.drops_of(DropReason::OversizedFrame) > 0);
+        assert!(s.events.service_flows >= 3 && s.events.service_rejects == 1, "{:?}", s.events);
     }
 }
