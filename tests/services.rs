@@ -163,6 +163,18 @@ fn cluster_ip_spreads_connections_answers_udp_and_refuses_without_endpoints() {
 
     let refused = tool_json(&s.client, &["refused", EMPTY_VIP, "80"]);
     assert_eq!(refused["error"], "ECONNREFUSED", "{refused}");
+
+    // An endpoint's own ICMP port unreachable comes back translated: a UDP client of
+    // the Service sees "connection refused", as it would talking to the pod directly.
+    let dead = format!(
+        "[[service]]\nname = \"dead\"\ncluster_ip = \"10.96.0.14\"\n\
+         ports = [{{ protocol = \"UDP\", port = 53, target_port = 5999 }}]\nendpoints = [{{ ip = \"{}\" }}]\n",
+        ip(11)
+    );
+    apply(&s.node, &s.file, &services_toml(&[ip(11), ip(12), ip(13)], &dead));
+    let udp = tool_json(&s.client, &["udp_refused", "10.96.0.14", "53"]);
+    assert_eq!(udp["error"], "ECONNREFUSED", "{udp}");
+    assert!(s.node.stats().events["icmp_translated"] >= 1);
     let stats = s.node.stats();
     assert!(stats.events["service_rejects"] >= 1, "{:?}", stats.events);
     assert!(stats.events["service_flows"] >= 301, "{:?}", stats.events);

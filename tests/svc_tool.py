@@ -9,6 +9,9 @@
   greet IP PORT                  one TCP connection; prints JSON {"greeting"}.
   udp IP PORT                    one datagram; prints JSON {"reply", "from"}.
   refused IP PORT                one TCP connect; prints JSON {"error": errno name}.
+  udp_refused IP PORT            a datagram on a connected UDP socket, then a receive;
+                                 prints JSON {"error": errno name} (ECONNREFUSED when
+                                 an ICMP port unreachable came back).
   hold IP PORT N DIR             N TCP connections kept open; writes their greetings to
                                  DIR/held, waits for DIR/go, sends a line on each and
                                  writes the answers (or errors) to DIR/answers.
@@ -97,6 +100,20 @@ def refused(ip, port):
         print(json.dumps({"error": name}))
 
 
+def udp_refused(ip, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.connect((ip, port))
+    try:
+        s.send(b"anyone?")
+        s.recv(2048)
+        print(json.dumps({"error": None}))
+    except socket.timeout:
+        print(json.dumps({"error": "timeout"}))
+    except OSError as e:
+        print(json.dumps({"error": errno.errorcode.get(e.errno, str(e.errno))}))
+
+
 def hold(ip, port, n, directory):
     conns = [socket.create_connection((ip, port), timeout=5) for _ in range(n)]
     held = [greeting(s) for s in conns]
@@ -129,6 +146,8 @@ def main():
         udp(args[0], int(args[1]))
     elif cmd == "refused":
         refused(args[0], int(args[1]))
+    elif cmd == "udp_refused":
+        udp_refused(args[0], int(args[1]))
     elif cmd == "hold":
         hold(args[0], int(args[1]), int(args[2]), args[3])
     else:
