@@ -182,8 +182,13 @@ impl Node {
     }
 
     /// Creates a pod namespace, attaches it (`eth0`, `ip`/24) and configures it the way
-    /// the CNI plugin does: address and default route via the gateway.
+    /// the CNI plugin does: address and default route via the gateway (`.1` of the /24).
     pub fn pod(&self, name: &str, ip: Ipv4Addr, backend: Backend) -> Pod {
+        self.pod_with_mtu(name, ip, backend, None)
+    }
+
+    /// [`Node::pod`] with an MTU other than the daemon's default.
+    pub fn pod_with_mtu(&self, name: &str, ip: Ipv4Addr, backend: Backend, mtu: Option<u16>) -> Pod {
         let ns = Netns::new(&format!("{}{name}", self.prefix));
         let req = AttachRequest {
             container_id: format!("{}-{name}", self.prefix),
@@ -191,7 +196,7 @@ impl Node {
             ifname: "eth0".into(),
             mac: None,
             ips: vec![format!("{ip}/24").parse().expect("CIDR")],
-            mtu: None,
+            mtu,
             backend: Some(backend),
             pod: None,
             network: None,
@@ -200,7 +205,8 @@ impl Node {
             .api(|c| async move { c.attach(&req).await })
             .unwrap_or_else(|e| panic!("attach {name}: {e}\n{}", self.log()));
         ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-        ns.ok(&["ip", "route", "add", "default", "via", "10.244.1.1"]);
+        let [a, b, c, _] = ip.octets();
+        ns.ok(&["ip", "route", "add", "default", "via", &Ipv4Addr::new(a, b, c, 1).to_string()]);
         Pod { ns, ip, port }
     }
 }
@@ -231,4 +237,23 @@ impl Pod {
             .status
             .success()
     }
+}
+
+/// Sends `bytes` of random data from `from` to `to` over TCP with ncat; asserts the
+/// receiver got exactly the same bytes (sha256). Files go to `dir`.
+pub fn tcp_transfer_is_exact(dir: &Scratch, from: &Pod, to: &Pod, bytes: usize) {
+    let src = dir.0.join(format!("tcp-src-{}", from.ip));
+    let dst = dir.0.join(format!("tcp-dst-{}", to.ip));
+    testbed::ok("sh", &["-c", &format!("head -c {bytes} /dev/urandom > {}", src.display())]);
+    let mut server = to.ns.spawn(&["sh", "-c", &format!("ncat -l 5001 --recv-only > {}", dst.display())]);
+    assert!(
+        wait_until(Duration::from_secs(5), || to.ns.ok(&["ss", "-ltn"]).contains(":5001")),
+        "ncat listens"
+    );
+    from.ns.ok(&["sh", "-c", &format!("ncat --send-only {} 5001 < {}", to.ip, src.display())]);
+    let done = server.wait_output(Duration::from_secs(60)).expect("the receiver finishes");
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let sum = |p: &Path| testbed::ok("sha256sum", &[p]).split_whitespace().next().unwrap().to_string();
+    assert_eq!(std::fs::metadata(&dst).unwrap().len() as usize, bytes, "every byte arrived");
+    assert_eq!(sum(&src), sum(&dst), "byte-exact");
 }

@@ -6,35 +6,13 @@ use std::time::Duration;
 
 use vswitch_api::Backend;
 use vswitch_e2e::testbed::{Signal, wait_until};
-use vswitch_e2e::{Node, Pod};
+use vswitch_e2e::{Node, Pod, tcp_transfer_is_exact};
 
 fn ip(host: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 1, host)
 }
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
-
-/// Sends `bytes` of random data from `from` to `to` over TCP with ncat; asserts the
-/// receiver got exactly the same bytes (sha256).
-fn tcp_transfer_is_exact(node: &Node, from: &Pod, to: &Pod, bytes: usize) {
-    let src = node.dir.0.join("tcp-src");
-    let dst = node.dir.0.join("tcp-dst");
-    vswitch_e2e::testbed::ok("sh", &["-c", &format!("head -c {bytes} /dev/urandom > {}", src.display())]);
-    let server = to.ns.spawn(&["sh", "-c", &format!("ncat -l 5001 --recv-only > {}", dst.display())]);
-    assert!(
-        wait_until(Duration::from_secs(5), || to.ns.ok(&["ss", "-ltn"]).contains(":5001")),
-        "ncat listens"
-    );
-    from.ns.ok(&["sh", "-c", &format!("ncat --send-only {} 5001 < {}", to.ip, src.display())]);
-    let mut server = server;
-    let done = server.wait_output(Duration::from_secs(60)).expect("the receiver finishes");
-    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
-    let sum = |p: &std::path::Path| {
-        vswitch_e2e::testbed::ok("sha256sum", &[p]).split_whitespace().next().unwrap().to_string()
-    };
-    assert_eq!(std::fs::metadata(&dst).unwrap().len() as usize, bytes, "every byte arrived");
-    assert_eq!(sum(&src), sum(&dst), "byte-exact");
-}
 
 /// iperf3 UDP at a modest rate: the datagrams arrive (loss below 1%).
 fn udp_flows(from: &Pod, to: &Pod) {
@@ -74,8 +52,8 @@ fn two_pods_talk(backend: Backend) {
         node.ns.run(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &b.ip.to_string()]).status.success(),
         "node -> pod"
     );
-    tcp_transfer_is_exact(&node, &a, &b, 100_000_000);
-    tcp_transfer_is_exact(&node, &b, &a, 10_000_000);
+    tcp_transfer_is_exact(&node.dir, &a, &b, 100_000_000);
+    tcp_transfer_is_exact(&node.dir, &b, &a, 10_000_000);
     udp_flows(&a, &b);
     let stats = node.stats();
     for port in [&a.port, &b.port] {
@@ -102,8 +80,8 @@ fn tap_and_afxdp_pods_talk_to_each_other() {
     let b = node.pod("b", ip(3), Backend::Afxdp);
     assert!(a.ping(b.ip, 3) && b.ping(a.ip, 3));
     // TCP from the TAP pod arrives as TSO super-frames and is cut for the veth.
-    tcp_transfer_is_exact(&node, &a, &b, 20_000_000);
-    tcp_transfer_is_exact(&node, &b, &a, 20_000_000);
+    tcp_transfer_is_exact(&node.dir, &a, &b, 20_000_000);
+    tcp_transfer_is_exact(&node.dir, &b, &a, 20_000_000);
     let events = node.stats().events;
     assert!(events["gso_segmented"] > 0, "super-frames were segmented for the AF_XDP port: {events:?}");
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use crate::services::{ConntrackView, ServicesView};
+use crate::services::{ConntrackView, NodesView, ServicesView};
 use crate::types::{AttachRequest, DetachOutcome, ErrorBody, FdbEntry, PortInfo, Stats, Status};
 
 /// Why a request did not get a successful answer.
@@ -109,6 +109,16 @@ impl Client {
     /// Reads the services file now instead of at the next poll.
     pub async fn reload_services(&self) -> Result<ServicesView, ClientError> {
         self.call(Method::POST, "/v1/services/reload", None::<&()>).await
+    }
+
+    /// The overlay and the nodes it routes to.
+    pub async fn nodes(&self) -> Result<NodesView, ClientError> {
+        self.call(Method::GET, "/v1/nodes", None::<&()>).await
+    }
+
+    /// Reads the nodes file now instead of at the next poll.
+    pub async fn reload_nodes(&self) -> Result<NodesView, ClientError> {
+        self.call(Method::POST, "/v1/nodes/reload", None::<&()>).await
     }
 
     /// The tracked flows, at most `limit` of them.

@@ -145,3 +145,44 @@ pub struct ConntrackView {
     /// More flows exist than are listed.
     pub truncated: bool,
 }
+
+/// Where a remote node's entry came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeSource {
+    /// `[[overlay.node]]` in the daemon's config.
+    Config,
+    /// The watched nodes file.
+    File,
+}
+
+/// Another node, as the overlay routes to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteNode {
+    pub name: String,
+    /// Its underlay address: VXLAN goes to and comes from it.
+    pub ip: Ipv4Addr,
+    pub pod_cidrs: Vec<ipnet::Ipv4Net>,
+    /// Inner destination MAC of frames to it.
+    pub vtep_mac: String,
+    pub source: NodeSource,
+}
+
+/// The overlay between nodes: its settings and the nodes it routes to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodesView {
+    pub vni: u32,
+    pub port: u16,
+    pub underlay_mtu: u16,
+    /// The pod MTU: room for the 50 bytes VXLAN adds.
+    pub pod_mtu: u16,
+    /// The underlay port VXLAN leaves by; `None` while it is not up (nothing is sent).
+    pub underlay: Option<String>,
+    pub nodes_file: Option<PathBuf>,
+    /// Why the nodes file's current content was not taken (the nodes before it stay).
+    #[serde(default)]
+    pub file_error: Option<String>,
+    /// Bumped each time the node table changes.
+    pub generation: u64,
+    pub nodes: Vec<RemoteNode>,
+}

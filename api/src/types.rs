@@ -213,6 +213,8 @@ pub mod codes {
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     /// 400: the services file is not valid (message names the line and field).
     pub const INVALID_SERVICES: &str = "invalid_services";
+    /// 400: the nodes file is not valid (message names the line and field).
+    pub const INVALID_NODES: &str = "invalid_nodes";
     /// 404: the network namespace path does not exist or is not a namespace.
     pub const NETNS_NOT_FOUND: &str = "netns_not_found";
     /// 404: no such port or route.

@@ -82,6 +82,20 @@ drop_reasons! {
     TruncatedVxlan => "truncated_vxlan",
     /// VXLAN header without the I flag (no valid VNI, RFC 7348 §5).
     BadVxlanFlags => "bad_vxlan_flags",
+    /// VXLAN with a VNI other than the overlay's.
+    VxlanWrongVni => "vxlan_wrong_vni",
+    /// VXLAN from an address that is no known node (or with no overlay configured).
+    VxlanUnknownNode => "vxlan_unknown_node",
+    /// Decapsulated frame whose source is outside the sending node's pod CIDRs.
+    VxlanSpoofedSource => "vxlan_spoofed_source",
+    /// Decapsulated frame that is not IPv4 to the gateway MAC (only routed traffic crosses).
+    OverlayBadInner => "overlay_bad_inner",
+    /// Decapsulated frame for neither a local pod nor the gateway (no transit).
+    OverlayNotLocal => "overlay_not_local",
+    /// Toward another node, but no underlay port is up.
+    OverlayNoUnderlay => "overlay_no_underlay",
+    /// Toward another node, too big for the underlay and fragmentation not allowed here.
+    OverlayMtuExceeded => "overlay_mtu_exceeded",
     /// Longer than the ingress port's MTU allows (for a TSO/GSO super-frame: its segments).
     OversizedFrame => "oversized_frame",
     /// Virtio-net offload header inconsistent with its frame (offsets, GSO type, segment count).

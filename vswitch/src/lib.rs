@@ -21,6 +21,7 @@ pub mod l2;
 pub mod mac_cache;
 pub mod mac_learning;
 pub mod maglev;
+pub mod overlay;
 pub mod pipeline;
 pub mod port;
 pub mod port_security;

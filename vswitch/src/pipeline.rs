@@ -19,7 +19,7 @@ use crate::services::Affinity;
 use crate::stats::WorkerStats;
 use crate::tables::{PortEntry, PortId, Tables};
 use crate::wire::{self, FrameMeta, offload};
-use crate::{arp_proxy, l2, mac_learning, port_security};
+use crate::{arp_proxy, l2, mac_learning, overlay, port_security};
 
 /// The fate of one frame, decided by the stages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +28,12 @@ pub enum Verdict {
     Forward(PortId),
     /// Send a copy out of every other port of the ingress port's segment.
     Flood,
+    /// Encapsulate toward a remote node (the frame is routed, its inner addresses set);
+    /// `entropy`, a hash of the inner flow, becomes the outer UDP source port.
+    Overlay {
+        node: crate::overlay::NodeIndex,
+        entropy: u16,
+    },
     Drop(DropReason),
 }
 
@@ -46,22 +52,35 @@ pub struct StageContext<'a> {
 
 /// The stage order, in one place. A stage returns `Continue` to pass the frame on or
 /// `Break` with its verdict; the last stage always decides.
+///
+/// A VXLAN frame from another node is decapsulated first (`meta` then describes the
+/// inner frame) and goes on as arriving from the overlay side of the gateway: Service
+/// NAT (replies of flows this node translated), then routing to the local pod.
 #[inline]
 pub fn stages(
     ctx: &mut StageContext<'_>,
     port: &PortEntry,
     frame: &mut Frame,
-    meta: &FrameMeta,
+    meta: &mut FrameMeta,
 ) -> ControlFlow<Verdict, Verdict> {
     let events = &ctx.stats.events;
     port_security::check(port, meta)?;
-    mac_learning::learn_source(ctx.tables, ctx.fdb, ctx.cache, events, port, meta, ctx.now);
-    arp_proxy::answer(ctx.tables, events, port, frame, meta)?;
+    let port = if overlay::is_vxlan(ctx.tables, port, meta) {
+        let from_overlay = overlay::decapsulate(ctx.tables, frame, meta)?;
+        events.overlay_decapsulated.inc();
+        from_overlay
+    } else {
+        mac_learning::learn_source(ctx.tables, ctx.fdb, ctx.cache, events, port, meta, ctx.now);
+        arp_proxy::answer(ctx.tables, events, port, frame, meta)?;
+        port
+    };
     // Without Services (or flows kept for removed ones) the stage is one test.
     if !ctx.tables.services().is_empty() {
         let nat = NatContext { tables: ctx.tables, ct: ctx.ct, affinity: ctx.affinity, events, now: ctx.now };
         service_nat::translate(&nat, port, frame, meta)?;
     }
+    // Likewise without remote nodes.
+    overlay::route(ctx, port, frame, meta)?;
     ControlFlow::Continue(l2::forward(ctx.tables, ctx.fdb, ctx.cache, port, meta, ctx.now))
 }
 
@@ -205,7 +224,7 @@ impl Pipeline {
                 Err(reason) => Verdict::Drop(reason),
                 Ok(()) => {
                     let (ControlFlow::Break(v) | ControlFlow::Continue(v)) =
-                        stages(&mut ctx, port, &mut frame, &meta);
+                        stages(&mut ctx, port, &mut frame, &mut meta);
                     v
                 }
             };
@@ -263,10 +282,69 @@ fn dispatch(
                 return pool.put(frame);
             }
         },
+        Verdict::Overlay { node, entropy } => {
+            match to_overlay(tables, stats, frame, node, entropy, pool, out) {
+                Ok(()) => return,
+                Err((frame, reason)) => {
+                    stats.count_drop(ingress.id, reason);
+                    return pool.put(frame);
+                }
+            }
+        }
         Verdict::Drop(reason) => reason,
     };
     stats.count_drop(ingress.id, reason);
     pool.put(frame);
+}
+
+/// Encapsulates a routed frame toward a remote node and queues it on the underlay port.
+/// A super-frame is cut into segments first and a partial checksum completed: the
+/// underlay carries finished packets.
+#[inline(never)]
+fn to_overlay(
+    tables: &Tables,
+    stats: &WorkerStats,
+    mut frame: Frame,
+    node: crate::overlay::NodeIndex,
+    entropy: u16,
+    pool: &mut FramePool,
+    out: &mut TxBatches,
+) -> Result<(), (Frame, DropReason)> {
+    let ov = tables.overlay();
+    let Some((remote, egress)) = ov.node(node).zip(ov.tx_port.and_then(|p| tables.port(p))) else {
+        return Err((frame, DropReason::OverlayNoUnderlay));
+    };
+    let encap = |stats: &WorkerStats, mut f: Frame, pool: &mut FramePool, out: &mut TxBatches| {
+        if !overlay::encapsulate(ov, remote, entropy, &mut f) || f.len() > egress.max_frame_len() {
+            stats.count_drop(f.ingress, DropReason::OverlayMtuExceeded);
+            return pool.put(f);
+        }
+        stats.events.overlay_encapsulated.inc();
+        enqueue(stats, egress, f, pool, out);
+    };
+    if frame.offload.is_gso() {
+        let off = frame.offload;
+        let segments = offload::segment_count(frame.data(), &off);
+        for i in 0..segments {
+            let mut seg = pool.get_fitting(usize::from(off.segment_len));
+            let len = offload::write_segment(frame.data(), &off, i, seg.spare_mut());
+            seg.set_len(len);
+            seg.ingress = frame.ingress;
+            encap(stats, seg, pool, out);
+        }
+        stats.events.gso_segmented.inc();
+        stats.events.gso_segments.add(segments as u64);
+        pool.put(frame);
+        return Ok(());
+    }
+    if frame.offload.is_pending() {
+        let mut off = frame.offload;
+        offload::complete_checksum(frame.data_mut(), &mut off);
+        frame.offload = off;
+        stats.events.checksums_completed.inc();
+    }
+    encap(stats, frame, pool, out);
+    Ok(())
 }
 
 /// Queues `frame` for `egress`. A port without offloads gets what it can take: a

@@ -24,6 +24,7 @@ use crate::conntrack::{Conn, ConntrackBatch, Direction, InsertError, ReturnPath,
 use crate::drop_reason::DropReason;
 use crate::frame::{Frame, Offload};
 use crate::maglev::{flow_hash, mix64};
+use crate::overlay;
 use crate::pipeline::Verdict;
 use crate::services::{Affinity, ServicePort};
 use crate::stats::EventCounters;
@@ -85,7 +86,8 @@ pub fn translate(
     if !(svc.is_vip(ip.dst)
         || to_node_port
         || svc.is_endpoint(ip.src, src_port, proto)
-        || svc.is_snat_address(ip.dst))
+        || svc.is_snat_address(ip.dst)
+        || ip.dst == ctx.tables.overlay().settings.gateway_ip)
     {
         return ControlFlow::Continue(());
     }
@@ -148,7 +150,10 @@ fn new_flow(
         ctx.affinity.set(sp.id, t.src, backend.key(), timeout, ctx.now);
     }
     let snat = if external && !sp.external_local {
-        svc.node_ip
+        // The address of the node's side toward the endpoint, as kube-proxy's
+        // masquerade picks: the node's own for a local endpoint, the gateway's (inside
+        // this node's pod CIDR, so the reply comes back over the overlay) for a remote one.
+        if backend.local { svc.node_ip } else { Some(ctx.tables.overlay().settings.gateway_ip) }
     } else if backend.ip == t.src {
         Some(svc.hairpin_ip)
     } else {
@@ -223,15 +228,19 @@ fn apply(
         }
     }
     let via = gateway.map_or(meta.dst_mac, |g| g.mac);
-    route(ctx, port, frame, to.dst, if dir == Direction::Reply { conn.return_path } else { None }, via)
+    let return_path = if dir == Direction::Reply { conn.return_path } else { None };
+    route(ctx, port, frame, meta, ip, to.dst, return_path, via)
 }
 
 /// Sends a translated frame toward `dst`: back out where a NodePort client came from,
-/// or to the local pod that has the address.
+/// to the local pod that has the address, or to the node whose pod CIDR holds it.
+#[allow(clippy::too_many_arguments)]
 fn route(
     ctx: &NatContext<'_, '_>,
     port: &PortEntry,
     frame: &mut Frame,
+    meta: &FrameMeta,
+    ip: &Ipv4Meta,
     dst: Ipv4Addr,
     return_path: Option<ReturnPath>,
     gateway_mac: MacAddr,
@@ -257,7 +266,11 @@ fn route(
             ethernet::set_source(data, src_mac);
             ControlFlow::Break(Verdict::Forward(a.port.expect("owners have a port")))
         }
-        None => drop(DropReason::ServiceNoRoute),
+        // An endpoint on another node: over the overlay (the TTL is already done).
+        None => match ctx.tables.overlay().route(dst) {
+            Some(node) => overlay::to_node(ctx.tables, ctx.events, port, frame, meta, ip, node, false),
+            None => drop(DropReason::ServiceNoRoute),
+        },
     }
 }
 
@@ -399,7 +412,7 @@ fn icmp_error(
     let gateway_mac =
         ctx.tables.segment(port.segment).and_then(|s| s.config.gateway).map_or(meta.dst_mac, |g| g.mac);
     let return_path = if towards_client { conn.return_path } else { None };
-    route(ctx, port, frame, outer_dst, return_path, gateway_mac)
+    route(ctx, port, frame, meta, ip, outer_dst, return_path, gateway_mac)
 }
 
 #[cfg(test)]

@@ -74,6 +74,11 @@ pub struct EventCounters {
     pub service_rejects: Counter,
     /// ICMP errors whose quoted packet belonged to a translated flow.
     pub icmp_translated: Counter,
+    /// Frames encapsulated toward and decapsulated from other nodes.
+    pub overlay_encapsulated: Counter,
+    pub overlay_decapsulated: Counter,
+    /// ICMP fragmentation-needed sent to pods for packets too big for the overlay.
+    pub frag_needed_sent: Counter,
     /// Frames passed to another worker for transmission.
     pub handoff_sent: Counter,
     /// Frames received from other workers for transmission.
@@ -165,6 +170,9 @@ pub struct EventTotals {
     pub service_flows: u64,
     pub service_rejects: u64,
     pub icmp_translated: u64,
+    pub overlay_encapsulated: u64,
+    pub overlay_decapsulated: u64,
+    pub frag_needed_sent: u64,
     pub handoff_sent: u64,
     pub handoff_received: u64,
     pub rx_errors: u64,
@@ -231,6 +239,9 @@ impl StatsSnapshot {
             t.service_flows += e.service_flows.get();
             t.service_rejects += e.service_rejects.get();
             t.icmp_translated += e.icmp_translated.get();
+            t.overlay_encapsulated += e.overlay_encapsulated.get();
+            t.overlay_decapsulated += e.overlay_decapsulated.get();
+            t.frag_needed_sent += e.frag_needed_sent.get();
             t.handoff_sent += e.handoff_sent.get();
             t.handoff_received += e.handoff_received.get();
             t.rx_errors += e.rx_errors.get();

@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::overlay::OverlayTable;
 use crate::services::ServiceTable;
 use crate::wire::MacAddr;
 
@@ -71,8 +72,12 @@ pub enum PortKind {
     Pod,
     /// The node's own stack (the TAP carrying the gateway address).
     Host,
-    /// A trunk to other L2 devices: no static MAC, addresses are learned.
+    /// A trunk to other L2 devices: no static MAC, addresses are learned. Also the
+    /// underlay: VXLAN from other nodes arrives here.
     Uplink,
+    /// The overlay side of the gateway: what a decapsulated frame arrived on (never a
+    /// port of its own, see [`OverlayTable`]).
+    Overlay,
 }
 
 /// A port as the data path sees it.
@@ -155,6 +160,7 @@ pub struct Tables {
     static_macs: FastMap<u64, PortId>,
     arp: FastMap<u64, ArpAnswer>,
     services: Arc<ServiceTable>,
+    overlay: Arc<OverlayTable>,
 }
 
 #[inline]
@@ -221,6 +227,12 @@ impl Tables {
     pub fn services(&self) -> &ServiceTable {
         &self.services
     }
+
+    /// The remote nodes (empty on a single node).
+    #[inline]
+    pub fn overlay(&self) -> &OverlayTable {
+        &self.overlay
+    }
 }
 
 /// Why a set of ports and segments does not make valid tables.
@@ -253,6 +265,7 @@ pub struct TablesBuilder {
     segments: BTreeMap<SegmentId, SegmentConfig>,
     ports: BTreeMap<PortId, PortEntry>,
     services: Arc<ServiceTable>,
+    overlay: Arc<OverlayTable>,
 }
 
 impl TablesBuilder {
@@ -329,6 +342,15 @@ impl TablesBuilder {
         self.services = services;
     }
 
+    /// Replaces the overlay table (remote nodes change on their own schedule too).
+    pub fn set_overlay(&mut self, overlay: Arc<OverlayTable>) {
+        self.overlay = overlay;
+    }
+
+    pub fn overlay(&self) -> &Arc<OverlayTable> {
+        &self.overlay
+    }
+
     pub fn remove_port(&mut self, id: PortId) -> Option<PortEntry> {
         self.ports.remove(&id)
     }
@@ -389,7 +411,15 @@ impl TablesBuilder {
             }
             ports[usize::from(port.id)] = Some(port.clone());
         }
-        Ok(Tables { generation, ports, segments, static_macs, arp, services: self.services.clone() })
+        Ok(Tables {
+            generation,
+            ports,
+            segments,
+            static_macs,
+            arp,
+            services: self.services.clone(),
+            overlay: self.overlay.clone(),
+        })
     }
 }
 

@@ -58,6 +58,11 @@ enum Cmd {
         #[command(subcommand)]
         action: Option<ServicesCmd>,
     },
+    /// The other nodes the overlay routes to; `nodes reload` reads the nodes file now.
+    Nodes {
+        #[command(subcommand)]
+        action: Option<NodesCmd>,
+    },
     /// Flows translated to Services (connection tracking).
     Conntrack {
         /// List at most this many flows.
@@ -70,6 +75,44 @@ enum Cmd {
 enum ServicesCmd {
     /// Read the services file now and report whether it was taken.
     Reload,
+}
+
+#[derive(Subcommand)]
+enum NodesCmd {
+    /// Read the nodes file now and report whether it was taken.
+    Reload,
+}
+
+fn print_nodes(view: &vswitch_api::NodesView) {
+    let rows = view
+        .nodes
+        .iter()
+        .map(|n| {
+            let cidrs = n.pod_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+            vec![
+                n.name.clone(),
+                n.ip.to_string(),
+                cidrs,
+                n.vtep_mac.clone(),
+                format!("{:?}", n.source).to_lowercase(),
+            ]
+        })
+        .collect();
+    table(&["NODE", "UNDERLAY-IP", "POD-CIDRS", "VTEP-MAC", "FROM"], rows);
+    println!(
+        "\nVXLAN VNI {} on UDP {}; underlay MTU {}, pod MTU {}; underlay port: {}",
+        view.vni,
+        view.port,
+        view.underlay_mtu,
+        view.pod_mtu,
+        view.underlay.as_deref().unwrap_or("NOT UP (nothing is sent to other nodes)")
+    );
+    if let Some(file) = &view.nodes_file {
+        println!("nodes file {} (generation {})", file.display(), view.generation);
+    }
+    if let Some(e) = &view.file_error {
+        println!("NOT APPLIED: {e}");
+    }
 }
 
 fn print_services(view: &vswitch_api::ServicesView) {
@@ -323,6 +366,16 @@ async fn run(args: Args) -> Result<(), ClientError> {
                 return print_json(&view);
             }
             print_services(&view);
+        }
+        Cmd::Nodes { action } => {
+            let view = match action {
+                None => client.nodes().await?,
+                Some(NodesCmd::Reload) => client.reload_nodes().await?,
+            };
+            if args.json {
+                return print_json(&view);
+            }
+            print_nodes(&view);
         }
         Cmd::Conntrack { limit } => {
             let ct = client.conntrack(limit).await?;

@@ -18,8 +18,8 @@ use axum::routing::get;
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 use vswitch_api::{
-    AttachRequest, ConntrackView, DetachOutcome, ErrorBody, FdbEntry, PortStats, ServicesView, Stats, Status,
-    WorkerStats, codes,
+    AttachRequest, ConntrackView, DetachOutcome, ErrorBody, FdbEntry, NodesView, PortStats, ServicesView,
+    Stats, Status, WorkerStats, codes,
 };
 
 use super::ports::{AttachError, PortManager};
@@ -99,12 +99,14 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/services", get(services))
         .route("/v1/services/reload", axum::routing::post(reload_services))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/reload", axum::routing::post(reload_nodes))
         .route("/v1/conntrack", get(conntrack))
         .fallback(|| async {
             ApiError::new(
                 404,
                 codes::NOT_FOUND,
-                "no such route; see /v1/status, /v1/ports, /v1/fdb, /v1/stats, /v1/services, /v1/conntrack",
+                "no such route; see /v1/status, /v1/ports, /v1/fdb, /v1/stats, /v1/services, /v1/conntrack, /v1/nodes",
             )
         })
         .method_not_allowed_fallback(|| async {
@@ -185,11 +187,27 @@ async fn reload_services(State(s): State<Shared>) -> Result<axum::Json<ServicesV
     let Some(path) = m.services_file().map(ToOwned::to_owned) else {
         return Err(ApiError::new(400, codes::INVALID_REQUEST, "no services file is configured"));
     };
-    let text = super::daemon::read_services_file(&path)
+    let text = super::daemon::read_watched_file(&path)
         .map_err(|e| ApiError::new(400, codes::INVALID_SERVICES, e.to_string()))?;
     m.services_file_read(text, true)
         .map_err(|e| ApiError::new(400, codes::INVALID_SERVICES, e.to_string()))?;
     Ok(axum::Json(m.services_view()))
+}
+
+async fn nodes(State(s): State<Shared>) -> axum::Json<NodesView> {
+    axum::Json(s.manager.lock().await.nodes_view())
+}
+
+/// Reads the nodes file now: the answer says at once whether it was taken.
+async fn reload_nodes(State(s): State<Shared>) -> Result<axum::Json<NodesView>, ApiError> {
+    let mut m = s.manager.lock().await;
+    let Some(path) = m.nodes_file().map(ToOwned::to_owned) else {
+        return Err(ApiError::new(400, codes::INVALID_REQUEST, "no nodes file is configured"));
+    };
+    let text = super::daemon::read_watched_file(&path)
+        .map_err(|e| ApiError::new(400, codes::INVALID_NODES, e.to_string()))?;
+    m.nodes_file_read(text, true).map_err(|e| ApiError::new(400, codes::INVALID_NODES, e.to_string()))?;
+    Ok(axum::Json(m.nodes_view()))
 }
 
 #[derive(serde::Deserialize)]
@@ -267,6 +285,9 @@ fn stats_of(snap: &StatsSnapshot, names: &BTreeMap<u16, String>, dp: &crate::dat
         ("service_flows", e.service_flows),
         ("service_rejects", e.service_rejects),
         ("icmp_translated", e.icmp_translated),
+        ("overlay_encapsulated", e.overlay_encapsulated),
+        ("overlay_decapsulated", e.overlay_decapsulated),
+        ("frag_needed_sent", e.frag_needed_sent),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

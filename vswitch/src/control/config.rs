@@ -83,6 +83,47 @@ pub struct Config {
     pub node_ip: Option<Ipv4Addr>,
     /// Source address of a pod's flow to its own Service when it is the endpoint.
     pub hairpin_ip: Ipv4Addr,
+    pub overlay: OverlayConfig,
+}
+
+/// The overlay between nodes (`[overlay]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverlayConfig {
+    pub vni: u32,
+    pub port: u16,
+    pub underlay_mtu: u16,
+    pub nodes_file: Option<PathBuf>,
+    /// Nodes fixed in the config.
+    pub nodes: Vec<crate::overlay::NodeSpec>,
+}
+
+impl OverlayConfig {
+    /// The overlay table's settings on a node with this pod network.
+    pub fn settings_for(
+        &self,
+        pod_cidr: Ipv4Net,
+        gateway_ip: Ipv4Addr,
+        gateway_mac: MacAddr,
+        node_ip: Option<Ipv4Addr>,
+    ) -> crate::overlay::OverlaySettings {
+        crate::overlay::OverlaySettings {
+            vni: self.vni,
+            udp_port: self.port,
+            underlay_mtu: self.underlay_mtu,
+            local_ip: node_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            segment: 0,
+            gateway_ip,
+            gateway_mac,
+            local_cidr: pod_cidr,
+        }
+    }
+}
+
+impl Config {
+    /// The overlay table's settings for this node.
+    pub fn overlay_settings(&self) -> crate::overlay::OverlaySettings {
+        self.overlay.settings_for(self.pod_cidr, self.gateway_ip, self.gateway_mac, self.node_ip)
+    }
 }
 
 /// Declares a section of the file twice: as written by the user (every key optional,
@@ -146,7 +187,16 @@ section!(RawConfig, CompleteRawConfig, {
     conntrack: RawConntrack => CompleteRawConntrack,
     uplink: RawUplink => CompleteRawUplink,
     services: RawServices => CompleteRawServices,
+    overlay: RawOverlay => CompleteRawOverlay,
 }, |c: CompleteRawConfig| c.into());
+
+section!(RawOverlay, CompleteRawOverlay, {
+    vni: Spanned<u32> => Spanned<u32>,
+    port: Spanned<u16> => Spanned<u16>,
+    underlay_mtu: Spanned<u16> => Spanned<u16>,
+    nodes_file: PathBuf => PathBuf,
+    node: Vec<super::nodes_file::RawNode> => Vec<super::nodes_file::RawNode>,
+}, |c: CompleteRawConfig| c.overlay.into());
 
 section!(RawUplink, CompleteRawUplink, {
     interface: Spanned<String> => Spanned<String>,
@@ -280,10 +330,44 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     if !(1..=1024).contains(&batch_size) {
         return Err(at(raw.batch_size.span(), "batch_size", format!("{batch_size} is outside 1..=1024")));
     }
-    let mtu = *raw.mtu.get_ref();
-    if !(576..=9000).contains(&mtu) {
-        return Err(at(raw.mtu.span(), "mtu", format!("{mtu} is outside 576..=9000")));
+    let ov = &raw.overlay;
+    let vni = *ov.vni.get_ref();
+    if vni == 0 || vni >= 1 << 24 {
+        return Err(at(ov.vni.span(), "overlay.vni", format!("{vni} is outside 1..=16777215 (24 bits)")));
     }
+    let overlay_port = *ov.port.get_ref();
+    if overlay_port == 0 {
+        return Err(at(ov.port.span(), "overlay.port", "must be a UDP port, 1..=65535".into()));
+    }
+    let underlay_mtu = *ov.underlay_mtu.get_ref();
+    if !(626..=9050).contains(&underlay_mtu) {
+        return Err(at(
+            ov.underlay_mtu.span(),
+            "overlay.underlay_mtu",
+            format!("{underlay_mtu} is outside 626..=9050"),
+        ));
+    }
+    let overlay_mtu = underlay_mtu - crate::wire::vxlan::OUTER_LEN as u16;
+    let mtu = match *raw.mtu.get_ref() {
+        0 => overlay_mtu,
+        m if !(576..=9000).contains(&m) => {
+            return Err(at(
+                raw.mtu.span(),
+                "mtu",
+                format!("{m} is outside 576..=9000 (or 0: from the overlay)"),
+            ));
+        }
+        m if m > overlay_mtu => {
+            return Err(at(
+                raw.mtu.span(),
+                "mtu",
+                format!(
+                    "{m} leaves no room for VXLAN on an underlay of MTU {underlay_mtu}: at most {overlay_mtu} (0 picks it)"
+                ),
+            ));
+        }
+        m => m,
+    };
     let metrics_address = match raw.metrics_address.get_ref().as_str() {
         "" => None,
         s => Some(s.parse().map_err(|e| {
@@ -369,6 +453,33 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             format!("{hairpin_ip} is inside pod_cidr {pod_cidr}; it must belong to no pod"),
         ));
     }
+    let mut nodes = Vec::with_capacity(ov.node.len());
+    for (i, rn) in ov.node.iter().enumerate() {
+        let node = rn.convert(&format!("overlay.node[{i}]")).map_err(|(offset, field, message)| {
+            ConfigError { file: file.to_path_buf(), line: line_at(text, offset), field, message }
+        })?;
+        nodes.push(node);
+    }
+    let overlay = OverlayConfig {
+        vni,
+        port: overlay_port,
+        underlay_mtu,
+        nodes_file: (!ov.nodes_file.as_os_str().is_empty()).then(|| ov.nodes_file.clone()),
+        nodes,
+    };
+    if let Err(e) = crate::overlay::OverlayTable::build(
+        overlay.settings_for(pod_cidr, gateway_ip, gateway_mac, node_ip),
+        None,
+        &overlay.nodes,
+    ) {
+        let i = overlay.nodes.iter().rposition(|n| e.involves(&n.name)).unwrap_or(0);
+        return Err(ConfigError {
+            file: file.to_path_buf(),
+            line: ov.node.get(i).map_or(0, |n| line_at(text, n.offset())),
+            field: format!("overlay.node[{i}]"),
+            message: e.to_string(),
+        });
+    }
     Ok(Config {
         node_name,
         pod_cidr,
@@ -395,6 +506,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         services_file,
         node_ip,
         hairpin_ip,
+        overlay,
     })
 }
 
@@ -489,7 +601,25 @@ mod tests {
         assert_eq!(c.idle, IdleMode::Epoll);
         assert_eq!(c.port_backend, Backend::Tap);
         assert!(c.workers >= 1);
-        assert_eq!(c.mtu, 1500);
+        assert_eq!(c.mtu, 1450, "room for VXLAN on a 1500-byte underlay");
+        assert_eq!((c.overlay.vni, c.overlay.port, c.overlay.underlay_mtu), (1, 4789, 1500));
+        assert!(c.overlay.nodes.is_empty());
+    }
+
+    #[test]
+    fn overlay_nodes_in_the_config() {
+        let c = parse(
+            "[overlay]\nunderlay_mtu = 9000\n[[overlay.node]]\nname = \"b\"\nip = \"192.168.50.2\"\npod_cidr = \"10.244.2.0/24\"\n",
+            Path::new("f"),
+        )
+        .unwrap();
+        assert_eq!(c.mtu, 8950);
+        assert_eq!(c.overlay.nodes[0].name, "b");
+        let e =
+            err("[[overlay.node]]\nname = \"b\"\nip = \"192.168.50.2\"\npod_cidr = \"10.244.1.128/25\"\n");
+        assert_eq!((e.line, e.field.as_str()), (2, "overlay.node[0]"), "{e}");
+        let e = err("\n[[overlay.node]]\nname = \"b\"\nip = \"nope\"\npod_cidr = \"10.244.2.0/24\"\n");
+        assert_eq!((e.line, e.field.as_str()), (4, "overlay.node[0].ip"), "{e}");
     }
 
     #[test]
@@ -498,12 +628,12 @@ mod tests {
         assert_eq!(c.gateway_ip, Ipv4Addr::new(10, 244, 7, 1), "gateway derived from the CIDR");
         assert_eq!(c.fdb_aging_secs, 60);
         assert_eq!(c.fdb_max_entries, 65536, "the rest of [fdb] from the default");
-        assert_eq!(c.mtu, 1500);
+        assert_eq!(c.mtu, 1450);
     }
 
     #[test]
     fn errors_name_file_line_and_field() {
-        let e = err("mtu = 1500\nworkers = \"two\"\n");
+        let e = err("mtu = 1400\nworkers = \"two\"\n");
         assert_eq!((e.line, e.field.as_str()), (2, "workers"), "{e}");
         assert!(e.to_string().starts_with("vswitchd.toml:2: workers: invalid type"), "{e}");
 
@@ -546,9 +676,20 @@ mod tests {
             ("metrics_address = \"localhost\"", "metrics_address"),
             ("host_port = \"a very long interface name\"", "host_port"),
             ("max_ports = 1", "max_ports"),
+            ("mtu = 1500", "mtu"),
         ] {
             let e = err(text);
             assert_eq!((e.line, e.field.as_str()), (1, field), "{text}: {e}");
+        }
+        for (text, field) in [
+            ("vni = 0", "overlay.vni"),
+            ("vni = 16777216", "overlay.vni"),
+            ("port = 0", "overlay.port"),
+            ("underlay_mtu = 100", "overlay.underlay_mtu"),
+        ] {
+            let text = format!("[overlay]\n{text}");
+            let e = err(&text);
+            assert_eq!((e.line, e.field.as_str()), (2, field), "{text}: {e}");
         }
     }
 

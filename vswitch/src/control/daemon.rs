@@ -108,8 +108,8 @@ async fn bind_api_socket(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
-/// The services file's content; `None` when it does not exist (no Services).
-pub fn read_services_file(path: &Path) -> Result<Option<String>, ConfigError> {
+/// A watched file's content; `None` when it does not exist (nothing from it).
+pub fn read_watched_file(path: &Path) -> Result<Option<String>, ConfigError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -122,37 +122,41 @@ pub fn read_services_file(path: &Path) -> Result<Option<String>, ConfigError> {
     }
 }
 
-/// How often the services file is looked at. Polling, not inotify: it sees every way a
-/// file is replaced (rename over it, a ConfigMap's symlink swap, an editor's truncate
-/// and rewrite) and costs one small read a second.
-const SERVICES_POLL: Duration = Duration::from_secs(1);
+/// How often a watched file (services, nodes) is looked at. Polling, not inotify: it
+/// sees every way a file is replaced (rename over it, a ConfigMap's symlink swap, an
+/// editor's truncate and rewrite) and costs one small read a second.
+const WATCH_POLL: Duration = Duration::from_secs(1);
 /// A changed file is read again after this, and taken only if it is the same: a file
 /// caught half-written is not applied (a truncated file would remove Services).
-const SERVICES_SETTLE: Duration = Duration::from_millis(200);
+const WATCH_SETTLE: Duration = Duration::from_millis(200);
 
-/// Applies the services file whenever its content changes (and once at start).
-async fn watch_services_file(state: Arc<ApiState>, path: std::path::PathBuf) {
+/// What a watched file feeds.
+type Apply = fn(&mut PortManager, Option<String>) -> Result<bool, ConfigError>;
+
+/// Applies a watched file whenever its content changes (and once at start); `what`
+/// names it in logs.
+async fn watch_file(state: Arc<ApiState>, path: std::path::PathBuf, what: &'static str, apply: Apply) {
     let mut last: Option<Result<Option<String>, String>> = None;
-    let mut tick = tokio::time::interval(SERVICES_POLL);
+    let mut tick = tokio::time::interval(WATCH_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let read = read_services_file(&path).map_err(|e| e.to_string());
+        let read = read_watched_file(&path).map_err(|e| e.to_string());
         if last.as_ref() == Some(&read) {
             continue;
         }
         if last.is_some() {
-            tokio::time::sleep(SERVICES_SETTLE).await;
-            if read_services_file(&path).map_err(|e| e.to_string()) != read {
+            tokio::time::sleep(WATCH_SETTLE).await;
+            if read_watched_file(&path).map_err(|e| e.to_string()) != read {
                 continue;
             }
         }
         last = Some(read.clone());
         match read {
-            Err(e) => tracing::error!(error = %e, "services file; keeping the Services served"),
+            Err(e) => tracing::error!(error = %e, file = what, "cannot read; keeping what it gave before"),
             Ok(text) => {
-                if let Err(e) = state.manager.lock().await.services_file_read(text, false) {
-                    tracing::error!(error = %e, "services file not applied; keeping the Services served");
+                if let Err(e) = apply(&mut *state.manager.lock().await, text) {
+                    tracing::error!(error = %e, file = what, "not applied; keeping what it gave before");
                 }
             }
         }
@@ -215,6 +219,9 @@ async fn start(config: &Config) -> Result<PortManager, DaemonError> {
     // After the pods: an uplink that cannot start costs NodePorts, not pod traffic.
     if let Err(e) = manager.start_uplink().await {
         tracing::error!(error = %e, "uplink not started: NodePorts are not reachable from outside the node");
+    }
+    if let Err(e) = manager.start_underlay().await {
+        tracing::error!(error = %e, "underlay not started: pods on other nodes are not reachable");
     }
     Ok(manager)
 }
@@ -292,18 +299,24 @@ async fn serve(
         })
     };
 
-    let services_watch = shared
-        .manager
-        .lock()
-        .await
-        .services_file()
-        .map(|path| tokio::spawn(watch_services_file(shared.clone(), path.to_owned())));
+    let mut watches = Vec::new();
+    {
+        let m = shared.manager.lock().await;
+        if let Some(path) = m.services_file() {
+            let apply: Apply = |m, text| m.services_file_read(text, false);
+            watches.push(tokio::spawn(watch_file(shared.clone(), path.to_owned(), "services file", apply)));
+        }
+        if let Some(path) = m.nodes_file() {
+            let apply: Apply = |m, text| m.nodes_file_read(text, false);
+            watches.push(tokio::spawn(watch_file(shared.clone(), path.to_owned(), "nodes file", apply)));
+        }
+    }
 
     terminated().await;
     let _ = stop_tx.send(true);
     housekeeping.abort();
     let _ = housekeeping.await;
-    if let Some(w) = services_watch {
+    for w in watches {
         w.abort();
         let _ = w.await;
     }

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod config;
 pub mod daemon;
 pub mod metrics;
+pub mod nodes_file;
 pub mod ports;
 pub mod services_file;
 pub mod state;

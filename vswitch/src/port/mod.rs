@@ -8,6 +8,7 @@ pub mod afxdp;
 pub mod memory;
 pub mod steer;
 pub mod tap;
+pub mod underlay;
 
 use crate::frame::{Frame, FramePool};
 

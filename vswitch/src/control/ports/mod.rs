@@ -17,6 +17,7 @@ use vswitch_api::{
     ServicesView,
 };
 
+mod underlay;
 mod uplink;
 
 pub use uplink::UPLINK_SEGMENT;
@@ -108,6 +109,7 @@ pub struct PortManager {
     last_id: PortId,
     catalog: ServiceCatalog,
     uplink: Option<uplink::Uplink>,
+    overlay: underlay::Overlay,
 }
 
 /// What a restart found.
@@ -162,7 +164,7 @@ impl PortManager {
         let workers = datapath.workers();
         let catalog = ServiceCatalog::new(&config);
         builder.set_services(catalog.table());
-        let m = PortManager {
+        let mut m = PortManager {
             config,
             datapath,
             builder,
@@ -173,7 +175,12 @@ impl PortManager {
             last_id: 0,
             catalog,
             uplink: None,
+            overlay: underlay::Overlay::default(),
         };
+        m.builder.set_overlay(std::sync::Arc::new(
+            crate::overlay::OverlayTable::build(m.config.overlay_settings(), None, &m.config.overlay.nodes)
+                .map_err(|e| AttachError::Invalid(e.to_string()))?,
+        ));
         m.publish()?;
         Ok(m)
     }
@@ -919,6 +926,9 @@ impl PortManager {
         }
         if let Some(u) = &self.uplink {
             names.insert(u.id, format!("uplink {}", u.name));
+        }
+        if let Some(p) = self.overlay.port.as_ref().and_then(|(id, _)| self.builder.port(*id)) {
+            names.insert(p.id, format!("underlay {}", p.name));
         }
         names
     }

@@ -14,7 +14,7 @@ use crate::port::PortQueue;
 use crate::port::afxdp::{XskGroup, XskQueue};
 use crate::port::steer::SteeringProgram;
 use crate::sys::SysError;
-use crate::tables::{PortEntry, PortId, PortKind, SegmentConfig, SegmentId, UnknownArp, WorkerId, WorkerSet};
+use crate::tables::{PortEntry, PortId, PortKind, SegmentId, WorkerId, WorkerSet};
 use crate::wire::MacAddr;
 
 /// The uplink's segment (pods are in segment 0).
@@ -51,6 +51,8 @@ impl PortManager {
         self.catalog.set_node_ip(ip, self.datapath.conntrack());
         self.builder.set_services(self.catalog.table());
         self.publish()?;
+        // The overlay's outer source address, from now on.
+        self.publish_overlay();
         Ok(Some(ip))
     }
 
@@ -98,15 +100,7 @@ impl PortManager {
         }
         let id = self.free_id()?;
         self.add_queues(id, boxed, &owners)?;
-        if self.builder.segment(UPLINK_SEGMENT).is_none() {
-            self.builder
-                .add_segment(SegmentConfig {
-                    id: UPLINK_SEGMENT,
-                    gateway: None,
-                    unknown_arp: UnknownArp::Drop,
-                })
-                .map_err(|e| AttachError::Invalid(e.to_string()))?;
-        }
+        self.ensure_uplink_segment()?;
         let mut tx_workers = WorkerSet::default();
         owners.iter().for_each(|w| tx_workers.insert(*w));
         let added = self.builder.add_port(PortEntry {
@@ -143,8 +137,12 @@ impl PortManager {
 
     pub(super) fn sync_steered_ports(&mut self) {
         let table = self.catalog.table();
+        let mut ports: BTreeSet<(u8, u16)> = table.node_ports().map(|(port, proto)| (proto, port)).collect();
+        // VXLAN from other nodes, once there are any: the fast path in.
+        if !self.config.overlay.nodes.is_empty() || !self.overlay.file_nodes.is_empty() {
+            ports.insert((crate::wire::parse::IPPROTO_UDP, self.config.overlay.port));
+        }
         let Some(uplink) = &mut self.uplink else { return };
-        let ports: BTreeSet<(u8, u16)> = table.node_ports().map(|(port, proto)| (proto, port)).collect();
         if let Err(e) = uplink.program.set_ports(&ports) {
             tracing::error!(error = %e, "updating the NodePorts the uplink steers");
         }

@@ -1,0 +1,919 @@
+//! Between nodes: routing to other nodes' pod CIDRs over VXLAN (RFC 7348), as flannel's
+//! `vxlan` backend does with a kernel device.
+//!
+//! A frame from a local pod to the gateway MAC whose destination falls in another node's
+//! pod CIDR is routed (TTL decremented), given the inner Ethernet addresses gateway MAC →
+//! the node's VTEP MAC, and encapsulated toward the node's underlay address
+//! ([`crate::pipeline::Verdict::Overlay`]; the outer headers are written at dispatch,
+//! after any segmentation). A VXLAN frame arriving on an underlay port is checked —
+//! VNI, a known sending node, an inner source inside that node's CIDRs, an inner
+//! destination that is a local pod or the gateway — and decapsulated; from then on it
+//! is a frame arriving at the gateway from the overlay, and is routed (TTL decremented
+//! again: each node is a routed hop) to the pod.
+//!
+//! The VTEP MAC of a node running vswitchd is its gateway MAC; every node of a cluster
+//! usually has the same one, so the default VTEP MAC of a remote node is this node's
+//! gateway MAC. A node running the kernel's `vxlan` device names its device's MAC.
+
+use std::net::Ipv4Addr;
+use std::ops::ControlFlow;
+
+use ipnet::Ipv4Net;
+
+use crate::drop_reason::DropReason;
+use crate::frame::Frame;
+use crate::maglev::flow_hash;
+use crate::pipeline::{StageContext, Verdict};
+use crate::stats::EventCounters;
+use crate::tables::{PortEntry, PortId, PortKind, SegmentId, Tables};
+use crate::wire::icmp::{self, IcmpError};
+use crate::wire::ipv4::Ipv4Mut;
+use crate::wire::{self, FrameMeta, Ipv4Meta, L4, MacAddr, Net, ethernet, vxlan};
+
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Index of a remote node in the [`OverlayTable`].
+pub type NodeIndex = u16;
+
+/// Another node, as configured or learned from the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub name: String,
+    /// The node's underlay address: VXLAN to and from it.
+    pub ip: Ipv4Addr,
+    pub pod_cidrs: Vec<Ipv4Net>,
+    /// Inner destination MAC for frames to the node; `None`: this node's gateway MAC
+    /// (right for every node running vswitchd with the same gateway MAC).
+    pub vtep_mac: Option<MacAddr>,
+}
+
+/// A remote node as the data path uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteNode {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub pod_cidrs: Vec<Ipv4Net>,
+    pub vtep_mac: MacAddr,
+}
+
+/// The overlay's fixed settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverlaySettings {
+    /// 24-bit VXLAN network identifier.
+    pub vni: u32,
+    /// UDP destination port of VXLAN traffic, both ways.
+    pub udp_port: u16,
+    /// The underlay network's MTU; inner IP packets may be 50 bytes shorter.
+    pub underlay_mtu: u16,
+    /// The outer source address; unspecified: the kernel picks it (socket underlay).
+    pub local_ip: Ipv4Addr,
+    /// The segment of this node's pods and its gateway.
+    pub segment: SegmentId,
+    pub gateway_ip: Ipv4Addr,
+    pub gateway_mac: MacAddr,
+    pub local_cidr: Ipv4Net,
+}
+
+/// Why a set of nodes does not make a valid overlay table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverlayError {
+    #[error("node {node}: pod CIDR {cidr} overlaps this node's pod CIDR {local}")]
+    OverlapsLocal { node: String, cidr: Ipv4Net, local: Ipv4Net },
+    #[error("nodes {a} and {b}: pod CIDRs {cidr_a} and {cidr_b} overlap")]
+    Overlap { a: String, cidr_a: Ipv4Net, b: String, cidr_b: Ipv4Net },
+    #[error("nodes {a} and {b} have the same address {ip}")]
+    DuplicateIp { a: String, b: String, ip: Ipv4Addr },
+    #[error("node {0}: name used twice")]
+    DuplicateName(String),
+    #[error("more than {} nodes", NodeIndex::MAX)]
+    TooMany,
+}
+
+impl OverlayError {
+    /// Whether the conflict involves the node named `name`.
+    pub fn involves(&self, name: &str) -> bool {
+        match self {
+            OverlayError::OverlapsLocal { node, .. } | OverlayError::DuplicateName(node) => node == name,
+            OverlayError::Overlap { a, b, .. } | OverlayError::DuplicateIp { a, b, .. } => {
+                a == name || b == name
+            }
+            OverlayError::TooMany => false,
+        }
+    }
+}
+
+/// Remote nodes, indexed for the data path: by destination (longest prefix of their pod
+/// CIDRs) and by underlay address (who sent a VXLAN frame).
+#[derive(Clone, Debug)]
+pub struct OverlayTable {
+    pub settings: OverlaySettings,
+    /// The underlay port encapsulated frames leave by; `None`: no underlay yet.
+    pub tx_port: Option<PortId>,
+    /// What a decapsulated frame arrives on: the gateway's side of the overlay.
+    ingress: Option<PortEntry>,
+    nodes: Vec<RemoteNode>,
+    /// Per prefix length (longest first): network address → node.
+    by_prefix: Vec<(u8, FastMap<u32, NodeIndex>)>,
+    by_ip: FastMap<u32, NodeIndex>,
+}
+
+impl Default for OverlayTable {
+    fn default() -> Self {
+        OverlayTable {
+            settings: OverlaySettings {
+                vni: 1,
+                udp_port: vxlan::DEFAULT_PORT,
+                underlay_mtu: 1500,
+                local_ip: Ipv4Addr::UNSPECIFIED,
+                segment: 0,
+                gateway_ip: Ipv4Addr::UNSPECIFIED,
+                gateway_mac: MacAddr([0; 6]),
+                local_cidr: Ipv4Net::default(),
+            },
+            tx_port: None,
+            ingress: None,
+            nodes: Vec::new(),
+            by_prefix: Vec::new(),
+            by_ip: FastMap::default(),
+        }
+    }
+}
+
+impl OverlayTable {
+    /// Builds the table, refusing nodes whose CIDRs overlap each other or this node's,
+    /// or whose addresses or names repeat.
+    pub fn build(
+        settings: OverlaySettings,
+        tx_port: Option<PortId>,
+        specs: &[NodeSpec],
+    ) -> Result<OverlayTable, OverlayError> {
+        if specs.len() > usize::from(NodeIndex::MAX) {
+            return Err(OverlayError::TooMany);
+        }
+        let mut t = OverlayTable { settings, tx_port, ..Default::default() };
+        let mut cidrs: Vec<(Ipv4Net, &str)> = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let index = i as NodeIndex;
+            if specs[..i].iter().any(|s| s.name == spec.name) {
+                return Err(OverlayError::DuplicateName(spec.name.clone()));
+            }
+            if let Some(prev) = t.by_ip.insert(u32::from(spec.ip), index) {
+                return Err(OverlayError::DuplicateIp {
+                    a: specs[usize::from(prev)].name.clone(),
+                    b: spec.name.clone(),
+                    ip: spec.ip,
+                });
+            }
+            for cidr in &spec.pod_cidrs {
+                let cidr = cidr.trunc();
+                let local = settings.local_cidr;
+                if local.contains(&cidr) || cidr.contains(&local) {
+                    return Err(OverlayError::OverlapsLocal { node: spec.name.clone(), cidr, local });
+                }
+                if let Some((other, name)) = cidrs.iter().find(|(c, _)| c.contains(&cidr) || cidr.contains(c))
+                {
+                    return Err(OverlayError::Overlap {
+                        a: (*name).to_string(),
+                        cidr_a: *other,
+                        b: spec.name.clone(),
+                        cidr_b: cidr,
+                    });
+                }
+                cidrs.push((cidr, &spec.name));
+                let len = cidr.prefix_len();
+                let slot = match t.by_prefix.iter().position(|(l, _)| *l == len) {
+                    Some(s) => s,
+                    None => {
+                        t.by_prefix.push((len, FastMap::default()));
+                        t.by_prefix.len() - 1
+                    }
+                };
+                t.by_prefix[slot].1.insert(u32::from(cidr.network()), index);
+            }
+            t.nodes.push(RemoteNode {
+                name: spec.name.clone(),
+                ip: spec.ip,
+                pod_cidrs: spec.pod_cidrs.iter().map(Ipv4Net::trunc).collect(),
+                vtep_mac: spec.vtep_mac.unwrap_or(settings.gateway_mac),
+            });
+        }
+        t.by_prefix.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+        t.ingress = tx_port.map(|id| PortEntry {
+            id,
+            name: "overlay".into(),
+            kind: PortKind::Overlay,
+            segment: settings.segment,
+            mac: None,
+            ipv4: vec![],
+            ipv6: vec![],
+            port_security: false,
+            mtu: t.inner_mtu(),
+            tx_workers: Default::default(),
+            offloads: false,
+        });
+        Ok(t)
+    }
+
+    /// Largest inner IP packet that fits the underlay.
+    #[inline]
+    pub fn inner_mtu(&self) -> u16 {
+        // The inner Ethernet header rides inside the outer IP packet too.
+        self.settings.underlay_mtu.saturating_sub(vxlan::OUTER_LEN as u16)
+    }
+
+    /// True when no remote node is known: the stages have nothing to do.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn nodes(&self) -> &[RemoteNode] {
+        &self.nodes
+    }
+
+    #[inline]
+    pub fn node(&self, index: NodeIndex) -> Option<&RemoteNode> {
+        self.nodes.get(usize::from(index))
+    }
+
+    /// The node whose pod CIDR holds `dst` (longest prefix).
+    #[inline]
+    pub fn route(&self, dst: Ipv4Addr) -> Option<NodeIndex> {
+        let dst = u32::from(dst);
+        self.by_prefix.iter().find_map(|(len, map)| {
+            let mask = if *len == 0 { 0 } else { u32::MAX << (32 - len) };
+            map.get(&(dst & mask)).copied()
+        })
+    }
+
+    /// The node with underlay address `ip`.
+    #[inline]
+    pub fn node_by_ip(&self, ip: Ipv4Addr) -> Option<NodeIndex> {
+        self.by_ip.get(&u32::from(ip)).copied()
+    }
+}
+
+/// A VXLAN frame for this switch to decapsulate: UDP to the VXLAN port, in from an
+/// underlay port. Pods may send UDP to that port among themselves: it is only
+/// decapsulated from the underlay.
+#[inline]
+pub fn is_vxlan(tables: &Tables, port: &PortEntry, meta: &FrameMeta) -> bool {
+    port.kind == PortKind::Uplink
+        && matches!(&meta.net, Net::Ipv4(ip) if matches!(ip.l4, L4::Udp { dst_port, .. }
+            if dst_port == tables.overlay().settings.udp_port) && ip.fragment == wire::Fragment::None)
+}
+
+/// Checks and strips the outer headers of a VXLAN frame; `meta` then describes the
+/// inner frame, which continues as arriving from the overlay side of the gateway (the
+/// returned port).
+pub fn decapsulate<'t>(
+    tables: &'t Tables,
+    frame: &mut Frame,
+    meta: &mut FrameMeta,
+) -> ControlFlow<Verdict, &'t PortEntry> {
+    let ov = tables.overlay();
+    let Net::Ipv4(outer) = meta.net else {
+        return ControlFlow::Break(Verdict::Drop(DropReason::OverlayBadInner));
+    };
+    let Some(ingress) = &ov.ingress else {
+        return ControlFlow::Break(Verdict::Drop(DropReason::VxlanUnknownNode));
+    };
+    let vx = usize::from(outer.l4_offset) + 8;
+    let end = usize::from(meta.l3_offset) + usize::from(outer.total_len);
+    let Some(header) = frame.data().get(vx..end) else {
+        return ControlFlow::Break(Verdict::Drop(DropReason::TruncatedVxlan));
+    };
+    let vni = match vxlan::parse_header(header) {
+        Ok(v) => v,
+        Err(r) => return ControlFlow::Break(Verdict::Drop(r)),
+    };
+    if vni != ov.settings.vni {
+        return ControlFlow::Break(Verdict::Drop(DropReason::VxlanWrongVni));
+    }
+    let Some(node) = ov.node_by_ip(outer.src).and_then(|i| ov.node(i)) else {
+        return ControlFlow::Break(Verdict::Drop(DropReason::VxlanUnknownNode));
+    };
+    // Ethernet padding of a short outer frame is not part of the inner one.
+    frame.truncate(end);
+    frame.strip_front(vx + vxlan::HEADER_LEN);
+    if let Err(r) = wire::parse::parse_into(frame.data(), meta) {
+        return ControlFlow::Break(Verdict::Drop(r));
+    }
+    let Net::Ipv4(inner) = &meta.net else {
+        return ControlFlow::Break(Verdict::Drop(DropReason::OverlayBadInner));
+    };
+    if meta.dst_mac != ov.settings.gateway_mac {
+        return ControlFlow::Break(Verdict::Drop(DropReason::OverlayBadInner));
+    }
+    if !node.pod_cidrs.iter().any(|c| c.contains(&inner.src)) {
+        return ControlFlow::Break(Verdict::Drop(DropReason::VxlanSpoofedSource));
+    }
+    let local = inner.dst == ov.settings.gateway_ip
+        || tables.arp_answer(ov.settings.segment, inner.dst).is_some_and(|a| a.port.is_some());
+    if !local {
+        return ControlFlow::Break(Verdict::Drop(DropReason::OverlayNotLocal));
+    }
+    ControlFlow::Continue(ingress)
+}
+
+/// Routes a frame addressed to the gateway: from a pod toward another node's CIDR
+/// (encapsulated), or from the overlay to a local pod. Everything else goes on to L2.
+#[inline]
+pub fn route(
+    ctx: &StageContext<'_>,
+    port: &PortEntry,
+    frame: &mut Frame,
+    meta: &FrameMeta,
+) -> ControlFlow<Verdict> {
+    let ov = ctx.tables.overlay();
+    if ov.is_empty() {
+        return ControlFlow::Continue(());
+    }
+    if port.kind == PortKind::Overlay {
+        return deliver(ctx, frame, meta);
+    }
+    if meta.dst_mac != ov.settings.gateway_mac || port.segment != ov.settings.segment {
+        return ControlFlow::Continue(());
+    }
+    let Net::Ipv4(ip) = &meta.net else { return ControlFlow::Continue(()) };
+    match ov.route(ip.dst) {
+        Some(node) => to_node(ctx.tables, &ctx.stats.events, port, frame, meta, ip, node, true),
+        None => ControlFlow::Continue(()),
+    }
+}
+
+/// A decapsulated frame: to the pod that has its destination, or to the node itself
+/// (the host port, which carries the gateway's MAC).
+fn deliver(ctx: &StageContext<'_>, frame: &mut Frame, meta: &FrameMeta) -> ControlFlow<Verdict> {
+    let s = &ctx.tables.overlay().settings;
+    let Net::Ipv4(ip) = &meta.net else {
+        return ControlFlow::Break(Verdict::Drop(DropReason::OverlayNotLocal));
+    };
+    if ip.dst == s.gateway_ip {
+        return match ctx.tables.static_port(s.segment, s.gateway_mac) {
+            Some(host) => ControlFlow::Break(Verdict::Forward(host)),
+            None => ControlFlow::Break(Verdict::Drop(DropReason::OverlayNotLocal)),
+        };
+    }
+    let Some((mac, pod)) = ctx.tables.arp_answer(s.segment, ip.dst).and_then(|a| a.port.map(|p| (a.mac, p)))
+    else {
+        return ControlFlow::Break(Verdict::Drop(DropReason::OverlayNotLocal));
+    };
+    let partial = frame.offload.flags & wire::offload::F_NEEDS_CSUM != 0;
+    if !Ipv4Mut::new(frame.data_mut(), meta.l3_offset, ip).with_partial_l4_checksum(partial).decrement_ttl() {
+        return ControlFlow::Break(Verdict::Drop(DropReason::TtlExpired));
+    }
+    let data = frame.data_mut();
+    ethernet::set_destination(data, mac);
+    ethernet::set_source(data, s.gateway_mac);
+    ControlFlow::Break(Verdict::Forward(pod))
+}
+
+/// Sends a frame toward remote node `node`: answered with fragmentation-needed when it
+/// cannot fit and must not be fragmented, else routed (`decrement`: the TTL is this
+/// stage's to decrement) with inner addresses gateway → the node's VTEP.
+#[allow(clippy::too_many_arguments)]
+pub fn to_node(
+    tables: &Tables,
+    events: &EventCounters,
+    port: &PortEntry,
+    frame: &mut Frame,
+    meta: &FrameMeta,
+    ip: &Ipv4Meta,
+    node: NodeIndex,
+    decrement: bool,
+) -> ControlFlow<Verdict> {
+    let ov = tables.overlay();
+    let Some(remote) = ov.node(node) else {
+        return ControlFlow::Break(Verdict::Drop(DropReason::OverlayNoUnderlay));
+    };
+    if ov.tx_port.is_none() {
+        return ControlFlow::Break(Verdict::Drop(DropReason::OverlayNoUnderlay));
+    }
+    let packet_len = frame.wire_len().saturating_sub(usize::from(meta.l3_offset));
+    if packet_len > usize::from(ov.inner_mtu()) {
+        if ip.dont_fragment && port.kind == PortKind::Pod {
+            return fragmentation_needed(ov, events, port, frame, meta, ip);
+        }
+        return ControlFlow::Break(Verdict::Drop(DropReason::OverlayMtuExceeded));
+    }
+    if decrement {
+        let partial = frame.offload.flags & wire::offload::F_NEEDS_CSUM != 0;
+        if !Ipv4Mut::new(frame.data_mut(), meta.l3_offset, ip)
+            .with_partial_l4_checksum(partial)
+            .decrement_ttl()
+        {
+            return ControlFlow::Break(Verdict::Drop(DropReason::TtlExpired));
+        }
+    }
+    let data = frame.data_mut();
+    ethernet::set_destination(data, remote.vtep_mac);
+    ethernet::set_source(data, ov.settings.gateway_mac);
+    let (sp, dp) = match ip.l4 {
+        L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port } => (src_port, dst_port),
+        _ => (0, 0),
+    };
+    let entropy = flow_hash(u32::from(ip.src), u32::from(ip.dst), sp, dp, ip.protocol) as u16;
+    ControlFlow::Break(Verdict::Overlay { node, entropy })
+}
+
+/// Turns `frame` into an ICMP fragmentation-needed from the gateway, with the inner MTU
+/// as next-hop MTU (RFC 1191), back to the pod that sent it.
+fn fragmentation_needed(
+    ov: &OverlayTable,
+    events: &EventCounters,
+    port: &PortEntry,
+    frame: &mut Frame,
+    meta: &FrameMeta,
+    ip: &Ipv4Meta,
+) -> ControlFlow<Verdict> {
+    let l3 = usize::from(meta.l3_offset);
+    let mut quoted = [0u8; icmp::MAX_ERROR_IP_LEN - 28];
+    let ip_len = usize::from(ip.total_len).min(frame.len() - l3).min(quoted.len());
+    quoted[..ip_len].copy_from_slice(&frame.data()[l3..l3 + ip_len]);
+    let err = IcmpError {
+        eth_src: ov.settings.gateway_mac,
+        eth_dst: meta.src_mac,
+        src_ip: ov.settings.gateway_ip,
+        dst_ip: ip.src,
+        icmp_type: icmp::TYPE_DEST_UNREACHABLE,
+        code: icmp::CODE_FRAGMENTATION_NEEDED,
+        next_hop_mtu: ov.inner_mtu(),
+    };
+    let len = icmp::write_error(frame.spare_mut(), &err, &quoted[..ip_len]);
+    frame.set_len(len);
+    frame.offload = crate::frame::Offload::NONE;
+    events.frag_needed_sent.inc();
+    ControlFlow::Break(Verdict::Forward(port.id))
+}
+
+/// Prepends the outer headers toward `node` to a frame that is ready to go (no offload
+/// work left). Returns false when the buffer has no headroom for them.
+#[inline]
+pub fn encapsulate(ov: &OverlayTable, node: &RemoteNode, entropy: u16, frame: &mut Frame) -> bool {
+    let inner_len = frame.len();
+    let Some(hdr) = frame.prepend(vxlan::OUTER_LEN) else { return false };
+    let hdr: &mut [u8; vxlan::OUTER_LEN] = hdr.try_into().expect("OUTER_LEN bytes");
+    let outer = vxlan::Outer {
+        src_mac: MacAddr([0; 6]),
+        dst_mac: MacAddr([0; 6]),
+        src_ip: ov.settings.local_ip,
+        dst_ip: node.ip,
+        src_port: vxlan::source_port(u32::from(entropy)),
+        dst_port: ov.settings.udp_port,
+        vni: ov.settings.vni,
+        ttl: 64,
+    };
+    vxlan::write_outer(hdr, &outer, inner_len);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::ConntrackConfig;
+    use crate::fdb::FdbConfig;
+    use crate::frame::FramePool;
+    use crate::pipeline::{Pipeline, SharedState, TxBatches};
+    use crate::services::{BuildMemory, EndpointSpec, ServicePortSpec, ServiceTable};
+    use crate::stats::WorkerStats;
+    use crate::tables::tests::{pod, segment0};
+    use crate::tables::{SegmentConfig, TablesBuilder, UnknownArp, WorkerSet};
+    use crate::testing::{FrameSpec, mac};
+    use crate::wire::parse::{IPPROTO_TCP, TCP_ACK, TCP_SYN};
+    use crate::wire::{Ipv4Meta, parse};
+    use std::sync::Arc;
+
+    const GW: u32 = 0xffff;
+    const UNDERLAY: PortId = 8;
+    const NODE_B: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
+
+    fn settings() -> OverlaySettings {
+        OverlaySettings {
+            vni: 1,
+            udp_port: 4789,
+            underlay_mtu: 1500,
+            local_ip: Ipv4Addr::new(192, 168, 50, 1),
+            segment: 0,
+            gateway_ip: Ipv4Addr::new(10, 244, 1, 1),
+            gateway_mac: mac(GW),
+            local_cidr: "10.244.1.0/24".parse().unwrap(),
+        }
+    }
+
+    pub(crate) fn node(name: &str, last: u8, cidr: &str) -> NodeSpec {
+        NodeSpec {
+            name: name.into(),
+            ip: Ipv4Addr::new(192, 168, 50, last),
+            pod_cidrs: vec![cidr.parse().unwrap()],
+            vtep_mac: None,
+        }
+    }
+
+    fn local(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, 1, last)
+    }
+
+    fn remote(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, 2, last)
+    }
+
+    /// Pods 1..=3 (10.244.1.2-4), the underlay port 8 in a segment of its own, node b
+    /// (10.244.2.0/24 at 192.168.50.2), and the given Services.
+    struct Rig {
+        tables: Tables,
+        pipeline: Pipeline,
+        pool: FramePool,
+        out: TxBatches,
+    }
+
+    impl Rig {
+        fn new(services: Vec<ServicePortSpec>) -> Rig {
+            let mut b = TablesBuilder::default();
+            b.add_segment(segment0()).unwrap();
+            b.add_segment(SegmentConfig { id: 1, gateway: None, unknown_arp: UnknownArp::Drop }).unwrap();
+            for i in 1..=3u8 {
+                b.add_port(pod(u16::from(i), [10, 244, 1, i + 1])).unwrap();
+            }
+            b.add_port(PortEntry {
+                id: UNDERLAY,
+                name: "underlay".into(),
+                kind: PortKind::Uplink,
+                segment: 1,
+                mac: None,
+                ipv4: vec![],
+                ipv6: vec![],
+                port_security: false,
+                mtu: 1500,
+                tx_workers: WorkerSet::single(0),
+                offloads: false,
+            })
+            .unwrap();
+            let nodes = [node("b", 2, "10.244.2.0/24")];
+            b.set_overlay(Arc::new(OverlayTable::build(settings(), Some(UNDERLAY), &nodes).unwrap()));
+            let svc = ServiceTable::build(
+                &services,
+                Some(Ipv4Addr::new(192, 168, 50, 1)),
+                Ipv4Addr::new(169, 254, 42, 1),
+                &mut BuildMemory::default(),
+            );
+            b.set_services(Arc::new(svc));
+            let state = SharedState::new(FdbConfig::default(), ConntrackConfig::default());
+            Rig {
+                tables: b.build().unwrap(),
+                pipeline: Pipeline::new(&state, Arc::new(WorkerStats::new(16))),
+                pool: FramePool::standalone(2048),
+                out: TxBatches::new(16),
+            }
+        }
+
+        fn send_frame(&mut self, ingress: PortId, frame: Frame) -> Vec<(PortId, Vec<u8>)> {
+            let mut batch = vec![frame];
+            self.pipeline.process(&self.tables, ingress, 10, &mut batch, &mut self.pool, &mut self.out);
+            let mut sent = Vec::new();
+            let pool = &mut self.pool;
+            self.out.flush(|port, frames| {
+                for f in frames.drain(..) {
+                    sent.push((port, f.data().to_vec()));
+                    pool.put(f);
+                }
+            });
+            sent
+        }
+
+        fn send(&mut self, ingress: PortId, frame: &[u8]) -> Vec<(PortId, Vec<u8>)> {
+            let f = self.pool.copy_of(frame).unwrap();
+            self.send_frame(ingress, f)
+        }
+
+        fn drops(&self, port: PortId, r: DropReason) -> u64 {
+            self.pipeline.stats().drops(port, r)
+        }
+    }
+
+    fn ipv4(frame: &[u8]) -> Ipv4Meta {
+        let Net::Ipv4(v4) = parse(frame).unwrap().net else { panic!("not IPv4") };
+        v4
+    }
+
+    /// What node b would send: `inner` in VXLAN from `from` with `vni`.
+    fn vxlan_from(from: Ipv4Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
+        let o = vxlan::Outer {
+            src_mac: mac(0xb0b),
+            dst_mac: mac(0xa0a),
+            src_ip: from,
+            dst_ip: Ipv4Addr::new(192, 168, 50, 1),
+            src_port: 50000,
+            dst_port: 4789,
+            vni,
+            ttl: 64,
+        };
+        let mut hdr = [0u8; vxlan::OUTER_LEN];
+        vxlan::write_outer(&mut hdr, &o, inner.len());
+        [&hdr[..], inner].concat()
+    }
+
+    #[test]
+    fn routes_by_longest_prefix_and_knows_senders() {
+        let mut b = node("b", 2, "10.244.2.0/24");
+        b.pod_cidrs.push("10.245.0.0/16".parse().unwrap());
+        let mut c = node("c", 3, "10.245.7.0/24");
+        c.vtep_mac = Some(mac(0xc));
+        let err = OverlayTable::build(settings(), Some(9), &[b.clone(), c.clone()]).unwrap_err();
+        assert!(matches!(err, OverlayError::Overlap { .. }), "{err}");
+        c.pod_cidrs = vec!["10.246.7.0/24".parse().unwrap()];
+        let t = OverlayTable::build(settings(), Some(9), &[b, c]).unwrap();
+        assert_eq!(t.route(Ipv4Addr::new(10, 244, 2, 77)), Some(0));
+        assert_eq!(t.route(Ipv4Addr::new(10, 245, 200, 1)), Some(0));
+        assert_eq!(t.route(Ipv4Addr::new(10, 246, 7, 1)), Some(1));
+        assert_eq!(t.route(Ipv4Addr::new(10, 244, 1, 5)), None, "local");
+        assert_eq!(t.node_by_ip(Ipv4Addr::new(192, 168, 50, 3)), Some(1));
+        assert_eq!(t.node(0).unwrap().vtep_mac, mac(GW), "default: the shared gateway MAC");
+        assert_eq!(t.node(1).unwrap().vtep_mac, mac(0xc));
+        assert_eq!(t.inner_mtu(), 1450);
+    }
+
+    #[test]
+    fn refuses_conflicting_nodes() {
+        let s = settings();
+        let local = OverlayTable::build(s, None, &[node("b", 2, "10.244.0.0/16")]).unwrap_err();
+        assert!(matches!(local, OverlayError::OverlapsLocal { .. }));
+        let same_ip = [node("b", 2, "10.244.2.0/24"), node("c", 2, "10.244.3.0/24")];
+        assert!(matches!(OverlayTable::build(s, None, &same_ip), Err(OverlayError::DuplicateIp { .. })));
+        let same_name = [node("b", 2, "10.244.2.0/24"), node("b", 3, "10.244.3.0/24")];
+        assert_eq!(
+            OverlayTable::build(s, None, &same_name).unwrap_err(),
+            OverlayError::DuplicateName("b".into())
+        );
+    }
+
+    #[test]
+    fn a_pod_reaches_a_remote_pod_through_vxlan() {
+        let mut r = Rig::new(vec![]);
+        let inner = FrameSpec::udp(mac(1), mac(GW), local(2), remote(7), 1234, 53).payload(b"q").build();
+        let sent = r.send(1, &inner);
+        assert_eq!(sent.len(), 1);
+        let (port, wire) = &sent[0];
+        assert_eq!(*port, UNDERLAY);
+        let outer = ipv4(wire);
+        assert_eq!((outer.src, outer.dst, outer.ttl), (settings().local_ip, NODE_B, 64));
+        assert!(outer.dont_fragment);
+        let L4::Udp { src_port, dst_port } = outer.l4 else { panic!() };
+        assert_eq!(dst_port, 4789);
+        assert!(src_port >= 49152, "entropy in the dynamic range");
+        assert_eq!(&wire[34 + 6..34 + 8], &[0, 0], "outer UDP checksum zero");
+        assert_eq!(vxlan::parse_header(&wire[42..]), Ok(1));
+        let got = &wire[vxlan::OUTER_LEN..];
+        let m = parse(got).unwrap();
+        assert_eq!((m.dst_mac, m.src_mac), (mac(GW), mac(GW)), "gateway → the node's VTEP (shared MAC)");
+        let v4 = ipv4(got);
+        assert_eq!((v4.src, v4.dst, v4.ttl), (local(2), remote(7), 63), "one routed hop");
+        assert_eq!(
+            &got[14..],
+            &{
+                let mut x = inner[14..].to_vec();
+                x[8] = 63;
+                let c = crate::wire::checksum::checksum(&{
+                    let mut h = x[..20].to_vec();
+                    h[10] = 0;
+                    h[11] = 0;
+                    h
+                });
+                x[10..12].copy_from_slice(&c.to_be_bytes());
+                x
+            }[..]
+        );
+        // Another flow of the same pair: another outer source port (most likely).
+        let other = FrameSpec::udp(mac(1), mac(GW), local(2), remote(7), 1235, 53).build();
+        let ports: std::collections::BTreeSet<u16> = (0..8u16)
+            .map(|i| {
+                let mut f = other.clone();
+                f[34..36].copy_from_slice(&(2000 + i).to_be_bytes());
+                f[40..42].copy_from_slice(&[0, 0]); // UDP checksum optional
+                match ipv4(&r.send(1, &f)[0].1).l4 {
+                    L4::Udp { src_port, .. } => src_port,
+                    _ => panic!(),
+                }
+            })
+            .collect();
+        assert!(ports.len() > 1, "flows spread over source ports: {ports:?}");
+        assert_eq!(r.pipeline.stats().events.overlay_encapsulated.get(), 9);
+    }
+
+    #[test]
+    fn vxlan_from_a_node_reaches_the_local_pod() {
+        let mut r = Rig::new(vec![]);
+        let inner =
+            FrameSpec::tcp(mac(0xb), mac(GW), remote(7), local(3), 80, 4000, TCP_ACK).payload(b"hi").build();
+        let sent = r.send(UNDERLAY, &vxlan_from(NODE_B, 1, &inner));
+        assert_eq!(sent.len(), 1);
+        let (port, got) = &sent[0];
+        assert_eq!(*port, 2, "pod 2 has 10.244.1.3");
+        let m = parse(got).unwrap();
+        assert_eq!((m.dst_mac, m.src_mac), (mac(2), mac(GW)));
+        assert_eq!(ipv4(got).ttl, 63);
+        assert_eq!(got.len(), inner.len(), "outer headers gone");
+        assert_eq!(r.pipeline.stats().events.overlay_decapsulated.get(), 1);
+        // To the gateway: the node itself, through the host port.
+        let mut with_host = Rig::new(vec![]);
+        let mut b = TablesBuilder::default();
+        b.add_segment(segment0()).unwrap();
+        b.add_segment(SegmentConfig { id: 1, gateway: None, unknown_arp: UnknownArp::Drop }).unwrap();
+        let mut host = pod(5, [10, 244, 1, 200]);
+        host.kind = PortKind::Host;
+        host.mac = Some(mac(GW));
+        host.ipv4.clear();
+        host.port_security = false;
+        b.add_port(host).unwrap();
+        let mut underlay = with_host.tables.port(UNDERLAY).unwrap().clone();
+        underlay.segment = 1;
+        b.add_port(underlay).unwrap();
+        b.set_overlay(with_host.tables.overlay().clone().into());
+        with_host.tables = b.build().unwrap();
+        let ping = FrameSpec::icmp_echo(mac(0xb), mac(GW), remote(7), settings().gateway_ip, 1).build();
+        let sent = with_host.send(UNDERLAY, &vxlan_from(NODE_B, 1, &ping));
+        assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[test]
+    fn bad_overlay_frames_are_counted_drops() {
+        let mut r = Rig::new(vec![]);
+        let good = FrameSpec::udp(mac(0xb), mac(GW), remote(7), local(2), 1, 2).build();
+        let cases: Vec<(Vec<u8>, DropReason)> = vec![
+            (vxlan_from(NODE_B, 2, &good), DropReason::VxlanWrongVni),
+            (vxlan_from(Ipv4Addr::new(192, 168, 50, 99), 1, &good), DropReason::VxlanUnknownNode),
+            (
+                vxlan_from(NODE_B, 1, &FrameSpec::udp(mac(0xb), mac(GW), local(9), local(2), 1, 2).build()),
+                DropReason::VxlanSpoofedSource,
+            ),
+            (
+                vxlan_from(NODE_B, 1, &FrameSpec::udp(mac(0xb), mac(GW), remote(7), local(99), 1, 2).build()),
+                DropReason::OverlayNotLocal,
+            ),
+            (
+                vxlan_from(
+                    NODE_B,
+                    1,
+                    &FrameSpec::udp(mac(0xb), mac(GW), remote(7), Ipv4Addr::new(10, 244, 3, 1), 1, 2).build(),
+                ),
+                DropReason::OverlayNotLocal,
+            ),
+            (
+                vxlan_from(NODE_B, 1, &FrameSpec::udp(mac(0xb), mac(1), remote(7), local(2), 1, 2).build()),
+                DropReason::OverlayBadInner,
+            ),
+            (
+                vxlan_from(NODE_B, 1, &crate::testing::arp_request(mac(0xb), remote(7), local(2))),
+                DropReason::OverlayBadInner,
+            ),
+            (vxlan_from(NODE_B, 1, &good[..10]), DropReason::TruncatedEthernet),
+            (
+                {
+                    let mut f = vxlan_from(NODE_B, 1, &good);
+                    f[42] = 0; // no I flag
+                    f
+                },
+                DropReason::BadVxlanFlags,
+            ),
+            (
+                FrameSpec::udp(mac(0xb0b), mac(0xa0a), NODE_B, settings().local_ip, 5000, 4789)
+                    .payload(&[8, 0, 0, 0])
+                    .build(),
+                DropReason::TruncatedVxlan,
+            ),
+        ];
+        for (frame, reason) in &cases {
+            let before = r.drops(UNDERLAY, *reason);
+            assert!(r.send(UNDERLAY, frame).is_empty(), "{reason:?}");
+            assert_eq!(r.drops(UNDERLAY, *reason), before + 1, "{reason:?}");
+        }
+        // A pod's UDP to the VXLAN port is plain traffic between pods, never decapsulated.
+        let from_pod = vxlan_from(local(2), 1, &good);
+        let mut as_pod = from_pod.clone();
+        as_pod[0..6].copy_from_slice(&mac(2).0);
+        as_pod[6..12].copy_from_slice(&mac(1).0);
+        let reparsed = ipv4(&as_pod);
+        assert_eq!(reparsed.src, local(2));
+        let mut f = as_pod;
+        f[30..34].copy_from_slice(&local(3).octets());
+        let c = crate::wire::checksum::checksum(&{
+            let mut h = f[14..34].to_vec();
+            h[10] = 0;
+            h[11] = 0;
+            h
+        });
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(r.send(1, &f).iter().map(|s| s.0).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(r.pipeline.stats().events.overlay_decapsulated.get(), 0);
+    }
+
+    #[test]
+    fn too_big_for_the_overlay_gets_fragmentation_needed() {
+        let mut r = Rig::new(vec![]);
+        let big = FrameSpec::tcp(mac(1), mac(GW), local(2), remote(7), 4000, 80, TCP_ACK)
+            .payload(&[7; 1460])
+            .build();
+        let sent = r.send(1, &big);
+        assert_eq!(sent.len(), 1);
+        let (port, icmp) = &sent[0];
+        assert_eq!(*port, 1, "back to the sender");
+        let v4 = ipv4(icmp);
+        assert_eq!((v4.src, v4.dst), (settings().gateway_ip, local(2)));
+        assert_eq!(v4.l4, L4::Icmpv4 { icmp_type: 3, code: 4 });
+        assert_eq!(u16::from_be_bytes([icmp[40], icmp[41]]), 1450, "next-hop MTU");
+        assert_eq!(&icmp[42..42 + 28], &big[14..14 + 28]);
+        assert_eq!(r.pipeline.stats().events.frag_needed_sent.get(), 1);
+        // Without DF: dropped and counted.
+        let no_df = FrameSpec::udp(mac(1), mac(GW), local(2), remote(7), 1, 2)
+            .dont_fragment(false)
+            .payload(&[7; 1460])
+            .build();
+        assert!(r.send(1, &no_df).is_empty());
+        assert_eq!(r.drops(1, DropReason::OverlayMtuExceeded), 1);
+        // Exactly the inner MTU fits.
+        let fits =
+            FrameSpec::udp(mac(1), mac(GW), local(2), remote(7), 1, 2).payload(&[7; 1450 - 28]).build();
+        let sent = r.send(1, &fits);
+        assert_eq!((sent[0].0, sent[0].1.len()), (UNDERLAY, 14 + 1500));
+    }
+
+    #[test]
+    fn super_frames_are_segmented_before_encapsulation() {
+        use crate::wire::offload::{self, F_NEEDS_CSUM, GSO_TCPV4, VNET_HDR_LEN};
+        let mut r = Rig::new(vec![]);
+        let body = vec![0x33; 6000];
+        let frame =
+            FrameSpec::tcp(mac(1), mac(GW), local(2), remote(7), 40000, 80, 0x18).payload(&body).build();
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        hdr[0] = F_NEEDS_CSUM;
+        hdr[1] = GSO_TCPV4;
+        hdr[4..6].copy_from_slice(&1398u16.to_ne_bytes());
+        hdr[6..8].copy_from_slice(&34u16.to_ne_bytes());
+        hdr[8..10].copy_from_slice(&16u16.to_ne_bytes());
+        let mut pool = FramePool::standalone(crate::frame::LARGE_BUF_SIZE);
+        let mut f = pool.copy_of(&frame).unwrap();
+        f.offload = offload::decode(&hdr, &frame).unwrap();
+        let sent = r.send_frame(1, f);
+        assert_eq!(sent.len(), 5, "6000 bytes in 1398-byte segments");
+        let mut payload = Vec::new();
+        for (port, wire) in &sent {
+            assert_eq!(*port, UNDERLAY);
+            assert!(wire.len() <= 14 + 1500);
+            let inner = &wire[vxlan::OUTER_LEN..];
+            let v4 = ipv4(inner);
+            assert_eq!(v4.ttl, 63);
+            let l4 = &inner[34..14 + usize::from(v4.total_len)];
+            let p = crate::wire::checksum::pseudo_header_v4(v4.src, v4.dst, IPPROTO_TCP, l4.len() as u16);
+            assert_eq!(
+                !crate::wire::checksum::fold(crate::wire::checksum::sum(l4, p)),
+                0,
+                "TCP checksum done"
+            );
+            payload.extend_from_slice(&l4[20..]);
+        }
+        assert_eq!(payload, body);
+    }
+
+    #[test]
+    fn a_service_endpoint_on_another_node() {
+        let vip = Ipv4Addr::new(10, 96, 0, 10);
+        let spec = ServicePortSpec {
+            name: "default/web:http".into(),
+            vip,
+            port: 80,
+            protocol: IPPROTO_TCP,
+            node_port: None,
+            endpoints: vec![EndpointSpec {
+                ip: remote(7),
+                port: 8080,
+                ready: true,
+                serving: true,
+                terminating: false,
+                local: false,
+            }],
+            affinity_timeout: None,
+            external_local: false,
+            internal_local: false,
+        };
+        let mut r = Rig::new(vec![spec]);
+        let syn = FrameSpec::tcp(mac(1), mac(GW), local(2), vip, 4000, 80, TCP_SYN).build();
+        let sent = r.send(1, &syn);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, UNDERLAY);
+        let inner = &sent[0].1[vxlan::OUTER_LEN..];
+        let v4 = ipv4(inner);
+        assert_eq!((v4.dst, v4.ttl), (remote(7), 63), "DNATed, one hop");
+        assert_eq!(v4.l4, L4::Tcp { src_port: 4000, dst_port: 8080, flags: TCP_SYN });
+        assert_eq!(parse(inner).unwrap().dst_mac, mac(GW));
+        // The endpoint's reply comes back over the overlay and leaves the VIP.
+        let reply =
+            FrameSpec::tcp(mac(0xb), mac(GW), remote(7), local(2), 8080, 4000, TCP_SYN | TCP_ACK).build();
+        let sent = r.send(UNDERLAY, &vxlan_from(NODE_B, 1, &reply));
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, 1);
+        let v4 = ipv4(&sent[0].1);
+        assert_eq!((v4.src, v4.dst, v4.ttl), (vip, local(2), 63));
+        assert_eq!(v4.l4, L4::Tcp { src_port: 80, dst_port: 4000, flags: TCP_SYN | TCP_ACK });
+        assert_eq!(parse(&sent[0].1).unwrap().dst_mac, mac(1));
+    }
+}
