@@ -112,6 +112,17 @@ pub enum State {
     Reset = 3,
 }
 
+impl State {
+    fn from_raw(raw: u8) -> State {
+        match raw {
+            0 => State::New,
+            1 => State::Established,
+            2 => State::Closing,
+            _ => State::Reset,
+        }
+    }
+}
+
 /// A tracked flow.
 #[derive(Debug)]
 pub struct Conn {
@@ -134,12 +145,7 @@ pub enum Direction {
 
 impl Conn {
     pub fn state(&self) -> State {
-        match self.state.load(Ordering::Relaxed) {
-            0 => State::New,
-            1 => State::Established,
-            2 => State::Closing,
-            _ => State::Reset,
-        }
+        State::from_raw(self.state.load(Ordering::Relaxed))
     }
 
     pub fn replied(&self) -> bool {
@@ -160,30 +166,44 @@ impl Conn {
             self.replied.store(1, Ordering::Relaxed);
         }
         let is_tcp = self.orig.proto == IPPROTO_TCP;
-        let next = if is_tcp && tcp_flags & TCP_RST != 0 {
-            State::Reset
-        } else if is_tcp && tcp_flags & TCP_FIN != 0 {
-            State::Closing
-        } else {
-            match self.state() {
-                State::New if dir == Direction::Reply => State::Established,
-                State::New
-                    if is_tcp && tcp_flags & TCP_ACK != 0 && tcp_flags & TCP_SYN == 0 && self.replied() =>
-                {
-                    State::Established
-                }
-                // A new SYN on a reset or closed tuple: the port is being reused.
-                State::Reset | State::Closing
-                    if is_tcp && tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0 =>
-                {
+        let replied = self.replied();
+        let next = |current: State| {
+            if is_tcp && tcp_flags & TCP_RST != 0 {
+                State::Reset
+            } else if is_tcp && tcp_flags & TCP_FIN != 0 {
+                State::Closing
+            } else {
+                match current {
+                    State::New if dir == Direction::Reply => State::Established,
                     State::New
+                        if is_tcp && tcp_flags & TCP_ACK != 0 && tcp_flags & TCP_SYN == 0 && replied =>
+                    {
+                        State::Established
+                    }
+                    s => s,
                 }
-                s => s,
             }
         };
-        if next != self.state() {
-            self.state.store(next as u8, Ordering::Relaxed);
+        // Both directions may be handled by different workers at once: a transition is
+        // made from the state it was computed from, or computed again.
+        let current = self.state();
+        if next(current) != current {
+            let _ = self.state.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |raw| {
+                let cur = State::from_raw(raw);
+                let n = next(cur);
+                (n != cur).then_some(n as u8)
+            });
         }
+    }
+
+    /// A pure SYN of the client on a flow that was closed or reset: the client reuses its
+    /// port for a new connection, which must get a fresh endpoint choice (the kernel
+    /// kills such an entry and starts over too).
+    pub fn is_reopened_by(&self, dir: Direction, tcp_flags: u8) -> bool {
+        self.orig.proto == IPPROTO_TCP
+            && dir == Direction::Orig
+            && tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN
+            && matches!(self.state(), State::Closing | State::Reset)
     }
 
     /// Whether the entry has been idle longer than its state allows at `now`.
@@ -260,23 +280,23 @@ impl Conntrack {
         self.remove_where(|c| c.expired(now, &self.config.timeouts))
     }
 
-    /// Forgets flows matching `pred` (both keys of each).
+    /// Forgets flows matching `pred` (both keys of each). `pred` is asked once per flow:
+    /// a worker refreshing a flow while it is asked cannot leave one of its keys behind.
     pub fn remove_where(&self, pred: impl Fn(&Conn) -> bool) -> usize {
         let guard = self.map.guard();
-        let mut removed = 0;
-        self.map.retain(
-            |k, c| {
-                let go = pred(c);
-                // Each flow has two keys; count it once, by its orig key.
-                if go && *k == c.orig.key() {
-                    removed += 1;
-                }
-                !go
-            },
-            &guard,
-        );
-        self.entries.fetch_sub(removed as u32, Ordering::Relaxed);
-        removed
+        let doomed: Vec<Arc<Conn>> = self
+            .map
+            .iter(&guard)
+            .filter(|(k, c)| **k == c.orig.key() && pred(c))
+            .map(|(_, c)| c.clone())
+            .collect();
+        for c in &doomed {
+            for key in [c.orig.key(), c.reply.key()] {
+                let _ = self.map.remove_if(&key, |_, v| Arc::ptr_eq(v, c), &guard);
+            }
+        }
+        self.entries.fetch_sub(doomed.len() as u32, Ordering::Relaxed);
+        doomed.len()
     }
 
     /// Every flow, for the API.
@@ -336,12 +356,28 @@ impl<'a> ConntrackBatch<'a> {
             entries.fetch_sub(1, Ordering::Relaxed);
             return Err(InsertError::Clash);
         }
-        if self.ct.map.try_insert(orig.key(), conn, &self.guard).is_err() {
-            self.ct.map.remove(&reply.key(), &self.guard);
-            entries.fetch_sub(1, Ordering::Relaxed);
-            return Err(InsertError::Clash);
+        match self.ct.map.try_insert(orig.key(), conn, &self.guard) {
+            // The entry as inserted: a sweep may remove it at once (a flow to an endpoint
+            // just removed), and this packet still goes out translated.
+            Ok(c) => Ok(c),
+            Err(_) => {
+                self.ct.map.remove(&reply.key(), &self.guard);
+                entries.fetch_sub(1, Ordering::Relaxed);
+                Err(InsertError::Clash)
+            }
         }
-        Ok(self.ct.map.get(&orig.key(), &self.guard).expect("just inserted"))
+    }
+}
+
+impl ConntrackBatch<'_> {
+    /// Forgets `conn` (both keys), e.g. a closed flow whose tuple a new connection reuses.
+    pub fn remove(&self, conn: &Conn) {
+        let mine = |_: &u128, v: &Arc<Conn>| std::ptr::eq(&**v, conn);
+        let gone = matches!(self.ct.map.remove_if(&conn.orig.key(), mine, &self.guard), Ok(Some(_)));
+        let _ = self.ct.map.remove_if(&conn.reply.key(), mine, &self.guard);
+        if gone {
+            self.ct.entries.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -415,9 +451,11 @@ mod tests {
         c.observe(Direction::Reply, TCP_RST, 20);
         assert_eq!(c.state(), State::Reset);
         assert!(c.expired(21 + to.tcp_reset, &to) && !c.expired(20 + to.tcp_reset, &to));
-        c.observe(Direction::Orig, TCP_SYN, 30);
-        assert_eq!(c.state(), State::New, "a reused port starts over");
-        let _ = reply;
+        assert!(c.is_reopened_by(Direction::Orig, TCP_SYN), "a reused port starts over");
+        assert!(!c.is_reopened_by(Direction::Reply, TCP_SYN) && !c.is_reopened_by(Direction::Orig, TCP_ACK));
+        b.remove(c);
+        assert!(b.lookup(&orig).is_none() && b.lookup(&reply).is_none());
+        assert!(ct.is_empty());
     }
 
     #[test]
@@ -431,6 +469,23 @@ mod tests {
         assert!(c.expired(to.udp + 1, &to));
         c.observe(Direction::Reply, 0, 0);
         assert!(!c.expired(to.udp + 1, &to) && c.expired(to.udp_replied + 1, &to));
+    }
+
+    /// The predicate decides once per flow: a flow refreshed while the sweep runs goes
+    /// whole or stays whole, never with one key left behind.
+    #[test]
+    fn a_sweep_removes_both_keys_of_a_flow_or_neither() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let flows: Vec<_> = (0..10).map(|p| flow(&ct, 40000 + p, 0).unwrap()).collect();
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        // Answers flip on every call, as a racing refresh would make them.
+        let removed = ct.remove_where(|_| asked.fetch_add(1, Ordering::Relaxed) % 2 == 0);
+        assert_eq!(asked.load(Ordering::Relaxed), 10, "once per flow");
+        assert_eq!((removed, ct.len()), (5, 5));
+        let b = ct.batch();
+        for (orig, reply) in &flows {
+            assert_eq!(b.lookup(orig).is_some(), b.lookup(reply).is_some(), "both keys or neither");
+        }
     }
 
     #[test]

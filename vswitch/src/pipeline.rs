@@ -141,7 +141,8 @@ impl SharedState {
         SharedState {
             fdb: Arc::new(Fdb::new(fdb)),
             conntrack: Arc::new(Conntrack::new(conntrack)),
-            affinity: Arc::new(Affinity::default()),
+            // As many clients as flows: each was pinned by an admitted flow.
+            affinity: Arc::new(Affinity::new(conntrack.max_entries as usize)),
         }
     }
 }

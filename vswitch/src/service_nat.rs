@@ -91,13 +91,22 @@ pub fn translate(
     {
         return ControlFlow::Continue(());
     }
-    if ip.fragment == Fragment::First {
-        return drop(DropReason::ServiceFragment);
-    }
     let t = Tuple { proto, src: ip.src, src_port, dst: ip.dst, dst_port };
+    if ip.fragment == Fragment::First {
+        // Only what would be translated: the later fragments could not follow it.
+        // Anything else (a large datagram to the node's own address) passes whole.
+        let translated = ctx.ct.lookup(&t).is_some()
+            || svc.by_vip(ip.dst, dst_port, proto).is_some()
+            || (to_node_port && svc.by_node_port(dst_port, proto).is_some());
+        return if translated { drop(DropReason::ServiceFragment) } else { ControlFlow::Continue(()) };
+    }
     if let Some((conn, dir)) = ctx.ct.lookup(&t) {
-        conn.observe(dir, flags, ctx.now);
-        return apply(ctx, port, frame, meta, ip, conn, dir);
+        if !conn.is_reopened_by(dir, flags) {
+            conn.observe(dir, flags, ctx.now);
+            return apply(ctx, port, frame, meta, ip, conn, dir);
+        }
+        // A new connection on a closed flow's tuple: a fresh choice, below.
+        ctx.ct.remove(conn);
     }
     let service = match svc.by_vip(ip.dst, dst_port, proto) {
         Some(sp) => sp,
@@ -146,9 +155,6 @@ fn new_flow(
         }
         return reject(ctx, port, frame, meta, ip);
     };
-    if let Some(timeout) = sp.affinity_timeout {
-        ctx.affinity.set(sp.id, t.src, backend.key(), timeout, ctx.now);
-    }
     let snat = if external && !sp.external_local {
         // The address of the node's side toward the endpoint, as kube-proxy's
         // masquerade picks: the node's own for a local endpoint, the gateway's (inside
@@ -183,6 +189,10 @@ fn new_flow(
             Err(InsertError::Clash) => continue,
         }
     };
+    // Only an admitted flow pins its client: refused ones (a full table) leave nothing.
+    if let Some(timeout) = sp.affinity_timeout {
+        ctx.affinity.set(sp.id, t.src, backend.key(), timeout, ctx.now);
+    }
     ctx.events.service_flows.inc();
     conn.observe(Direction::Orig, flags, ctx.now);
     apply(ctx, port, frame, meta, ip, conn, Direction::Orig)
@@ -783,6 +793,20 @@ mod tests {
         let from_endpoint = FrameSpec::tcp(mac(2), mac(3), ip(3), ip(4), 8080, 2000, TCP_ACK).build();
         assert_eq!(r.send(2, from_endpoint.clone()), vec![(3, from_endpoint)]);
         assert!(r.state.conntrack.is_empty());
+        // A large datagram to the node's own address at a port no Service uses, and an
+        // endpoint's large reply straight to a pod: first fragments pass.
+        let to_node = FrameSpec::udp(mac(1), mac(GW), ip(2), NODE, 1000, 6831).ipv4_fragment(0, true).build();
+        r.send(1, to_node);
+        let big_reply =
+            FrameSpec::udp(mac(2), mac(3), ip(3), ip(4), 8080, 2000).ipv4_fragment(0, true).build();
+        assert_eq!(r.send(2, big_reply.clone()), vec![(3, big_reply)]);
+        assert_eq!(r.drops(1, DropReason::ServiceFragment) + r.drops(2, DropReason::ServiceFragment), 0);
+        // One to a VIP is dropped: its later fragments could not be translated.
+        r.send(
+            1,
+            FrameSpec::tcp(mac(1), mac(GW), ip(2), VIP, 1000, 80, TCP_SYN).ipv4_fragment(0, true).build(),
+        );
+        assert_eq!(r.drops(1, DropReason::ServiceFragment), 1);
     }
 }
 

@@ -323,6 +323,9 @@ impl ServiceTable {
 /// port, written by workers and expired by housekeeping.
 pub struct Affinity {
     map: papaya::HashMap<u64, AffinityEntry, foldhash::fast::RandomState>,
+    /// Clients remembered at most; past it a new client is served without being pinned
+    /// (spoofed sources cannot grow the table without bound).
+    max_entries: usize,
 }
 
 struct AffinityEntry {
@@ -333,7 +336,7 @@ struct AffinityEntry {
 
 impl Default for Affinity {
     fn default() -> Self {
-        Affinity { map: papaya::HashMap::builder().hasher(foldhash::fast::RandomState::default()).build() }
+        Affinity::new(1 << 18)
     }
 }
 
@@ -343,6 +346,13 @@ fn affinity_key(service: u32, client: Ipv4Addr) -> u64 {
 }
 
 impl Affinity {
+    pub fn new(max_entries: usize) -> Affinity {
+        Affinity {
+            map: papaya::HashMap::builder().hasher(foldhash::fast::RandomState::default()).build(),
+            max_entries,
+        }
+    }
+
     /// The backend `client` was last given for `service`, if still within `timeout`.
     pub fn get(&self, service: u32, client: Ipv4Addr, now: u32) -> Option<u64> {
         let guard = self.map.guard();
@@ -356,6 +366,7 @@ impl Affinity {
         let key = affinity_key(service, client);
         match self.map.get(&key, &guard) {
             Some(e) if e.backend == backend => e.last_used.store(now, Ordering::Relaxed),
+            None if self.map.len() >= self.max_entries => {}
             _ => {
                 self.map.insert(
                     key,
@@ -526,5 +537,10 @@ mod tests {
         assert_eq!(a.expire(150), 0);
         assert_eq!(a.expire(151), 1);
         assert!(a.is_empty());
+        // Bounded: past the cap a new client is not pinned; known ones still are.
+        let small = Affinity::new(1);
+        small.set(1, client, 42, 100, 0);
+        small.set(1, Ipv4Addr::new(10, 244, 1, 10), 43, 100, 0);
+        assert_eq!((small.len(), small.get(1, client, 1)), (1, Some(42)));
     }
 }
