@@ -479,7 +479,7 @@ mod tests {
         let flows: Vec<_> = (0..10).map(|p| flow(&ct, 40000 + p, 0).unwrap()).collect();
         let asked = std::sync::atomic::AtomicUsize::new(0);
         // Answers flip on every call, as a racing refresh would make them.
-        let removed = ct.remove_where(|_| asked.fetch_add(1, Ordering::Relaxed) % 2 == 0);
+        let removed = ct.remove_where(|_| asked.fetch_add(1, Ordering::Relaxed).is_multiple_of(2));
         assert_eq!(asked.load(Ordering::Relaxed), 10, "once per flow");
         assert_eq!((removed, ct.len()), (5, 5));
         let b = ct.batch();
