@@ -97,12 +97,17 @@ struct TwoNodes {
 
 impl TwoNodes {
     fn new(tag: &str, mtu: Option<u16>) -> TwoNodes {
+        TwoNodes::with(tag, mtu, "")
+    }
+
+    /// Node a with `a_extra` in its config.
+    fn with(tag: &str, mtu: Option<u16>, a_extra: &str) -> TwoNodes {
         let prefix = unique_prefix(tag);
         let files = Scratch::new(&format!("{prefix}f"));
         let underlay = Underlay::new(&prefix);
         let a = Node::start_prepared(
             &format!("{tag}a"),
-            &node_config(1, &files.0.join("a.toml"), ""),
+            &node_config(1, &files.0.join("a.toml"), a_extra),
             |ns, _| underlay.plug(ns, 1),
         );
         let b = Node::start_prepared(
@@ -263,6 +268,31 @@ fn a_service_with_its_endpoint_on_the_other_node() {
     }
     let ct = a.ctl(&["conntrack"]);
     assert!(ct.contains(&t.b1.ip.to_string()), "{ct}");
+}
+
+/// Node a takes its underlay interface over with AF_XDP: VXLAN from b arrives through
+/// the steering program, and goes to b with full outer headers once the kernel has
+/// resolved b's MAC (the first packets, through the kernel socket, make it do so).
+#[test]
+fn the_af_xdp_underlay_carries_vxlan_both_ways() {
+    let t = TwoNodes::with("oxdp", None, "[uplink]\ninterface = \"ul0\"");
+    let (a1, b1) = (&t.a1, &t.b1);
+    assert!(a1.ping(b1.ip, 2), "through the socket at first");
+    assert!(
+        wait_until(Duration::from_secs(15), || t.a.ctl(&["nodes"]).contains("af_xdp via")),
+        "b's next hop resolved: {}",
+        t.a.ctl(&["nodes"])
+    );
+    let uplink = |n: &Node| {
+        n.stats().ports.into_iter().find(|p| p.name.starts_with("uplink ")).expect("the uplink port")
+    };
+    let before = uplink(&t.a);
+    assert!(a1.ping(b1.ip, 3) && b1.ping(a1.ip, 3));
+    tcp_transfer_is_exact(&t.files, a1, b1, 10_000_000);
+    tcp_transfer_is_exact(&t.files, b1, a1, 10_000_000);
+    let after = uplink(&t.a);
+    assert!(after.tx_packets > before.tx_packets + 1000, "sent through AF_XDP: {before:?} → {after:?}");
+    assert!(after.rx_packets > before.rx_packets + 1000, "received through AF_XDP: {before:?} → {after:?}");
 }
 
 /// Node k is what flannel's vxlan backend makes: a kernel `vxlan` device with the

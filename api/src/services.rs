@@ -166,6 +166,10 @@ pub struct RemoteNode {
     /// Inner destination MAC of frames to it.
     pub vtep_mac: String,
     pub source: NodeSource,
+    /// The MAC of its next hop on the AF_XDP uplink, once resolved: VXLAN to it takes
+    /// the fast path. `None`: through the kernel socket.
+    #[serde(default)]
+    pub fast_path_next_hop: Option<String>,
 }
 
 /// The overlay between nodes: its settings and the nodes it routes to.

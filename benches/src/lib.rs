@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use vswitch::fdb::FdbConfig;
 use vswitch::frame::{Frame, FramePool};
+use vswitch::overlay::{NodeSpec, OverlaySettings, OverlayTable};
 use vswitch::port::memory::MemoryPort;
 use vswitch::port::{PortError, PortQueue, TxOutcome};
 use vswitch::services::{BuildMemory, DEFAULT_HAIRPIN_IP, EndpointSpec, ServicePortSpec, ServiceTable};
@@ -17,8 +18,8 @@ use vswitch::tables::{
     Gateway, PortEntry, PortId, PortKind, SegmentConfig, TablesBuilder, UnknownArp, WorkerSet,
 };
 use vswitch::testing::{FrameSpec, SoloSwitch, arp_request, mac};
-use vswitch::wire::MacAddr;
 use vswitch::wire::parse::IPPROTO_UDP;
+use vswitch::wire::{MacAddr, vxlan};
 
 /// 60 bytes on the wire plus the 4-byte FCS the NIC adds: the classic 64-byte frame.
 pub const FRAME_LEN: usize = 60;
@@ -44,10 +45,16 @@ pub enum Workload {
     ServiceNewFlow,
     /// As `ServiceNewFlow`, with 10 000 Services installed.
     ServiceNewFlow10k,
+    /// Pod to a pod on another node (100 nodes known): route, TTL, VXLAN encapsulation
+    /// toward the underlay port.
+    VxlanEncap,
+    /// VXLAN from another node to a local pod: checks (VNI, sender, inner source and
+    /// destination), decapsulation, route to the pod.
+    VxlanDecap,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 10] = [
         Workload::L2PodToPod,
         Workload::L2LearnedHot,
         Workload::L2LearnedUniform,
@@ -56,6 +63,8 @@ impl Workload {
         Workload::ServiceEstablished,
         Workload::ServiceNewFlow,
         Workload::ServiceNewFlow10k,
+        Workload::VxlanEncap,
+        Workload::VxlanDecap,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +77,8 @@ impl Workload {
             Workload::ServiceEstablished => "service_dnat_established",
             Workload::ServiceNewFlow => "service_dnat_new_flow",
             Workload::ServiceNewFlow10k => "service_dnat_new_flow_10k_services",
+            Workload::VxlanEncap => "vxlan_encap",
+            Workload::VxlanDecap => "vxlan_decap",
         }
     }
 
@@ -180,6 +191,37 @@ pub fn bench_services(count: usize) -> ServiceTable {
     ServiceTable::build(&specs, None, DEFAULT_HAIRPIN_IP, &mut BuildMemory::default())
 }
 
+/// The bench node's overlay: VNI 1, its pod CIDR 10.244.1.0/24 behind gateway MAC
+/// `mac(0xfffe)`.
+pub fn overlay_settings() -> OverlaySettings {
+    OverlaySettings {
+        vni: 1,
+        udp_port: vxlan::DEFAULT_PORT,
+        underlay_mtu: 1500,
+        local_ip: node_ip(0),
+        segment: 0,
+        gateway_ip: Ipv4Addr::new(10, 244, 1, 1),
+        gateway_mac: mac(0xfffe),
+        local_cidr: "10.244.1.0/24".parse().expect("a CIDR"),
+    }
+}
+
+fn node_ip(n: u32) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, (n >> 8) as u8 + 50, n as u8 + 1)
+}
+
+/// `count` other nodes: node n has 10.244.(n+2).0/24 at 192.168.50.(n+1).
+pub fn bench_nodes(count: u32) -> Vec<NodeSpec> {
+    (1..=count)
+        .map(|n| NodeSpec {
+            name: format!("node-{n}"),
+            ip: node_ip(n),
+            pod_cidrs: vec![format!("10.244.{}.0/24", n + 2).parse().expect("a CIDR")],
+            vtep_mac: None,
+        })
+        .collect()
+}
+
 /// The VIP the service workloads send to: the middle one of those installed.
 pub fn bench_vip(count: usize) -> Ipv4Addr {
     let n = 10 + (count / 2) as u32;
@@ -241,9 +283,25 @@ pub fn rig(workload: Workload, batch: usize) -> Rig {
         Workload::ServiceEstablished | Workload::ServiceNewFlow | Workload::ServiceNewFlow10k => {
             (PortKind::Pod, 4)
         }
+        Workload::VxlanEncap | Workload::VxlanDecap => (PortKind::Pod, 2),
     };
+    let overlay = matches!(workload, Workload::VxlanEncap | Workload::VxlanDecap);
     for id in 1..=ports {
         b.add_port(port(id, kind)).expect("distinct ports");
+    }
+    if overlay {
+        // The underlay port in a segment of its own, 100 other nodes.
+        let underlay_id = if workload == Workload::VxlanEncap { 2 } else { 1 };
+        b.remove_port(underlay_id);
+        b.add_segment(SegmentConfig { id: 1, gateway: None, unknown_arp: UnknownArp::Drop })
+            .expect("new segment");
+        let mut underlay = port(underlay_id, PortKind::Uplink);
+        underlay.segment = 1;
+        b.add_port(underlay).expect("distinct ports");
+        b.set_overlay(Arc::new(
+            OverlayTable::build(overlay_settings(), Some(underlay_id), &bench_nodes(100))
+                .expect("valid nodes"),
+        ));
     }
     let services = match workload {
         Workload::ServiceEstablished | Workload::ServiceNewFlow => 1,
@@ -285,6 +343,32 @@ pub fn rig(workload: Workload, batch: usize) -> Rig {
             (0..4096).map(|i| service_udp(gateway, bench_vip(services), 10_000 + i)).collect()
         }
         Workload::ServiceNewFlow | Workload::ServiceNewFlow10k => vec![],
+        // To pods of node 42 (10.244.44.0/24), 64 flows.
+        Workload::VxlanEncap => (0..64)
+            .map(|i| {
+                let dst = Ipv4Addr::new(10, 244, 44, 2 + i as u8);
+                udp(mac(1), gateway, pod_ip(1), dst, 1000 + i)
+            })
+            .collect(),
+        Workload::VxlanDecap => (0..64)
+            .map(|i| {
+                let inner =
+                    udp(mac(0xb0b), gateway, Ipv4Addr::new(10, 244, 44, 2 + i as u8), pod_ip(2), 1000 + i);
+                let mut outer = [0u8; vxlan::OUTER_LEN];
+                let o = vxlan::Outer {
+                    src_mac: mac(0xb0b0),
+                    dst_mac: mac(0xa0a0),
+                    src_ip: node_ip(42),
+                    dst_ip: overlay_settings().local_ip,
+                    src_port: vxlan::source_port(u32::from(i) * 2_654_435_761),
+                    dst_port: vxlan::DEFAULT_PORT,
+                    vni: 1,
+                    ttl: 64,
+                };
+                vxlan::write_outer(&mut outer, &o, inner.len());
+                [&outer[..], &inner[..]].concat()
+            })
+            .collect(),
         Workload::Flood8 => {
             vec![udp(
                 mac(0x10_0001),

@@ -54,6 +54,19 @@ pub struct RemoteNode {
     pub ip: Ipv4Addr,
     pub pod_cidrs: Vec<Ipv4Net>,
     pub vtep_mac: MacAddr,
+    /// The underlay MAC its packets go to (it, or the router toward it), when the
+    /// kernel has resolved it and the fast path can use it.
+    pub next_hop_mac: Option<MacAddr>,
+}
+
+/// The AF_XDP underlay: the node's underlay interface taken over for VXLAN. Frames to
+/// a node whose next hop is resolved leave here with full outer headers; the others
+/// through the kernel socket, whose sending makes the kernel resolve the next hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastPath {
+    pub port: PortId,
+    /// The interface's MAC: the outer source.
+    pub mac: MacAddr,
 }
 
 /// The overlay's fixed settings.
@@ -109,6 +122,8 @@ pub struct OverlayTable {
     pub settings: OverlaySettings,
     /// The underlay port encapsulated frames leave by; `None`: no underlay yet.
     pub tx_port: Option<PortId>,
+    /// The AF_XDP underlay, when it is up and the outer source address is known.
+    pub fast: Option<FastPath>,
     /// What a decapsulated frame arrives on: the gateway's side of the overlay.
     ingress: Option<PortEntry>,
     nodes: Vec<RemoteNode>,
@@ -131,6 +146,7 @@ impl Default for OverlayTable {
                 local_cidr: Ipv4Net::default(),
             },
             tx_port: None,
+            fast: None,
             ingress: None,
             nodes: Vec::new(),
             by_prefix: Vec::new(),
@@ -195,6 +211,7 @@ impl OverlayTable {
                 ip: spec.ip,
                 pod_cidrs: spec.pod_cidrs.iter().map(Ipv4Net::trunc).collect(),
                 vtep_mac: spec.vtep_mac.unwrap_or(settings.gateway_mac),
+                next_hop_mac: None,
             });
         }
         t.by_prefix.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
@@ -212,6 +229,19 @@ impl OverlayTable {
             offloads: false,
         });
         Ok(t)
+    }
+
+    /// Sends over the AF_XDP underlay `fast` to each node whose next hop `next_hop`
+    /// knows. Needs an outer source address: without one the table is left as it is.
+    pub fn with_fast_path(mut self, fast: FastPath, next_hop: impl Fn(Ipv4Addr) -> Option<MacAddr>) -> Self {
+        if self.settings.local_ip.is_unspecified() {
+            return self;
+        }
+        self.fast = Some(fast);
+        for n in &mut self.nodes {
+            n.next_hop_mac = next_hop(n.ip);
+        }
+        self
     }
 
     /// Largest inner IP packet that fits the underlay.
@@ -448,15 +478,24 @@ fn fragmentation_needed(
 }
 
 /// Prepends the outer headers toward `node` to a frame that is ready to go (no offload
-/// work left). Returns false when the buffer has no headroom for them.
+/// work left); `macs` (source, destination) for the AF_XDP underlay, which sends the
+/// frame as it is (the socket underlay ignores them). Returns false when the buffer has
+/// no headroom for them.
 #[inline]
-pub fn encapsulate(ov: &OverlayTable, node: &RemoteNode, entropy: u16, frame: &mut Frame) -> bool {
+pub fn encapsulate(
+    ov: &OverlayTable,
+    node: &RemoteNode,
+    entropy: u16,
+    macs: Option<(MacAddr, MacAddr)>,
+    frame: &mut Frame,
+) -> bool {
     let inner_len = frame.len();
     let Some(hdr) = frame.prepend(vxlan::OUTER_LEN) else { return false };
     let hdr: &mut [u8; vxlan::OUTER_LEN] = hdr.try_into().expect("OUTER_LEN bytes");
+    let (src_mac, dst_mac) = macs.unwrap_or((MacAddr([0; 6]), MacAddr([0; 6])));
     let outer = vxlan::Outer {
-        src_mac: MacAddr([0; 6]),
-        dst_mac: MacAddr([0; 6]),
+        src_mac,
+        dst_mac,
         src_ip: ov.settings.local_ip,
         dst_ip: node.ip,
         src_port: vxlan::source_port(u32::from(entropy)),

@@ -312,11 +312,18 @@ fn to_overlay(
     out: &mut TxBatches,
 ) -> Result<(), (Frame, DropReason)> {
     let ov = tables.overlay();
-    let Some((remote, egress)) = ov.node(node).zip(ov.tx_port.and_then(|p| tables.port(p))) else {
-        return Err((frame, DropReason::OverlayNoUnderlay));
+    let Some(remote) = ov.node(node) else { return Err((frame, DropReason::OverlayNoUnderlay)) };
+    // The AF_XDP underlay once the next hop is known, else the kernel socket.
+    let fast = ov.fast.zip(remote.next_hop_mac).and_then(|(f, nh)| Some((tables.port(f.port)?, (f.mac, nh))));
+    let (egress, macs) = match fast {
+        Some((port, macs)) => (port, Some(macs)),
+        None => match ov.tx_port.and_then(|p| tables.port(p)) {
+            Some(port) => (port, None),
+            None => return Err((frame, DropReason::OverlayNoUnderlay)),
+        },
     };
     let encap = |stats: &WorkerStats, mut f: Frame, pool: &mut FramePool, out: &mut TxBatches| {
-        if !overlay::encapsulate(ov, remote, entropy, &mut f) || f.len() > egress.max_frame_len() {
+        if !overlay::encapsulate(ov, remote, entropy, macs, &mut f) || f.len() > egress.max_frame_len() {
             stats.count_drop(f.ingress, DropReason::OverlayMtuExceeded);
             return pool.put(f);
         }

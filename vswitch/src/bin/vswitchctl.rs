@@ -94,11 +94,12 @@ fn print_nodes(view: &vswitch_api::NodesView) {
                 n.ip.to_string(),
                 cidrs,
                 n.vtep_mac.clone(),
+                n.fast_path_next_hop.as_ref().map_or("socket".into(), |m| format!("af_xdp via {m}")),
                 format!("{:?}", n.source).to_lowercase(),
             ]
         })
         .collect();
-    table(&["NODE", "UNDERLAY-IP", "POD-CIDRS", "VTEP-MAC", "FROM"], rows);
+    table(&["NODE", "UNDERLAY-IP", "POD-CIDRS", "VTEP-MAC", "PATH", "FROM"], rows);
     println!(
         "\nVXLAN VNI {} on UDP {}; underlay MTU {}, pod MTU {}; underlay port: {}",
         view.vni,

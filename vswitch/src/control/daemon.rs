@@ -130,6 +130,9 @@ const WATCH_POLL: Duration = Duration::from_secs(1);
 /// caught half-written is not applied (a truncated file would remove Services).
 const WATCH_SETTLE: Duration = Duration::from_millis(200);
 
+/// Housekeeping rounds (seconds) between looks at the nodes' next hops on the uplink.
+const NEXT_HOP_REFRESH_ROUNDS: u64 = 2;
+
 /// What a watched file feeds.
 type Apply = fn(&mut PortManager, Option<String>) -> Result<bool, ConfigError>;
 
@@ -279,12 +282,15 @@ async fn serve(
         let state = shared.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
+            for round in 0u64.. {
                 tick.tick().await;
                 let mut m = state.manager.lock().await;
                 let done = m.datapath().housekeeping();
                 if done.flows_expired > 0 {
                     m.services_housekeeping();
+                }
+                if round % NEXT_HOP_REFRESH_ROUNDS == 0 {
+                    m.refresh_next_hops().await;
                 }
                 drop(m);
                 if done != Default::default() {

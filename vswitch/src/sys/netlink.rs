@@ -300,6 +300,87 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Where the kernel sends a packet to `dst`: the outgoing link and the neighbour on
+    /// it (the gateway, or `dst` itself on a connected network). `None`: no route.
+    pub async fn next_hop(
+        &self,
+        dst: std::net::Ipv4Addr,
+    ) -> Result<Option<(u32, std::net::Ipv4Addr)>, SysError> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+        let query = RouteMessageBuilder::<std::net::Ipv4Addr>::new().destination_prefix(dst, 32).build();
+        let mut stream = self.handle.route().get(query).execute();
+        let msg = match stream.try_next().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                let e = io_error(e);
+                // No route: ENETUNREACH / EHOSTUNREACH.
+                if matches!(e.raw_os_error(), Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)) {
+                    return Ok(None);
+                }
+                return Err(SysError::new(format!("looking up the route to {dst}"), e));
+            }
+        };
+        let mut gateway = None;
+        let mut oif = None;
+        for attr in &msg.attributes {
+            match attr {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        Ok(oif.map(|i| (i, gateway.unwrap_or(dst))))
+    }
+
+    /// The resolved IPv4 neighbours of link `index` (reachable, stale, being
+    /// re-probed, or static), by address.
+    pub async fn neighbours(
+        &self,
+        index: u32,
+    ) -> Result<std::collections::HashMap<std::net::Ipv4Addr, [u8; 6]>, SysError> {
+        use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+        let mut out = std::collections::HashMap::new();
+        let mut stream = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(netlink_packet_route::AddressFamily::Inet)
+            .execute();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(io_error)
+            .context(|| format!("listing neighbours on link {index}"))?
+        {
+            let resolved = matches!(
+                msg.header.state,
+                NeighbourState::Reachable
+                    | NeighbourState::Stale
+                    | NeighbourState::Delay
+                    | NeighbourState::Probe
+                    | NeighbourState::Permanent
+                    | NeighbourState::Noarp
+            );
+            if msg.header.ifindex != index || !resolved {
+                continue;
+            }
+            let mut dst = None;
+            let mut mac = None;
+            for attr in &msg.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+                    _ => {}
+                }
+            }
+            if let (Some(d), Some(m)) = (dst, mac) {
+                out.insert(d, m);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn handle(&self) -> &Handle {
         &self.handle
     }

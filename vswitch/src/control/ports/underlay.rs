@@ -10,10 +10,11 @@ use vswitch_api::{NodeSource, NodesView, RemoteNode};
 use super::{AttachError, PortManager, UPLINK_SEGMENT};
 use crate::control::config::ConfigError;
 use crate::control::nodes_file;
-use crate::overlay::{NodeSpec, OverlayTable};
+use crate::overlay::{FastPath, NodeSpec, OverlayTable};
 use crate::port::PortQueue;
 use crate::port::underlay::UnderlayQueue;
 use crate::tables::{PortEntry, PortId, PortKind, SegmentConfig, UnknownArp, WorkerId, WorkerSet};
+use crate::wire::MacAddr;
 
 /// The overlay's state in the manager.
 #[derive(Default)]
@@ -26,6 +27,8 @@ pub(super) struct Overlay {
     pub last_text: Option<Option<String>>,
     /// Why that content was rejected.
     pub file_error: Option<String>,
+    /// Underlay MACs of the nodes' next hops, as the kernel resolved them on the uplink.
+    pub next_hops: std::collections::HashMap<std::net::Ipv4Addr, MacAddr>,
     pub generation: u64,
 }
 
@@ -100,7 +103,12 @@ impl PortManager {
     pub(super) fn publish_overlay(&mut self) {
         let settings = self.config.overlay_settings();
         let tx = self.overlay.port.as_ref().map(|(id, _)| *id);
-        match OverlayTable::build(settings, tx, &self.all_nodes()) {
+        let fast = self.uplink.as_ref().map(|u| FastPath { port: u.id, mac: u.mac });
+        let built = OverlayTable::build(settings, tx, &self.all_nodes()).map(|t| match fast {
+            Some(f) => t.with_fast_path(f, |ip| self.overlay.next_hops.get(&ip).copied()),
+            None => t,
+        });
+        match built {
             Ok(t) => {
                 self.overlay.generation += 1;
                 self.builder.set_overlay(Arc::new(t));
@@ -140,6 +148,46 @@ impl PortManager {
         Ok(true)
     }
 
+    /// Looks up, in the kernel's routing and neighbour tables, the underlay MAC of each
+    /// node's next hop out of the uplink; publishes the overlay again when any changed.
+    /// Nodes the uplink does not reach directly, or whose next hop is not resolved yet,
+    /// go through the kernel socket (whose traffic makes the kernel resolve it).
+    pub async fn refresh_next_hops(&mut self) {
+        let Some(uplink) = self.uplink.as_ref().map(|u| u.name.clone()) else { return };
+        let nodes = self.all_nodes();
+        if nodes.is_empty() && self.overlay.next_hops.is_empty() {
+            return;
+        }
+        let found = async {
+            let index = self.netlink.index_of(&uplink).await?;
+            let neighbours = self.netlink.neighbours(index).await?;
+            let mut found = std::collections::HashMap::new();
+            for n in &nodes {
+                if let Some((oif, hop)) = self.netlink.next_hop(n.ip).await?
+                    && oif == index
+                    && let Some(mac) = neighbours.get(&hop)
+                {
+                    found.insert(n.ip, MacAddr(*mac));
+                }
+            }
+            Ok::<_, crate::sys::SysError>(found)
+        }
+        .await;
+        match found {
+            Ok(found) if found != self.overlay.next_hops => {
+                tracing::info!(
+                    resolved = found.len(),
+                    nodes = nodes.len(),
+                    "overlay next hops on the uplink"
+                );
+                self.overlay.next_hops = found;
+                self.publish_overlay();
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "looking up the nodes' next hops; keeping the last ones"),
+        }
+    }
+
     pub fn nodes_file(&self) -> Option<&std::path::Path> {
         self.config.overlay.nodes_file.as_deref()
     }
@@ -147,12 +195,16 @@ impl PortManager {
     pub fn nodes_view(&self) -> NodesView {
         let ov = &self.config.overlay;
         let gateway_mac = self.config.gateway_mac;
+        let fast = self.uplink.is_some() && self.config.node_ip.is_some();
         let view = |n: &NodeSpec, source| RemoteNode {
             name: n.name.clone(),
             ip: n.ip,
             pod_cidrs: n.pod_cidrs.clone(),
             vtep_mac: n.vtep_mac.unwrap_or(gateway_mac).to_string(),
             source,
+            fast_path_next_hop: fast
+                .then(|| self.overlay.next_hops.get(&n.ip).map(ToString::to_string))
+                .flatten(),
         };
         NodesView {
             vni: ov.vni,
