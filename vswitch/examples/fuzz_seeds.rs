@@ -153,6 +153,36 @@ fn main() -> std::io::Result<()> {
     }
     talk.push(0x82);
     std::fs::write(dir.join("pipeline").join("seed-services"), talk)?;
+    // The overlay: pod 1 to a pod of the remote node, and that node's VXLAN to pod 1
+    // arriving on an uplink (port byte 2).
+    let far = Ipv4Addr::new(10, 246, 0, 5);
+    let inner = FrameSpec::udp(mac(0xb), gw, far, pod(2), 3, 4).build();
+    let mut outer = [0u8; vxlan::OUTER_LEN];
+    vxlan::write_outer(
+        &mut outer,
+        &vxlan::Outer {
+            src_mac: mac(0x800),
+            dst_mac: mac(0x801),
+            src_ip: vswitch::fuzzing::REMOTE_NODE_IP,
+            dst_ip: vswitch::fuzzing::NODE_IP,
+            src_port: 50000,
+            dst_port: vxlan::DEFAULT_PORT,
+            vni: 1,
+            ttl: 64,
+        },
+        inner.len(),
+    );
+    let overlay_talk: [(u8, Vec<u8>); 2] = [
+        (0, FrameSpec::udp(mac(1), gw, pod(2), far, 1, 2).build()),
+        (2, [&outer[..], &inner[..]].concat()),
+    ];
+    let mut talk = Vec::new();
+    for (port, frame) in &overlay_talk {
+        talk.push(*port);
+        talk.extend_from_slice(&(frame.len() as u16).to_be_bytes());
+        talk.extend_from_slice(frame);
+    }
+    std::fs::write(dir.join("pipeline").join("seed-overlay"), talk)?;
     println!("wrote {} seeds per target to {}", frames.len(), dir.display());
     Ok(())
 }

@@ -17,8 +17,10 @@ use crate::wire::parse::{IPPROTO_TCP, IPPROTO_UDP};
 /// Two segments (one dropping, one flooding unknown ARP), pods with port security,
 /// learning uplinks, a port with a small MTU, and a queue whose port is not in the
 /// tables. The FDB cap is tiny so the full-table path runs. Services: [`WEB_VIP`] (TCP
-/// 80 and UDP 53, a NodePort on [`NODE_IP`], endpoints pods 1 and 2) and [`EMPTY_VIP`]
-/// (no endpoints).
+/// 80 and UDP 53, a NodePort on [`NODE_IP`], endpoints pods 1 and 2, and for TCP one on
+/// the remote node too) and [`EMPTY_VIP`] (no endpoints). The overlay: segment 0's
+/// pod CIDR is this node's, node [`REMOTE_NODE_IP`] has [`REMOTE_CIDR`], VXLAN leaves
+/// by uplink 6 and is taken from any uplink.
 pub struct Topology {
     switch: SoloSwitch,
     handles: Vec<(PortId, MemoryPortHandle)>,
@@ -29,6 +31,30 @@ pub struct Topology {
 pub const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
+pub const REMOTE_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 2);
+/// The remote node's pod CIDR, 10.246.0.0/16.
+pub const REMOTE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 246, 0, 0), 16);
+
+fn overlay() -> crate::overlay::OverlayTable {
+    use crate::overlay::{NodeSpec, OverlaySettings, OverlayTable};
+    let settings = OverlaySettings {
+        vni: 1,
+        udp_port: wire::vxlan::DEFAULT_PORT,
+        underlay_mtu: 1500,
+        local_ip: NODE_IP,
+        segment: 0,
+        gateway_ip: Ipv4Addr::new(10, 244, 0, 1),
+        gateway_mac: mac(0xff00),
+        local_cidr: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 24).expect("valid"),
+    };
+    let node = NodeSpec {
+        name: "fz-remote".into(),
+        ip: REMOTE_NODE_IP,
+        pod_cidrs: vec![ipnet::Ipv4Net::new(REMOTE_CIDR.0, REMOTE_CIDR.1).expect("valid")],
+        vtep_mac: None,
+    };
+    OverlayTable::build(settings, Some(6), &[node]).expect("valid overlay")
+}
 
 fn services() -> ServiceTable {
     let endpoints: Vec<EndpointSpec> = [2u8, 3]
@@ -55,8 +81,17 @@ fn services() -> ServiceTable {
     };
     let mut sticky = spec("fz/web:dns", WEB_VIP, 53, IPPROTO_UDP, None, &endpoints);
     sticky.affinity_timeout = Some(10);
+    let mut with_remote = endpoints.clone();
+    with_remote.push(EndpointSpec {
+        ip: Ipv4Addr::new(10, 246, 0, 7),
+        port: 8080,
+        ready: true,
+        serving: true,
+        terminating: false,
+        local: false,
+    });
     let specs = [
-        spec("fz/web:http", WEB_VIP, 80, IPPROTO_TCP, Some(30080), &endpoints),
+        spec("fz/web:http", WEB_VIP, 80, IPPROTO_TCP, Some(30080), &with_remote),
         sticky,
         spec("fz/empty:http", EMPTY_VIP, 80, IPPROTO_TCP, None, &[]),
     ];
@@ -108,6 +143,7 @@ impl Topology {
             b.add_port(p).expect("distinct ports");
         }
         b.set_services(std::sync::Arc::new(services()));
+        b.set_overlay(std::sync::Arc::new(overlay()));
         let tables = b.build().expect("valid tables");
         let mut switch =
             SoloSwitch::new(tables, FdbConfig { max_entries_per_segment: 8, aging_secs: 300 }, 16, 32);
@@ -232,6 +268,26 @@ mod tests {
                 .build(),
         );
         t.receive(0, &FrameSpec::tcp(mac(1), gw, ip(0, 2), EMPTY_VIP, 40001, 80, 0x02).build());
+        // The overlay: out to the remote node, in from it, a too-big one, a spoofed one.
+        let far = Ipv4Addr::new(10, 246, 0, 5);
+        t.receive(0, &FrameSpec::udp(mac(1), gw, ip(0, 2), far, 1, 2).build());
+        t.receive(0, &FrameSpec::tcp(mac(1), gw, ip(0, 2), far, 1, 2, 0x10).payload(&[0; 1440]).build());
+        for src in [far, ip(0, 9)] {
+            let inner = FrameSpec::udp(mac(0xb), gw, src, ip(0, 2), 3, 4).build();
+            let mut outer = [0u8; wire::vxlan::OUTER_LEN];
+            let o = wire::vxlan::Outer {
+                src_mac: mac(0x800),
+                dst_mac: mac(0x801),
+                src_ip: REMOTE_NODE_IP,
+                dst_ip: NODE_IP,
+                src_port: 50000,
+                dst_port: wire::vxlan::DEFAULT_PORT,
+                vni: 1,
+                ttl: 64,
+            };
+            wire::vxlan::write_outer(&mut outer, &o, inner.len());
+            t.receive(2, &[&outer[..], &inner[..]].concat());
+        }
         t.control(0x82);
         t.check_invariants();
         let s = t.switch.stats();
@@ -239,5 +295,7 @@ mod tests {
         assert!(s.drops_of(DropReason::UnknownIngressPort) > 0);
         assert!(s.drops_of(DropReason::EgressMtuExceeded) > 0 || s.drops_of(DropReason::OversizedFrame) > 0);
         assert!(s.events.service_flows >= 3 && s.events.service_rejects == 1, "{:?}", s.events);
+        assert!(s.events.overlay_encapsulated >= 1 && s.events.overlay_decapsulated == 1, "{:?}", s.events);
+        assert_eq!((s.events.frag_needed_sent, s.drops_of(DropReason::VxlanSpoofedSource)), (1, 1));
     }
 }
