@@ -172,10 +172,8 @@ fn main() -> std::io::Result<()> {
         },
         inner.len(),
     );
-    let overlay_talk: [(u8, Vec<u8>); 2] = [
-        (0, FrameSpec::udp(mac(1), gw, pod(2), far, 1, 2).build()),
-        (2, [&outer[..], &inner[..]].concat()),
-    ];
+    let overlay_talk: [(u8, Vec<u8>); 2] =
+        [(0, FrameSpec::udp(mac(1), gw, pod(2), far, 1, 2).build()), (2, [&outer[..], &inner[..]].concat())];
     let mut talk = Vec::new();
     for (port, frame) in &overlay_talk {
         talk.push(*port);

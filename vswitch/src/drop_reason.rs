@@ -92,6 +92,8 @@ drop_reasons! {
     OverlayBadInner => "overlay_bad_inner",
     /// Decapsulated frame for neither a local pod nor the gateway (no transit).
     OverlayNotLocal => "overlay_not_local",
+    /// A pod's UDP to a node's VXLAN port: VXLAN is only taken between nodes, never from pods.
+    OverlayFromPod => "overlay_from_pod",
     /// Toward another node, but no underlay port is up.
     OverlayNoUnderlay => "overlay_no_underlay",
     /// Toward another node, too big for the underlay and fragmentation not allowed here.

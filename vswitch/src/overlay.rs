@@ -276,6 +276,13 @@ impl OverlayTable {
         })
     }
 
+    /// A packet to the VXLAN port of a node (this one or another).
+    #[inline]
+    pub fn is_vxlan_to_a_node(&self, ip: &Ipv4Meta) -> bool {
+        matches!(ip.l4, L4::Udp { dst_port, .. } if dst_port == self.settings.udp_port)
+            && (ip.dst == self.settings.local_ip || self.by_ip.contains_key(&u32::from(ip.dst)))
+    }
+
     /// The node with underlay address `ip`.
     #[inline]
     pub fn node_by_ip(&self, ip: Ipv4Addr) -> Option<NodeIndex> {
@@ -368,6 +375,9 @@ pub fn route(
     let Net::Ipv4(ip) = &meta.net else { return ControlFlow::Continue(()) };
     match ov.route(ip.dst) {
         Some(node) => to_node(ctx.tables, &ctx.stats.events, port, frame, meta, ip, node, true),
+        None if port.kind == PortKind::Pod && ov.is_vxlan_to_a_node(ip) => {
+            ControlFlow::Break(Verdict::Drop(DropReason::OverlayFromPod))
+        }
         None => ControlFlow::Continue(()),
     }
 }
@@ -420,8 +430,7 @@ pub fn to_node(
     if ov.tx_port.is_none() {
         return ControlFlow::Break(Verdict::Drop(DropReason::OverlayNoUnderlay));
     }
-    let packet_len = frame.wire_len().saturating_sub(usize::from(meta.l3_offset));
-    if packet_len > usize::from(ov.inner_mtu()) {
+    if too_big(ov, frame, meta) {
         if ip.dont_fragment && port.kind == PortKind::Pod {
             return fragmentation_needed(ov, events, port, frame, meta, ip);
         }
@@ -447,9 +456,10 @@ pub fn to_node(
     ControlFlow::Break(Verdict::Overlay { node, entropy })
 }
 
-/// Turns `frame` into an ICMP fragmentation-needed from the gateway, with the inner MTU
-/// as next-hop MTU (RFC 1191), back to the pod that sent it.
-fn fragmentation_needed(
+/// Turns `frame` into an ICMP fragmentation-needed with the inner MTU as next-hop MTU
+/// (RFC 1191), back where it came from: from the gateway to a pod, from the node's
+/// address (what the client sent to) to a NodePort client on the uplink.
+pub fn fragmentation_needed(
     ov: &OverlayTable,
     events: &EventCounters,
     port: &PortEntry,
@@ -462,9 +472,9 @@ fn fragmentation_needed(
     let ip_len = usize::from(ip.total_len).min(frame.len() - l3).min(quoted.len());
     quoted[..ip_len].copy_from_slice(&frame.data()[l3..l3 + ip_len]);
     let err = IcmpError {
-        eth_src: ov.settings.gateway_mac,
+        eth_src: meta.dst_mac,
         eth_dst: meta.src_mac,
-        src_ip: ov.settings.gateway_ip,
+        src_ip: if port.kind == PortKind::Pod { ov.settings.gateway_ip } else { ip.dst },
         dst_ip: ip.src,
         icmp_type: icmp::TYPE_DEST_UNREACHABLE,
         code: icmp::CODE_FRAGMENTATION_NEEDED,
@@ -475,6 +485,12 @@ fn fragmentation_needed(
     frame.offload = crate::frame::Offload::NONE;
     events.frag_needed_sent.inc();
     ControlFlow::Break(Verdict::Forward(port.id))
+}
+
+/// Whether a packet of `frame` toward another node would not fit the overlay.
+#[inline]
+pub fn too_big(ov: &OverlayTable, frame: &Frame, meta: &FrameMeta) -> bool {
+    frame.wire_len().saturating_sub(usize::from(meta.l3_offset)) > usize::from(ov.inner_mtu())
 }
 
 /// Prepends the outer headers toward `node` to a frame that is ready to go (no offload
@@ -954,5 +970,26 @@ mod tests {
         assert_eq!((v4.src, v4.dst, v4.ttl), (vip, local(2), 63));
         assert_eq!(v4.l4, L4::Tcp { src_port: 80, dst_port: 4000, flags: TCP_SYN | TCP_ACK });
         assert_eq!(parse(&sent[0].1).unwrap().dst_mac, mac(1));
+        // Too big for the overlay: refused before translation, so the ICMP quotes what
+        // the client sent (to the VIP), which its path-MTU discovery can match.
+        let big =
+            FrameSpec::tcp(mac(1), mac(GW), local(2), vip, 4000, 80, TCP_ACK).payload(&[1; 1460]).build();
+        let sent = r.send(1, &big);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, 1);
+        assert_eq!(ipv4(&sent[0].1).l4, L4::Icmpv4 { icmp_type: 3, code: 4 });
+        assert_eq!(&sent[0].1[42..42 + 28], &big[14..14 + 28], "the client's own packet, to the VIP");
+    }
+
+    #[test]
+    fn pods_cannot_send_vxlan_to_nodes() {
+        let mut r = Rig::new(vec![]);
+        let inner = FrameSpec::udp(mac(0xb), mac(GW), remote(7), local(3), 1, 2).build();
+        for dst in [NODE_B, settings().local_ip] {
+            let mut f = FrameSpec::udp(mac(1), mac(GW), local(2), dst, 40000, 4789).payload(&inner).build();
+            f[40..42].copy_from_slice(&[0, 0]);
+            assert!(r.send(1, &f).is_empty(), "to {dst}");
+        }
+        assert_eq!(r.drops(1, DropReason::OverlayFromPod), 2);
     }
 }

@@ -215,6 +215,20 @@ fn apply(
         // Toward the client: the orig tuple, reversed.
         Direction::Reply => (conn.orig.reversed(), conn.reply),
     };
+    // Toward an endpoint on another node, too big for the overlay: refused before any
+    // rewriting, so the ICMP quotes the packet the client sent (to the VIP or the
+    // NodePort) and its path-MTU discovery can match it.
+    let ov = ctx.tables.overlay();
+    if dir == Direction::Orig
+        && !ov.is_empty()
+        && ov.route(to.dst).is_some()
+        && overlay::too_big(ov, frame, meta)
+    {
+        if ip.dont_fragment && port.kind != PortKind::Overlay {
+            return overlay::fragmentation_needed(ov, ctx.events, port, frame, meta, ip);
+        }
+        return drop(DropReason::OverlayMtuExceeded);
+    }
     let gateway = ctx.tables.segment(port.segment).and_then(|s| s.config.gateway);
     // Through the gateway, or in from the uplink (addressed to the node): a routed hop.
     let routed = port.kind == PortKind::Uplink || gateway.is_some_and(|g| g.mac == meta.dst_mac);

@@ -200,6 +200,13 @@ async fn start(config: &Config) -> Result<PortManager, DaemonError> {
         node = %config.node_name, pod_cidr = %config.pod_cidr, gateway = %config.gateway_ip,
         workers = datapath.workers(), backend = %config.port_backend, "data plane started"
     );
+    if config.mtu_exceeds_overlay() {
+        tracing::warn!(
+            mtu = config.mtu,
+            underlay_mtu = config.overlay.underlay_mtu,
+            "pod MTU leaves no room for VXLAN: larger packets to other nodes get fragmentation-needed (or are dropped without DF)"
+        );
+    }
     let mut manager = PortManager::new(config.clone(), datapath)?;
     manager.start_host_port().await?;
     match state::load(&config.state_file) {

@@ -104,12 +104,15 @@ impl RawNode {
 }
 
 /// Parses a nodes file's text and checks its nodes against `fixed` (those from the
-/// config, which come first) and this node's pod CIDR.
+/// config, which come first) and this node's pod CIDR. An entry for this node itself
+/// (named `self_name`, or at this node's address) is left out: one file can serve the
+/// whole cluster.
 pub fn parse(
     text: &str,
     file: &Path,
     fixed: &[NodeSpec],
     settings: OverlaySettings,
+    self_name: &str,
 ) -> Result<Vec<NodeSpec>, ConfigError> {
     let err = |at: usize, field: String, message: String| ConfigError {
         file: file.to_path_buf(),
@@ -122,14 +125,20 @@ pub fn parse(
         err(at, field_at(text, at, e.message()), e.message().trim().to_string())
     })?;
     let mut nodes = Vec::with_capacity(raw.node.len());
+    let mut raws = Vec::with_capacity(raw.node.len());
     for (i, rn) in raw.node.iter().enumerate() {
-        nodes.push(rn.convert(&format!("node[{i}]")).map_err(|(at, f, m)| err(at, f, m))?);
+        let node = rn.convert(&format!("node[{i}]")).map_err(|(at, f, m)| err(at, f, m))?;
+        if node.name == self_name || (node.ip == settings.local_ip && !node.ip.is_unspecified()) {
+            continue;
+        }
+        nodes.push(node);
+        raws.push((i, rn));
     }
     let all: Vec<NodeSpec> = fixed.iter().chain(&nodes).cloned().collect();
     if let Err(e) = OverlayTable::build(settings, None, &all) {
         // Name the entry of this file the conflict involves.
-        let i = nodes.iter().rposition(|n| e.involves(&n.name)).unwrap_or(0);
-        let at = raw.node.get(i).map_or(0, RawNode::offset);
+        let k = nodes.iter().rposition(|n| e.involves(&n.name)).unwrap_or(0);
+        let (i, at) = raws.get(k).map_or((0, 0), |(i, rn)| (*i, rn.offset()));
         return Err(err(at, format!("node[{i}]"), e.to_string()));
     }
     Ok(nodes)
@@ -153,7 +162,7 @@ mod tests {
     }
 
     fn parse_str(text: &str) -> Result<Vec<NodeSpec>, ConfigError> {
-        parse(text, Path::new("nodes.toml"), &[], settings())
+        parse(text, Path::new("nodes.toml"), &[], settings(), "node-a")
     }
 
     #[test]
@@ -177,6 +186,9 @@ vtep_mac = "0a:58:0a:f4:03:00"
         assert_eq!(nodes[1].pod_cidrs.len(), 2);
         assert_eq!(nodes[1].vtep_mac.unwrap().to_string(), "0a:58:0a:f4:03:00");
         assert!(parse_str("").unwrap().is_empty());
+        // The cluster's one file lists this node too: its entry is left out.
+        let with_self = "[[node]]\nname = \"node-a\"\nip = \"192.168.50.1\"\npod_cidr = \"10.244.1.0/24\"\n";
+        assert!(parse_str(with_self).unwrap().is_empty());
     }
 
     #[test]
@@ -226,7 +238,7 @@ vtep_mac = "0a:58:0a:f4:03:00"
             vtep_mac: None,
         }];
         let text = "[[node]]\nname = \"c\"\nip = \"192.168.50.3\"\npod_cidr = \"10.244.2.128/25\"\n";
-        let e = parse(text, Path::new("n"), &fixed, settings()).unwrap_err();
+        let e = parse(text, Path::new("n"), &fixed, settings(), "node-a").unwrap_err();
         assert_eq!(e.line, 2);
         assert!(e.message.contains("overlap"), "{e}");
     }

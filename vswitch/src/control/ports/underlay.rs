@@ -128,9 +128,13 @@ impl PortManager {
         let path = self.config.overlay.nodes_file.clone().unwrap_or_default();
         let parsed = match &text {
             None => Ok(Vec::new()),
-            Some(t) => {
-                nodes_file::parse(t, &path, &self.config.overlay.nodes, self.config.overlay_settings())
-            }
+            Some(t) => nodes_file::parse(
+                t,
+                &path,
+                &self.config.overlay.nodes,
+                self.config.overlay_settings(),
+                &self.config.node_name,
+            ),
         };
         self.overlay.file_error = parsed.as_ref().err().map(ToString::to_string);
         let nodes = parsed?;
@@ -163,7 +167,16 @@ impl PortManager {
             let neighbours = self.netlink.neighbours(index).await?;
             let mut found = std::collections::HashMap::new();
             for n in &nodes {
-                if let Some((oif, hop)) = self.netlink.next_hop(n.ip).await?
+                // A node whose route cannot be looked up keeps to the socket; the others
+                // are not held back by it.
+                let hop = match self.netlink.next_hop(n.ip).await {
+                    Ok(hop) => hop,
+                    Err(e) => {
+                        tracing::debug!(node = %n.name, error = %e, "no next hop");
+                        continue;
+                    }
+                };
+                if let Some((oif, hop)) = hop
                     && oif == index
                     && let Some(mac) = neighbours.get(&hop)
                 {
