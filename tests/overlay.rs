@@ -236,12 +236,14 @@ fn path_mtu_discovery_across_the_overlay() {
 
 #[test]
 fn a_service_with_its_endpoint_on_the_other_node() {
-    let t = TwoNodes::new("osvc", None);
+    // Node a serves NodePorts on its underlay address too.
+    let t = TwoNodes::with("osvc", None, "[uplink]\ninterface = \"ul0\"");
     let services = t.files.0.join("services.toml");
     std::fs::write(
         &services,
         format!(
-            "[[service]]\nname = \"far\"\ncluster_ip = \"10.96.0.30\"\nports = [{{ port = 80, target_port = 8080 }}]\n\
+            "[[service]]\nname = \"far\"\ncluster_ip = \"10.96.0.30\"\ntype = \"NodePort\"\n\
+             ports = [{{ port = 80, target_port = 8080, node_port = 30080 }}]\n\
              endpoints = [{{ ip = \"{}\", node = \"b\" }}]\n",
             t.b1.ip
         ),
@@ -268,6 +270,19 @@ fn a_service_with_its_endpoint_on_the_other_node() {
     }
     let ct = a.ctl(&["conntrack"]);
     assert!(ct.contains(&t.b1.ip.to_string()), "{ct}");
+    // From outside (a client on the underlay) to node a's NodePort: the endpoint on b
+    // answers, its reply coming back over the overlay to a's gateway address.
+    let underlay = &t._underlay.ns;
+    underlay.ok(&["ip", "addr", "add", "192.168.77.100/24", "dev", "br0"]);
+    // A real NIC fills in the checksums a veth leaves to "the hardware" (AF_XDP takes
+    // the frame before the receiving kernel would trust it): make this client's kernel.
+    underlay.ok(&["ethtool", "-K", "br0", "tx", "off"]);
+    for _ in 0..3 {
+        let got = underlay.ok(&["ncat", "--recv-only", "-w", "3", &underlay_ip(1).to_string(), "30080"]);
+        assert_eq!(got.trim(), "served by b1");
+    }
+    let ct = a.ctl(&["conntrack"]);
+    assert!(ct.contains("192.168.77.100") && ct.contains("10.244.1.1"), "SNAT to the gateway address: {ct}");
 }
 
 /// Node a takes its underlay interface over with AF_XDP: VXLAN from b arrives through
