@@ -9,8 +9,11 @@
 # configured as the CNI plugin would (address, default route via the gateway). It pings
 # between them and from the node, runs TCP transfers with iperf3, puts a Service in front
 # of two pods (through the default services file, unless the machine already has one)
-# and connects to it, prints `vswitchctl ports`, `services`, `conntrack` and `stats`, and
-# removes everything it made, on failure too.
+# and connects to it; then a second node (its own namespace and vswitchd, joined to the
+# first by a veth pair as the underlay) with a pod reached over VXLAN (through the
+# default nodes file, unless the machine already has one); prints `vswitchctl ports`,
+# `services`, `conntrack`, `nodes` and `stats`, and removes everything it made, on
+# failure too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,8 +32,15 @@ state_existed=$([ -e "$STATE" ] && echo yes || echo no)
 SERVICES=/etc/vswitch/services.toml
 services_existed=$([ -e "$SERVICES" ] && echo yes || echo no)
 services_dir_existed=$([ -d "$(dirname "$SERVICES")" ] && echo yes || echo no)
+NODES=/etc/vswitch/nodes.toml
+nodes_existed=$([ -e "$NODES" ] && echo yes || echo no)
+NODE2=$P-node2
+POD4=$P-pod4
+NODE2_DIR=$(mktemp -d /tmp/vsdemo-node2.XXXXXX)
+CTL2="$CTL --socket $NODE2_DIR/api.sock"
 LOG=$(mktemp /tmp/vsdemo-vswitchd.XXXXXX.log)
 daemon=""
+daemon2=""
 servers=()
 
 cleanup() {
@@ -40,17 +50,23 @@ cleanup() {
     for i in 0 1 2; do $CTL detach "demo-${PODS[$i]}" eth0 >/dev/null 2>&1; done
     kill -TERM "$daemon"; wait "$daemon" 2>/dev/null
   fi
-  for ns in "$NODE" "${PODS[@]/#/$P-}"; do ip netns del "$ns" 2>/dev/null; done
+  if [ -n "$daemon2" ] && kill -0 "$daemon2" 2>/dev/null; then
+    $CTL2 detach demo-pod4 eth0 >/dev/null 2>&1
+    kill -TERM "$daemon2"; wait "$daemon2" 2>/dev/null
+  fi
+  for ns in "$NODE" "${PODS[@]/#/$P-}" "$NODE2" "$POD4"; do ip netns del "$ns" 2>/dev/null; done
+  [ "$nodes_existed" = no ] && rm -f "$NODES"
+  rm -rf "$NODE2_DIR"
   [ "$state_existed" = no ] && rm -f "$STATE"
   if [ "$services_existed" = no ]; then
     rm -f "$SERVICES"
-    [ "$services_dir_existed" = no ] && rmdir "$(dirname "$SERVICES")" 2>/dev/null
   fi
+  [ "$services_dir_existed" = no ] && rmdir "$(dirname "$SERVICES")" 2>/dev/null
   rm -f "$LOG"
 }
 trap cleanup EXIT
 
-for ns in "$NODE" "${PODS[@]/#/$P-}"; do ip netns del "$ns" 2>/dev/null || true; done
+for ns in "$NODE" "${PODS[@]/#/$P-}" "$NODE2" "$POD4"; do ip netns del "$ns" 2>/dev/null || true; done
 ip netns add "$NODE"
 ip -n "$NODE" link set lo up
 
@@ -119,6 +135,57 @@ EOF
   run $CTL conntrack
 else
   echo "== skipping the Service part: $SERVICES exists on this machine and is left alone"
+fi
+
+echo
+if [ "$nodes_existed" = no ]; then
+  echo "== a second node: namespace $NODE2 with its own vswitchd (pod CIDR 10.244.2.0/24),"
+  echo "   joined to $NODE by a veth pair as the underlay (192.168.77.1 <-> .2)"
+  ip netns add "$NODE2"
+  ip -n "$NODE2" link set lo up
+  ip link add ul0 netns "$NODE" type veth peer name ul0 netns "$NODE2"
+  ip -n "$NODE" addr add 192.168.77.1/24 dev ul0 && ip -n "$NODE" link set ul0 up
+  ip -n "$NODE2" addr add 192.168.77.2/24 dev ul0 && ip -n "$NODE2" link set ul0 up
+  cat >"$NODE2_DIR/vswitchd.toml" <<EOF
+pod_cidr = "10.244.2.0/24"
+api_socket = "$NODE2_DIR/api.sock"
+state_file = "$NODE2_DIR/state.json"
+metrics_address = ""
+[services]
+file = ""
+[overlay]
+nodes_file = ""
+[[overlay.node]]
+name = "demo-node1"
+ip = "192.168.77.1"
+pod_cidr = "10.244.1.0/24"
+EOF
+  ip netns exec "$NODE2" "$VSWITCHD" --config "$NODE2_DIR/vswitchd.toml" >>"$LOG" 2>&1 &
+  daemon2=$!
+  for _ in $(seq 100); do $CTL2 status >/dev/null 2>&1 && break; sleep 0.1; done
+  $CTL2 status >/dev/null || { cat "$LOG"; exit 1; }
+  ip netns add "$POD4"
+  ip -n "$POD4" link set lo up
+  $CTL2 attach --container-id demo-pod4 --netns "/var/run/netns/$POD4" --ifname eth0 --ip 10.244.2.2/24 >/dev/null
+  ip -n "$POD4" addr add 10.244.2.2/24 dev eth0
+  ip -n "$POD4" route add default via 10.244.2.1
+  echo "node 1 learns of node 2 through its nodes file ($NODES):"
+  cat >"$NODES" <<'EOF'
+[[node]]
+name = "demo-node2"
+ip = "192.168.77.2"
+pod_cidr = "10.244.2.0/24"
+EOF
+  run $CTL nodes reload
+  echo
+  echo "pod1 (node 1) -> pod4 (node 2) over VXLAN; ttl=62: each node is one routed hop"
+  run ip netns exec $P-pod1 ping -c 3 -i 0.2 10.244.2.2
+  ip netns exec "$POD4" iperf3 -s -1 -D -p 5203
+  sleep 0.3
+  echo "pod1 -> pod4, TCP across nodes (segmented and encapsulated by the switch):"
+  ip netns exec $P-pod1 iperf3 -c 10.244.2.2 -p 5203 -t 3 | grep -E "sender|receiver"
+else
+  echo "== skipping the second node: $NODES exists on this machine and is left alone"
 fi
 
 echo
