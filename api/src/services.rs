@@ -154,6 +154,8 @@ pub enum NodeSource {
     Config,
     /// The watched nodes file.
     File,
+    /// The Kubernetes API (cluster mode).
+    Cluster,
 }
 
 /// Another node, as the overlay routes to it.

@@ -141,6 +141,38 @@ pub struct Status {
     /// The uplink interface, when it is up.
     #[serde(default)]
     pub uplink: Option<String>,
+    /// Cluster mode: the Kubernetes watchers. `None`: Services and nodes come from files.
+    #[serde(default)]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// The Kubernetes watchers of a daemon in cluster mode.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The Node this daemon serves.
+    pub node_name: String,
+    pub watchers: Vec<WatcherStatus>,
+    /// Snapshots of the cluster applied to the tables so far.
+    pub applied: u64,
+    /// Objects not served, with the reason (headless Services, IPv6-only ones, ...).
+    pub skipped: Vec<String>,
+}
+
+/// One resource's watcher.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatcherStatus {
+    /// `nodes`, `services` or `endpointslices`.
+    pub resource: String,
+    /// Listed completely at least once: its objects count in the tables.
+    pub synced: bool,
+    /// Objects in its store at the last snapshot.
+    pub objects: usize,
+    pub events: u64,
+    /// Watch failures so far (each retried with backoff, the tables unchanged).
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// Seconds after the daemon started that the last event came.
+    pub last_event_secs: u64,
 }
 
 /// A learned MAC address.

@@ -1,11 +1,13 @@
 //! vswitchd: the switch daemon. Reads its configuration (the embedded default, or
-//! `--config FILE`), then runs `vswitch::control::daemon`.
+//! `--config FILE`), then runs `vswitch::control::daemon` — in cluster mode
+//! (`--kubeconfig FILE` or `--in-cluster`) with Services and nodes from Kubernetes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use vswitch::control::{config, daemon};
+use vswitch::control::{cluster, config, daemon};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -29,6 +31,63 @@ struct Args {
     /// Log format on stderr. Verbosity comes from RUST_LOG (default: info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Cluster mode, with this kubeconfig: Services, EndpointSlices and other nodes come
+    /// from the Kubernetes API (the services and nodes files are not read).
+    #[arg(long, conflicts_with = "in_cluster")]
+    kubeconfig: Option<PathBuf>,
+    /// Cluster mode, with the pod's service account (as the DaemonSet runs it).
+    #[arg(long)]
+    in_cluster: bool,
+    /// This node's name (its Node object's), overriding the config's `node_name`.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+}
+
+/// Reads the configuration, in cluster mode taking the pod CIDR from this node's Node
+/// object when the config leaves it empty (waiting for it to be allocated).
+async fn configure(
+    text: &str,
+    file: &Path,
+    node_name: Option<String>,
+    source: Option<cluster::Source>,
+) -> Result<(config::Config, Option<daemon::ClusterMode>), String> {
+    let Some(source) = source else {
+        let mut c = config::parse(text, file).map_err(|e| e.to_string())?;
+        if let Some(n) = node_name {
+            c.node_name = n;
+        }
+        return Ok((c, None));
+    };
+    let client = cluster::client(&source).await.map_err(|e| e.to_string())?;
+    let mut cidr = None;
+    if config::pod_cidr_from_cluster(text) {
+        let name = match &node_name {
+            Some(n) => n.clone(),
+            None => config::parse_with_pod_cidr(text, file, Some("10.0.0.0/24".parse().expect("a CIDR")))
+                .map_err(|e| e.to_string())?
+                .node_name,
+        };
+        loop {
+            match cluster::this_node(&client, &name).await {
+                Ok(Some(n)) if n.pod_cidr.is_some() => {
+                    cidr = n.pod_cidr;
+                    tracing::info!(node = %name, pod_cidr = ?cidr, "pod CIDR from the Node object");
+                    break;
+                }
+                Ok(_) => tracing::warn!(node = %name, "the Node has no IPv4 pod CIDR yet; waiting"),
+                Err(e) => tracing::warn!(error = %e, "reading this node's Node; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    let mut c = config::parse_with_pod_cidr(text, file, cidr).map_err(|e| e.to_string())?;
+    if let Some(n) = node_name {
+        c.node_name = n;
+    }
+    // The cluster is the source of Services and nodes; the files would compete with it.
+    c.services_file = None;
+    c.overlay.nodes_file = None;
+    Ok((c, Some(daemon::ClusterMode { client })))
 }
 
 fn main() -> ExitCode {
@@ -49,17 +108,28 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let loaded = match &args.config {
-        Some(path) => config::load(path),
-        None => Ok(config::default_config()),
+    let (text, file) = match &args.config {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) => (t, path.clone()),
+            Err(e) => {
+                eprintln!("vswitchd: {}:0: (file): cannot read: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => (config::DEFAULT_CONFIG.to_string(), PathBuf::from("(embedded default)")),
     };
-    let config = match loaded {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("vswitchd: {e}");
-            return ExitCode::from(2);
-        }
+    let source = match (&args.kubeconfig, args.in_cluster) {
+        (Some(path), _) => Some(cluster::Source::Kubeconfig(path.clone())),
+        (None, true) => Some(cluster::Source::InCluster),
+        (None, false) => None,
     };
+    // Validate now (a pod CIDR left to the cluster checked with a stand-in), so a bad
+    // file fails before anything starts.
+    let stand_in = (source.is_some() && config::pod_cidr_from_cluster(&text)).then(|| "10.0.0.0/24".parse().expect("a CIDR"));
+    if let Err(e) = config::parse_with_pod_cidr(&text, &file, stand_in) {
+        eprintln!("vswitchd: {e}");
+        return ExitCode::from(2);
+    }
     if args.check_config {
         println!("configuration ok");
         return ExitCode::SUCCESS;
@@ -76,7 +146,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(config, env!("CARGO_PKG_VERSION"))) {
+    let run = async {
+        let (config, cluster) = configure(&text, &file, args.node_name.clone(), source).await?;
+        daemon::run(config, env!("CARGO_PKG_VERSION"), cluster).await.map_err(|e| e.to_string())
+    };
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "vswitchd failed");

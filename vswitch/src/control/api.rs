@@ -33,6 +33,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct ApiState {
     pub manager: Mutex<PortManager>,
     pub version: &'static str,
+    /// Cluster mode's watchers.
+    pub cluster: Option<super::cluster::StatusHandle>,
 }
 
 /// An error answer.
@@ -131,6 +133,7 @@ async fn status(State(s): State<Shared>) -> axum::Json<Status> {
         ports: m.pod_count(),
         node_ip: c.node_ip,
         uplink: m.uplink_name().map(str::to_string),
+        cluster: s.cluster.as_ref().map(|c| c.get()),
     })
 }
 

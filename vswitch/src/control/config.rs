@@ -247,6 +247,17 @@ pub struct ConfigError {
 /// Parses and validates `text`, read from `file` (used in messages only). Keys missing
 /// from `text` take their value from [`DEFAULT_CONFIG`].
 pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    parse_with_pod_cidr(text, file, None)
+}
+
+/// Whether `text` leaves the pod CIDR to the cluster (`pod_cidr = ""`): in cluster mode
+/// it then comes from this node's Node object.
+pub fn pod_cidr_from_cluster(text: &str) -> bool {
+    toml::from_str::<RawConfig>(text).is_ok_and(|raw| raw.pod_cidr.get_ref().is_empty())
+}
+
+/// [`parse`], with the pod CIDR given (from the cluster) when `text` leaves it empty.
+pub fn parse_with_pod_cidr(text: &str, file: &Path, from_cluster: Option<Ipv4Net>) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let at = e.span().map_or(0, |s| s.start);
         ConfigError {
@@ -265,9 +276,19 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         message,
     };
 
-    let pod_cidr: Ipv4Net = raw.pod_cidr.get_ref().parse().map_err(|e| {
-        at(raw.pod_cidr.span(), "pod_cidr", format!("{e}: expected an IPv4 CIDR like 10.244.1.0/24"))
-    })?;
+    let pod_cidr: Ipv4Net = match (raw.pod_cidr.get_ref().as_str(), from_cluster) {
+        ("", Some(cidr)) => cidr,
+        ("", None) => {
+            return Err(at(
+                raw.pod_cidr.span(),
+                "pod_cidr",
+                "empty: only a daemon in cluster mode (--kubeconfig, --in-cluster) can take it from its Node".into(),
+            ));
+        }
+        (text, _) => text.parse().map_err(|e| {
+            at(raw.pod_cidr.span(), "pod_cidr", format!("{e}: expected an IPv4 CIDR like 10.244.1.0/24"))
+        })?,
+    };
     if pod_cidr.prefix_len() > 30 {
         return Err(at(
             raw.pod_cidr.span(),
@@ -602,6 +623,16 @@ mod tests {
         assert_eq!(c.mtu, 1450, "room for VXLAN on a 1500-byte underlay");
         assert_eq!((c.overlay.vni, c.overlay.port, c.overlay.underlay_mtu), (1, 4789, 1500));
         assert!(c.overlay.nodes.is_empty());
+    }
+
+    #[test]
+    fn the_pod_cidr_may_be_left_to_the_cluster() {
+        let text = "pod_cidr = \"\"\n";
+        assert!(pod_cidr_from_cluster(text) && !pod_cidr_from_cluster("workers = 1\n"));
+        let e = err(text);
+        assert_eq!((e.line, e.field.as_str()), (1, "pod_cidr"), "{e}");
+        let c = parse_with_pod_cidr(text, Path::new("f"), Some("10.244.9.0/24".parse().unwrap())).unwrap();
+        assert_eq!((c.pod_cidr.to_string(), c.gateway_ip), ("10.244.9.0/24".into(), Ipv4Addr::new(10, 244, 9, 1)));
     }
 
     #[test]

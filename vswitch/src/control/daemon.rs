@@ -175,8 +175,15 @@ async fn terminated() {
     }
 }
 
+/// Cluster mode: where the Services and nodes come from instead of the files.
+pub struct ClusterMode {
+    pub client: kube::Client,
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. Must run on a multi-threaded runtime.
-pub async fn run(config: Config, version: &'static str) -> Result<(), DaemonError> {
+/// With `cluster`, Services and other nodes come from the Kubernetes API (the services
+/// and nodes files are not read).
+pub async fn run(config: Config, version: &'static str, cluster: Option<ClusterMode>) -> Result<(), DaemonError> {
     // First, before touching any port: another daemon on the same state means this one
     // must not start (it would reopen the other's TAP queues and split their traffic,
     // and take its XDP programs away). The lock lives as long as this call.
@@ -190,7 +197,7 @@ pub async fn run(config: Config, version: &'static str) -> Result<(), DaemonErro
             return Err(e);
         }
     };
-    serve(config, version, listener, manager).await
+    serve(config, version, listener, manager, cluster).await
 }
 
 /// The data plane, the host port and the ports of the previous run.
@@ -242,8 +249,10 @@ async fn serve(
     version: &'static str,
     listener: UnixListener,
     manager: PortManager,
+    cluster: Option<ClusterMode>,
 ) -> Result<(), DaemonError> {
-    let shared = Arc::new(ApiState { manager: Mutex::new(manager), version });
+    let status = cluster.as_ref().map(|_| super::cluster::StatusHandle::new(&config.node_name));
+    let shared = Arc::new(ApiState { manager: Mutex::new(manager), version, cluster: status.clone() });
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -313,6 +322,19 @@ async fn serve(
     };
 
     let mut watches = Vec::new();
+    if let (Some(mode), Some(status)) = (cluster, status) {
+        let state = shared.clone();
+        let apply = move |snap: super::cluster::Snapshot| {
+            let state = state.clone();
+            async move {
+                let mut m = state.manager.lock().await;
+                m.cluster_services(snap.services);
+                m.cluster_nodes(snap.nodes);
+            }
+        };
+        tracing::info!(node = %config.node_name, "cluster mode: watching Nodes, Services and EndpointSlices");
+        watches.push(tokio::spawn(super::cluster::run(mode.client, config.node_name.clone(), status, apply)));
+    }
     {
         let m = shared.manager.lock().await;
         if let Some(path) = m.services_file() {

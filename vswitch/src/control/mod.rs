@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod metrics;

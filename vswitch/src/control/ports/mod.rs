@@ -207,24 +207,34 @@ impl PortManager {
             FileOutcome::Unchanged => Ok(false),
             FileOutcome::Rejected(e) => Err(e),
             FileOutcome::Applied => {
-                self.publish_services();
-                self.sync_steered_ports();
-                let cut = self.catalog.cut_stale_flows(self.datapath.conntrack());
-                let view = self.catalog.view();
-                tracing::info!(
-                    services = view.services.len(),
-                    generation = view.generation,
-                    udp_flows_cut = cut,
-                    "services applied"
-                );
-                if cut > 0
-                    && let Some(t) = self.catalog.refresh(self.datapath.conntrack())
-                {
-                    self.builder.set_services(t);
-                    self.publish_or_log();
-                }
+                self.services_changed();
                 Ok(true)
             }
+        }
+    }
+
+    /// Serves `services` (from the cluster), replacing what was served.
+    pub fn cluster_services(&mut self, services: Vec<vswitch_api::Service>) {
+        if services == self.catalog.view().services {
+            return;
+        }
+        self.catalog.set(services, self.datapath.conntrack());
+        self.services_changed();
+    }
+
+    /// After the catalog took new Services: publish them, steer their NodePorts, cut
+    /// UDP flows to endpoints that stopped serving.
+    fn services_changed(&mut self) {
+        self.publish_services();
+        self.sync_steered_ports();
+        let cut = self.catalog.cut_stale_flows(self.datapath.conntrack());
+        let view = self.catalog.view();
+        tracing::info!(services = view.services.len(), generation = view.generation, udp_flows_cut = cut, "services applied");
+        if cut > 0
+            && let Some(t) = self.catalog.refresh(self.datapath.conntrack())
+        {
+            self.builder.set_services(t);
+            self.publish_or_log();
         }
     }
 

@@ -21,8 +21,11 @@ use crate::wire::MacAddr;
 pub(super) struct Overlay {
     /// The underlay port, once up.
     pub port: Option<(PortId, Vec<WorkerId>)>,
-    /// Nodes from the nodes file (those from the config are in the config).
+    /// Nodes from the nodes file or, in cluster mode, the cluster (those from the
+    /// config are in the config).
     pub file_nodes: Vec<NodeSpec>,
+    /// The nodes came from the cluster.
+    pub from_cluster: bool,
     /// The nodes file's content last applied or rejected.
     pub last_text: Option<Option<String>>,
     /// Why that content was rejected.
@@ -201,6 +204,33 @@ impl PortManager {
         }
     }
 
+    /// Routes to `nodes` (from the cluster), replacing the nodes of the file or of an
+    /// earlier snapshot. A node clashing with this one, with the config's nodes or with
+    /// another is left out (and logged): one bad Node object costs only itself.
+    pub fn cluster_nodes(&mut self, nodes: Vec<NodeSpec>) {
+        let local_ip = self.config.node_ip;
+        let fixed = &self.config.overlay.nodes;
+        let (mut kept, mut skipped) = crate::control::cluster::translate::without_conflicts(
+            fixed.iter().cloned().chain(nodes).collect(),
+            self.config.pod_cidr,
+            local_ip,
+        );
+        // The config's own nodes come first and always stay.
+        kept.retain(|n| !fixed.iter().any(|f| f.name == n.name));
+        skipped.retain(|s| !fixed.iter().any(|f| f.name == s.what));
+        for s in &skipped {
+            tracing::warn!(node = %s.what, reason = s.why, "node from the cluster not routed to");
+        }
+        self.overlay.from_cluster = true;
+        if kept == self.overlay.file_nodes {
+            return;
+        }
+        self.overlay.file_nodes = kept;
+        self.publish_overlay();
+        self.sync_steered_ports();
+        tracing::info!(nodes = self.overlay.file_nodes.len(), generation = self.overlay.generation, "nodes applied");
+    }
+
     pub fn nodes_file(&self) -> Option<&std::path::Path> {
         self.config.overlay.nodes_file.as_deref()
     }
@@ -237,7 +267,9 @@ impl PortManager {
                 .nodes
                 .iter()
                 .map(|n| view(n, NodeSource::Config))
-                .chain(self.overlay.file_nodes.iter().map(|n| view(n, NodeSource::File)))
+                .chain(self.overlay.file_nodes.iter().map(|n| {
+                    view(n, if self.overlay.from_cluster { NodeSource::Cluster } else { NodeSource::File })
+                }))
                 .collect(),
         }
     }

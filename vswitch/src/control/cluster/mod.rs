@@ -1,0 +1,232 @@
+//! Cluster mode: Nodes, Services and EndpointSlices from the Kubernetes API.
+//!
+//! Three kube-rs watchers feed reflector stores (a watch that breaks is resumed, a
+//! `410 Gone` relists, errors back off exponentially); any change opens a short window
+//! ([`DEBOUNCE`]) after which the stores are translated ([`translate`]) into one new set
+//! of Services and nodes and handed to the control plane, which publishes one new table
+//! snapshot. Nothing is applied until every watcher has listed once, and a watch error
+//! or an unreachable API server changes nothing: the stores keep their last good
+//! content, and so do the tables.
+
+pub mod translate;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Service as K8sService};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use vswitch_api::{ClusterStatus, Service, WatcherStatus};
+
+use crate::overlay::NodeSpec;
+pub use translate::{SelfNode, Skipped};
+
+/// Changes within this window after the first one are applied together.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// What the cluster says the node should serve.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub services: Vec<Service>,
+    /// The other nodes (this node's own entry is not among them).
+    pub nodes: Vec<NodeSpec>,
+    pub this_node: Option<SelfNode>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Where the client's configuration comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A kubeconfig file (`--kubeconfig`).
+    Kubeconfig(std::path::PathBuf),
+    /// The pod's service account (`--in-cluster`), as a DaemonSet runs it.
+    InCluster,
+}
+
+/// Why cluster mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("kubeconfig {path}: {message}")]
+    Kubeconfig { path: String, message: String },
+    #[error("in-cluster configuration: {0}")]
+    InCluster(String),
+    #[error("Kubernetes client: {0}")]
+    Client(String),
+    #[error("reading Node {name}: {message}")]
+    Node { name: String, message: String },
+}
+
+/// Builds a client for `source`.
+pub async fn client(source: &Source) -> Result<Client, ClusterError> {
+    let config = match source {
+        Source::Kubeconfig(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| ClusterError::Kubeconfig { path: path.display().to_string(), message: e.to_string() })?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| ClusterError::Kubeconfig { path: path.display().to_string(), message: e.to_string() })?
+        }
+        Source::InCluster => kube::Config::incluster().map_err(|e| ClusterError::InCluster(e.to_string()))?,
+    };
+    Client::try_from(config).map_err(|e| ClusterError::Client(e.to_string()))
+}
+
+/// This node's Node object, as far as the data path cares (its pod CIDR): read once
+/// at start when the config names no pod CIDR. `None`: no such Node yet.
+pub async fn this_node(client: &Client, name: &str) -> Result<Option<SelfNode>, ClusterError> {
+    let api: Api<Node> = Api::all(client.clone());
+    let node = api
+        .get_opt(name)
+        .await
+        .map_err(|e| ClusterError::Node { name: name.to_string(), message: e.to_string() })?;
+    Ok(node.and_then(|n| translate::nodes(&[n], name).1))
+}
+
+/// The watchers' state, for `vswitchctl status` and the metrics.
+#[derive(Clone, Default)]
+pub struct StatusHandle(Arc<Mutex<ClusterStatus>>);
+
+impl StatusHandle {
+    pub fn new(node_name: &str) -> StatusHandle {
+        let watcher = |resource: &str| WatcherStatus { resource: resource.into(), ..Default::default() };
+        StatusHandle(Arc::new(Mutex::new(ClusterStatus {
+            node_name: node_name.into(),
+            watchers: vec![watcher("nodes"), watcher("services"), watcher("endpointslices")],
+            ..Default::default()
+        })))
+    }
+
+    pub fn get(&self) -> ClusterStatus {
+        self.0.lock().expect("status lock").clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ClusterStatus)) {
+        f(&mut self.0.lock().expect("status lock"));
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Nodes = 0,
+    Services = 1,
+    EndpointSlices = 2,
+}
+
+/// One watcher's progress: an event (and whether it completed a listing), or an error.
+enum Progress {
+    Event { listed: bool },
+    Error(String),
+}
+
+fn progress<K>(
+    kind: Kind,
+    s: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> std::pin::Pin<Box<dyn Stream<Item = (Kind, Progress)> + Send>>
+where
+    K: Send + 'static,
+{
+    s.map(move |r| {
+        let p = match r {
+            Ok(watcher::Event::InitDone) => Progress::Event { listed: true },
+            Ok(_) => Progress::Event { listed: false },
+            Err(e) => Progress::Error(e.to_string()),
+        };
+        (kind, p)
+    })
+    .boxed()
+}
+
+/// A store's objects, owned.
+fn owned<K>(store: &reflector::Store<K>) -> Vec<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store.state().iter().map(|o| (**o).clone()).collect()
+}
+
+/// Watches the cluster until the task is dropped, calling `apply` with each new
+/// snapshot (at most one per [`DEBOUNCE`] window, none before every watcher listed).
+pub async fn run<F, Fut>(client: Client, node_name: String, status: StatusHandle, mut apply: F)
+where
+    F: FnMut(Snapshot) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let config = watcher::Config::default();
+    let (nodes, nodes_w) = reflector::store::<Node>();
+    let (services, services_w) = reflector::store::<K8sService>();
+    let (slices, slices_w) = reflector::store::<EndpointSlice>();
+    let streams = vec![
+        progress(Kind::Nodes, reflector(nodes_w, watcher(Api::<Node>::all(client.clone()), config.clone())).default_backoff()),
+        progress(
+            Kind::Services,
+            reflector(services_w, watcher(Api::<K8sService>::all(client.clone()), config.clone())).default_backoff(),
+        ),
+        progress(
+            Kind::EndpointSlices,
+            reflector(slices_w, watcher(Api::<EndpointSlice>::all(client), config)).default_backoff(),
+        ),
+    ];
+    let mut merged = futures::stream::select_all(streams);
+    let mut listed = [false; 3];
+    let mut due: Option<tokio::time::Instant> = None;
+    let started = Instant::now();
+    loop {
+        let wait = async {
+            match due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            item = merged.next() => {
+                let Some((kind, p)) = item else { break };
+                let i = kind as usize;
+                match p {
+                    Progress::Event { listed: done } => {
+                        listed[i] |= done;
+                        status.update(|s| {
+                            let w = &mut s.watchers[i];
+                            w.events += 1;
+                            w.synced = listed[i];
+                            w.last_event_secs = started.elapsed().as_secs();
+                        });
+                        if due.is_none() {
+                            due = Some(tokio::time::Instant::now() + DEBOUNCE);
+                        }
+                    }
+                    Progress::Error(e) => {
+                        tracing::warn!(resource = ?kind, error = %e, "Kubernetes watch failed; retrying with backoff, tables unchanged");
+                        status.update(|s| {
+                            let w = &mut s.watchers[i];
+                            w.errors += 1;
+                            w.last_error = Some(e);
+                        });
+                    }
+                }
+            }
+            () = wait => {
+                if !listed.iter().all(|l| *l) {
+                    // Not every watcher has listed yet: keep the window open.
+                    due = Some(tokio::time::Instant::now() + DEBOUNCE);
+                    continue;
+                }
+                due = None;
+                let (svcs, eps, ns) = (owned(&services), owned(&slices), owned(&nodes));
+                let (services_out, mut skipped) = translate::services(&svcs, &eps, &node_name);
+                let (nodes_out, this_node, node_skips) = translate::nodes(&ns, &node_name);
+                skipped.extend(node_skips);
+                status.update(|s| {
+                    s.watchers[Kind::Nodes as usize].objects = ns.len();
+                    s.watchers[Kind::Services as usize].objects = svcs.len();
+                    s.watchers[Kind::EndpointSlices as usize].objects = eps.len();
+                    s.applied += 1;
+                    s.skipped = skipped.iter().map(|k| format!("{}: {}", k.what, k.why)).collect();
+                });
+                apply(Snapshot { services: services_out, nodes: nodes_out, this_node, skipped }).await;
+            }
+        }
+    }
+}
