@@ -63,9 +63,11 @@ async fn configure(
     if config::pod_cidr_from_cluster(text) {
         let name = match &node_name {
             Some(n) => n.clone(),
-            None => config::parse_with_pod_cidr(text, file, Some("10.0.0.0/24".parse().expect("a CIDR")))
-                .map_err(|e| e.to_string())?
-                .node_name,
+            None => {
+                config::parse_with_pod_cidr(text, file, Some("10.0.0.0/24".parse().expect("a CIDR")))
+                    .map_err(|e| e.to_string())?
+                    .node_name
+            }
         };
         loop {
             match cluster::this_node(&client, &name).await {
@@ -125,7 +127,8 @@ fn main() -> ExitCode {
     };
     // Validate now (a pod CIDR left to the cluster checked with a stand-in), so a bad
     // file fails before anything starts.
-    let stand_in = (source.is_some() && config::pod_cidr_from_cluster(&text)).then(|| "10.0.0.0/24".parse().expect("a CIDR"));
+    let stand_in = (source.is_some() && config::pod_cidr_from_cluster(&text))
+        .then(|| "10.0.0.0/24".parse().expect("a CIDR"));
     if let Err(e) = config::parse_with_pod_cidr(&text, &file, stand_in) {
         eprintln!("vswitchd: {e}");
         return ExitCode::from(2);

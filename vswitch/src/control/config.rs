@@ -257,7 +257,11 @@ pub fn pod_cidr_from_cluster(text: &str) -> bool {
 }
 
 /// [`parse`], with the pod CIDR given (from the cluster) when `text` leaves it empty.
-pub fn parse_with_pod_cidr(text: &str, file: &Path, from_cluster: Option<Ipv4Net>) -> Result<Config, ConfigError> {
+pub fn parse_with_pod_cidr(
+    text: &str,
+    file: &Path,
+    from_cluster: Option<Ipv4Net>,
+) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let at = e.span().map_or(0, |s| s.start);
         ConfigError {
@@ -282,7 +286,8 @@ pub fn parse_with_pod_cidr(text: &str, file: &Path, from_cluster: Option<Ipv4Net
             return Err(at(
                 raw.pod_cidr.span(),
                 "pod_cidr",
-                "empty: only a daemon in cluster mode (--kubeconfig, --in-cluster) can take it from its Node".into(),
+                "empty: only a daemon in cluster mode (--kubeconfig, --in-cluster) can take it from its Node"
+                    .into(),
             ));
         }
         (text, _) => text.parse().map_err(|e| {
@@ -632,7 +637,10 @@ mod tests {
         let e = err(text);
         assert_eq!((e.line, e.field.as_str()), (1, "pod_cidr"), "{e}");
         let c = parse_with_pod_cidr(text, Path::new("f"), Some("10.244.9.0/24".parse().unwrap())).unwrap();
-        assert_eq!((c.pod_cidr.to_string(), c.gateway_ip), ("10.244.9.0/24".into(), Ipv4Addr::new(10, 244, 9, 1)));
+        assert_eq!(
+            (c.pod_cidr.to_string(), c.gateway_ip),
+            ("10.244.9.0/24".into(), Ipv4Addr::new(10, 244, 9, 1))
+        );
     }
 
     #[test]

@@ -183,7 +183,11 @@ pub struct ClusterMode {
 /// Runs the daemon until SIGTERM or SIGINT. Must run on a multi-threaded runtime.
 /// With `cluster`, Services and other nodes come from the Kubernetes API (the services
 /// and nodes files are not read).
-pub async fn run(config: Config, version: &'static str, cluster: Option<ClusterMode>) -> Result<(), DaemonError> {
+pub async fn run(
+    config: Config,
+    version: &'static str,
+    cluster: Option<ClusterMode>,
+) -> Result<(), DaemonError> {
     // First, before touching any port: another daemon on the same state means this one
     // must not start (it would reopen the other's TAP queues and split their traffic,
     // and take its XDP programs away). The lock lives as long as this call.

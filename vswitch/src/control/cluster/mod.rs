@@ -62,11 +62,16 @@ pub enum ClusterError {
 pub async fn client(source: &Source) -> Result<Client, ClusterError> {
     let config = match source {
         Source::Kubeconfig(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| ClusterError::Kubeconfig { path: path.display().to_string(), message: e.to_string() })?;
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| ClusterError::Kubeconfig {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|e| ClusterError::Kubeconfig { path: path.display().to_string(), message: e.to_string() })?
+                .map_err(|e| ClusterError::Kubeconfig {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?
         }
         Source::InCluster => kube::Config::incluster().map_err(|e| ClusterError::InCluster(e.to_string()))?,
     };
@@ -159,10 +164,14 @@ where
     let (services, services_w) = reflector::store::<K8sService>();
     let (slices, slices_w) = reflector::store::<EndpointSlice>();
     let streams = vec![
-        progress(Kind::Nodes, reflector(nodes_w, watcher(Api::<Node>::all(client.clone()), config.clone())).default_backoff()),
+        progress(
+            Kind::Nodes,
+            reflector(nodes_w, watcher(Api::<Node>::all(client.clone()), config.clone())).default_backoff(),
+        ),
         progress(
             Kind::Services,
-            reflector(services_w, watcher(Api::<K8sService>::all(client.clone()), config.clone())).default_backoff(),
+            reflector(services_w, watcher(Api::<K8sService>::all(client.clone()), config.clone()))
+                .default_backoff(),
         ),
         progress(
             Kind::EndpointSlices,
@@ -228,5 +237,163 @@ where
                 apply(Snapshot { services: services_out, nodes: nodes_out, this_node, skipped }).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod mock;
+
+#[cfg(test)]
+mod tests {
+    use super::mock::MockApi;
+    use super::*;
+    use serde_json::json;
+    use tokio::sync::mpsc;
+
+    const TIMEOUT: Duration = Duration::from_secs(20);
+
+    struct Watching {
+        api: MockApi,
+        snapshots: mpsc::UnboundedReceiver<Snapshot>,
+        status: StatusHandle,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn watching() -> Watching {
+        let api = MockApi::start(&[
+            ("nodes", include_str!("fixtures/nodes.json")),
+            ("services", include_str!("fixtures/services.json")),
+            ("endpointslices", include_str!("fixtures/endpointslices.json")),
+        ])
+        .await;
+        let config = kube::Config::new(api.url().parse().expect("URL"));
+        let client = Client::try_from(config).expect("client");
+        let (tx, snapshots) = mpsc::unbounded_channel();
+        let status = StatusHandle::new("node-a");
+        let task = tokio::spawn(run(client, "node-a".into(), status.clone(), move |s| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(s);
+            }
+        }));
+        Watching { api, snapshots, status, task }
+    }
+
+    impl Watching {
+        /// The next snapshot that satisfies `want`.
+        async fn until(&mut self, what: &str, want: impl Fn(&Snapshot) -> bool) -> Snapshot {
+            let deadline = tokio::time::Instant::now() + TIMEOUT;
+            loop {
+                let next = tokio::time::timeout_at(deadline, self.snapshots.recv()).await;
+                match next {
+                    Ok(Some(s)) if want(&s) => return s,
+                    Ok(Some(_)) => continue,
+                    _ => panic!("no snapshot with {what} within {TIMEOUT:?}; status {:?}", self.status.get()),
+                }
+            }
+        }
+    }
+
+    fn service(s: &Snapshot, name: &str) -> Option<Service> {
+        s.services.iter().find(|x| x.name == name).cloned()
+    }
+
+    fn echo_service() -> serde_json::Value {
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "echo", "namespace": "default", "uid": "e1"},
+            "spec": {"clusterIP": "10.96.7.7", "clusterIPs": ["10.96.7.7"], "type": "ClusterIP",
+                     "ports": [{"name": "tcp", "port": 7, "protocol": "TCP", "targetPort": 7007}]}})
+    }
+
+    fn echo_slice(ready: bool) -> serde_json::Value {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": "echo-abc", "namespace": "default", "uid": "e2",
+                         "labels": {"kubernetes.io/service-name": "echo"}},
+            "endpoints": [{"addresses": ["10.244.1.44"], "conditions": {"ready": ready}, "nodeName": "node-a"}],
+            "ports": [{"name": "tcp", "port": 7007, "protocol": "TCP"}]})
+    }
+
+    /// Initial list, add, modify, delete — each change a new snapshot; a Service and
+    /// its slice added together arrive in one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follows_adds_changes_and_deletes() {
+        let mut w = watching().await;
+        let first = w.until("the recorded cluster", |s| s.services.len() == 5).await;
+        assert_eq!(first.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["node-b"]);
+        assert_eq!(
+            first.this_node.as_ref().and_then(|n| n.pod_cidr).map(|c| c.to_string()).as_deref(),
+            Some("10.244.1.0/24")
+        );
+        assert!(w.status.get().watchers.iter().all(|x| x.synced), "{:?}", w.status.get());
+
+        w.api.apply("services", echo_service());
+        w.api.apply("endpointslices", echo_slice(true));
+        let s = w
+            .until("echo with its endpoint", |s| service(s, "echo").is_some_and(|e| e.endpoints.len() == 1))
+            .await;
+        let echo = service(&s, "echo").expect("echo");
+        assert_eq!(
+            (echo.ports[0].target_port, echo.endpoints[0].ready, echo.endpoints[0].local),
+            (7007, true, true)
+        );
+
+        w.api.apply("endpointslices", echo_slice(false));
+        w.until("echo's endpoint not ready", |s| service(s, "echo").is_some_and(|e| !e.endpoints[0].ready))
+            .await;
+
+        w.api.delete("services", echo_service());
+        w.until("echo gone", |s| service(s, "echo").is_none()).await;
+
+        // A node gets its pod CIDR: it becomes routable.
+        let mut c: serde_json::Value =
+            serde_json::from_str::<serde_json::Value>(include_str!("fixtures/nodes.json")).expect("fixture")
+                ["items"][2]
+                .clone();
+        c["spec"]["podCIDR"] = json!("10.244.3.0/24");
+        c["spec"]["podCIDRs"] = json!(["10.244.3.0/24"]);
+        w.api.apply("nodes", c.clone());
+        w.until("node-c routable", |s| s.nodes.iter().any(|n| n.name == "node-c")).await;
+        w.api.delete("nodes", c);
+        w.until("node-c gone", |s| !s.nodes.iter().any(|n| n.name == "node-c")).await;
+        w.task.abort();
+    }
+
+    /// A watch ended with 410 Gone is relisted, and what it missed is picked up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_that_expires_relists() {
+        let mut w = watching().await;
+        w.until("the recorded cluster", |s| s.services.len() == 5).await;
+        let lists = w.api.lists("services");
+        // kube-dns goes while the watch is not told.
+        w.api.change_silently("services", |objs| {
+            objs.remove("kube-system/kube-dns");
+        });
+        w.api.expire_watches("services");
+        w.until("kube-dns gone after the relist", |s| service(s, "kube-dns").is_none()).await;
+        assert!(w.api.lists("services") > lists, "relisted");
+        w.task.abort();
+    }
+
+    /// The API server goes away: errors are counted, the last snapshot stands (nothing
+    /// is applied, let alone an empty one); back, it is followed again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outage_changes_nothing_and_recovery_resumes() {
+        let mut w = watching().await;
+        w.until("the recorded cluster", |s| s.services.len() == 5).await;
+        w.api.set_down(true);
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while w.status.get().watchers.iter().all(|x| x.errors == 0) {
+            assert!(tokio::time::Instant::now() < deadline, "errors seen: {:?}", w.status.get());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Whatever is applied meanwhile is the last good state.
+        while let Ok(s) = w.snapshots.try_recv() {
+            assert_eq!(s.services.len(), 5, "an outage tears nothing down");
+        }
+        assert!(w.status.get().watchers.iter().any(|x| x.last_error.is_some()));
+        w.api.set_down(false);
+        w.api.apply("services", echo_service());
+        w.until("echo after recovery", |s| service(s, "echo").is_some()).await;
+        w.task.abort();
     }
 }

@@ -80,7 +80,7 @@ pub fn services(
             (_, Some(one)) => vec![one.as_str()],
             _ => vec![],
         };
-        if ips.is_empty() || ips.iter().any(|ip| *ip == "None") {
+        if ips.is_empty() || ips.contains(&"None") {
             skip(&mut skipped, id, "headless: no virtual IP (DNS returns the pods)");
             continue;
         }
@@ -110,7 +110,8 @@ pub fn services(
             let resolved = slices.iter().find_map(|s| {
                 s.ports.as_deref().unwrap_or_default().iter().find_map(|sp| {
                     let same_name = sp.name.clone().unwrap_or_default() == port_name;
-                    let same_proto = sp.protocol.as_deref().unwrap_or("TCP") == p.protocol.as_deref().unwrap_or("TCP");
+                    let same_proto =
+                        sp.protocol.as_deref().unwrap_or("TCP") == p.protocol.as_deref().unwrap_or("TCP");
                     (same_name && same_proto).then_some(sp.port).flatten()
                 })
             });
@@ -244,7 +245,11 @@ pub fn nodes(nodes: &[Node], self_name: &str) -> (Vec<NodeSpec>, Option<SelfNode
 
 /// Drops the nodes that clash with an earlier one (same address, overlapping CIDRs) or
 /// with this node's `local` CIDR, so one misconfigured Node costs only itself.
-pub fn without_conflicts(nodes: Vec<NodeSpec>, local: Ipv4Net, local_ip: Option<Ipv4Addr>) -> (Vec<NodeSpec>, Vec<Skipped>) {
+pub fn without_conflicts(
+    nodes: Vec<NodeSpec>,
+    local: Ipv4Net,
+    local_ip: Option<Ipv4Addr>,
+) -> (Vec<NodeSpec>, Vec<Skipped>) {
     let mut skipped = Vec::new();
     let mut ips: HashSet<Ipv4Addr> = local_ip.into_iter().collect();
     let mut taken: Vec<Ipv4Net> = vec![local];
@@ -288,39 +293,58 @@ mod tests {
         let (svcs, slices, _) = fixtures();
         let (out, skipped) = services(&svcs, &slices, "node-a");
         let names: Vec<String> = out.iter().map(|s| format!("{}/{}", s.namespace, s.name)).collect();
-        assert_eq!(names, ["default/kubernetes", "edge/ingress", "kube-system/kube-dns", "shop/api", "shop/web"]);
+        assert_eq!(
+            names,
+            ["default/kubernetes", "edge/ingress", "kube-system/kube-dns", "shop/api", "shop/web"]
+        );
 
         let dns = &out[2];
         assert_eq!(dns.cluster_ip, Ipv4Addr::new(10, 96, 0, 10));
         assert_eq!(dns.service_type, ServiceType::ClusterIP);
         assert_eq!(dns.ports.len(), 3);
-        assert_eq!((dns.ports[0].protocol, dns.ports[0].port, dns.ports[0].target_port), (Protocol::Udp, 53, 53));
-        assert_eq!(dns.endpoints.iter().map(|e| (e.ip.to_string(), e.local)).collect::<Vec<_>>(), [
-            ("10.244.1.3".to_string(), true),
-            ("10.244.2.4".to_string(), false)
-        ]);
+        assert_eq!(
+            (dns.ports[0].protocol, dns.ports[0].port, dns.ports[0].target_port),
+            (Protocol::Udp, 53, 53)
+        );
+        assert_eq!(
+            dns.endpoints.iter().map(|e| (e.ip.to_string(), e.local)).collect::<Vec<_>>(),
+            [("10.244.1.3".to_string(), true), ("10.244.2.4".to_string(), false)]
+        );
 
         let web = &out[4];
         assert_eq!(web.service_type, ServiceType::NodePort);
         assert_eq!(web.ports.len(), 1, "the SCTP port is not served");
         let http = &web.ports[0];
-        assert_eq!((http.port, http.target_port, http.node_port), (80, 8080, Some(30080)), "named targetPort resolved");
+        assert_eq!(
+            (http.port, http.target_port, http.node_port),
+            (80, 8080, Some(30080)),
+            "named targetPort resolved"
+        );
         assert_eq!((web.session_affinity, web.session_affinity_timeout), (SessionAffinity::ClientIP, 600));
         assert_eq!(web.external_traffic_policy, TrafficPolicy::Local);
         let conditions: Vec<(bool, bool, bool, bool)> =
             web.endpoints.iter().map(|e| (e.ready, e.serving, e.terminating, e.local)).collect();
-        assert_eq!(conditions, [(true, true, false, true), (false, true, true, false), (false, false, false, false)]);
+        assert_eq!(
+            conditions,
+            [(true, true, false, true), (false, true, true, false), (false, false, false, false)]
+        );
 
         let ingress = &out[1];
         assert_eq!(ingress.service_type, ServiceType::NodePort, "a LoadBalancer is served by its NodePorts");
-        assert_eq!((ingress.ports[0].node_port, ingress.internal_traffic_policy), (Some(31443), TrafficPolicy::Local));
+        assert_eq!(
+            (ingress.ports[0].node_port, ingress.internal_traffic_policy),
+            (Some(31443), TrafficPolicy::Local)
+        );
 
         let api = &out[3];
         assert_eq!(api.cluster_ip, Ipv4Addr::new(10, 96, 44, 7), "dual-stack: its IPv4 cluster IP");
         assert_eq!(api.endpoints.len(), 1, "the IPv6 slice is skipped");
 
         let kubernetes = &out[0];
-        assert_eq!((kubernetes.ports[0].target_port, kubernetes.endpoints[0].ip), (6443, Ipv4Addr::new(192, 168, 50, 1)));
+        assert_eq!(
+            (kubernetes.ports[0].target_port, kubernetes.endpoints[0].ip),
+            (6443, Ipv4Addr::new(192, 168, 50, 1))
+        );
 
         let why: BTreeMap<&str, &str> = skipped.iter().map(|s| (s.what.as_str(), s.why)).collect();
         assert!(why["shop/db"].starts_with("headless"));
@@ -352,12 +376,19 @@ mod tests {
         let (others, me, skipped) = nodes(&ns, "node-a");
         assert_eq!(
             me,
-            Some(SelfNode { pod_cidr: Some("10.244.1.0/24".parse().unwrap()), internal_ip: Some(Ipv4Addr::new(192, 168, 50, 1)) })
+            Some(SelfNode {
+                pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
+                internal_ip: Some(Ipv4Addr::new(192, 168, 50, 1))
+            })
         );
         assert_eq!(others.len(), 1);
         let b = &others[0];
         assert_eq!((b.name.as_str(), b.ip), ("node-b", Ipv4Addr::new(192, 168, 50, 2)));
-        assert_eq!(b.pod_cidrs, vec!["10.244.2.0/24".parse::<Ipv4Net>().unwrap()], "the IPv6 CIDR is skipped");
+        assert_eq!(
+            b.pod_cidrs,
+            vec!["10.244.2.0/24".parse::<Ipv4Net>().unwrap()],
+            "the IPv6 CIDR is skipped"
+        );
         assert_eq!(b.vtep_mac, Some("a6:3f:1e:90:7b:22".parse().unwrap()), "flannel's VTEP MAC");
         assert_eq!(skipped, vec![Skipped { what: "node-c".into(), why: "no IPv4 pod CIDR allocated yet" }]);
     }

@@ -229,7 +229,12 @@ impl PortManager {
         self.sync_steered_ports();
         let cut = self.catalog.cut_stale_flows(self.datapath.conntrack());
         let view = self.catalog.view();
-        tracing::info!(services = view.services.len(), generation = view.generation, udp_flows_cut = cut, "services applied");
+        tracing::info!(
+            services = view.services.len(),
+            generation = view.generation,
+            udp_flows_cut = cut,
+            "services applied"
+        );
         if cut > 0
             && let Some(t) = self.catalog.refresh(self.datapath.conntrack())
         {

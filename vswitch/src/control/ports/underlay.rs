@@ -228,7 +228,11 @@ impl PortManager {
         self.overlay.file_nodes = kept;
         self.publish_overlay();
         self.sync_steered_ports();
-        tracing::info!(nodes = self.overlay.file_nodes.len(), generation = self.overlay.generation, "nodes applied");
+        tracing::info!(
+            nodes = self.overlay.file_nodes.len(),
+            generation = self.overlay.generation,
+            "nodes applied"
+        );
     }
 
     pub fn nodes_file(&self) -> Option<&std::path::Path> {
