@@ -62,6 +62,8 @@ pub struct Node {
     pub dir: Scratch,
     pub socket: PathBuf,
     config: PathBuf,
+    /// Extra command-line arguments of vswitchd.
+    args: Vec<String>,
     daemon: Option<Process>,
     runtime: tokio::runtime::Runtime,
 }
@@ -76,6 +78,16 @@ impl Node {
     /// Like [`Node::start`], with `prepare(namespace, prefix)` run in the fresh node
     /// namespace before the daemon starts (e.g. to give it an uplink interface).
     pub fn start_prepared(tag: &str, extra: &str, prepare: impl FnOnce(&Netns, &str)) -> Node {
+        Node::start_with_args(tag, extra, &[], prepare)
+    }
+
+    /// Like [`Node::start_prepared`], with extra vswitchd arguments.
+    pub fn start_with_args(
+        tag: &str,
+        extra: &str,
+        args: &[String],
+        prepare: impl FnOnce(&Netns, &str),
+    ) -> Node {
         let prefix = unique_prefix(tag);
         let ns = Netns::new(&format!("{prefix}n"));
         prepare(&ns, &prefix);
@@ -89,7 +101,7 @@ impl Node {
         );
         std::fs::write(&config, text).expect("config file");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let mut node = Node { prefix, ns, dir, socket, config, daemon: None, runtime };
+        let mut node = Node { prefix, ns, dir, socket, config, args: args.to_vec(), daemon: None, runtime };
         node.launch();
         node
     }
@@ -106,6 +118,7 @@ impl Node {
             .arg(binary("vswitchd", "VSWITCHD_BIN"))
             .arg("--config")
             .arg(&self.config)
+            .args(&self.args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))

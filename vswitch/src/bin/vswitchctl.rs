@@ -203,6 +203,37 @@ async fn run(args: Args) -> Result<(), ClientError> {
             println!("pod ports: {}", s.ports);
             println!("node IP:   {}", s.node_ip.map_or_else(|| "-".into(), |ip| ip.to_string()));
             println!("uplink:    {}", s.uplink.as_deref().unwrap_or("-"));
+            match &s.cluster {
+                None => println!("source:    files (Services and nodes)"),
+                Some(c) => {
+                    println!(
+                        "source:    Kubernetes, as Node {} ({} snapshots applied)",
+                        c.node_name, c.applied
+                    );
+                    println!();
+                    let rows = c
+                        .watchers
+                        .iter()
+                        .map(|w| {
+                            vec![
+                                w.resource.clone(),
+                                if w.synced { "yes".into() } else { "NO".into() },
+                                w.objects.to_string(),
+                                w.events.to_string(),
+                                w.errors.to_string(),
+                                w.last_error.clone().unwrap_or_else(|| "-".into()),
+                            ]
+                        })
+                        .collect();
+                    table(&["WATCHER", "SYNCED", "OBJECTS", "EVENTS", "ERRORS", "LAST ERROR"], rows);
+                    if !c.skipped.is_empty() {
+                        println!("\nnot served:");
+                        for k in &c.skipped {
+                            println!("  {k}");
+                        }
+                    }
+                }
+            }
         }
         Cmd::Ports => {
             let ports = client.ports().await?;

@@ -280,7 +280,8 @@ async fn serve(
                         async move {
                             let m = state.manager.lock().await;
                             let stats = api::api_stats(&m);
-                            let body = metrics::render(&stats, m.pod_count());
+                            let cluster = state.cluster.as_ref().map(|c| c.get());
+                            let body = metrics::render_with(&stats, m.pod_count(), cluster.as_ref());
                             ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
                         }
                     }),

@@ -17,6 +17,11 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// The exposition text for `stats` and the number of attached pod ports.
 pub fn render(stats: &Stats, pod_ports: usize) -> String {
+    render_with(stats, pod_ports, None)
+}
+
+/// [`render`], with cluster mode's watchers.
+pub fn render_with(stats: &Stats, pod_ports: usize, cluster: Option<&vswitch_api::ClusterStatus>) -> String {
     let mut out = String::with_capacity(4096);
     type Field = fn(&vswitch_api::PortStats) -> u64;
     let per_port: [(&str, &str, Field); 4] = [
@@ -93,6 +98,37 @@ pub fn render(stats: &Stats, pod_ports: usize) -> String {
     for w in &stats.workers {
         let _ = writeln!(out, "vswitch_worker_polls_total{{worker=\"{}\"}} {}", w.id, w.polls);
     }
+    if let Some(c) = cluster {
+        type W = fn(&vswitch_api::WatcherStatus) -> u64;
+        let per_watcher: [(&str, &str, &str, W); 4] = [
+            ("vswitch_cluster_watch_synced", "gauge", "1 once the watcher has listed its resource.", |w| {
+                u64::from(w.synced)
+            }),
+            ("vswitch_cluster_watch_objects", "gauge", "Objects in the watcher's store.", |w| {
+                w.objects as u64
+            }),
+            ("vswitch_cluster_watch_events_total", "counter", "Watch events received.", |w| w.events),
+            (
+                "vswitch_cluster_watch_errors_total",
+                "counter",
+                "Watch failures (retried with backoff; tables unchanged).",
+                |w| w.errors,
+            ),
+        ];
+        for (name, kind, help, value) in per_watcher {
+            header(&mut out, name, kind, help);
+            for w in &c.watchers {
+                let _ = writeln!(out, "{name}{{resource=\"{}\"}} {}", label(&w.resource), value(w));
+            }
+        }
+        header(
+            &mut out,
+            "vswitch_cluster_snapshots_applied_total",
+            "counter",
+            "Cluster snapshots applied to the tables.",
+        );
+        let _ = writeln!(out, "vswitch_cluster_snapshots_applied_total {}", c.applied);
+    }
     out
 }
 
@@ -116,7 +152,19 @@ mod tests {
             fdb_entries: 7,
             ..Default::default()
         };
-        let text = render(&stats, 1);
+        let cluster = vswitch_api::ClusterStatus {
+            node_name: "n".into(),
+            watchers: vec![vswitch_api::WatcherStatus {
+                resource: "services".into(),
+                synced: true,
+                errors: 2,
+                ..Default::default()
+            }],
+            applied: 3,
+            skipped: vec![],
+        };
+        let text = render_with(&stats, 1, Some(&cluster));
+        assert!(text.contains("vswitch_cluster_watch_errors_total{resource=\"services\"} 2"));
         assert!(
             text.contains("vswitch_port_rx_packets_total{port=\"3\",name=\"ab\\\"c/eth0\"} 5\n"),
             "{text}"

@@ -1,4 +1,4 @@
-//! A small Kubernetes API server for the watcher tests: lists and watch streams of
+//! A small Kubernetes API server for the watcher tests (and the end-to-end ones): lists and watch streams of
 //! Nodes, Services and EndpointSlices over plain HTTP on loopback, driven by the test
 //! (add, modify, delete, a watch expiring with `410 Gone`, an outage).
 
@@ -104,9 +104,33 @@ async fn serve(resource: &'static str, State(api): State<MockApi>, Query(p): Que
     axum::Json(body).into_response()
 }
 
+/// One Node by name, or the API server's 404.
+async fn node(
+    State(api): State<MockApi>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    let inner = api.inner.lock().expect("mock lock");
+    match inner.resources.get("nodes").and_then(|r| r.objects.get(&format!("/{name}"))) {
+        Some(obj) => axum::Json(obj.clone()).into_response(),
+        None => {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("nodes \"{name}\" not found"), "reason": "NotFound",
+                "details": {"name": name, "kind": "nodes"}, "code": 404});
+            (StatusCode::NOT_FOUND, axum::Json(status)).into_response()
+        }
+    }
+}
+
 impl MockApi {
     /// Starts serving on loopback with `fixtures`: (resource, a List object's JSON).
     pub async fn start(fixtures: &[(&'static str, &str)]) -> MockApi {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback port");
+        MockApi::start_on(listener, fixtures).await
+    }
+
+    /// [`MockApi::start`] on a listener of the caller's (say, bound inside a node's
+    /// network namespace).
+    pub async fn start_on(listener: std::net::TcpListener, fixtures: &[(&'static str, &str)]) -> MockApi {
         let mut api = MockApi::default();
         {
             let mut inner = api.inner.lock().expect("mock lock");
@@ -121,10 +145,12 @@ impl MockApi {
         }
         let app = Router::new()
             .route("/api/v1/nodes", get(|s, q| serve("nodes", s, q)))
+            .route("/api/v1/nodes/{name}", get(node))
             .route("/api/v1/services", get(|s, q| serve("services", s, q)))
             .route("/apis/discovery.k8s.io/v1/endpointslices", get(|s, q| serve("endpointslices", s, q)))
             .with_state(api.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("loopback port");
+        listener.set_nonblocking(true).expect("non-blocking listener");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
         api.addr = Some(listener.local_addr().expect("address"));
         tokio::spawn(async move { axum::serve(listener, app).await.expect("mock API serves") });
         api

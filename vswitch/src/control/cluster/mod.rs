@@ -10,6 +10,14 @@
 
 pub mod translate;
 
+/// The recorded API objects the tests serve (List objects, as `kubectl get -o json`
+/// prints them from a 1.30 API server).
+pub mod fixtures {
+    pub const NODES: &str = include_str!("fixtures/nodes.json");
+    pub const SERVICES: &str = include_str!("fixtures/services.json");
+    pub const ENDPOINT_SLICES: &str = include_str!("fixtures/endpointslices.json");
+}
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -240,8 +248,8 @@ where
     }
 }
 
-#[cfg(test)]
-mod mock;
+/// A mock API server, for this module's tests and the end-to-end tests.
+pub mod mock;
 
 #[cfg(test)]
 mod tests {
