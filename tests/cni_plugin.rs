@@ -53,7 +53,7 @@ impl Cni {
             "name": "k8s-pod-network",
             "type": "vswitch-cni",
             "socket": self.socket,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}]], "dataDir": self.ipam_dir},
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "usePodCidr"}]], "dataDir": self.ipam_dir},
         })
     }
 

@@ -22,6 +22,38 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a single-threaded runtime starts")
 }
 
+/// The subnet placeholder of an `ipam.ranges` entry that stands for this node's pod
+/// CIDR (the convention Calico's host-local use established): one conflist serves every
+/// node of a DaemonSet.
+pub const USE_POD_CIDR: &str = "usePodCidr";
+
+/// `raw` with every `ipam.ranges` subnet `usePodCidr` replaced by vswitchd's pod CIDR.
+/// When the daemon cannot be asked, by a stand-in the IPAM plugin accepts: DEL must
+/// still release by container id, and the other verbs fail on the daemon anyway.
+pub fn with_pod_cidr(conf: &NetConf, raw: &Value) -> Value {
+    let uses = |raw: &Value| {
+        raw.pointer("/ipam/ranges").and_then(Value::as_array).is_some_and(|rs| {
+            rs.iter().flat_map(|r| r.as_array().into_iter().flatten()).any(|r| r["subnet"] == USE_POD_CIDR)
+        })
+    };
+    if !uses(raw) {
+        return raw.clone();
+    }
+    let cidr = runtime()
+        .block_on(Client::new(conf.socket()).with_timeout(std::time::Duration::from_secs(5)).status())
+        .map(|s| s.pod_cidr.to_string())
+        .unwrap_or_else(|_| "192.0.2.0/24".to_string());
+    let mut out = raw.clone();
+    if let Some(ranges) = out.pointer_mut("/ipam/ranges").and_then(Value::as_array_mut) {
+        for range in ranges.iter_mut().filter_map(Value::as_array_mut) {
+            for r in range.iter_mut().filter(|r| r["subnet"] == USE_POD_CIDR) {
+                r["subnet"] = Value::String(cidr.clone());
+            }
+        }
+    }
+    out
+}
+
 fn client(conf: &NetConf) -> Client {
     // Attaching creates kernel devices: milliseconds normally, bounded here so a wedged
     // daemon turns into "try again later" rather than a stuck pod.

@@ -66,6 +66,7 @@ pub fn run(vars: &[(String, String)], stdin: std::io::Result<Vec<u8>>) -> Outcom
         Ok(()) => Outcome { stdout: None, success: true },
         Err(e) => failure(e, &v),
     };
+    let raw = commands::with_pod_cidr(&conf, &raw);
     match env.command.as_str() {
         "ADD" => match commands::add(&conf, &raw, &mut env) {
             Ok(result) => Outcome { stdout: Some(result.to_string()), success: true },
