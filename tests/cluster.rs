@@ -48,6 +48,7 @@ fn services_and_nodes_come_from_the_cluster() {
 
     let status = node.api(|c| async move { c.status().await }).expect("status");
     assert_eq!(status.pod_cidr.to_string(), "10.244.1.0/24", "from the Node object");
+    assert_eq!(status.node_ip, Some(Ipv4Addr::new(192, 168, 50, 1)), "its InternalIP");
     let synced = || {
         node.api(|c| async move { c.status().await })
             .ok()

@@ -59,32 +59,42 @@ async fn configure(
         return Ok((c, None));
     };
     let client = cluster::client(&source).await.map_err(|e| e.to_string())?;
-    let mut cidr = None;
-    if config::pod_cidr_from_cluster(text) {
-        let name = match &node_name {
-            Some(n) => n.clone(),
-            None => {
-                config::parse_with_pod_cidr(text, file, Some("10.0.0.0/24".parse().expect("a CIDR")))
-                    .map_err(|e| e.to_string())?
-                    .node_name
-            }
-        };
-        loop {
-            match cluster::this_node(&client, &name).await {
-                Ok(Some(n)) if n.pod_cidr.is_some() => {
-                    cidr = n.pod_cidr;
-                    tracing::info!(node = %name, pod_cidr = ?cidr, "pod CIDR from the Node object");
-                    break;
-                }
-                Ok(_) => tracing::warn!(node = %name, "the Node has no IPv4 pod CIDR yet; waiting"),
-                Err(e) => tracing::warn!(error = %e, "reading this node's Node; retrying"),
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
+    let name = match &node_name {
+        Some(n) => n.clone(),
+        None => {
+            config::parse_with_pod_cidr(text, file, Some("10.0.0.0/24".parse().expect("a CIDR")))
+                .map_err(|e| e.to_string())?
+                .node_name
         }
+    };
+    let needs_cidr = config::pod_cidr_from_cluster(text);
+    let mut this = None;
+    loop {
+        match cluster::this_node(&client, &name).await {
+            Ok(Some(n)) if n.pod_cidr.is_some() || !needs_cidr => {
+                this = Some(n);
+                break;
+            }
+            Ok(_) if !needs_cidr => break,
+            Ok(_) => tracing::warn!(node = %name, "the Node has no IPv4 pod CIDR yet; waiting"),
+            // Without the need, an unreachable API server does not hold the start up.
+            Err(e) if !needs_cidr => {
+                tracing::warn!(error = %e, "reading this node's Node; going on without it");
+                break;
+            }
+            Err(e) => tracing::warn!(error = %e, "reading this node's Node; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let cidr = if needs_cidr { this.as_ref().and_then(|n| n.pod_cidr) } else { None };
+    if let Some(c) = cidr {
+        tracing::info!(node = %name, pod_cidr = %c, "pod CIDR from the Node object");
     }
     let mut c = config::parse_with_pod_cidr(text, file, cidr).map_err(|e| e.to_string())?;
-    if let Some(n) = node_name {
-        c.node_name = n;
+    c.node_name = name;
+    // The node's address (NodePorts, VXLAN's source) from its InternalIP, unless set.
+    if c.node_ip.is_none() {
+        c.node_ip = this.and_then(|n| n.internal_ip);
     }
     // The cluster is the source of Services and nodes; the files would compete with it.
     c.services_file = None;
