@@ -59,7 +59,12 @@ fn two_pods_talk(backend: Backend) {
     for port in [&a.port, &b.port] {
         let p = stats.ports.iter().find(|p| p.id == port.id).expect("port counted");
         assert!(p.rx_packets > 0 && p.tx_packets > 0);
-        assert_eq!(p.drops.values().sum::<u64>(), 0, "no drops on {}: {:?}", p.name, p.drops);
+        // The one drop allowed: a receiving TAP whose queue the UDP burst filled (the
+        // kernel refuses the write), within the UDP loss budget above.
+        let refused = p.drops.get("tx_failed").copied().unwrap_or(0);
+        assert!(refused * 100 <= p.rx_packets, "tx_failed within 1% on {}: {:?}", p.name, p.drops);
+        let others: u64 = p.drops.iter().filter(|(r, _)| *r != "tx_failed").map(|(_, n)| n).sum();
+        assert_eq!(others, 0, "no other drops on {}: {:?}", p.name, p.drops);
     }
 }
 

@@ -241,7 +241,10 @@ fn common_ipv4(frame: &[u8]) -> Option<FrameMeta> {
         IPPROTO_UDP => {
             let h: &[u8; 8] = l4.first_chunk()?;
             let len = usize::from(u16::from_be_bytes([h[4], h[5]]));
-            if len < 8 || len > l4.len() {
+            // A first fragment's UDP length is the whole datagram's.
+            let first_fragment = flags_offset & 0x2000 != 0;
+            let fits = if first_fragment { len >= l4.len() } else { len <= l4.len() };
+            if len < 8 || !fits {
                 return None;
             }
             L4::Udp { src_port: u16::from_be_bytes([h[0], h[1]]), dst_port: u16::from_be_bytes([h[2], h[3]]) }
@@ -351,7 +354,11 @@ fn parse_ipv4(frame: &[u8], l3: &[u8]) -> Result<Ipv4Meta, DropReason> {
         (0, true) => Fragment::First,
         _ => Fragment::Later,
     };
-    let l4 = if fragment == Fragment::Later { L4::Opaque } else { parse_l4(protocol, payload, true)? };
+    let l4 = if fragment == Fragment::Later {
+        L4::Opaque
+    } else {
+        parse_l4(protocol, payload, true, fragment == Fragment::First)?
+    };
     Ok(Ipv4Meta {
         src: header.source_addr(),
         dst: header.destination_addr(),
@@ -387,7 +394,7 @@ fn parse_ipv6(frame: &[u8], l3: &[u8]) -> Result<Ipv6Meta, DropReason> {
     let l4 = if fragment == Fragment::Later {
         L4::Opaque
     } else {
-        parse_l4(payload.ip_number, payload.payload, false)?
+        parse_l4(payload.ip_number, payload.payload, false, fragment == Fragment::First)?
     };
     Ok(Ipv6Meta {
         src: header.source_addr(),
@@ -400,7 +407,15 @@ fn parse_ipv6(frame: &[u8], l3: &[u8]) -> Result<Ipv6Meta, DropReason> {
     })
 }
 
-fn parse_l4(protocol: IpNumber, l4: &[u8], protocol_is_v4: bool) -> Result<L4, DropReason> {
+/// The transport header at the start of `l4`. In a first fragment (`first_fragment`)
+/// the UDP length covers the whole datagram, so it may exceed what the fragment carries
+/// — but never be shorter.
+fn parse_l4(
+    protocol: IpNumber,
+    l4: &[u8],
+    protocol_is_v4: bool,
+    first_fragment: bool,
+) -> Result<L4, DropReason> {
     match protocol.0 {
         IPPROTO_TCP => {
             use etherparse::err::tcp::{HeaderError, HeaderSliceError};
@@ -410,6 +425,14 @@ fn parse_l4(protocol: IpNumber, l4: &[u8], protocol_is_v4: bool) -> Result<L4, D
             })?;
             let h = tcp.header_slice();
             Ok(L4::Tcp { src_port: tcp.source_port(), dst_port: tcp.destination_port(), flags: h[13] })
+        }
+        IPPROTO_UDP if first_fragment => {
+            let [s0, s1, d0, d1, l0, l1, _, _, ..] = *l4 else { return Err(DropReason::TruncatedUdp) };
+            let len = usize::from(u16::from_be_bytes([l0, l1]));
+            if len < 8 || len < l4.len() {
+                return Err(DropReason::BadUdpLength);
+            }
+            Ok(L4::Udp { src_port: u16::from_be_bytes([s0, s1]), dst_port: u16::from_be_bytes([d0, d1]) })
         }
         IPPROTO_UDP => {
             let udp = UdpSlice::from_slice(l4).map_err(|e| match (e.layer, e.len_source) {
@@ -526,6 +549,32 @@ mod tests {
             FrameSpec::udp(A, B, ip("10.0.0.1"), ip("10.0.0.2"), 1, 2).ipv4_fragment(185, false).build();
         let Net::Ipv4(v4) = parse(&later).unwrap().net else { panic!() };
         assert_eq!((v4.fragment, v4.l4), (Fragment::Later, L4::Opaque));
+    }
+
+    /// The first fragment of a large UDP datagram carries a UDP length longer than
+    /// itself (the whole datagram's): forwarded, not a bad length (found by the hostile
+    /// frames test: fragmented DNS or NFS replies would have been dropped). Shorter than
+    /// the fragment's own payload is still wrong. Both parsers agree.
+    #[test]
+    fn first_fragments_carry_the_whole_datagrams_udp_length() {
+        let frag = FrameSpec::udp(A, B, ip("10.0.0.1"), ip("10.0.0.2"), 1, 2)
+            .payload(&[9; 1000])
+            .ipv4_fragment(0, true)
+            .build();
+        let with_len = |len: u16| {
+            let mut f = frag.clone();
+            f[38..40].copy_from_slice(&len.to_be_bytes());
+            f
+        };
+        for frame in [with_len(4008), with_len(1008)] {
+            let m = parse(&frame).expect("a first fragment parses");
+            assert_eq!(parse_with_etherparse(&frame), Ok(m), "both parsers");
+            let Net::Ipv4(v4) = m.net else { panic!() };
+            assert_eq!((v4.fragment, v4.l4), (Fragment::First, L4::Udp { src_port: 1, dst_port: 2 }));
+        }
+        assert_eq!(parse(&with_len(500)), Err(DropReason::BadUdpLength));
+        assert_eq!(parse_with_etherparse(&with_len(500)), Err(DropReason::BadUdpLength));
+        assert_eq!(parse(&with_len(4)), Err(DropReason::BadUdpLength));
     }
 
     #[test]
