@@ -155,6 +155,17 @@ impl Node {
             .unwrap_or(0)
     }
 
+    /// The daemon's resident memory in KiB (VmRSS).
+    pub fn daemon_rss_kib(&self) -> u64 {
+        let pid = self.daemon.as_ref().expect("daemon running").pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS")
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
