@@ -356,31 +356,38 @@ fn gc_removes_what_is_not_listed_and_only_that() {
 }
 
 #[test]
-fn twenty_parallel_adds_get_distinct_addresses_and_leave_nothing() {
+fn fifty_concurrent_adds_and_dels_keep_addresses_distinct_and_leak_nothing() {
     let node = Node::start("e2c", "");
     let cni = Cni::new(&node);
-    let pods: Vec<Netns> = (0..20).map(|i| pod(&node, &format!("p{i}"))).collect();
-    let results: Vec<Value> = std::thread::scope(|s| {
-        let handles: Vec<_> = pods
-            .iter()
-            .enumerate()
-            .map(|(i, ns)| {
-                s.spawn({
-                    let cni = &cni;
-                    move || cni.add(&format!("par{i}"), ns)
-                })
-            })
-            .collect();
+    let pods: Vec<Netns> = (0..50).map(|i| pod(&node, &format!("p{i}"))).collect();
+    let add = |i: usize| cni.add(&format!("par{i}"), &pods[i]);
+    // The first 25 at once.
+    let first: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..25).map(|i| s.spawn(move || add(i))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let addrs: BTreeSet<&str> = results.iter().map(|r| r["ips"][0]["address"].as_str().unwrap()).collect();
-    assert_eq!(addrs.len(), 20, "distinct addresses");
-    assert_eq!(cni.pod_ports().len(), 20);
-    assert_eq!(cni.allocations().len(), 20);
+    let addrs: BTreeSet<String> = first.iter().map(|r| r["ips"][0]["address"].as_str().unwrap().to_string()).collect();
+    assert_eq!(addrs.len(), 25, "distinct addresses");
+    // The other 25 added while the first 25 are deleted, all at once.
+    let second: Vec<Value> = std::thread::scope(|s| {
+        for i in 0..25 {
+            let (cni, pods) = (&cni, &pods);
+            s.spawn(move || cni.del(&format!("par{i}"), &pods[i]));
+        }
+        let handles: Vec<_> = (25..50).map(|i| s.spawn(move || add(i))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let live: BTreeSet<String> = second.iter().map(|r| r["ips"][0]["address"].as_str().unwrap().to_string()).collect();
+    assert_eq!(live.len(), 25, "distinct addresses among the live pods");
+    let ports = cni.pod_ports();
+    assert_eq!(ports.len(), 25, "the ports are exactly the pods that exist");
+    let port_ips: BTreeSet<String> = ports.iter().map(|p| p.ips[0].to_string()).collect();
+    assert_eq!(port_ips, live, "and hold their addresses");
+    assert_eq!(cni.allocations().len(), 25);
     std::thread::scope(|s| {
-        for (i, ns) in pods.iter().enumerate() {
-            let cni = &cni;
-            s.spawn(move || cni.del(&format!("par{i}"), ns));
+        for i in 25..50 {
+            let (cni, pods) = (&cni, &pods);
+            s.spawn(move || cni.del(&format!("par{i}"), &pods[i]));
         }
     });
     assert!(cni.pod_ports().is_empty(), "no port left");
