@@ -286,16 +286,20 @@ fn failures_have_the_spec_codes_and_undo_everything() {
     assert_eq!(cni.pod_ports().len(), 1, "only c2's port");
 
     // The daemon gone: ADD says "try again later" (11) and allocates nothing; STATUS
-    // says "not available" (50); DEL does not pretend (11).
+    // says "not available" (50); DEL succeeds, deleting the pod's interface and
+    // releasing its address itself, and the restarted daemon drops the port.
     node.stop();
     let fresh = pod(&node, "z");
     assert_eq!(cni.call("ADD", "c4", &path(&fresh), &conf, &[]).code(), 11);
-    assert!(cni.allocations().is_empty());
+    assert!(cni.allocations().is_empty(), "nothing allocated (c2's address is static)");
     assert_eq!(cni.call("STATUS", "", "", &conf, &[]).code(), 50);
-    assert_eq!(cni.call("DEL", "c2", &p, &fixed, &[]).code(), 11);
+    let del = cni.call("DEL", "c2", &p, &fixed, &[]);
+    assert!(del.ok, "DEL succeeds without the daemon: {}", del.out);
+    assert!(ns.run(&["ip", "link", "show", "eth0"]).status.code() != Some(0), "interface deleted");
+    assert!(cni.call("DEL", "c2", &p, &fixed, &[]).ok, "and again");
     node.restart();
+    assert!(cni.pod_ports().is_empty(), "the restarted daemon dropped the port");
     assert!(cni.call("DEL", "c2", &p, &fixed, &[]).ok);
-    assert!(cni.pod_ports().is_empty());
 }
 
 #[test]
@@ -366,7 +370,8 @@ fn fifty_concurrent_adds_and_dels_keep_addresses_distinct_and_leak_nothing() {
         let handles: Vec<_> = (0..25).map(|i| s.spawn(move || add(i))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let addrs: BTreeSet<String> = first.iter().map(|r| r["ips"][0]["address"].as_str().unwrap().to_string()).collect();
+    let addrs: BTreeSet<String> =
+        first.iter().map(|r| r["ips"][0]["address"].as_str().unwrap().to_string()).collect();
     assert_eq!(addrs.len(), 25, "distinct addresses");
     // The other 25 added while the first 25 are deleted, all at once.
     let second: Vec<Value> = std::thread::scope(|s| {
@@ -377,7 +382,8 @@ fn fifty_concurrent_adds_and_dels_keep_addresses_distinct_and_leak_nothing() {
         let handles: Vec<_> = (25..50).map(|i| s.spawn(move || add(i))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let live: BTreeSet<String> = second.iter().map(|r| r["ips"][0]["address"].as_str().unwrap().to_string()).collect();
+    let live: BTreeSet<String> =
+        second.iter().map(|r| r["ips"][0]["address"].as_str().unwrap().to_string()).collect();
     assert_eq!(live.len(), 25, "distinct addresses among the live pods");
     let ports = cni.pod_ports();
     assert_eq!(ports.len(), 25, "the ports are exactly the pods that exist");

@@ -136,14 +136,29 @@ pub fn add(conf: &NetConf, raw: &Value, env: &mut CniEnv) -> Result<Value, CniEr
 }
 
 /// DEL: have vswitchd remove the port and interface, release the addresses. Succeeds
-/// when everything is already gone (and with an empty or vanished `CNI_NETNS`).
+/// when everything is already gone (and with an empty or vanished `CNI_NETNS`), and when
+/// vswitchd cannot be reached: the pod's interface is then deleted here, and the daemon
+/// drops the port when it sees the pod gone (or at its next start), as a runtime whose
+/// DEL keeps failing would leave the pod stuck terminating.
 pub fn del(conf: &NetConf, raw: &Value, env: &mut CniEnv) -> Result<(), CniError> {
     conf.validate_for_attachment()?;
     env.validate(false)?;
     let rt = runtime();
     // Detach first: releasing the address while the port still holds it would let
     // another pod get it and be refused.
-    rt.block_on(client(conf).detach(&env.container_id, &env.ifname)).map_err(|e| from_client("DEL", e))?;
+    match rt.block_on(client(conf).detach(&env.container_id, &env.ifname)) {
+        Ok(_) => {}
+        Err(
+            e @ (vswitch_api::ClientError::Unreachable { .. } | vswitch_api::ClientError::Timeout { .. }),
+        ) => {
+            let deleted = !env.netns.is_empty() && pod::delete_interface(Path::new(&env.netns), &env.ifname);
+            eprintln!(
+                "vswitch-cni: DEL: vswitchd is not reachable ({e}); {} and releasing the addresses",
+                if deleted { "deleted the pod's interface" } else { "no pod interface left" }
+            );
+        }
+        Err(e) => return Err(from_client("DEL", e)),
+    }
     Ipam::new(conf.ipam_type(), env, raw)?.del(None)
 }
 

@@ -32,6 +32,15 @@ fn open(path: &Path) -> Result<Netns, CniError> {
     })
 }
 
+/// Deletes `ifname` in the namespace at `netns`, if both still exist: what DEL can do
+/// itself when vswitchd cannot be asked (a TAP's or veth's port then goes when the
+/// daemon sees the pod gone). Best effort: returns whether an interface was deleted.
+pub fn delete_interface(netns: &Path, ifname: &str) -> bool {
+    let Ok(ns) = Netns::open(netns) else { return false };
+    let ifname = ifname.to_string();
+    in_netns(&ns, |nl| async move { nl.delete_by_name(&ifname).await }).unwrap_or(false)
+}
+
 /// Adds `addresses` to `ifname` in the namespace at `netns`, then `routes`.
 pub fn configure(
     netns: &Path,

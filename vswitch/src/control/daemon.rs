@@ -133,6 +133,9 @@ const WATCH_SETTLE: Duration = Duration::from_millis(200);
 /// Housekeeping rounds (seconds) between looks at the nodes' next hops on the uplink.
 const NEXT_HOP_REFRESH_ROUNDS: u64 = 2;
 
+/// Housekeeping rounds (seconds) between looks for pods gone without a detach.
+const VANISHED_POD_ROUNDS: u64 = 5;
+
 /// What a watched file feeds.
 type Apply = fn(&mut PortManager, Option<String>) -> Result<bool, ConfigError>;
 
@@ -312,6 +315,9 @@ async fn serve(
                 }
                 if round % NEXT_HOP_REFRESH_ROUNDS == 0 {
                     m.refresh_next_hops().await;
+                }
+                if round % VANISHED_POD_ROUNDS == 0 {
+                    m.reap_vanished().await;
                 }
                 drop(m);
                 if done != Default::default() {

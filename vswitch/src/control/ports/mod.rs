@@ -739,6 +739,51 @@ impl PortManager {
         Ok(true)
     }
 
+    /// Removes the ports of pods that went away without a detach (their network
+    /// namespace is gone, or an AF_XDP port's veth): the pod was killed while no DEL
+    /// could reach us. Nothing is left to delete; the counters of the port stay.
+    /// Returns how many went.
+    pub async fn reap_vanished(&mut self) -> usize {
+        let mut gone = Vec::new();
+        for p in self.pods.values() {
+            let netns_gone = matches!(
+                Netns::open(&p.saved.netns),
+                Err(NetnsError::NotFound(_) | NetnsError::NotANamespace(_))
+            );
+            let veth_gone = match &p.saved.host_ifname {
+                Some(host) => matches!(self.netlink.link(host).await, Ok(None)),
+                None => false,
+            };
+            if netns_gone || veth_gone {
+                gone.push(p.saved.id);
+            }
+        }
+        for id in &gone {
+            self.builder.remove_port(*id);
+        }
+        if gone.is_empty() {
+            return 0;
+        }
+        self.publish_or_log();
+        for id in &gone {
+            let port = self.pods.remove(id).expect("listed above");
+            if port.saved.backend == Backend::Afxdp {
+                for w in &port.workers {
+                    self.xsk_load[*w] = self.xsk_load[*w].saturating_sub(1);
+                }
+            }
+            self.remove_queues(*id, &port.workers, false);
+            tracing::warn!(
+                port = id, container = %port.saved.container_id, ifname = %port.saved.ifname,
+                netns = %port.saved.netns.display(), "pod gone without a detach: port removed"
+            );
+        }
+        if let Err(e) = self.save_state() {
+            tracing::error!(error = %e, "saving state after removing vanished ports");
+        }
+        gone.len()
+    }
+
     // ---- restart ------------------------------------------------------------------
 
     /// Re-attaches the ports of a previous run. A port whose namespace or interface is
