@@ -48,3 +48,63 @@ fn pods_gone_without_a_detach_are_reaped() {
     let d = node.pod("d", ip(2), Backend::Tap);
     assert!(d.ping(c.ip, 2), "a new pod with the vanished pod's address");
 }
+
+/// SIGKILL under a long-lived TCP connection through a Service: conntrack is in memory
+/// and gone with the daemon, but the connection survives — the client's next packet
+/// starts a new entry and Maglev, hashing the same 5-tuple over the same endpoints,
+/// picks the same endpoint. (A packet the endpoint sends first after the restart is not
+/// translated back: see docs/RELIABILITY.md.)
+#[test]
+fn a_connection_through_a_service_survives_a_sigkill() {
+    let files = vswitch_e2e::Scratch::new(&testbed::unique_prefix("skf"));
+    let services = files.0.join("services.toml");
+    let eps = (11..=13).map(|h| format!("{{ ip = \"{}\" }}", ip(h))).collect::<Vec<_>>().join(", ");
+    std::fs::write(
+        &services,
+        format!("[[service]]\nname = \"svc\"\ncluster_ip = \"10.96.0.60\"\nports = [{{ port = 80, target_port = 8080 }}]\nendpoints = [{eps}]\n"),
+    )
+    .unwrap();
+    let mut node = Node::start("skl", &format!("[services]\nfile = {:?}\n", services.display().to_string()));
+    let tool = |name: &str| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name).display().to_string();
+    let endpoints: Vec<_> = (11..=13u8).map(|h| node.pod(&format!("e{h}"), ip(h), Backend::Tap)).collect();
+    let _servers: Vec<_> = endpoints
+        .iter()
+        .map(|e| {
+            e.ns.spawn(&[
+                "/usr/bin/python3",
+                &tool("svc_tool.py"),
+                "serve",
+                &e.ip.to_string(),
+                "8080",
+                "5353",
+            ])
+        })
+        .collect();
+    for e in &endpoints {
+        assert!(wait_until(Duration::from_secs(5), || e.ns.ok(&["ss", "-ltn"]).contains(":8080")));
+    }
+    assert!(wait_until(Duration::from_secs(10), || node.ctl(&["services"]).contains("10.96.0.60")));
+    let client = node.pod("cl", ip(20), Backend::Tap);
+    let dir = files.0.join("hold");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut held = client.ns.spawn(&[
+        "/usr/bin/python3",
+        &tool("flood_tool.py"),
+        "hold",
+        "10.96.0.60",
+        "80",
+        &dir.display().to_string(),
+    ]);
+    assert!(wait_until(Duration::from_secs(10), || dir.join("held").exists()));
+    let served_by = std::fs::read_to_string(dir.join("held")).unwrap();
+    node.crash();
+    node.restart();
+    assert!(wait_until(Duration::from_secs(10), || node.ctl(&["services"]).contains("10.96.0.60")));
+    assert_eq!(node.stats().conntrack_entries, 0, "conntrack did not survive the crash");
+    std::fs::write(dir.join("go"), "").unwrap();
+    held.wait_output(Duration::from_secs(15)).expect("the client finishes");
+    let answer = std::fs::read_to_string(dir.join("answer")).unwrap();
+    let endpoint = served_by.split_whitespace().next().unwrap().to_string();
+    assert_eq!(answer, format!("{endpoint} again"), "the same endpoint answers after the restart");
+    assert_eq!(node.stats().conntrack_entries, 1, "the flow's entry rebuilt from its next packet");
+}
