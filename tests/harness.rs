@@ -155,6 +155,11 @@ impl Node {
             .unwrap_or(0)
     }
 
+    /// The daemon's process id.
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().expect("daemon running").pid()
+    }
+
     /// The daemon's resident memory in KiB (VmRSS).
     pub fn daemon_rss_kib(&self) -> u64 {
         let pid = self.daemon.as_ref().expect("daemon running").pid();
