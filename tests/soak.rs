@@ -41,7 +41,8 @@ fn pod_and_endpoint_churn_under_traffic() {
     let a = node.pod("a", ip(2), Backend::Tap);
     let b = node.pod("b", ip(3), Backend::Tap);
     assert!(a.ping(b.ip, 2));
-    let mut talk = a.ns.spawn(&["ping", "-i", "0.1", "-w", &(secs + 2).to_string(), &b.ip.to_string()]);
+    // Quiet: ten lines a second for minutes would fill the pipe and stall ping.
+    let mut talk = a.ns.spawn(&["ping", "-q", "-i", "0.1", "-w", &(secs + 2).to_string(), &b.ip.to_string()]);
 
     let (fds0, rss0) = (fds(pid), node.daemon_rss_kib());
     let mut rss = Vec::new();
@@ -52,7 +53,7 @@ fn pod_and_endpoint_churn_under_traffic() {
     let mut tick = 0u64;
     while started.elapsed() < Duration::from_secs(secs) {
         // A pod in (TAP and AF_XDP in turn), and the oldest out once five are up.
-        let backend = if tick % 2 == 0 { Backend::Tap } else { Backend::Afxdp };
+        let backend = if tick.is_multiple_of(2) { Backend::Tap } else { Backend::Afxdp };
         let host = next_host;
         next_host = if next_host >= 250 { 100 } else { next_host + 1 };
         let pod = node.pod(&format!("c{host}"), ip(host), backend);
@@ -64,11 +65,11 @@ fn pod_and_endpoint_churn_under_traffic() {
             assert!(node.api(|c| async move { c.detach(&cid, "eth0").await }).expect("detach").existed);
             drop(old);
         }
-        if tick % 2 == 0 {
+        if tick.is_multiple_of(2) {
             let hosts: Vec<u8> = live.iter().map(|(_, h)| *h).take(3).collect();
             write_services(&hosts);
         }
-        if tick % 5 == 0 {
+        if tick.is_multiple_of(5) {
             rss.push(node.daemon_rss_kib());
         }
         tick += 1;
@@ -94,10 +95,16 @@ fn pod_and_endpoint_churn_under_traffic() {
     assert!(fds1 <= fds0 + 5 * 8, "fds: {fds0} → {fds1} with {} pods live", live.len());
     assert!(grown < 48 * 1024, "RSS {rss0} → {rss1} KiB, samples {rss:?}");
     let stats = node.stats();
+    // Explained: floods with no one to reach, frames in flight to a port being detached
+    // (its queue refusing them, or the port gone from the tables) — a few per detach.
+    let detached = u64::from(made) - live.len() as u64;
     let unexplained: Vec<(String, u64)> = stats
         .drops
         .iter()
-        .filter(|(r, n)| **n > 0 && !["no_flood_targets", "unknown_ingress_port", "egress_port_gone"].contains(&r.as_str()))
+        .filter(|(r, n)| {
+            let churn = ["unknown_ingress_port", "egress_port_gone", "tx_failed"].contains(&r.as_str());
+            **n > 0 && r.as_str() != "no_flood_targets" && !(churn && **n <= detached * 4)
+        })
         .map(|(r, n)| (r.clone(), *n))
         .collect();
     assert!(unexplained.is_empty(), "unexplained drops: {unexplained:?}");

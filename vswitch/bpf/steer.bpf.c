@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // The uplink's XDP program: hands the switch the frames it serves on the node's
-// address — IPv4 TCP/UDP to a port in `ports` (NodePorts; later the VXLAN port), and
-// ICMP errors about such a flow — and passes everything else to the kernel untouched.
+// address — IPv4 TCP/UDP to a port in `ports` (NodePorts, the VXLAN port), and ICMP
+// errors about such a flow — and passes everything else to the kernel untouched. On a
+// pod's veth (`all` set) it hands the switch every frame.
 // A frame is redirected to the AF_XDP socket of the queue it arrived on; a queue
 // without a socket (daemon stopped or restarting) passes it to the kernel instead.
 
@@ -30,6 +31,7 @@ struct {
 
 struct steer_config {
 	__be32 node_ip;
+	__u32 all;
 };
 
 struct {
@@ -50,15 +52,19 @@ int vswitch_steer(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct steer_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	if (cfg->all)
+		return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return XDP_PASS;
 	struct iphdr *ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > end || ip->ihl < 5)
 		return XDP_PASS;
-	__u32 zero = 0;
-	struct steer_config *cfg = bpf_map_lookup_elem(&config, &zero);
-	if (!cfg || ip->daddr != cfg->node_ip)
+	if (ip->daddr != cfg->node_ip)
 		return XDP_PASS;
 	// Fragments carry no ports past the first: all of them go to the kernel.
 	if (ip->frag_off & bpf_htons(0x3fff))

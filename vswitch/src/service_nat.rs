@@ -421,8 +421,14 @@ fn icmp_error(
     if seen.dst_port != want.dst_port {
         rewrite_port(data, inner_l4 + 2, want.dst_port, &port_sums);
     }
+    // Through the gateway, or in from the uplink: a routed hop, as for any packet.
+    let gateway = ctx.tables.segment(port.segment).and_then(|s| s.config.gateway);
+    let routed = port.kind == PortKind::Uplink || gateway.is_some_and(|g| g.mac == meta.dst_mac);
     {
         let mut p = Ipv4Mut::new(data, meta.l3_offset, ip);
+        if routed && !p.decrement_ttl() {
+            return drop(DropReason::TtlExpired);
+        }
         p.set_destination(outer_dst);
         if let Some(src) = outer_src {
             p.set_source(src);
@@ -786,6 +792,7 @@ mod tests {
         let [(1, f)] = back.as_slice() else { panic!("{back:?}") };
         let v4 = assert_valid(f);
         assert_eq!((v4.src, v4.dst), (VIP, ip(2)), "from the VIP");
+        assert_eq!(v4.ttl, 64, "sent to the client's MAC directly: not a routed hop");
         let quoted = &f[14 + 28..];
         assert_eq!(checksum::checksum(&quoted[..20]), 0, "the quoted IP header's checksum still verifies");
         assert_eq!(

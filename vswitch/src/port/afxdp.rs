@@ -1,7 +1,9 @@
 //! AF_XDP ports: an XSK socket (`xsk-rs`) bound to the host end of a pod's veth pair.
 //!
 //! The pod's end of the pair is its interface; frames it sends arrive on the host end,
-//! where libxdp's default XDP program redirects every frame of queue 0 into our socket.
+//! where our XDP program ([`SteeringProgram`] in its redirect-everything mode) hands
+//! every frame of queue 0 to our socket. (Not libxdp's default program: closing a
+//! socket that used it leaks a BPF map fd.)
 //! On veth the kernel offers copy mode only, so each frame is copied once between the
 //! socket's UMEM and a pool buffer; the rings themselves are batched (one `consume` or
 //! `produce` per batch, no syscall on receive).
@@ -15,8 +17,7 @@
 //!
 //! Traps of this kernel handled here: a stale XDP program on the interface is detached
 //! by the control plane before binding; libxdp's multi-program dispatcher needs bpffs,
-//! which is not mounted by default, so [`prepare_process`] tells libxdp to attach the
-//! program directly.
+//! which is not mounted by default, so [`prepare_process`] tells libxdp not to use it.
 
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -29,9 +30,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::time::{Duration, Instant};
 
-use xsk_rs::config::{
-    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags,
-};
+use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 use super::steer::SteeringProgram;
@@ -104,19 +103,13 @@ pub struct XskQueue {
     /// (down, unregistered) stops counting as busy after [`STALL`].
     last_completion: Instant,
     label: String,
+    /// A pod veth's own XDP program, detached when the socket is gone (last field:
+    /// dropped after the socket).
+    program: Option<SteeringProgram>,
 }
 
 /// How long frames in flight keep a worker awake without any completing.
 const STALL: Duration = Duration::from_millis(50);
-
-fn socket_config(flags: XdpFlags) -> SocketConfig {
-    SocketConfig::builder()
-        .rx_queue_size(QueueSize::new(RING).expect("a power of two"))
-        .tx_queue_size(QueueSize::new(RING).expect("a power of two"))
-        .xdp_flags(flags)
-        .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
-        .build()
-}
 
 /// A socket for an interface whose XDP program is ours ([`SteeringProgram`]): libxdp
 /// loads nothing.
@@ -130,24 +123,16 @@ fn steered_socket_config() -> SocketConfig {
 }
 
 impl XskQueue {
-    /// Binds a socket to queue 0 of `ifname` (in the calling thread's namespace),
-    /// attaching libxdp's redirect program in `mode`.
+    /// Binds a socket to queue 0 of `ifname` (in the calling thread's namespace), with
+    /// our XDP program (in `mode`) steering every frame to it. Not libxdp's own program:
+    /// libxdp leaks a map fd each time a socket using it is closed, one per detached
+    /// pod (found by the soak test).
     pub fn open(ifname: &str, mode: XdpMode) -> Result<XskQueue, SysError> {
-        let attempts: &[XdpFlags] = match mode {
-            XdpMode::Auto => &[XdpFlags::XDP_FLAGS_DRV_MODE, XdpFlags::XDP_FLAGS_SKB_MODE],
-            XdpMode::Native => &[XdpFlags::XDP_FLAGS_DRV_MODE],
-            XdpMode::Generic => &[XdpFlags::XDP_FLAGS_SKB_MODE],
-        };
-        let mut last = None;
-        for flags in attempts {
-            // A fresh UMEM each time: a failed bind leaves libxdp's context of the old one
-            // holding the queue.
-            match Self::open_with(ifname, 0, socket_config(*flags), &format!("{flags:?}")) {
-                Ok(q) => return Ok(q),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("at least one attempt"))
+        let program = SteeringProgram::attach(ifname, mode)?;
+        program.set_redirect_all()?;
+        let mut q = Self::open_steered(&program, 0)?;
+        q.program = Some(program);
+        Ok(q)
     }
 
     /// Binds a socket to queue `queue` of the interface `program` is attached to and
@@ -202,6 +187,7 @@ impl XskQueue {
             in_flight: 0,
             last_completion: Instant::now(),
             label: ifname.to_string(),
+            program: None,
         })
     }
 

@@ -157,8 +157,15 @@ impl SteeringProgram {
 
     /// The node address whose ports are steered.
     pub fn set_node_ip(&self, ip: Ipv4Addr) -> Result<(), SysError> {
-        // struct steer_config { __be32 node_ip; }: the address in network order.
-        self.update(self.config, "setting the node address", &0u32, &ip.octets())
+        // struct steer_config { __be32 node_ip; __u32 all; }: the address in network order.
+        let o = ip.octets();
+        self.update(self.config, "setting the node address", &0u32, &[o[0], o[1], o[2], o[3], 0, 0, 0, 0])
+    }
+
+    /// Steers every frame to the sockets: the program of a pod's veth.
+    pub fn set_redirect_all(&self) -> Result<(), SysError> {
+        let all = 1u32.to_ne_bytes();
+        self.update(self.config, "steering every frame", &0u32, &[0, 0, 0, 0, all[0], all[1], all[2], all[3]])
     }
 
     /// Makes `ports` ((protocol, port) pairs) exactly the steered ones.
