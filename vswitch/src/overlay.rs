@@ -26,7 +26,7 @@ use crate::maglev::flow_hash;
 use crate::pipeline::{StageContext, Verdict};
 use crate::stats::EventCounters;
 use crate::tables::{PortEntry, PortId, PortKind, SegmentId, Tables};
-use crate::wire::icmp::{self, IcmpError};
+use crate::wire::icmp;
 use crate::wire::ipv4::Ipv4Mut;
 use crate::wire::{self, FrameMeta, Ipv4Meta, L4, MacAddr, Net, ethernet, vxlan};
 
@@ -467,22 +467,16 @@ pub fn fragmentation_needed(
     meta: &FrameMeta,
     ip: &Ipv4Meta,
 ) -> ControlFlow<Verdict> {
-    let l3 = usize::from(meta.l3_offset);
-    let mut quoted = [0u8; icmp::MAX_ERROR_IP_LEN - 28];
-    let ip_len = usize::from(ip.total_len).min(frame.len() - l3).min(quoted.len());
-    quoted[..ip_len].copy_from_slice(&frame.data()[l3..l3 + ip_len]);
-    let err = IcmpError {
-        eth_src: meta.dst_mac,
-        eth_dst: meta.src_mac,
-        src_ip: if port.kind == PortKind::Pod { ov.settings.gateway_ip } else { ip.dst },
-        dst_ip: ip.src,
-        icmp_type: icmp::TYPE_DEST_UNREACHABLE,
-        code: icmp::CODE_FRAGMENTATION_NEEDED,
-        next_hop_mtu: ov.inner_mtu(),
-    };
-    let len = icmp::write_error(frame.spare_mut(), &err, &quoted[..ip_len]);
-    frame.set_len(len);
-    frame.offload = crate::frame::Offload::NONE;
+    let from = if port.kind == PortKind::Pod { ov.settings.gateway_ip } else { ip.dst };
+    icmp::reply_in_place(
+        frame,
+        meta,
+        ip,
+        from,
+        icmp::TYPE_DEST_UNREACHABLE,
+        icmp::CODE_FRAGMENTATION_NEEDED,
+        ov.inner_mtu(),
+    );
     events.frag_needed_sent.inc();
     ControlFlow::Break(Verdict::Forward(port.id))
 }
@@ -590,20 +584,8 @@ mod tests {
             for i in 1..=3u8 {
                 b.add_port(pod(u16::from(i), [10, 244, 1, i + 1])).unwrap();
             }
-            b.add_port(PortEntry {
-                id: UNDERLAY,
-                name: "underlay".into(),
-                kind: PortKind::Uplink,
-                segment: 1,
-                mac: None,
-                ipv4: vec![],
-                ipv6: vec![],
-                port_security: false,
-                mtu: 1500,
-                tx_workers: WorkerSet::single(0),
-                offloads: false,
-            })
-            .unwrap();
+            b.add_port(PortEntry::uplink(UNDERLAY, "underlay".into(), 1, 1500, WorkerSet::single(0)))
+                .unwrap();
             let nodes = [node("b", 2, "10.244.2.0/24")];
             b.set_overlay(Arc::new(OverlayTable::build(settings(), Some(UNDERLAY), &nodes).unwrap()));
             let svc = ServiceTable::build(
@@ -625,15 +607,7 @@ mod tests {
         fn send_frame(&mut self, ingress: PortId, frame: Frame) -> Vec<(PortId, Vec<u8>)> {
             let mut batch = vec![frame];
             self.pipeline.process(&self.tables, ingress, 10, &mut batch, &mut self.pool, &mut self.out);
-            let mut sent = Vec::new();
-            let pool = &mut self.pool;
-            self.out.flush(|port, frames| {
-                for f in frames.drain(..) {
-                    sent.push((port, f.data().to_vec()));
-                    pool.put(f);
-                }
-            });
-            sent
+            self.out.take_sent(&mut self.pool)
         }
 
         fn send(&mut self, ingress: PortId, frame: &[u8]) -> Vec<(PortId, Vec<u8>)> {

@@ -126,6 +126,19 @@ impl TxBatches {
     pub fn is_empty(&self) -> bool {
         self.touched.is_empty()
     }
+
+    /// For tests: every waiting frame's port and bytes, the buffers back in `pool`.
+    #[cfg(test)]
+    pub(crate) fn take_sent(&mut self, pool: &mut FramePool) -> Vec<(PortId, Vec<u8>)> {
+        let mut sent = Vec::new();
+        self.flush(|port, frames| {
+            for f in frames.drain(..) {
+                sent.push((port, f.data().to_vec()));
+                pool.put(f);
+            }
+        });
+        sent
+    }
 }
 
 /// The state all workers' pipelines share: what the data path itself writes.
@@ -306,7 +319,7 @@ fn dispatch(
 fn to_overlay(
     tables: &Tables,
     stats: &WorkerStats,
-    mut frame: Frame,
+    frame: Frame,
     node: crate::overlay::NodeIndex,
     entropy: u16,
     pool: &mut FramePool,
@@ -323,36 +336,14 @@ fn to_overlay(
             None => return Err((frame, DropReason::OverlayNoUnderlay)),
         },
     };
-    let encap = |stats: &WorkerStats, mut f: Frame, pool: &mut FramePool, out: &mut TxBatches| {
+    finish_in_software(stats, frame, pool, |mut f, pool| {
         if !overlay::encapsulate(ov, remote, entropy, macs, &mut f) || f.len() > egress.max_frame_len() {
             stats.count_drop(f.ingress, DropReason::OverlayMtuExceeded);
             return pool.put(f);
         }
         stats.events.overlay_encapsulated.inc();
         enqueue(stats, egress, f, pool, out);
-    };
-    if frame.offload.is_gso() {
-        let off = frame.offload;
-        let segments = offload::segment_count(frame.data(), &off);
-        for i in 0..segments {
-            let mut seg = pool.get_fitting(usize::from(off.segment_len));
-            let len = offload::write_segment(frame.data(), &off, i, seg.spare_mut());
-            seg.set_len(len);
-            seg.ingress = frame.ingress;
-            encap(stats, seg, pool, out);
-        }
-        stats.events.gso_segmented.inc();
-        stats.events.gso_segments.add(segments as u64);
-        pool.put(frame);
-        return Ok(());
-    }
-    if frame.offload.is_pending() {
-        let mut off = frame.offload;
-        offload::complete_checksum(frame.data_mut(), &mut off);
-        frame.offload = off;
-        stats.events.checksums_completed.inc();
-    }
-    encap(stats, frame, pool, out);
+    });
     Ok(())
 }
 
@@ -371,31 +362,43 @@ fn emit(stats: &WorkerStats, egress: &PortEntry, frame: Frame, pool: &mut FrameP
 fn finish_offloads(
     stats: &WorkerStats,
     egress: &PortEntry,
-    mut frame: Frame,
+    frame: Frame,
     pool: &mut FramePool,
     out: &mut TxBatches,
 ) {
-    let push =
-        |out: &mut TxBatches, pool: &mut FramePool, frame: Frame| enqueue(stats, egress, frame, pool, out);
-    if !frame.offload.is_gso() {
+    finish_in_software(stats, frame, pool, |f, pool| enqueue(stats, egress, f, pool, out));
+}
+
+/// Does `frame`'s offload work in software and hands each finished frame to `each`: a
+/// super-frame is cut into segments (the original buffer goes back to `pool`), a
+/// partial checksum completed; a frame with nothing left to do is handed on as it is.
+fn finish_in_software(
+    stats: &WorkerStats,
+    mut frame: Frame,
+    pool: &mut FramePool,
+    mut each: impl FnMut(Frame, &mut FramePool),
+) {
+    if frame.offload.is_gso() {
+        let off = frame.offload;
+        let segments = offload::segment_count(frame.data(), &off);
+        for i in 0..segments {
+            let mut seg = pool.get_fitting(usize::from(off.segment_len));
+            let len = offload::write_segment(frame.data(), &off, i, seg.spare_mut());
+            seg.set_len(len);
+            seg.ingress = frame.ingress;
+            each(seg, pool);
+        }
+        stats.events.gso_segmented.inc();
+        stats.events.gso_segments.add(segments as u64);
+        return pool.put(frame);
+    }
+    if frame.offload.is_pending() {
         let mut off = frame.offload;
         offload::complete_checksum(frame.data_mut(), &mut off);
         frame.offload = off;
         stats.events.checksums_completed.inc();
-        return push(out, pool, frame);
     }
-    let off = frame.offload;
-    let segments = offload::segment_count(frame.data(), &off);
-    for i in 0..segments {
-        let mut seg = pool.get_fitting(usize::from(off.segment_len));
-        let len = offload::write_segment(frame.data(), &off, i, seg.spare_mut());
-        seg.set_len(len);
-        seg.ingress = frame.ingress;
-        push(out, pool, seg);
-    }
-    stats.events.gso_segmented.inc();
-    stats.events.gso_segments.add(segments as u64);
-    pool.put(frame);
+    each(frame, pool);
 }
 
 /// Queues `frame` toward `egress`, or drops it when the port's backlog is full.
@@ -449,7 +452,7 @@ mod tests {
     use super::*;
     use crate::frame::FramePool;
     use crate::tables::tests::{pod, segment0};
-    use crate::tables::{PortKind, TablesBuilder, UnknownArp, WorkerSet};
+    use crate::tables::{TablesBuilder, UnknownArp, WorkerSet};
     use crate::testing::{FrameSpec, arp_reply, arp_request, gratuitous_arp, mac};
     use crate::wire::{MacAddr, Net, parse};
     use std::net::Ipv4Addr;
@@ -465,19 +468,7 @@ mod tests {
     }
 
     fn uplink(id: PortId) -> PortEntry {
-        PortEntry {
-            id,
-            name: format!("uplink{id}"),
-            kind: PortKind::Uplink,
-            segment: 0,
-            mac: None,
-            ipv4: vec![],
-            ipv6: vec![],
-            port_security: false,
-            mtu: 1500,
-            tx_workers: WorkerSet::single(0),
-            offloads: false,
-        }
+        PortEntry::uplink(id, format!("uplink{id}"), 0, 1500, WorkerSet::single(0))
     }
 
     fn ip(last: u8) -> Ipv4Addr {
@@ -517,15 +508,7 @@ mod tests {
             let mut batch: Vec<Frame> = frames.iter().map(|f| self.pool.copy_of(f).unwrap()).collect();
             self.pipeline.process(&self.tables, ingress, self.now, &mut batch, &mut self.pool, &mut self.out);
             assert!(batch.is_empty());
-            let mut sent = Vec::new();
-            let pool = &mut self.pool;
-            self.out.flush(|port, frames| {
-                for f in frames.drain(..) {
-                    sent.push((port, f.data().to_vec()));
-                    pool.put(f);
-                }
-            });
-            sent
+            self.out.take_sent(&mut self.pool)
         }
 
         fn drops(&self, port: PortId, reason: DropReason) -> u64 {

@@ -22,7 +22,7 @@ use std::ops::ControlFlow;
 
 use crate::conntrack::{Conn, ConntrackBatch, Direction, InsertError, ReturnPath, Tuple};
 use crate::drop_reason::DropReason;
-use crate::frame::{Frame, Offload};
+use crate::frame::Frame;
 use crate::maglev::{flow_hash, mix64};
 use crate::overlay;
 use crate::pipeline::Verdict;
@@ -30,7 +30,7 @@ use crate::services::{Affinity, ServicePort};
 use crate::stats::EventCounters;
 use crate::tables::{PortEntry, PortKind, Tables};
 use crate::wire::checksum::{self, update_u16, update_u32};
-use crate::wire::icmp::{self, IcmpError};
+use crate::wire::icmp;
 use crate::wire::ipv4::Ipv4Mut;
 use crate::wire::parse::{IPPROTO_TCP, IPPROTO_UDP};
 use crate::wire::{Fragment, FrameMeta, Ipv4Meta, L4, MacAddr, Net, ethernet};
@@ -307,22 +307,15 @@ fn reject(
     meta: &FrameMeta,
     ip: &Ipv4Meta,
 ) -> ControlFlow<Verdict> {
-    let l3 = usize::from(meta.l3_offset);
-    let mut quoted = [0u8; icmp::MAX_ERROR_IP_LEN - 28];
-    let ip_len = usize::from(ip.total_len).min(frame.len() - l3).min(quoted.len());
-    quoted[..ip_len].copy_from_slice(&frame.data()[l3..l3 + ip_len]);
-    let err = IcmpError {
-        eth_src: meta.dst_mac,
-        eth_dst: meta.src_mac,
-        src_ip: ip.dst,
-        dst_ip: ip.src,
-        icmp_type: icmp::TYPE_DEST_UNREACHABLE,
-        code: icmp::CODE_PORT_UNREACHABLE,
-        next_hop_mtu: 0,
-    };
-    let len = icmp::write_error(frame.spare_mut(), &err, &quoted[..ip_len]);
-    frame.set_len(len);
-    frame.offload = Offload::NONE;
+    icmp::reply_in_place(
+        frame,
+        meta,
+        ip,
+        ip.dst,
+        icmp::TYPE_DEST_UNREACHABLE,
+        icmp::CODE_PORT_UNREACHABLE,
+        0,
+    );
     ctx.events.service_rejects.inc();
     ControlFlow::Break(Verdict::Forward(port.id))
 }
@@ -512,20 +505,7 @@ mod tests {
             for i in 1..=3u8 {
                 b.add_port(pod(u16::from(i), [10, 244, 1, i + 1])).unwrap();
             }
-            b.add_port(PortEntry {
-                id: 8,
-                name: "uplink".into(),
-                kind: PortKind::Uplink,
-                segment: 1,
-                mac: None,
-                ipv4: vec![],
-                ipv6: vec![],
-                port_security: false,
-                mtu: 1500,
-                tx_workers: WorkerSet::single(0),
-                offloads: false,
-            })
-            .unwrap();
+            b.add_port(PortEntry::uplink(8, "uplink".into(), 1, 1500, WorkerSet::single(0))).unwrap();
             let svc = ServiceTable::build(
                 &specs,
                 Some(NODE),
@@ -547,15 +527,7 @@ mod tests {
         pub(super) fn send(&mut self, ingress: u16, frame: Vec<u8>) -> Vec<(u16, Vec<u8>)> {
             let mut batch = vec![self.pool.copy_of(&frame).unwrap()];
             self.pipeline.process(&self.tables, ingress, self.now, &mut batch, &mut self.pool, &mut self.out);
-            let mut sent = Vec::new();
-            let pool = &mut self.pool;
-            self.out.flush(|port, frames| {
-                for f in frames.drain(..) {
-                    sent.push((port, f.data().to_vec()));
-                    pool.put(f);
-                }
-            });
-            sent
+            self.out.take_sent(&mut self.pool)
         }
 
         fn drops(&self, port: u16, r: DropReason) -> u64 {
@@ -778,7 +750,7 @@ mod tests {
         assert_eq!(to, 2);
         // The endpoint's kernel answers with port unreachable, quoting what it got.
         let mut err = vec![0u8; icmp::MAX_ERROR_FRAME_LEN];
-        let e = IcmpError {
+        let e = icmp::IcmpError {
             eth_src: mac(2),
             eth_dst: mac(1),
             src_ip: ip(3),

@@ -104,6 +104,30 @@ pub struct PortEntry {
 }
 
 impl PortEntry {
+    /// A port toward other L2 devices or the underlay: no bound MAC or addresses (they
+    /// are learned), no port security, no offloads.
+    pub fn uplink(
+        id: PortId,
+        name: String,
+        segment: SegmentId,
+        mtu: u16,
+        tx_workers: WorkerSet,
+    ) -> PortEntry {
+        PortEntry {
+            id,
+            name,
+            kind: PortKind::Uplink,
+            segment,
+            mac: None,
+            ipv4: vec![],
+            ipv6: vec![],
+            port_security: false,
+            mtu,
+            tx_workers,
+            offloads: false,
+        }
+    }
+
     /// Largest Ethernet frame (header included, FCS excluded) the port accepts.
     #[inline]
     pub fn max_frame_len(&self) -> usize {

@@ -43,30 +43,23 @@ struct Args {
     node_name: Option<String>,
 }
 
-/// Reads the configuration, in cluster mode taking the pod CIDR from this node's Node
-/// object when the config leaves it empty (waiting for it to be allocated).
+/// The configuration `validated` (parsed from `text`, with a stand-in pod CIDR if `text`
+/// leaves it to the cluster), completed in cluster mode: the pod CIDR from this node's
+/// Node object when the config leaves it empty (waiting for it to be allocated), the
+/// node's address from its InternalIP.
 async fn configure(
     text: &str,
     file: &Path,
+    mut validated: config::Config,
     node_name: Option<String>,
     source: Option<cluster::Source>,
 ) -> Result<(config::Config, Option<daemon::ClusterMode>), String> {
-    let Some(source) = source else {
-        let mut c = config::parse(text, file).map_err(|e| e.to_string())?;
-        if let Some(n) = node_name {
-            c.node_name = n;
-        }
-        return Ok((c, None));
-    };
+    if let Some(n) = node_name {
+        validated.node_name = n;
+    }
+    let Some(source) = source else { return Ok((validated, None)) };
     let client = cluster::client(&source).await.map_err(|e| e.to_string())?;
-    let name = match &node_name {
-        Some(n) => n.clone(),
-        None => {
-            config::parse_with_pod_cidr(text, file, Some("10.0.0.0/24".parse().expect("a CIDR")))
-                .map_err(|e| e.to_string())?
-                .node_name
-        }
-    };
+    let name = validated.node_name.clone();
     let needs_cidr = config::pod_cidr_from_cluster(text);
     let mut this = None;
     loop {
@@ -90,7 +83,11 @@ async fn configure(
     if let Some(c) = cidr {
         tracing::info!(node = %name, pod_cidr = %c, "pod CIDR from the Node object");
     }
-    let mut c = config::parse_with_pod_cidr(text, file, cidr).map_err(|e| e.to_string())?;
+    // Only a pod CIDR from the cluster changes what the parse derives (the gateway).
+    let mut c = match cidr {
+        Some(_) => config::parse_with_pod_cidr(text, file, cidr).map_err(|e| e.to_string())?,
+        None => validated,
+    };
     c.node_name = name;
     // The node's address (NodePorts, VXLAN's source) from its InternalIP, unless set.
     if c.node_ip.is_none() {
@@ -139,10 +136,13 @@ fn main() -> ExitCode {
     // file fails before anything starts.
     let stand_in = (source.is_some() && config::pod_cidr_from_cluster(&text))
         .then(|| "10.0.0.0/24".parse().expect("a CIDR"));
-    if let Err(e) = config::parse_with_pod_cidr(&text, &file, stand_in) {
-        eprintln!("vswitchd: {e}");
-        return ExitCode::from(2);
-    }
+    let validated = match config::parse_with_pod_cidr(&text, &file, stand_in) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vswitchd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if args.check_config {
         println!("configuration ok");
         return ExitCode::SUCCESS;
@@ -160,7 +160,7 @@ fn main() -> ExitCode {
         }
     };
     let run = async {
-        let (config, cluster) = configure(&text, &file, args.node_name.clone(), source).await?;
+        let (config, cluster) = configure(&text, &file, validated, args.node_name.clone(), source).await?;
         daemon::run(config, env!("CARGO_PKG_VERSION"), cluster).await.map_err(|e| e.to_string())
     };
     match runtime.block_on(run) {

@@ -146,6 +146,16 @@ impl ServiceCatalog {
         Some(self.published.clone())
     }
 
+    /// The Services served.
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// Changes applied since the start.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn view(&self) -> ServicesView {
         ServicesView {
             file: self.file.clone(),

@@ -75,6 +75,36 @@ pub fn write_error(out: &mut [u8], err: &IcmpError, offending: &[u8]) -> usize {
     len
 }
 
+/// Turns `frame` (an IPv4 packet described by `meta` and `ip`) into the ICMP error
+/// `icmp_type`/`code` about it, from `src_ip` back to its sender, Ethernet addresses
+/// swapped: the reply a router sends out of the port the packet came in on.
+pub fn reply_in_place(
+    frame: &mut crate::frame::Frame,
+    meta: &super::FrameMeta,
+    ip: &super::Ipv4Meta,
+    src_ip: Ipv4Addr,
+    icmp_type: u8,
+    code: u8,
+    next_hop_mtu: u16,
+) {
+    let l3 = usize::from(meta.l3_offset);
+    let mut quoted = [0u8; MAX_ERROR_IP_LEN - 28];
+    let ip_len = usize::from(ip.total_len).min(frame.len() - l3).min(quoted.len());
+    quoted[..ip_len].copy_from_slice(&frame.data()[l3..l3 + ip_len]);
+    let err = IcmpError {
+        eth_src: meta.dst_mac,
+        eth_dst: meta.src_mac,
+        src_ip,
+        dst_ip: ip.src,
+        icmp_type,
+        code,
+        next_hop_mtu,
+    };
+    let len = write_error(frame.spare_mut(), &err, &quoted[..ip_len]);
+    frame.set_len(len);
+    frame.offload = crate::frame::Offload::NONE;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -215,7 +215,7 @@ impl PortManager {
 
     /// Serves `services` (from the cluster), replacing what was served.
     pub fn cluster_services(&mut self, services: Vec<vswitch_api::Service>) {
-        if services == self.catalog.view().services {
+        if services == self.catalog.services() {
             return;
         }
         self.catalog.set(services, self.datapath.conntrack());

@@ -13,7 +13,7 @@ use crate::control::nodes_file;
 use crate::overlay::{FastPath, NodeSpec, OverlayTable};
 use crate::port::PortQueue;
 use crate::port::underlay::UnderlayQueue;
-use crate::tables::{PortEntry, PortId, PortKind, SegmentConfig, UnknownArp, WorkerId, WorkerSet};
+use crate::tables::{PortEntry, PortId, SegmentConfig, UnknownArp, WorkerId, WorkerSet};
 use crate::wire::MacAddr;
 
 /// The overlay's state in the manager.
@@ -55,19 +55,13 @@ impl PortManager {
         self.ensure_uplink_segment()?;
         let id = self.free_id()?;
         self.add_queues(id, queues, &workers)?;
-        let added = self.builder.add_port(PortEntry {
+        let added = self.builder.add_port(PortEntry::uplink(
             id,
-            name: format!("vxlan/{}", bind.port()),
-            kind: PortKind::Uplink,
-            segment: UPLINK_SEGMENT,
-            mac: None,
-            ipv4: vec![],
-            ipv6: vec![],
-            port_security: false,
+            format!("vxlan/{}", bind.port()),
+            UPLINK_SEGMENT,
             mtu,
-            tx_workers: WorkerSet::all(workers.len()),
-            offloads: false,
-        });
+            WorkerSet::all(workers.len()),
+        ));
         if let Err(e) = added.map_err(|e| AttachError::Invalid(e.to_string())) {
             self.remove_queues(id, &workers, false);
             return Err(e);

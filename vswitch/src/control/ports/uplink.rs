@@ -14,7 +14,7 @@ use crate::port::PortQueue;
 use crate::port::afxdp::{XskGroup, XskQueue};
 use crate::port::steer::SteeringProgram;
 use crate::sys::SysError;
-use crate::tables::{PortEntry, PortId, PortKind, SegmentId, WorkerId, WorkerSet};
+use crate::tables::{PortEntry, PortId, SegmentId, WorkerId, WorkerSet};
 use crate::wire::MacAddr;
 
 /// The uplink's segment (pods are in segment 0).
@@ -103,19 +103,8 @@ impl PortManager {
         self.ensure_uplink_segment()?;
         let mut tx_workers = WorkerSet::default();
         owners.iter().for_each(|w| tx_workers.insert(*w));
-        let added = self.builder.add_port(PortEntry {
-            id,
-            name: name.clone(),
-            kind: PortKind::Uplink,
-            segment: UPLINK_SEGMENT,
-            mac: None,
-            ipv4: vec![],
-            ipv6: vec![],
-            port_security: false,
-            mtu,
-            tx_workers,
-            offloads: false,
-        });
+        let added =
+            self.builder.add_port(PortEntry::uplink(id, name.clone(), UPLINK_SEGMENT, mtu, tx_workers));
         if let Err(e) = added.map_err(|e| AttachError::Invalid(e.to_string())).and_then(|()| self.publish()) {
             self.remove_queues(id, &owners, false);
             return Err(e);
