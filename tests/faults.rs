@@ -108,3 +108,56 @@ fn a_connection_through_a_service_survives_a_sigkill() {
     assert_eq!(answer, format!("{endpoint} again"), "the same endpoint answers after the restart");
     assert_eq!(node.stats().conntrack_entries, 1, "the flow's entry rebuilt from its next packet");
 }
+
+/// A state file that does not parse (here: torn by hand) is no crash loop: it is kept
+/// aside, and the ports whose devices still exist are found by the tags attach wrote on
+/// them and re-attached with their ids and addresses. Another daemon's pods on the same
+/// machine are not taken, nor a pod that went while the daemon was down.
+#[test]
+fn a_corrupt_state_file_is_recovered_from_the_devices() {
+    let mut node = Node::start("cor", "");
+    let other = Node::start("cox", "");
+    let foreign = other.pod("f", ip(2), Backend::Tap);
+    let a = node.pod("a", ip(2), Backend::Tap);
+    let b = node.pod("b", ip(3), Backend::Afxdp);
+    let c = node.pod("c", ip(4), Backend::Tap);
+    assert!(a.ping(b.ip, 2) && b.ping(c.ip, 2));
+    node.crash();
+    testbed::ok("ip", &["netns", "del", c.ns.name()]);
+    let state = node.dir.0.join("state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    std::fs::write(&state, &text[..text.len() / 2]).unwrap();
+    node.restart();
+
+    let mut ports: Vec<_> = node
+        .api(|cl| async move { cl.ports().await })
+        .expect("ports")
+        .into_iter()
+        .filter(|p| p.kind == PortKind::Pod)
+        .map(|p| (p.id, p.container_id, p.ips, p.backend))
+        .collect();
+    ports.sort_by_key(|p| p.0);
+    let expected: Vec<_> = [&a, &b]
+        .iter()
+        .map(|p| (p.port.id, p.port.container_id.clone(), p.port.ips.clone(), p.port.backend))
+        .collect();
+    assert_eq!(ports, expected, "exactly the surviving pods, as they were\n{}", node.log());
+    assert!(node.log().contains("recovering ports from their devices"));
+    let kept: Vec<_> = std::fs::read_dir(&node.dir.0)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("state.json.corrupt-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the torn file kept for the operator: {kept:?}");
+    let rewritten = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        rewritten.contains(&a.port.container_id) && !rewritten.contains(&c.port.container_id),
+        "a whole state file again: {rewritten}"
+    );
+    assert!(a.ping(b.ip, 3) && b.ping(a.ip, 3), "traffic between the recovered pods");
+    assert!(foreign.ping(Ipv4Addr::new(10, 244, 1, 1), 2), "the other daemon's pod untouched");
+    // Recovered ports are whole ports: a DEL removes the interface.
+    let id = a.port.container_id.clone();
+    assert!(node.api(|cl| async move { cl.detach(&id, "eth0").await }).expect("detach").existed);
+    assert!(!a.ns.ok(&["ip", "-o", "link"]).contains("eth0"));
+}

@@ -56,10 +56,14 @@ fn hostile_frames_are_named_drops_and_other_pods_keep_talking() {
         "only a runt may be refused by the pod's kernel: {unsendable:?}"
     );
     let mut wanted: BTreeMap<String, u64> = BTreeMap::new();
+    let mut forwarded = 0;
     for (name, reason) in report["expect"].as_object().expect("expect") {
         let reason = reason.as_str().expect("a reason");
-        if reason != "forwarded" {
-            *wanted.entry(reason.to_string()).or_default() += report["sent"][name].as_u64().expect("count");
+        let sent = report["sent"][name].as_u64().expect("count");
+        if reason == "forwarded" {
+            forwarded += sent;
+        } else {
+            *wanted.entry(reason.to_string()).or_default() += sent;
         }
     }
     assert!(wanted.len() >= 20, "a wide spread of reasons: {wanted:?}");
@@ -74,8 +78,13 @@ fn hostile_frames_are_named_drops_and_other_pods_keep_talking() {
     }
     // Nothing dropped for a reason the script did not provoke (beyond the pod's own
     // multicast chatter, which has nowhere to go).
+    // A frame the switch forwards can still find the receiving TAP's queue full when the
+    // machine is busy (other tests): counted as tx_failed, at most the forwarded ones.
     for (reason, n) in drops {
-        assert!(wanted.contains_key(reason) || reason == "no_flood_targets", "unexplained {reason}: {n}");
+        let explained = wanted.contains_key(reason)
+            || reason == "no_flood_targets"
+            || (reason == "tx_failed" && *n <= forwarded);
+        assert!(explained, "unexplained {reason}: {n} ({forwarded} frames sent to be forwarded)");
     }
     assert!(node.api(|cl| async move { cl.status().await }).is_ok(), "the daemon is up");
     assert!(a.ping(b.ip, 2), "the attacker's port still forwards its legitimate traffic");

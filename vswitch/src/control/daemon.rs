@@ -14,6 +14,7 @@ use tokio::sync::{Mutex, watch};
 use super::api::{self, ApiState};
 use super::config::{Config, ConfigError, IdleMode};
 use super::metrics;
+use super::ports::NETNS_DIRS;
 use super::ports::{AttachError, PortManager};
 use super::state::{self, StateError};
 use crate::datapath::{Datapath, DatapathConfig, DatapathError};
@@ -223,22 +224,26 @@ async fn start(config: &Config) -> Result<PortManager, DaemonError> {
     }
     let mut manager = PortManager::new(config.clone(), datapath)?;
     manager.start_host_port().await?;
-    match state::load(&config.state_file) {
-        Ok(Some(saved)) => {
-            let report = manager.restore(saved).await;
-            for port in &report.restored {
-                tracing::info!(port = %port, "re-attached");
-            }
-            for (port, reason) in &report.dropped {
-                tracing::warn!(port = %port, reason = %reason, "not re-attached; dropped from the state");
-            }
-        }
-        Ok(None) => {}
-        // The ports' devices still exist; the operator finds them in the kept file.
+    let previous = match state::load(&config.state_file) {
+        Ok(saved) => saved,
+        // Not a crash loop: the kept file is there for the operator, and the ports whose
+        // devices still exist are found by the tags on them.
         Err(e @ StateError::Corrupt { .. }) => {
-            tracing::error!(error = %e, "starting without the previous state")
+            tracing::error!(error = %e, "state file unusable: recovering ports from their devices");
+            let found = manager.recover_from_devices(&NETNS_DIRS).await;
+            tracing::warn!(ports = found.ports.len(), "ports found by their device tags");
+            Some(found)
         }
         Err(e) => return Err(e.into()),
+    };
+    if let Some(saved) = previous {
+        let report = manager.restore(saved).await;
+        for port in &report.restored {
+            tracing::info!(port = %port, "re-attached");
+        }
+        for (port, reason) in &report.dropped {
+            tracing::warn!(port = %port, reason = %reason, "not re-attached; dropped from the state");
+        }
     }
     // After the pods: an uplink that cannot start costs NodePorts, not pod traffic.
     if let Err(e) = manager.start_uplink().await {

@@ -5,6 +5,10 @@
 //! never a torn one. A file that does not parse is kept aside (renamed
 //! `<name>.corrupt-<seconds>`) and the daemon starts without it rather than refusing to
 //! start again and again.
+//!
+//! Each port's devices also carry its identity in their alias (a [`DeviceTag`]): with
+//! the file corrupt, the daemon finds the ports that still exist by their tags and
+//! re-attaches those (`PortManager::recover_from_devices`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,6 +42,79 @@ pub struct SavedPort {
     pub pod: Option<PodRef>,
     #[serde(default)]
     pub network: Option<String>,
+}
+
+/// A port's identity, written into the alias (`IFLA_IFALIAS`, at most 255 bytes) of
+/// the devices it made: what a device's own attributes (name, kind, MAC, MTU,
+/// namespace) do not tell. `owner` ties it to one state file, so two daemons on one
+/// machine (tests) never take each other's ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceTag {
+    #[serde(rename = "o")]
+    pub owner: String,
+    pub id: u16,
+    #[serde(rename = "c")]
+    pub container_id: String,
+    #[serde(rename = "ip")]
+    pub ips: Vec<IpNet>,
+    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+}
+
+const TAG_PREFIX: &str = "vswitch1:";
+/// IFALIASZ less the terminating NUL.
+const ALIAS_MAX: usize = 255;
+
+impl DeviceTag {
+    pub fn of(saved: &SavedPort, owner: &str) -> DeviceTag {
+        DeviceTag {
+            owner: owner.to_string(),
+            id: saved.id,
+            container_id: saved.container_id.clone(),
+            ips: saved.ips.clone(),
+            network: saved.network.clone(),
+            pod: saved.pod.clone(),
+        }
+    }
+
+    /// The alias text. What does not fit is left out in order of least use: the pod's
+    /// UID, then the pod reference (both only shown in listings). `None` if even the
+    /// rest is too long (a very long container ID): that port is only in the file.
+    pub fn to_alias(&self) -> Option<String> {
+        let mut tag = self.clone();
+        let text =
+            |t: &DeviceTag| format!("{TAG_PREFIX}{}", serde_json::to_string(t).expect("tag serializes"));
+        let mut alias = text(&tag);
+        if alias.len() > ALIAS_MAX
+            && let Some(p) = &mut tag.pod
+        {
+            p.uid.clear();
+            alias = text(&tag);
+        }
+        if alias.len() > ALIAS_MAX {
+            tag.pod = None;
+            alias = text(&tag);
+        }
+        (alias.len() <= ALIAS_MAX).then_some(alias)
+    }
+
+    /// The tag in `alias`, if it is one of ours.
+    pub fn from_alias(alias: &str) -> Option<DeviceTag> {
+        serde_json::from_str(alias.strip_prefix(TAG_PREFIX)?).ok()
+    }
+}
+
+/// The owner name of tags written for the state file at `path`: a hash of the path
+/// (FNV-1a; stable across builds, unlike std's hasher).
+pub fn owner_of(path: &Path) -> String {
+    let hash = path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3));
+    format!("{:08x}", hash >> 32)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +224,38 @@ mod tests {
         assert_eq!(load(&path).unwrap(), Some(sample()));
         assert!(!dir.join("sub/state.json.tmp").exists());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn device_tags_round_trip_and_fit_an_alias() {
+        let saved = &sample().ports[0];
+        let owner = owner_of(Path::new("/var/lib/vswitch/state.json"));
+        assert_eq!(owner, owner_of(Path::new("/var/lib/vswitch/state.json")));
+        assert_ne!(owner, owner_of(Path::new("/tmp/state.json")));
+        let tag = DeviceTag::of(saved, &owner);
+        let alias = tag.to_alias().expect("fits");
+        assert_eq!(DeviceTag::from_alias(&alias), Some(tag.clone()));
+        assert_eq!(DeviceTag::from_alias("uplink to rack 3"), None, "someone else's alias");
+        assert_eq!(DeviceTag::from_alias("vswitch1:{not json"), None);
+
+        let mut long = tag.clone();
+        long.pod = Some(PodRef { namespace: "n".repeat(63), name: "p".repeat(120), uid: "u".repeat(36) });
+        let alias = long.to_alias().expect("fits without the pod");
+        assert!(alias.len() <= ALIAS_MAX);
+        let back = DeviceTag::from_alias(&alias).unwrap();
+        assert_eq!((back.pod, back.container_id), (None, tag.container_id.clone()));
+        // A pod name that fits only without the UID.
+        let mut medium = tag.clone();
+        medium.pod = Some(PodRef { namespace: "default".into(), name: String::new(), uid: String::new() });
+        let name_len = ALIAS_MAX - medium.to_alias().unwrap().len() - 10;
+        medium.pod =
+            Some(PodRef { namespace: "default".into(), name: "p".repeat(name_len), uid: "u".repeat(36) });
+        let back = DeviceTag::from_alias(&medium.to_alias().unwrap()).unwrap();
+        let kept = back.pod.map(|p| (p.name.len(), p.uid));
+        assert_eq!(kept, Some((name_len, String::new())), "only the UID left out");
+
+        long.container_id = "c".repeat(250);
+        assert_eq!(long.to_alias(), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage, LinkXdp};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage, LinkXdp};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::netns::Netns;
@@ -27,6 +27,18 @@ pub struct LinkInfo {
     pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
     pub up: bool,
+    /// `ip link set … alias`: where a pod port keeps its identity (see
+    /// `control::state::DeviceTag`).
+    pub alias: Option<String>,
+    pub kind: LinkKind,
+}
+
+/// The link types the control plane tells apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    Tun,
+    Veth,
+    Other,
 }
 
 /// An rtnetlink connection in one network namespace.
@@ -97,6 +109,22 @@ impl Netlink {
             LinkUnspec::new_with_index(index).mtu(mtu).build(),
         )
         .await
+    }
+
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<(), SysError> {
+        let mut msg = LinkUnspec::new_with_index(index).build();
+        msg.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+        self.change(format!("setting the alias of link {index}"), msg).await
+    }
+
+    /// Every link in this namespace.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>, SysError> {
+        let mut dump = self.handle.link().get().execute();
+        let mut links = Vec::new();
+        while let Some(msg) = dump.try_next().await.map_err(io_error).context(|| "listing links".into())? {
+            links.push(link_info(&msg));
+        }
+        Ok(links)
     }
 
     pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), SysError> {
@@ -393,6 +421,8 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
         mac: None,
         mtu: None,
         up: msg.header.flags.contains(netlink_packet_route::link::LinkFlags::Up),
+        alias: None,
+        kind: LinkKind::Other,
     };
     for attr in &msg.attributes {
         match attr {
@@ -403,6 +433,18 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
                 info.mac = Some(mac);
             }
             LinkAttribute::Mtu(m) => info.mtu = Some(*m),
+            LinkAttribute::IfAlias(a) => info.alias = Some(a.clone()),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let netlink_packet_route::link::LinkInfo::Kind(kind) = i {
+                        info.kind = match kind {
+                            InfoKind::Tun => LinkKind::Tun,
+                            InfoKind::Veth => LinkKind::Veth,
+                            _ => LinkKind::Other,
+                        };
+                    }
+                }
+            }
             _ => {}
         }
     }

@@ -7,8 +7,9 @@
 //! port before its queues are taken back. Every attach that fails part-way undoes what
 //! it did, so no half-made port, device or state entry is left behind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
@@ -24,13 +25,13 @@ pub use uplink::UPLINK_SEGMENT;
 
 use super::catalog::{FileOutcome, ServiceCatalog};
 use super::config::{AfxdpMode, Config, ConfigError, UnknownArpPolicy};
-use super::state::{self, SavedPort, StateError, StateFile};
+use super::state::{self, DeviceTag, SavedPort, StateError, StateFile};
 use crate::datapath::{Datapath, DatapathError};
 use crate::port::PortQueue;
 use crate::port::afxdp::{self, XdpMode, XskQueue};
 use crate::port::tap::{self, TapOptions};
 use crate::sys::SysError;
-use crate::sys::netlink::{Netlink, in_netns};
+use crate::sys::netlink::{LinkInfo, LinkKind, Netlink, in_netns};
 use crate::sys::netns::{Netns, NetnsError};
 use crate::tables::{
     Gateway, PortEntry, PortId, PortKind, SegmentConfig, SegmentId, TablesBuilder, TablesError, UnknownArp,
@@ -119,6 +120,15 @@ pub struct RestoreReport {
     /// Ports that could not be re-attached, with the reason (dropped from the state).
     pub dropped: Vec<(String, String)>,
 }
+
+/// The node-side end of an AF_XDP port's veth pair.
+fn host_ifname(id: PortId) -> String {
+    format!("vsx{id:x}")
+}
+
+/// Where CNI runtimes (containerd, CRI-O, `ip netns`) bind-mount pods' network
+/// namespaces: scanned for tagged devices when the state file is lost.
+pub const NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
 
 fn describe(saved: &SavedPort) -> String {
     format!("{}/{} ({})", saved.container_id, saved.ifname, saved.netns.display())
@@ -488,7 +498,7 @@ impl PortManager {
             mac: mac.to_string(),
             ips: req.ips.clone(),
             mtu,
-            host_ifname: (backend == Backend::Afxdp).then(|| format!("vsx{id:x}")),
+            host_ifname: (backend == Backend::Afxdp).then(|| host_ifname(id)),
             pod: req.pod.clone(),
             network: req.network.clone(),
         };
@@ -508,9 +518,13 @@ impl PortManager {
         self.pods.insert(id, PodPort { saved, workers });
         // Up only now: the pod's first frames (IPv6 DAD, ...) find its port in the tables.
         let ifname = req.ifname.clone();
+        let alias = self.tag_alias(&self.pods[&id].saved);
         let up = blocking(|| {
             in_netns(&netns, |nl| async move {
                 let index = nl.index_of(&ifname).await?;
+                if let Some(alias) = &alias {
+                    nl.set_alias(index, alias).await?;
+                }
                 nl.set_up(index).await
             })
         })
@@ -663,6 +677,11 @@ impl PortManager {
         let made = async {
             blocking(|| netns.run(|| crate::sys::ethtool::disable_offloads(&saved.ifname)))??;
             let host_index = self.netlink.index_of(&host).await?;
+            // The pod's end gets the same tag once it is up; this copy is out of the
+            // pod's reach, and recovery trusts a veth only when both agree.
+            if let Some(alias) = self.tag_alias(saved) {
+                self.netlink.set_alias(host_index, &alias).await?;
+            }
             self.netlink.set_up(host_index).await?;
             self.netlink.detach_xdp(host_index).await?;
             let mode = self.xdp_mode();
@@ -889,7 +908,122 @@ impl PortManager {
             self.remove_queues(saved.id, &workers, false);
             return Err(conflict(e));
         }
+        // Ports attached by an older daemon get their tags now.
+        if let Err(e) = self.write_tags(saved, &netns).await {
+            tracing::warn!(port = saved.id, error = %e, "tagging the port's devices");
+        }
         Ok(workers)
+    }
+
+    /// The alias that tags this port's devices (see [`DeviceTag`]).
+    fn tag_alias(&self, saved: &SavedPort) -> Option<String> {
+        let alias = DeviceTag::of(saved, &state::owner_of(&self.config.state_file)).to_alias();
+        if alias.is_none() {
+            tracing::warn!(container = %saved.container_id, ifname = %saved.ifname,
+                "port identity too long for an interface alias: only the state file knows this port");
+        }
+        alias
+    }
+
+    async fn write_tags(&self, saved: &SavedPort, netns: &Netns) -> Result<(), SysError> {
+        let Some(alias) = self.tag_alias(saved) else { return Ok(()) };
+        if let Some(host) = &saved.host_ifname {
+            self.netlink.set_alias(self.netlink.index_of(host).await?, &alias).await?;
+        }
+        let ifname = saved.ifname.clone();
+        blocking(|| {
+            in_netns(netns, |nl| async move {
+                let index = nl.index_of(&ifname).await?;
+                nl.set_alias(index, &alias).await
+            })
+        })
+    }
+
+    /// With the state file lost (corrupt): the ports of the previous run whose devices
+    /// still exist, from the tags attach wrote on them, searched in the namespaces under
+    /// `dirs`. Re-attach them with [`PortManager::restore`], which checks each again.
+    pub async fn recover_from_devices(&self, dirs: &[&str]) -> StateFile {
+        let owner = state::owner_of(&self.config.state_file);
+        let mut namespaces_seen = HashSet::new();
+        let mut ports: BTreeMap<PortId, SavedPort> = BTreeMap::new();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            paths.sort();
+            for path in paths {
+                let Ok(netns) = Netns::open(&path) else { continue };
+                // /var/run is /run on most systems: each namespace once.
+                let Ok(meta) = std::fs::metadata(&path) else { continue };
+                if !namespaces_seen.insert((meta.dev(), meta.ino())) {
+                    continue;
+                }
+                let links = match blocking(|| in_netns(&netns, |nl| async move { nl.links().await })) {
+                    Ok(links) => links,
+                    Err(e) => {
+                        tracing::warn!(netns = %path.display(), error = %e, "not searched for ports");
+                        continue;
+                    }
+                };
+                for link in links {
+                    let Some(tag) = link.alias.as_deref().and_then(DeviceTag::from_alias) else { continue };
+                    if tag.owner != owner {
+                        continue;
+                    }
+                    match self.saved_from_device(&path, link, tag).await {
+                        Ok(saved) => match ports.get(&saved.id) {
+                            Some(first) => tracing::warn!(port = saved.id, first = %describe(first),
+                                second = %describe(&saved), "two devices claim one port id: the second not recovered"),
+                            None => {
+                                ports.insert(saved.id, saved);
+                            }
+                        },
+                        Err(reason) => {
+                            tracing::warn!(netns = %path.display(), %reason, "tagged device not recovered")
+                        }
+                    }
+                }
+            }
+        }
+        StateFile { version: state::VERSION, ports: ports.into_values().collect() }
+    }
+
+    async fn saved_from_device(
+        &self,
+        netns: &std::path::Path,
+        link: LinkInfo,
+        tag: DeviceTag,
+    ) -> Result<SavedPort, String> {
+        let backend = match link.kind {
+            LinkKind::Tun => Backend::Tap,
+            LinkKind::Veth => Backend::Afxdp,
+            LinkKind::Other => return Err(format!("{} is neither a TAP nor a veth", link.name)),
+        };
+        let host = (backend == Backend::Afxdp).then(|| host_ifname(tag.id));
+        if let Some(host) = &host {
+            // The node's copy is out of the pod's reach: the pod's counts only if equal.
+            let host_alias = self.netlink.link(host).await.map_err(|e| e.to_string())?.and_then(|l| l.alias);
+            if host_alias != link.alias {
+                return Err(format!("{}: its node end {host} is gone or tagged differently", link.name));
+            }
+        }
+        let mac = link.mac.ok_or_else(|| format!("{} has no MAC", link.name))?;
+        let mtu = link
+            .mtu
+            .and_then(|m| u16::try_from(m).ok())
+            .ok_or_else(|| format!("{} has no usable MTU", link.name))?;
+        Ok(SavedPort {
+            id: tag.id,
+            container_id: tag.container_id,
+            ifname: link.name,
+            netns: netns.to_path_buf(),
+            backend,
+            mac: MacAddr(mac).to_string(),
+            ips: tag.ips,
+            mtu,
+            host_ifname: host,
+            pod: tag.pod,
+            network: tag.network,
+        })
     }
 
     // ---- state and views ----------------------------------------------------------
