@@ -14,8 +14,9 @@ apt_packages=(
   # the plugin under (containerd + runc), with busybox for the test pods' image and
   # protoc for the CRI client's generated code
   containernetworking-plugins containerd runc busybox-static protobuf-compiler
-  # measuring
-  valgrind jq
+  # measuring: Open vSwitch (the benchmark's OVS contender, started with its own
+  # database and sockets, never the system's), and fontconfig with a font for the plot
+  valgrind jq openvswitch-switch libfontconfig1-dev fonts-dejavu-core
 )
 
 missing=()

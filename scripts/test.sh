@@ -16,3 +16,6 @@ cargo test --workspace --locked
 
 echo "== fuzz targets, fixed budget on the committed corpus"
 scripts/fuzz.sh smoke
+
+echo "== benchmark harness, smoke (every contender sets up, forwards and tears down)"
+benches/packet-rate.sh --smoke

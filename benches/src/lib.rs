@@ -3,6 +3,8 @@
 //! replay prepared 64-byte frames and discard what the switch sends.
 
 pub mod node;
+pub mod plot;
+pub mod report;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;

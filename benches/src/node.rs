@@ -1,5 +1,6 @@
 //! What the namespace harnesses (`packet-rate`, `service-scale`) share: a scratch
-//! directory and a `vswitchd` started in a node namespace, driven with `vswitchctl`.
+//! directory, a `vswitchd` started in a node namespace and driven with `vswitchctl`, an
+//! Open vSwitch of the harness's own (userspace datapath), and CPU accounting.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -98,11 +99,99 @@ impl Vswitchd {
 
     /// CPU seconds the daemon has used so far (user + system).
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let pid = self.process.pid();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        Some(ticks / 100.0)
+        process_cpu_seconds(self.process.pid())
+    }
+}
+
+/// CPU seconds process `pid` has used so far (user + system, all its threads).
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / USER_HZ)
+}
+
+/// The unit of /proc's CPU times (`sysconf(_SC_CLK_TCK)`, 100 on Linux everywhere).
+const USER_HZ: f64 = 100.0;
+
+/// Seconds all CPUs have spent in softirq so far (/proc/stat): where the kernel's own
+/// forwarding (bridge, veth, VXLAN) runs.
+pub fn softirq_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let cpu = stat.lines().find(|l| l.starts_with("cpu ")).expect("the cpu line");
+    // cpu user nice system idle iowait irq softirq ...
+    cpu.split_whitespace().nth(7).and_then(|v| v.parse::<f64>().ok()).expect("softirq field") / USER_HZ
+}
+
+/// Open vSwitch (Debian's 3.1) run by the harness in a node namespace: its own database,
+/// sockets, pid-less foreground processes and logs in `dir`, so it touches no system
+/// instance; `ovs-vswitchd` and its PMD threads pinned to `cpu`. Killed on drop.
+pub struct Ovs {
+    dir: PathBuf,
+    db: String,
+    _ovsdb: Process,
+    vswitchd: Process,
+}
+
+impl Ovs {
+    pub fn start(node: &Netns, dir: &Path, cpu: usize) -> Ovs {
+        let d = dir.display().to_string();
+        let db = format!("unix:{d}/db.sock");
+        ok("ovsdb-tool", &["create", &format!("{d}/conf.db"), "/usr/share/openvswitch/vswitch.ovsschema"]);
+        let spawn = |args: &[&str]| {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", node.name()]).args(args);
+            for var in ["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"] {
+                cmd.env(var, dir);
+            }
+            Process::spawn(cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()))
+                .expect("OVS starts")
+        };
+        let ovsdb = spawn(&[
+            "ovsdb-server",
+            &format!("{d}/conf.db"),
+            &format!("--remote=punix:{d}/db.sock"),
+            &format!("--unixctl={d}/ovsdb.ctl"),
+            &format!("--log-file={d}/ovsdb.log"),
+        ]);
+        let db_up = || Command::new("ovs-vsctl").args([&format!("--db={db}"), "--no-wait", "init"]).status();
+        assert!(
+            wait_until(Duration::from_secs(10), || db_up().is_ok_and(|s| s.success())),
+            "ovsdb-server answers"
+        );
+        let cpu_list = cpu.to_string();
+        let mask = format!("other_config:pmd-cpu-mask=0x{:x}", 1u64 << cpu);
+        ok("ovs-vsctl", &[&format!("--db={db}"), "--no-wait", "set", "Open_vSwitch", ".", &mask]);
+        let vswitchd = spawn(&[
+            "taskset",
+            "-c",
+            &cpu_list,
+            "ovs-vswitchd",
+            &db,
+            &format!("--unixctl={d}/ovs-vswitchd.ctl"),
+            &format!("--log-file={d}/ovs-vswitchd.log"),
+        ]);
+        let ovs = Ovs { dir: dir.to_path_buf(), db, _ovsdb: ovsdb, vswitchd };
+        // Without --no-wait, ovs-vsctl returns once ovs-vswitchd has applied the change.
+        ovs.vsctl(&["add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev"]);
+        ovs
+    }
+
+    /// Runs `ovs-vsctl` against this instance (waiting for ovs-vswitchd to apply it).
+    pub fn vsctl(&self, args: &[&str]) -> String {
+        let mut all = vec![format!("--db={}", self.db), "--timeout=20".to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        ok("ovs-vsctl", &all)
+    }
+
+    /// CPU seconds ovs-vswitchd (main thread, PMD threads, handlers) has used so far.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        process_cpu_seconds(self.vswitchd.pid())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("ovs-vswitchd.log")).unwrap_or_default()
     }
 }
 

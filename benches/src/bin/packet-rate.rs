@@ -2,22 +2,31 @@
 //! namespace topology, in one run, so the figures compare as ratios.
 //!
 //! Contenders on one node: the kernel bridge (the `cbr0` set-up: veth pods on a Linux
-//! bridge), vswitchd with TAP ports, vswitchd with AF_XDP ports. Across two nodes (two
-//! node namespaces joined by a veth pair as the underlay): the kernel's `vxlan` device
-//! and a bridge on each node, as flannel's vxlan backend sets them up, against vswitchd
-//! on each node with TAP pods and the kernel-socket underlay. Workloads: 64-byte UDP frames
-//! from `trafgen` (pps), and a TCP stream from `iperf3` (Gbit/s). Each figure is the
-//! median of `--runs` runs of `--seconds` seconds, with min and max; offered load
-//! (what the generator sent) is recorded next to delivered (the receiving pod's
-//! interface counter), and vswitchd's own CPU time per forwarded packet is reported.
+//! bridge), Open vSwitch 3.1's userspace datapath (`datapath_type=netdev`) with tap
+//! ports and with afxdp ports, vswitchd with TAP ports and with AF_XDP ports (each with its
+//! default idle mode, sleeping in epoll when there is nothing to do, and busy-polling as
+//! OVS's PMD threads always do). Across two
+//! nodes (two node namespaces joined by a veth pair as the underlay): the kernel's `vxlan`
+//! device and a bridge on each node, as flannel's vxlan backend sets them up, against
+//! vswitchd on each node with TAP pods over the kernel-socket underlay or AF_XDP on the
+//! underlay. Workloads: 64-byte UDP frames from `trafgen` (pps), a TCP stream from
+//! `iperf3` (Gbit/s), and UDP request/response at a fixed rate (`udp-echo`, p50/p99).
+//! Each figure is the median of `--runs` runs of `--seconds` seconds, with min and max;
+//! offered load (what the generator sent) is recorded next to delivered (the receiving
+//! pod's interface counter), and the CPU cost per packet: the switch process's CPU time
+//! (vswitchd, ovs-vswitchd) and the machine's softirq time, each divided by the packets
+//! delivered.
 //!
-//! The generator is pinned to CPU 0 and vswitchd's single worker to CPU 1 (across nodes:
-//! both nodes' workers share CPU 1, and the CPU figure is the sum of both daemons). The
-//! kernel bridge and VXLAN device have no thread of their own: they forward in softirq
-//! on the sending CPU, i.e. they share CPU 0 with the generator.
+//! The generator is pinned to CPU 0 and the switch (vswitchd's single worker, or
+//! ovs-vswitchd with its PMD thread) to CPU 1; across nodes both nodes' workers share
+//! CPU 1, and the CPU figure is the sum of both daemons. The kernel bridge and VXLAN
+//! device have no thread of their own: they forward in softirq on the sending CPU.
 //!
 //! Usage (root): `cargo run --release -p vswitch-benches --bin packet-rate -- [--runs N]
-//! [--seconds S] [--only bridge,tap,afxdp,kvxlan,vxlan-tap,vxlan-afxdp]`; prints a markdown table.
+//! [--seconds S] [--only bridge,ovs-tap,ovs-afxdp,tap,afxdp,tap-busy,afxdp-busy,kvxlan,vxlan-tap,vxlan-afxdp]
+//! [--write docs/BENCHMARKS.md] [--plot docs/packet-rate.png] [--json FILE]`; prints the
+//! markdown, and with `--write` replaces the part of that file between the
+//! `<!-- packet-rate:begin -->` and `<!-- packet-rate:end -->` markers.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -25,13 +34,19 @@ use std::time::{Duration, Instant};
 use vswitch::testbed::{Netns, Signal, unique_prefix, wait_until};
 use vswitch::testing::FrameSpec;
 use vswitch::wire::MacAddr;
-use vswitch_benches::node::{Scratch, Vswitchd, median};
+use vswitch_benches::node::{Ovs, Scratch, Vswitchd, median, sibling_binary, softirq_seconds};
+use vswitch_benches::plot::{self, Bar, Panel};
+use vswitch_benches::report;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Contender {
     Bridge,
+    OvsTap,
+    OvsAfxdp,
     VswitchTap,
     VswitchAfxdp,
+    VswitchTapBusy,
+    VswitchAfxdpBusy,
     KernelVxlan,
     VswitchVxlanTap,
     VswitchVxlanAfxdp,
@@ -41,8 +56,12 @@ impl Contender {
     fn name(self) -> &'static str {
         match self {
             Contender::Bridge => "kernel bridge (veth)",
+            Contender::OvsTap => "OVS 3.1 netdev, tap ports",
+            Contender::OvsAfxdp => "OVS 3.1 netdev, afxdp ports",
             Contender::VswitchTap => "vswitchd, TAP ports",
             Contender::VswitchAfxdp => "vswitchd, AF_XDP ports",
+            Contender::VswitchTapBusy => "vswitchd, TAP ports, busy-poll",
+            Contender::VswitchAfxdpBusy => "vswitchd, AF_XDP ports, busy-poll",
             Contender::KernelVxlan => "kernel vxlan + bridge (flannel-style), 2 nodes",
             Contender::VswitchVxlanTap => "vswitchd VXLAN, TAP ports, 2 nodes",
             Contender::VswitchVxlanAfxdp => "vswitchd VXLAN over AF_XDP underlay, TAP ports, 2 nodes",
@@ -58,11 +77,27 @@ impl Contender {
         if self.cross_node() { Contender::KernelVxlan } else { Contender::Bridge }
     }
 
+    fn ours(self) -> bool {
+        matches!(
+            self,
+            Contender::VswitchTap
+                | Contender::VswitchAfxdp
+                | Contender::VswitchTapBusy
+                | Contender::VswitchAfxdpBusy
+                | Contender::VswitchVxlanTap
+                | Contender::VswitchVxlanAfxdp
+        )
+    }
+
     fn flag(self) -> &'static str {
         match self {
             Contender::Bridge => "bridge",
+            Contender::OvsTap => "ovs-tap",
+            Contender::OvsAfxdp => "ovs-afxdp",
             Contender::VswitchTap => "tap",
             Contender::VswitchAfxdp => "afxdp",
+            Contender::VswitchTapBusy => "tap-busy",
+            Contender::VswitchAfxdpBusy => "afxdp-busy",
             Contender::KernelVxlan => "kvxlan",
             Contender::VswitchVxlanTap => "vxlan-tap",
             Contender::VswitchVxlanAfxdp => "vxlan-afxdp",
@@ -90,6 +125,7 @@ struct Topology {
     first_hop: MacAddr,
     _nodes: Vec<Netns>,
     daemons: Vec<Vswitchd>,
+    ovs: Option<Ovs>,
     dir: Scratch,
 }
 
@@ -156,6 +192,7 @@ impl Topology {
         let dir = Scratch::new(&prefix);
         let mut daemons = Vec::new();
         let mut nodes = Vec::new();
+        let mut ovs = None;
         let (b_ip, first_hop) = if c.cross_node() { (FAR_B_IP, GATEWAY_MAC) } else { (B_IP, B_MAC) };
         match c {
             Contender::Bridge => {
@@ -184,10 +221,59 @@ impl Topology {
                 }
                 nodes.push(node);
             }
-            Contender::VswitchTap | Contender::VswitchAfxdp => {
+            Contender::OvsTap | Contender::OvsAfxdp => {
                 let node = Netns::new(&format!("{prefix}n"));
-                let d = Vswitchd::start(&node, &dir.0, "workers = 1\npin_cpus = [1]");
-                let backend = if c == Contender::VswitchTap { "tap" } else { "afxdp" };
+                let o = Ovs::start(&node, &dir.0, 1);
+                for (pod, port, mac, ip) in [(&a, "pa", A_MAC, A_IP), (&b, "pb", B_MAC, B_IP)] {
+                    if c == Contender::OvsTap {
+                        // OVS makes the TAP in its own namespace; moved into the pod it
+                        // keeps working (OVS reads and writes its fd).
+                        o.vsctl(&["add-port", "br0", port, "--", "set", "Interface", port, "type=tap"]);
+                        node.ok(&["ip", "link", "set", port, "netns", pod.name()]);
+                        pod.ok(&["ip", "link", "set", port, "name", "eth0"]);
+                    } else {
+                        node.ok(&[
+                            "ip",
+                            "link",
+                            "add",
+                            port,
+                            "type",
+                            "veth",
+                            "peer",
+                            "name",
+                            "eth0",
+                            "netns",
+                            pod.name(),
+                        ]);
+                        node.ok(&["ip", "link", "set", port, "up"]);
+                        // As vswitchd does for its AF_XDP pods: the pod sends finished frames.
+                        pod.ok(&["ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off"]);
+                        let set = ["--", "set", "Interface", port, "type=afxdp", "options:xdp-mode=native"];
+                        o.vsctl(&[&["add-port", "br0", port][..], &set[..]].concat());
+                    }
+                    pod.ok(&["ip", "link", "set", "eth0", "address", &mac.to_string(), "up"]);
+                    pod.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+                }
+                ovs = Some(o);
+                nodes.push(node);
+            }
+            Contender::VswitchTap
+            | Contender::VswitchAfxdp
+            | Contender::VswitchTapBusy
+            | Contender::VswitchAfxdpBusy => {
+                let node = Netns::new(&format!("{prefix}n"));
+                let busy = matches!(c, Contender::VswitchTapBusy | Contender::VswitchAfxdpBusy);
+                let idle = if busy { "busy-poll" } else { "epoll" };
+                let d = Vswitchd::start(
+                    &node,
+                    &dir.0,
+                    &format!("workers = 1\npin_cpus = [1]\nidle = \"{idle}\""),
+                );
+                let backend = if matches!(c, Contender::VswitchTap | Contender::VswitchTapBusy) {
+                    "tap"
+                } else {
+                    "afxdp"
+                };
                 for (pod, ip) in [(&a, A_IP), (&b, B_IP)] {
                     d.attach(pod, ip, backend);
                 }
@@ -237,11 +323,15 @@ impl Topology {
             let fast = || daemons.iter().all(|d| d.ctl(&["nodes"]).contains("af_xdp via"));
             assert!(wait_until(Duration::from_secs(15), fast), "both nodes on the AF_XDP fast path");
         }
-        Topology { a, b, b_ip, first_hop, _nodes: nodes, daemons, dir }
+        Topology { a, b, b_ip, first_hop, _nodes: nodes, daemons, ovs, dir }
     }
 
-    /// CPU seconds the vswitchd daemons have used so far (user + system).
-    fn daemon_cpu(&self) -> Option<f64> {
+    /// CPU seconds the switch processes (vswitchd daemons, ovs-vswitchd) have used so far
+    /// (user + system); none for the kernel's switches.
+    fn switch_cpu(&self) -> Option<f64> {
+        if let Some(ovs) = &self.ovs {
+            return ovs.cpu_seconds();
+        }
         if self.daemons.is_empty() {
             return None;
         }
@@ -249,12 +339,32 @@ impl Topology {
     }
 }
 
-/// One measurement: delivered rate, offered rate, vswitchd CPU nanoseconds per packet.
+/// CPU spent while `packets` were delivered: the switch process's and softirq's.
+struct CpuMeter {
+    switch: Option<f64>,
+    softirq: f64,
+}
+
+impl CpuMeter {
+    fn start(t: &Topology) -> CpuMeter {
+        CpuMeter { switch: t.switch_cpu(), softirq: softirq_seconds() }
+    }
+
+    /// Nanoseconds per packet: (switch process, softirq).
+    fn per_packet(self, t: &Topology, packets: f64) -> (Option<f64>, f64) {
+        let per = |secs: f64| secs * 1e9 / packets.max(1.0);
+        (self.switch.zip(t.switch_cpu()).map(|(c0, c1)| per(c1 - c0)), per(softirq_seconds() - self.softirq))
+    }
+}
+
+/// One measurement: delivered rate, offered rate, CPU nanoseconds per packet of the
+/// switch process and of softirq.
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     delivered: f64,
     offered: f64,
     cpu_ns_per_packet: Option<f64>,
+    softirq_ns_per_packet: f64,
 }
 
 fn udp64(t: &Topology, seconds: u64) -> Sample {
@@ -268,7 +378,7 @@ fn udp64(t: &Topology, seconds: u64) -> Sample {
     // because the switch's queue was full (a TAP or veth counts those as tx_dropped).
     let offered = || t.a.counter("eth0", "tx_packets") + t.a.counter("eth0", "tx_dropped");
     let (tx0, rx0) = (offered(), t.b.counter("eth0", "rx_packets"));
-    let cpu0 = t.daemon_cpu();
+    let cpu = CpuMeter::start(t);
     let start = Instant::now();
     // One generator process on CPU 0; leave the machine's socket-memory sysctls and IRQ
     // affinities alone.
@@ -294,17 +404,19 @@ fn udp64(t: &Topology, seconds: u64) -> Sample {
     std::thread::sleep(Duration::from_millis(300)); // let the switch drain
     let (tx1, rx1) = (offered(), t.b.counter("eth0", "rx_packets"));
     let delivered = (rx1 - rx0) as f64;
+    let (cpu_ns_per_packet, softirq_ns_per_packet) = cpu.per_packet(t, delivered);
     Sample {
         delivered: delivered / elapsed,
         offered: (tx1 - tx0) as f64 / elapsed,
-        cpu_ns_per_packet: cpu0.zip(t.daemon_cpu()).map(|(c0, c1)| (c1 - c0) * 1e9 / delivered.max(1.0)),
+        cpu_ns_per_packet,
+        softirq_ns_per_packet,
     }
 }
 
 fn tcp(t: &Topology, seconds: u64) -> Sample {
     let _server = t.b.spawn(&["iperf3", "-s", "-1", "-p", "5201"]);
     assert!(wait_until(Duration::from_secs(5), || t.b.ok(&["ss", "-ltn"]).contains(":5201")));
-    let (rx0, cpu0) = (t.b.counter("eth0", "rx_packets"), t.daemon_cpu());
+    let (rx0, cpu) = (t.b.counter("eth0", "rx_packets"), CpuMeter::start(t));
     let out = t.a.ok(&[
         "iperf3",
         "-c",
@@ -321,12 +433,294 @@ fn tcp(t: &Topology, seconds: u64) -> Sample {
     let json: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
     let bps = json["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
     let sent = json["end"]["sum_sent"]["bits_per_second"].as_f64().unwrap_or(0.0);
-    let packets = (rx1 - rx0) as f64;
-    Sample {
-        delivered: bps / 1e9,
-        offered: sent / 1e9,
-        cpu_ns_per_packet: cpu0.zip(t.daemon_cpu()).map(|(c0, c1)| (c1 - c0) * 1e9 / packets.max(1.0)),
+    let (cpu_ns_per_packet, softirq_ns_per_packet) = cpu.per_packet(t, (rx1 - rx0) as f64);
+    Sample { delivered: bps / 1e9, offered: sent / 1e9, cpu_ns_per_packet, softirq_ns_per_packet }
+}
+
+/// Requests per second of the latency probe: light, so the figure is the path's own
+/// latency (with the switch's wake-up), not queueing.
+const ECHO_RATE: u32 = 1000;
+
+/// Round trips of UDP requests at [`ECHO_RATE`]: (p50, p99) in µs, and answered/sent.
+fn latency(t: &Topology, seconds: u64) -> (f64, f64, f64) {
+    let echo = sibling_binary("udp-echo").display().to_string();
+    let server_ip = t.b_ip.to_string();
+    let _server = t.b.spawn(&["taskset", "-c", "0", &echo, "serve", &server_ip, "7007"]);
+    assert!(wait_until(Duration::from_secs(5), || t.b.ok(&["ss", "-lun"]).contains(":7007")));
+    let out = t.a.ok(&[
+        "taskset",
+        "-c",
+        "0",
+        &echo,
+        "probe",
+        &server_ip,
+        "7007",
+        &ECHO_RATE.to_string(),
+        &seconds.to_string(),
+    ]);
+    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("udp-echo JSON");
+    let answered = json["answered"].as_f64().unwrap_or(0.0) / json["sent"].as_f64().unwrap_or(1.0).max(1.0);
+    (json["p50_us"].as_f64().unwrap_or(f64::NAN), json["p99_us"].as_f64().unwrap_or(f64::NAN), answered)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Workload {
+    Udp,
+    Tcp,
+}
+
+impl Workload {
+    fn name(self, cross_node: bool) -> &'static str {
+        match (self, cross_node) {
+            (Workload::Udp, false) => "UDP 64 B, pod → pod",
+            (Workload::Tcp, false) => "TCP stream, pod → pod (iperf3)",
+            (Workload::Udp, true) => "UDP 64 B, pod → pod on another node",
+            (Workload::Tcp, true) => "TCP stream, pod → pod on another node (iperf3)",
+        }
     }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Workload::Udp => "Mpps",
+            Workload::Tcp => "Gbit/s",
+        }
+    }
+}
+
+/// A contender's figures for one throughput workload, over the runs.
+#[derive(Debug)]
+struct Row {
+    workload: Workload,
+    contender: Contender,
+    median: f64,
+    min: f64,
+    max: f64,
+    offered: f64,
+    cpu_ns: Option<f64>,
+    softirq_ns: f64,
+}
+
+/// A contender's round-trip latency over the runs.
+#[derive(Debug)]
+struct LatencyRow {
+    contender: Contender,
+    p50: f64,
+    p99: f64,
+    p99_min: f64,
+    p99_max: f64,
+    answered: f64,
+}
+
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    (
+        median(v.to_vec()),
+        v.iter().copied().fold(f64::INFINITY, f64::min),
+        v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    )
+}
+
+fn measure(c: Contender, runs: usize, seconds: u64, rows: &mut Vec<Row>, latencies: &mut Vec<LatencyRow>) {
+    let topo = Topology::build(c);
+    for workload in [Workload::Udp, Workload::Tcp] {
+        let f = if workload == Workload::Udp { udp64 } else { tcp };
+        let samples: Vec<Sample> = (0..runs).map(|_| f(&topo, seconds)).collect();
+        let scale = if workload == Workload::Udp { 1e-6 } else { 1.0 };
+        let delivered: Vec<f64> = samples.iter().map(|s| s.delivered * scale).collect();
+        let (median_, min, max) = spread(&delivered);
+        let cpu: Vec<f64> = samples.iter().filter_map(|s| s.cpu_ns_per_packet).collect();
+        let row = Row {
+            workload,
+            contender: c,
+            median: median_,
+            min,
+            max,
+            offered: median(samples.iter().map(|s| s.offered * scale).collect()),
+            cpu_ns: (!cpu.is_empty()).then(|| median(cpu)),
+            softirq_ns: median(samples.iter().map(|s| s.softirq_ns_per_packet).collect()),
+        };
+        eprintln!("{row:?}");
+        rows.push(row);
+    }
+    let samples: Vec<(f64, f64, f64)> = (0..runs).map(|_| latency(&topo, seconds)).collect();
+    let p99: Vec<f64> = samples.iter().map(|s| s.1).collect();
+    let (p99_med, p99_min, p99_max) = spread(&p99);
+    let row = LatencyRow {
+        contender: c,
+        p50: median(samples.iter().map(|s| s.0).collect()),
+        p99: p99_med,
+        p99_min,
+        p99_max,
+        answered: median(samples.iter().map(|s| s.2).collect()),
+    };
+    eprintln!("{row:?}");
+    latencies.push(row);
+    if let Some(ovs) = &topo.ovs
+        && ovs.log().contains("|ERR|")
+    {
+        eprintln!("note: ovs-vswitchd logged errors (see its log in {})", topo.dir.0.display());
+    }
+}
+
+fn find(rows: &[Row], w: Workload, c: Contender) -> Option<&Row> {
+    rows.iter().find(|r| r.workload == w && r.contender == c)
+}
+
+fn report(rows: &[Row], latencies: &[LatencyRow], runs: usize, seconds: u64, command: &str) -> String {
+    let mut md = String::new();
+    let mut line = |s: String| {
+        md.push_str(&s);
+        md.push('\n');
+    };
+    line(format!(
+        "Generated by `{command}` on {}; {}. Medians of {runs} runs of {seconds} s, min–max of the runs; \
+         generator on CPU 0, the switch (vswitchd's worker, ovs-vswitchd and its PMD thread) pinned to CPU 1. \
+         \"vs\": against the kernel bridge on one node, kernel vxlan across nodes, from this run. CPU per packet: \
+         the switch process's CPU time, and the whole machine's softirq time (where the kernel forwards, and \
+         where every contender's receiving pod's stack runs), each over the packets delivered. A busy-polling \
+         switch (OVS's PMD thread with afxdp ports, vswitchd busy-poll) uses its whole core whatever the load, \
+         so its CPU per packet is a ceiling when it is not the bottleneck.",
+        report::today(),
+        report::machine()
+    ));
+    line(String::new());
+    line("| workload | contender | delivered | min–max | offered | vs | switch CPU per packet | softirq per packet |".into());
+    line("|---|---|---:|---|---:|---:|---:|---:|".into());
+    for r in rows {
+        let unit = r.workload.unit();
+        let baseline = find(rows, r.workload, r.contender.baseline()).map(|b| b.median);
+        let ratio = baseline.map_or("–".to_string(), |b| format!("{:.2}×", r.median / b));
+        // A UDP generator that got everything it sent delivered was the limit; TCP is
+        // flow-controlled, so sent equals delivered there by construction.
+        let bound =
+            if r.workload == Workload::Udp && (r.offered - r.median).abs() / r.offered.max(1e-9) < 0.02 {
+                " (generator-bound)"
+            } else {
+                ""
+            };
+        let cpu = r.cpu_ns.map_or("–".to_string(), |c| format!("{c:.0} ns"));
+        line(format!(
+            "| {} | {} | {:.2} {unit}{bound} | {:.2}–{:.2} | {:.2} {unit} | {ratio} | {cpu} | {:.0} ns |",
+            r.workload.name(r.contender.cross_node()),
+            r.contender.name(),
+            r.median,
+            r.min,
+            r.max,
+            r.offered,
+            r.softirq_ns
+        ));
+    }
+    line(String::new());
+    line(format!(
+        "Request/response: a UDP echo at {ECHO_RATE} requests/s, one in flight (`udp-echo`), client and server on CPU 0:"
+    ));
+    line(String::new());
+    line("| contender | p50 | p99 | p99 min–max | answered |".into());
+    line("|---|---:|---:|---|---:|".into());
+    for l in latencies {
+        line(format!(
+            "| {} | {:.1} µs | {:.1} µs | {:.1}–{:.1} | {:.2}% |",
+            l.contender.name(),
+            l.p50,
+            l.p99,
+            l.p99_min,
+            l.p99_max,
+            l.answered * 100.0
+        ));
+    }
+    let goal = |what: &str, ours: Contender, theirs: Contender, w: Workload, target: f64| -> Option<String> {
+        let (o, t) = (find(rows, w, ours)?, find(rows, w, theirs)?);
+        let ratio = o.median / t.median;
+        let verdict = if ratio >= target {
+            "met".to_string()
+        } else {
+            format!("missed by {:.0}%", (1.0 - ratio / target) * 100.0)
+        };
+        Some(format!("| {what} | ≥ {target}× | {ratio:.2}× | {verdict} |"))
+    };
+    let goals: Vec<String> = [
+        goal(
+            "64 B pps, vswitchd AF_XDP vs kernel bridge",
+            Contender::VswitchAfxdp,
+            Contender::Bridge,
+            Workload::Udp,
+            1.5,
+        ),
+        goal(
+            "64 B pps, vswitchd AF_XDP vs OVS netdev afxdp",
+            Contender::VswitchAfxdp,
+            Contender::OvsAfxdp,
+            Workload::Udp,
+            2.0,
+        ),
+        goal(
+            "64 B pps, vswitchd TAP vs OVS netdev tap",
+            Contender::VswitchTap,
+            Contender::OvsTap,
+            Workload::Udp,
+            2.0,
+        ),
+        goal(
+            "TCP Gbit/s, vswitchd TAP (offloads) vs kernel bridge",
+            Contender::VswitchTap,
+            Contender::Bridge,
+            Workload::Tcp,
+            0.8,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !goals.is_empty() {
+        line(String::new());
+        line("| goal | target | measured | |".into());
+        line("|---|---:|---:|---|".into());
+        for g in goals {
+            line(g);
+        }
+    }
+    md
+}
+
+fn plot_panels(rows: &[Row], latencies: &[LatencyRow]) -> Vec<Panel> {
+    let mut panels = Vec::new();
+    for (w, cross) in
+        [(Workload::Udp, false), (Workload::Tcp, false), (Workload::Udp, true), (Workload::Tcp, true)]
+    {
+        let bars: Vec<Bar> = rows
+            .iter()
+            .filter(|r| r.workload == w && r.contender.cross_node() == cross)
+            .map(|r| Bar {
+                label: r.contender.name().to_string(),
+                median: r.median,
+                min: r.min,
+                max: r.max,
+                ours: r.contender.ours(),
+            })
+            .collect();
+        if !bars.is_empty() {
+            panels.push(Panel {
+                title: format!("{} ({}, median of runs; whisker: min–max)", w.name(cross), w.unit()),
+                bars,
+            });
+        }
+    }
+    let bars: Vec<Bar> = latencies
+        .iter()
+        .map(|l| Bar {
+            label: l.contender.name().to_string(),
+            median: l.p99,
+            min: l.p99_min,
+            max: l.p99_max,
+            ours: l.contender.ours(),
+        })
+        .collect();
+    if !bars.is_empty() {
+        panels.push(Panel {
+            title: format!("UDP request/response p99 at {ECHO_RATE}/s (µs, lower is better)"),
+            bars,
+        });
+    }
+    panels
 }
 
 fn main() {
@@ -337,8 +731,12 @@ fn main() {
     let only = arg("--only");
     let contenders: Vec<Contender> = [
         Contender::Bridge,
+        Contender::OvsTap,
+        Contender::OvsAfxdp,
         Contender::VswitchTap,
         Contender::VswitchAfxdp,
+        Contender::VswitchTapBusy,
+        Contender::VswitchAfxdpBusy,
         Contender::KernelVxlan,
         Contender::VswitchVxlanTap,
         Contender::VswitchVxlanAfxdp,
@@ -346,59 +744,33 @@ fn main() {
     .into_iter()
     .filter(|c| only.as_deref().is_none_or(|o| o.split(',').any(|w| w == c.flag())))
     .collect();
-    let mut rows = Vec::new();
+    let (mut rows, mut latencies) = (Vec::new(), Vec::new());
     for c in &contenders {
-        let topo = Topology::build(*c);
-        let (udp_name, tcp_name) = if c.cross_node() {
-            ("UDP 64 B, pod → pod on another node", "TCP stream, pod → pod on another node (iperf3)")
-        } else {
-            ("UDP 64 B, pod → pod", "TCP stream, pod → pod (iperf3)")
-        };
-        for (workload, f, unit) in [
-            (udp_name, udp64 as fn(&Topology, u64) -> Sample, "Mpps"),
-            (tcp_name, tcp as fn(&Topology, u64) -> Sample, "Gbit/s"),
-        ] {
-            let samples: Vec<Sample> = (0..runs).map(|_| f(&topo, seconds)).collect();
-            let scale = if unit == "Mpps" { 1e-6 } else { 1.0 };
-            let delivered: Vec<f64> = samples.iter().map(|s| s.delivered * scale).collect();
-            let offered = median(samples.iter().map(|s| s.offered * scale).collect());
-            let cpu = samples.iter().filter_map(|s| s.cpu_ns_per_packet).collect::<Vec<_>>();
-            let row = (
-                workload,
-                *c,
-                unit,
-                median(delivered.clone()),
-                delivered.iter().copied().fold(f64::MAX, f64::min),
-                delivered.iter().copied().fold(f64::MIN, f64::max),
-                offered,
-                (!cpu.is_empty()).then(|| median(cpu)),
-            );
-            eprintln!("{row:?}");
-            rows.push(row);
-        }
+        measure(*c, runs, seconds, &mut rows, &mut latencies);
     }
-    println!(
-        "| workload | contender | delivered (median) | min–max | offered (median) | vs kernel | vswitchd CPU per packet |"
-    );
-    println!("|---|---|---:|---|---:|---:|---:|");
-    for (workload, c, unit, med, min, max, offered, cpu) in &rows {
-        let name = c.name();
-        let kernel = rows.iter().find(|r| r.0 == *workload && r.1 == c.baseline()).map(|r| r.3);
-        let ratio = kernel.map_or("–".to_string(), |b| format!("{:.2}×", med / b));
-        // A UDP generator that got everything it sent delivered was the limit; TCP is
-        // flow-controlled, so sent equals delivered there by construction.
-        let bound = if *unit == "Mpps" && (offered - med).abs() / offered.max(1e-9) < 0.02 {
-            " (generator-bound)"
-        } else {
-            ""
-        };
-        let cpu = cpu.map_or("–".to_string(), |c| format!("{c:.0} ns"));
-        println!(
-            "| {workload} | {name} | {med:.2} {unit}{bound} | {min:.2}–{max:.2} | {offered:.2} {unit} | {ratio} | {cpu} |"
-        );
+    let command = arg("--command").unwrap_or_else(|| "benches/packet-rate.sh".into());
+    let mut md = report(&rows, &latencies, runs, seconds, &command);
+    if let Some(png) = arg("--plot") {
+        plot::draw(std::path::Path::new(&png), &plot_panels(&rows, &latencies)).expect("drawing the plot");
+        let name =
+            std::path::Path::new(&png).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(png);
+        md.push_str(&format!("\n![pps, Gbit/s and latency per contender]({name})\n"));
     }
-    println!(
-        "\n{runs} runs of {seconds} s each; generator on CPU 0, vswitchd's worker(s) pinned to CPU 1; \
-         \"vs kernel\": against the kernel bridge on one node, against kernel vxlan across nodes."
-    );
+    print!("{md}");
+    // A contender that delivered nothing is a broken set-up, not a figure.
+    let dead: Vec<String> = rows
+        .iter()
+        .filter(|r| r.median <= 0.0)
+        .map(|r| format!("{} / {:?}", r.contender.name(), r.workload))
+        .chain(
+            latencies
+                .iter()
+                .filter(|l| l.answered < 0.5)
+                .map(|l| format!("{} / latency", l.contender.name())),
+        )
+        .collect();
+    assert!(dead.is_empty(), "nothing (or too little) delivered: {dead:?}");
+    if let Some(path) = arg("--write") {
+        report::write_between_markers(&path, "packet-rate", &md);
+    }
 }
