@@ -103,6 +103,11 @@ impl Vswitchd {
     }
 }
 
+/// A veth pair from `node` (end `host_end`) into `pod` (end `eth0`, still down).
+pub fn veth_to_pod(node: &Netns, host_end: &str, pod: &Netns) {
+    node.ok(&["ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", pod.name()]);
+}
+
 /// CPU seconds process `pid` has used so far (user + system, all its threads).
 pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

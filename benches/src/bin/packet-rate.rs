@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use vswitch::testbed::{Netns, Signal, unique_prefix, wait_until};
 use vswitch::testing::FrameSpec;
 use vswitch::wire::MacAddr;
-use vswitch_benches::node::{Ovs, Scratch, Vswitchd, median, sibling_binary, softirq_seconds};
+use vswitch_benches::node::{Ovs, Scratch, Vswitchd, median, sibling_binary, softirq_seconds, veth_to_pod};
 use vswitch_benches::plot::{self, Bar, Panel};
 use vswitch_benches::report;
 
@@ -200,19 +200,7 @@ impl Topology {
                 node.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
                 node.ok(&["ip", "link", "set", "br0", "up"]);
                 for (pod, name, mac) in [(&a, "va", A_MAC), (&b, "vb", B_MAC)] {
-                    node.ok(&[
-                        "ip",
-                        "link",
-                        "add",
-                        name,
-                        "type",
-                        "veth",
-                        "peer",
-                        "name",
-                        "eth0",
-                        "netns",
-                        pod.name(),
-                    ]);
+                    veth_to_pod(&node, name, pod);
                     node.ok(&["ip", "link", "set", name, "master", "br0", "up"]);
                     pod.ok(&["ip", "link", "set", "eth0", "address", &mac.to_string(), "up"]);
                 }
@@ -232,19 +220,7 @@ impl Topology {
                         node.ok(&["ip", "link", "set", port, "netns", pod.name()]);
                         pod.ok(&["ip", "link", "set", port, "name", "eth0"]);
                     } else {
-                        node.ok(&[
-                            "ip",
-                            "link",
-                            "add",
-                            port,
-                            "type",
-                            "veth",
-                            "peer",
-                            "name",
-                            "eth0",
-                            "netns",
-                            pod.name(),
-                        ]);
+                        veth_to_pod(&node, port, pod);
                         node.ok(&["ip", "link", "set", port, "up"]);
                         // As vswitchd does for its AF_XDP pods: the pod sends finished frames.
                         pod.ok(&["ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off"]);

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use vswitch::sys::netns::Netns as NsHandle;
 use vswitch::testbed::{Netns, unique_prefix};
-use vswitch_benches::node::{Scratch, Vswitchd, median};
+use vswitch_benches::node::{Scratch, Vswitchd, median, veth_to_pod};
 use vswitch_benches::report;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -88,19 +88,7 @@ fn routed_pods(node: &Netns, pods: &[(&Netns, Ipv4Addr, &str)]) {
     // The pods' gateway is the node's own address, answered on every veth.
     node.ok(&["ip", "addr", "add", &format!("{GATEWAY}/32"), "dev", "lo"]);
     for (pod, ip, host_end) in pods {
-        node.ok(&[
-            "ip",
-            "link",
-            "add",
-            host_end,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            pod.name(),
-        ]);
+        veth_to_pod(node, host_end, pod);
         node.ok(&["sysctl", "-qw", &format!("net.ipv4.conf.{host_end}.proxy_arp=1")]);
         node.ok(&["ip", "link", "set", host_end, "up"]);
         node.ok(&["ip", "route", "add", &format!("{ip}/32"), "dev", host_end]);
