@@ -8,11 +8,16 @@ table goes between FILE's <!-- pipeline:begin --> and <!-- pipeline:end --> mark
     benches/callgrind.sh | benches/pipeline-summary.py [--write docs/BENCHMARKS.md]
 """
 import datetime
-import json
+import importlib.util
 import pathlib
 import sys
 
-root = pathlib.Path(__file__).resolve().parent.parent / "target" / "criterion" / "pipeline"
+# The criterion reader of benches/criterion-table.py (a file name with a dash: loaded
+# by path).
+_spec = importlib.util.spec_from_file_location(
+    "criterion_table", pathlib.Path(__file__).resolve().parent / "criterion-table.py")
+criterion_table = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(criterion_table)
 instructions = {}
 for line in sys.stdin:
     parts = line.split()
@@ -20,13 +25,8 @@ for line in sys.stdin:
         instructions[(parts[0], int(parts[1]))] = int(parts[2])
 
 rows = []
-for bench in sorted(root.glob("*/new/benchmark.json")):
-    meta = json.loads(bench.read_text())
-    est = json.loads((bench.parent / "estimates.json").read_text())
-    workload, batch = meta["function_id"].split("/batch")
-    elements = meta["throughput"]["Elements"]
-    median = est["median"]["point_estimate"]
-    lo, hi = (est["median"]["confidence_interval"][k] for k in ("lower_bound", "upper_bound"))
+for function_id, elements, median, lo, hi in criterion_table.read("pipeline"):
+    workload, batch = function_id.split("/batch")
     rows.append((workload, int(batch), elements / median * 1e3, elements / hi * 1e3, elements / lo * 1e3))
 if not rows:
     sys.exit("no criterion results under target/criterion/pipeline: run cargo bench first")

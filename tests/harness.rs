@@ -37,23 +37,7 @@ pub fn binary(name: &str, env: &str) -> PathBuf {
     bin
 }
 
-/// A scratch directory removed on drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(prefix: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("vswitch-e2e-{prefix}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch directory");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use vswitch::testbed::Scratch;
 
 /// A node: its namespace and the `vswitchd` serving it.
 pub struct Node {

@@ -9,23 +9,7 @@ use std::time::Duration;
 
 use vswitch::testbed::{Netns, Process, ok, wait_until};
 
-/// A directory removed on drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(prefix: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("vswitch-{prefix}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use vswitch::testbed::Scratch;
 
 /// A binary of this workspace, next to the running harness.
 pub fn sibling_binary(name: &str) -> PathBuf {

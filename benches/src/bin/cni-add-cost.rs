@@ -16,7 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::resource::{UsageWho, getrusage};
-use vswitch::testbed::{Netns, Process, unique_prefix, wait_until};
+use vswitch::testbed::{Netns, Process, Scratch, unique_prefix, wait_until};
+use vswitch_benches::node::sibling_binary;
 
 fn children_cpu() -> f64 {
     let u = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
@@ -116,11 +117,11 @@ fn main() {
         .position(|a| a == "--pods")
         .and_then(|i| args.get(i + 1))
         .map_or(30, |v| v.parse().expect("--pods N"));
-    let exe = std::env::current_exe().expect("own path");
-    let bin = |name: &str| -> PathBuf { exe.with_file_name(name) };
+    let bin = sibling_binary;
     let prefix = unique_prefix("vca");
-    let scratch = std::env::temp_dir().join(format!("vswitch-{prefix}"));
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    // Removed at the end, on a panic too, like the namespaces.
+    let scratch_dir = Scratch::new(&prefix);
+    let scratch = scratch_dir.0.clone();
     let node = Netns::new(&format!("{prefix}n"));
 
     // vswitchd in the node namespace.
@@ -165,7 +166,6 @@ fn main() {
         rows.push(measure(name, &node, &plugin, conf, &pods, baseline, pid));
     }
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&scratch);
 
     println!(
         "| plugin | CPU per ADD (median) | wall per ADD (median) | CPU per DEL (median) | vswitchd CPU per ADD |"
