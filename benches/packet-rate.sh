@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 
 if [[ ${1:-} == --smoke ]]; then
-  cargo build --locked -p vswitch -p vswitch-benches --bins
+  cargo build --locked -p vswitchd -p vswitch-benches --bins
   out=$(mktemp -d)
   trap 'rm -rf "$out"' EXIT
   target/debug/packet-rate --runs 1 --seconds 1 --plot "$out/packet-rate.png" >"$out/packet-rate.md"
@@ -24,6 +24,6 @@ if [[ ${1:-} == --smoke ]]; then
   exit 0
 fi
 
-cargo build --release --locked -p vswitch -p vswitch-benches --bins
+cargo build --release --locked -p vswitchd -p vswitch-benches --bins
 target/release/packet-rate --runs 3 --seconds 5 --write docs/BENCHMARKS.md --plot docs/packet-rate.png
 target/release/service-scale --runs 3 --seconds 5 --write docs/BENCHMARKS.md

@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 echo "== building vswitchd and vswitchctl (release)"
-cargo build --release --locked -q -p vswitch --bins
+cargo build --release --locked -q -p vswitchd --bins
 VSWITCHD=$PWD/target/release/vswitchd
 CTL="$PWD/target/release/vswitchctl"
 

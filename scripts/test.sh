@@ -9,10 +9,13 @@ echo "== format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== the data plane's layers (dataplane/tests/layers.rs; also part of the tests below)"
+cargo test --locked -p vswitch-dataplane --test layers --quiet
+
 echo "== unit, property and end-to-end tests"
-# The end-to-end tests run vswitchd and vswitchctl from the target directory.
-cargo build --workspace --bins --locked
-cargo test --workspace --locked
+# Tests that need root (network namespaces, TAP, AF_XDP, the daemon) are #[ignore]d
+# for a plain `cargo test`; as root, run them too.
+cargo test --workspace --locked -- --include-ignored
 
 echo "== fuzz targets, fixed budget on the committed corpus"
 scripts/fuzz.sh smoke

@@ -16,10 +16,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use vswitch::frame::{DEFAULT_BUF_SIZE, FramePool, SharedPool};
-use vswitch::port::PortQueue;
-use vswitch::port::memory::MemoryPort;
 use vswitch_benches::{Workload, baseline_frames, rig};
+use vswitch_dataplane::frame::{DEFAULT_BUF_SIZE, FramePool, SharedPool};
+use vswitch_dataplane::port::PortQueue;
+use vswitch_dataplane::port::memory::MemoryPort;
 
 fn pipeline(c: &mut Criterion) {
     let mut group = c.benchmark_group("pipeline");

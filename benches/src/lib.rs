@@ -10,18 +10,19 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use vswitch::fdb::FdbConfig;
-use vswitch::frame::{Frame, FramePool};
-use vswitch::overlay::{NodeSpec, OverlaySettings, OverlayTable};
-use vswitch::port::memory::MemoryPort;
-use vswitch::port::{PortError, PortQueue, TxOutcome};
-use vswitch::services::{BuildMemory, DEFAULT_HAIRPIN_IP, EndpointSpec, ServicePortSpec, ServiceTable};
-use vswitch::tables::{
-    Gateway, PortEntry, PortId, PortKind, SegmentConfig, TablesBuilder, UnknownArp, WorkerSet,
+use vswitch_dataplane::frame::{Frame, FramePool};
+use vswitch_dataplane::ids::{PortId, SegmentId, WorkerSet};
+use vswitch_dataplane::port::memory::MemoryPort;
+use vswitch_dataplane::port::{PortError, PortQueue, TxOutcome};
+use vswitch_dataplane::tables::fdb::FdbConfig;
+use vswitch_dataplane::tables::overlay::{NodeSpec, OverlaySettings, OverlayTable};
+use vswitch_dataplane::tables::services::{
+    BuildMemory, DEFAULT_HAIRPIN_IP, EndpointSpec, ServicePortSpec, ServiceTable,
 };
-use vswitch::testing::{FrameSpec, SoloSwitch, arp_request, mac};
-use vswitch::wire::parse::IPPROTO_UDP;
-use vswitch::wire::{MacAddr, vxlan};
+use vswitch_dataplane::tables::{Gateway, PortEntry, PortKind, SegmentConfig, TablesBuilder, UnknownArp};
+use vswitch_dataplane::testing::{FrameSpec, SoloSwitch, arp_request, mac};
+use vswitch_dataplane::wire::parse::IPPROTO_UDP;
+use vswitch_dataplane::wire::{MacAddr, vxlan};
 
 /// 60 bytes on the wire plus the 4-byte FCS the NIC adds: the classic 64-byte frame.
 pub const FRAME_LEN: usize = 60;
@@ -201,7 +202,7 @@ pub fn overlay_settings() -> OverlaySettings {
         udp_port: vxlan::DEFAULT_PORT,
         underlay_mtu: 1500,
         local_ip: node_ip(0),
-        segment: 0,
+        segment: SegmentId(0),
         gateway_ip: Ipv4Addr::new(10, 244, 1, 1),
         gateway_mac: mac(0xfffe),
         local_cidr: "10.244.1.0/24".parse().expect("a CIDR"),
@@ -234,13 +235,13 @@ fn pod_ip(n: u16) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 1, n as u8 + 1)
 }
 
-fn port(id: PortId, kind: PortKind) -> PortEntry {
+fn port(id: u16, kind: PortKind) -> PortEntry {
     let pod = kind == PortKind::Pod;
     PortEntry {
-        id,
+        id: PortId(id),
         name: format!("p{id}"),
         kind,
-        segment: 0,
+        segment: SegmentId(0),
         mac: pod.then(|| mac(u32::from(id))),
         ipv4: if pod { vec![pod_ip(id)] } else { vec![] },
         ipv6: vec![],
@@ -273,7 +274,7 @@ pub fn baseline_frames() -> Vec<Vec<u8>> {
 pub fn rig(workload: Workload, batch: usize) -> Rig {
     let mut b = TablesBuilder::default();
     b.add_segment(SegmentConfig {
-        id: 0,
+        id: SegmentId(0),
         gateway: Some(Gateway { ip: Ipv4Addr::new(10, 244, 1, 1), mac: mac(0xfffe) }),
         unknown_arp: UnknownArp::Drop,
     })
@@ -294,14 +295,14 @@ pub fn rig(workload: Workload, batch: usize) -> Rig {
     if overlay {
         // The underlay port in a segment of its own, 100 other nodes.
         let underlay_id = if workload == Workload::VxlanEncap { 2 } else { 1 };
-        b.remove_port(underlay_id);
-        b.add_segment(SegmentConfig { id: 1, gateway: None, unknown_arp: UnknownArp::Drop })
+        b.remove_port(PortId(underlay_id));
+        b.add_segment(SegmentConfig { id: SegmentId(1), gateway: None, unknown_arp: UnknownArp::Drop })
             .expect("new segment");
         let mut underlay = port(underlay_id, PortKind::Uplink);
-        underlay.segment = 1;
+        underlay.segment = SegmentId(1);
         b.add_port(underlay).expect("distinct ports");
         b.set_overlay(Arc::new(
-            OverlayTable::build(overlay_settings(), Some(underlay_id), &bench_nodes(100))
+            OverlayTable::build(overlay_settings(), Some(PortId(underlay_id)), &bench_nodes(100))
                 .expect("valid nodes"),
         ));
     }
@@ -323,8 +324,8 @@ pub fn rig(workload: Workload, batch: usize) -> Rig {
         let now = 0;
         let fdb = switch.fdb().batch();
         for h in 0..HOSTS {
-            fdb.learn(0, mac(0x10_0000 + h), 1, now);
-            fdb.learn(0, mac(0x20_0000 + h), 2, now);
+            fdb.learn(SegmentId(0), mac(0x10_0000 + h), PortId(1), now);
+            fdb.learn(SegmentId(0), mac(0x20_0000 + h), PortId(2), now);
         }
     }
     let frames: Vec<Vec<u8>> = match workload {
@@ -386,17 +387,17 @@ pub fn rig(workload: Workload, batch: usize) -> Rig {
     let mut sent = Vec::new();
     for id in 2..=ports {
         let (sink, counter) = MemoryPort::sink(&format!("out{id}"));
-        switch.add_queue(id, Box::new(sink));
+        switch.add_queue(PortId(id), Box::new(sink));
         sent.push(counter);
     }
     let new_flows = frames.is_empty();
     if new_flows {
         let mut template = service_udp(gateway, bench_vip(services), 0);
         template[40..42].copy_from_slice(&[0, 0]); // no UDP checksum
-        switch.add_queue(1, Box::new(FlowGenerator { template, next: 1024 }));
+        switch.add_queue(PortId(1), Box::new(FlowGenerator { template, next: 1024 }));
     } else {
         let (replay, counter) = MemoryPort::replay("in", frames);
-        switch.add_queue(1, Box::new(replay));
+        switch.add_queue(PortId(1), Box::new(replay));
         sent.push(counter);
     }
     let reset_every = new_flows.then_some(32_768);

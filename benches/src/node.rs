@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use vswitch::testbed::{Netns, Process, ok, wait_until};
+use vswitch_testbed::{Netns, Process, ok, wait_until};
 
-pub use vswitch::testbed::Scratch;
+pub use vswitch_testbed::Scratch;
 
 /// A binary of this workspace, next to the running harness.
 pub fn sibling_binary(name: &str) -> PathBuf {

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use ipnet::IpNet;
-use vswitch::sys::netlink::in_netns;
-use vswitch::sys::netns::{Netns, NetnsError};
+use vswitch_sys::netlink::in_netns;
+use vswitch_sys::netns::{Netns, NetnsError};
 
 use crate::error::{CniError, code};
 use crate::result::CniResult;
@@ -88,7 +88,7 @@ pub fn check(
     let Some(link) = link else {
         return fail(format!("interface {ifname} is missing from {}", netns.display()));
     };
-    let have_mac = link.mac.map(|m| vswitch::wire::MacAddr(m).to_string()).unwrap_or_default();
+    let have_mac = link.mac.map(|m| m.map(|b| format!("{b:02x}")).join(":")).unwrap_or_default();
     if !mac.is_empty() && !have_mac.eq_ignore_ascii_case(mac) {
         return fail(format!("interface {ifname} has MAC {have_mac}, expected {mac}"));
     }

@@ -7,8 +7,8 @@
 //! every segment parses.
 
 use libfuzzer_sys::fuzz_target;
-use vswitch::wire::offload::{self, VNET_HDR_LEN};
-use vswitch::wire::parse;
+use vswitch_dataplane::wire::offload::{self, VNET_HDR_LEN};
+use vswitch_dataplane::wire::parse;
 
 fuzz_target!(|data: &[u8]| {
     let Some((hdr, frame)) = data.split_first_chunk::<VNET_HDR_LEN>() else { return };
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
             let len = offload::write_segment(frame, &off, i, &mut out);
             assert!(len <= usize::from(off.segment_len));
             // A segment of a frame the pipeline accepts, parses.
-            if parse::parse(frame).is_ok_and(|m| vswitch::pipeline::offload_matches(&off, &m).is_ok()) {
+            if parse::parse(frame).is_ok_and(|m| vswitch_dataplane::wire::offload::matches_headers(&off, &m).is_ok()) {
                 assert!(parse::parse(&out[..len]).is_ok(), "segment {i} of a valid super-frame does not parse");
             }
         }

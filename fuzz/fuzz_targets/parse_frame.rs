@@ -3,7 +3,7 @@
 //! accepts a frame, the etherparse reference path returns the same metadata.
 
 use libfuzzer_sys::fuzz_target;
-use vswitch::wire::parse::{parse, parse_with_etherparse};
+use vswitch_dataplane::wire::parse::{parse, parse_with_etherparse};
 
 fuzz_target!(|frame: &[u8]| {
     let reference = parse_with_etherparse(frame);

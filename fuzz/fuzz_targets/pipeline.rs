@@ -7,7 +7,7 @@
 //! reason, exactly once; every frame the switch sends parses.
 
 use libfuzzer_sys::fuzz_target;
-use vswitch::fuzzing::Topology;
+use vswitch_dataplane::fuzzing::Topology;
 
 fuzz_target!(|data: &[u8]| {
     let mut topo = Topology::new();

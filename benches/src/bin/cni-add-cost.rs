@@ -16,8 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::resource::{UsageWho, getrusage};
-use vswitch::testbed::{Netns, Process, Scratch, unique_prefix, wait_until};
 use vswitch_benches::node::sibling_binary;
+use vswitch_testbed::{Netns, Process, Scratch, unique_prefix, wait_until};
 
 fn children_cpu() -> f64 {
     let u = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");

@@ -31,12 +31,12 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use vswitch::testbed::{Netns, Signal, unique_prefix, wait_until};
-use vswitch::testing::FrameSpec;
-use vswitch::wire::MacAddr;
 use vswitch_benches::node::{Ovs, Scratch, Vswitchd, median, sibling_binary, softirq_seconds, veth_to_pod};
 use vswitch_benches::plot::{self, Bar, Panel};
 use vswitch_benches::report;
+use vswitch_dataplane::testing::FrameSpec;
+use vswitch_dataplane::wire::MacAddr;
+use vswitch_testbed::{Netns, Signal, unique_prefix, wait_until};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Contender {
@@ -131,7 +131,7 @@ struct Topology {
 
 /// The underlay between two node namespaces: `ul0` with 192.168.77.{1,2}/24.
 fn underlay(nodes: &[Netns; 2]) {
-    vswitch::testbed::ok(
+    vswitch_testbed::ok(
         "ip",
         &[
             "link",

@@ -40,10 +40,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use vswitch::sys::netns::Netns as NsHandle;
-use vswitch::testbed::{Netns, unique_prefix};
 use vswitch_benches::node::{Scratch, Vswitchd, median, veth_to_pod};
 use vswitch_benches::report;
+use vswitch_sys::netns::Netns as NsHandle;
+use vswitch_testbed::{Netns, unique_prefix};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Contender {

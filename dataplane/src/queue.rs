@@ -1,0 +1,64 @@
+//! The port contract: one queue of a port, as a worker drives it in batches.
+//!
+//! A port has one or more queues; each queue is owned by exactly one worker, which
+//! receives from it and transmits through it in batches. The backends in `port`
+//! implement [`PortQueue`]; the worker and the pipeline never know which backend a
+//! frame came from.
+
+use crate::frame::{Frame, FramePool};
+
+/// What a transmit call achieved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxOutcome {
+    pub sent: usize,
+    pub sent_bytes: u64,
+    /// Frames the queue refused (full or failed); counted by the caller as `TxFailed`.
+    pub dropped: usize,
+}
+
+/// An I/O failure of a port queue, with the port it happened on.
+#[derive(Debug, thiserror::Error)]
+#[error("port {port}: {op}: {source}")]
+pub struct PortError {
+    pub port: String,
+    pub op: &'static str,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// One queue of a port.
+pub trait PortQueue: Send {
+    /// Appends up to `max` received frames to `batch`, with buffers from `pool`.
+    /// Returns how many were appended; zero when nothing is waiting.
+    fn rx_batch(
+        &mut self,
+        pool: &mut FramePool,
+        batch: &mut Vec<Frame>,
+        max: usize,
+    ) -> Result<usize, PortError>;
+
+    /// Transmits every frame in `frames`, leaving it empty, and returns the buffers to
+    /// `pool`. Frames the queue cannot take are dropped and reported in the outcome.
+    fn tx_batch(&mut self, frames: &mut Vec<Frame>, pool: &mut FramePool) -> TxOutcome;
+
+    /// The port's interface name, for errors and logs.
+    fn name(&self) -> &str;
+
+    /// A file descriptor that becomes readable when frames arrive, for a worker that
+    /// sleeps in epoll between rounds. `None`: the queue must be polled.
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    /// Called when the port is removed for good (not when the daemon merely stops):
+    /// undoes whatever keeps the device alive across restarts.
+    fn release(&mut self) -> Result<(), PortError> {
+        Ok(())
+    }
+
+    /// True while the queue has work in flight that only more polling completes
+    /// (e.g. AF_XDP transmissions waiting for a kick); the worker does not sleep then.
+    fn busy(&self) -> bool {
+        false
+    }
+}

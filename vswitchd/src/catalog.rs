@@ -1,0 +1,250 @@
+//! The Services the node serves: the union of its sources (today the services file),
+//! turned into the [`ServiceTable`] workers read.
+//!
+//! A change builds a new table and leaves every established flow alone, with two
+//! deliberate exceptions that follow kube-proxy: a UDP flow whose endpoint no longer
+//! serves is cut, so the client's next datagram is balanced afresh instead of vanishing
+//! into a gone pod for the rest of the flow's timeout; and nothing else. A TCP flow to
+//! an endpoint (or of a Service) that went away keeps being translated until it ends,
+//! as the kernel's conntrack keeps NATing after kube-proxy removed a rule: the table
+//! keeps recognising the VIPs and endpoints such flows use ("retired") until conntrack
+//! forgets the flows.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use vswitch_api::{Service, ServicesView};
+
+use super::config::{Config, ConfigError};
+use super::services_file::{self, NodeView};
+use vswitch_dataplane::tables::conntrack::{Conn, Conntrack};
+use vswitch_dataplane::tables::services::{BuildMemory, ServiceTable};
+use vswitch_dataplane::wire::parse::IPPROTO_UDP;
+
+pub struct ServiceCatalog {
+    node: NodeView,
+    file: Option<PathBuf>,
+    /// The file's content last looked at (`None`: absent), applied or not.
+    file_text: Option<Option<String>>,
+    file_error: Option<ConfigError>,
+    services: Vec<Service>,
+    memory: BuildMemory,
+    /// The table of `services` alone.
+    base: Arc<ServiceTable>,
+    /// `base` plus what established flows still need; what workers have.
+    published: Arc<ServiceTable>,
+    generation: u64,
+}
+
+/// What reading the services file did.
+#[derive(Debug, PartialEq)]
+pub enum FileOutcome {
+    /// Same content as last time.
+    Unchanged,
+    /// New Services to publish.
+    Applied,
+    /// The content is invalid; the previous Services stay.
+    Rejected(ConfigError),
+}
+
+impl ServiceCatalog {
+    pub fn new(config: &Config) -> ServiceCatalog {
+        let base = Arc::new(ServiceTable::build(
+            &[],
+            config.node_ip,
+            config.hairpin_ip,
+            &mut BuildMemory::default(),
+        ));
+        ServiceCatalog {
+            node: NodeView::of(config),
+            file: config.services_file.clone(),
+            file_text: None,
+            file_error: None,
+            services: Vec::new(),
+            memory: BuildMemory::default(),
+            published: base.clone(),
+            base,
+            generation: 0,
+        }
+    }
+
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// The table workers should have.
+    pub fn table(&self) -> Arc<ServiceTable> {
+        self.published.clone()
+    }
+
+    /// Takes the services file's current content (`None`: the file does not exist,
+    /// which means no Services). Content seen before is not parsed again unless `force`.
+    pub fn file_read(&mut self, text: Option<String>, force: bool, ct: &Conntrack) -> FileOutcome {
+        if !force && self.file_text.as_ref() == Some(&text) {
+            return FileOutcome::Unchanged;
+        }
+        let path = self.file.clone().unwrap_or_default();
+        let parsed = match &text {
+            Some(t) => services_file::parse(t, &path, &self.node),
+            None => Ok(Vec::new()),
+        };
+        self.file_text = Some(text);
+        match parsed {
+            Ok(services) => {
+                self.file_error = None;
+                if services == self.services && !force {
+                    return FileOutcome::Unchanged;
+                }
+                self.set(services, ct);
+                FileOutcome::Applied
+            }
+            Err(e) => {
+                self.file_error = Some(e.clone());
+                FileOutcome::Rejected(e)
+            }
+        }
+    }
+
+    /// Replaces the Services. Publish [`Self::table`] next, then [`Self::cut_stale_flows`].
+    pub fn set(&mut self, services: Vec<Service>, ct: &Conntrack) {
+        let specs = services_file::port_specs(&services);
+        self.base =
+            Arc::new(ServiceTable::build(&specs, self.node.node_ip, self.node.hairpin_ip, &mut self.memory));
+        self.published = Arc::new(self.base.keep_for_flows(ct.snapshot().iter().map(|c| &**c)));
+        self.services = services;
+        self.generation += 1;
+    }
+
+    /// The node's address became known (from the uplink): rebuilds the table with it.
+    pub fn set_node_ip(&mut self, ip: std::net::Ipv4Addr, ct: &Conntrack) {
+        self.node.node_ip = Some(ip);
+        self.set(self.services.clone(), ct);
+    }
+
+    /// Whether a flow's endpoint has stopped serving (or its Service is gone).
+    fn stale(&self, c: &Conn) -> bool {
+        !self.base.by_id(c.service).is_some_and(|p| p.serves(c.reply.src, c.reply.src_port))
+    }
+
+    /// Cuts UDP flows whose endpoint no longer serves, after the table that no longer
+    /// sends new flows there is published. Returns how many.
+    pub fn cut_stale_flows(&self, ct: &Conntrack) -> usize {
+        ct.remove_where(|c| c.orig.proto == IPPROTO_UDP && self.stale(c))
+    }
+
+    /// After conntrack expired flows: a table that stops recognising what no flow uses
+    /// any more, if that changed.
+    pub fn refresh(&mut self, ct: &Conntrack) -> Option<Arc<ServiceTable>> {
+        if self.published.retired() == 0 {
+            return None;
+        }
+        let table = self.base.keep_for_flows(ct.snapshot().iter().map(|c| &**c));
+        if table.retired() == self.published.retired() {
+            return None;
+        }
+        self.published = Arc::new(table);
+        Some(self.published.clone())
+    }
+
+    /// The Services served.
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// Changes applied since the start.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn view(&self) -> ServicesView {
+        ServicesView {
+            file: self.file.clone(),
+            file_error: self.file_error.as_ref().map(ToString::to_string),
+            generation: self.generation,
+            services: self.services.clone(),
+        }
+    }
+
+    /// `namespace/name:port` of a Service port by its stable id.
+    pub fn port_name(&self, id: u32) -> Option<&str> {
+        self.published.by_id(id).map(|p| p.name.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use vswitch_dataplane::tables::conntrack::{ConntrackConfig, Tuple};
+    use vswitch_dataplane::wire::parse::IPPROTO_TCP;
+
+    fn catalog() -> ServiceCatalog {
+        let mut config = super::super::config::default_config();
+        config.services_file = Some("/nonexistent/services.toml".into());
+        ServiceCatalog::new(&config)
+    }
+
+    fn file(endpoints: &[&str]) -> Option<String> {
+        let eps: Vec<String> = endpoints.iter().map(|e| format!("{{ ip = \"{e}\" }}")).collect();
+        Some(format!(
+            "[[service]]\nname = \"dns\"\ncluster_ip = \"10.96.0.53\"\n\
+             ports = [{{ name = \"udp\", protocol = \"UDP\", port = 53 }}, {{ name = \"tcp\", port = 53 }}]\n\
+             endpoints = [{}]\n",
+            eps.join(", ")
+        ))
+    }
+
+    fn flow(c: &ServiceCatalog, ct: &Conntrack, proto: u8, endpoint: [u8; 4], client_port: u16) {
+        let sp = c.table().by_vip(Ipv4Addr::new(10, 96, 0, 53), 53, proto).unwrap().clone();
+        let orig = Tuple {
+            proto,
+            src: Ipv4Addr::new(10, 244, 1, 50),
+            src_port: client_port,
+            dst: sp.vip,
+            dst_port: 53,
+        };
+        let reply = Tuple { proto, src: endpoint.into(), src_port: 53, dst: orig.src, dst_port: client_port };
+        ct.batch().insert(orig, reply, sp.id, None, 0).unwrap();
+    }
+
+    #[test]
+    fn the_file_is_applied_when_it_changes_and_kept_when_it_is_wrong() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let mut c = catalog();
+        assert_eq!(c.file_read(None, false, &ct), FileOutcome::Unchanged, "absent and empty is no change");
+        assert_eq!(c.file_read(file(&["10.244.1.5"]), false, &ct), FileOutcome::Applied);
+        assert_eq!(c.file_read(file(&["10.244.1.5"]), false, &ct), FileOutcome::Unchanged);
+        assert_eq!(c.view().generation, 1);
+        let FileOutcome::Rejected(e) = c.file_read(Some("[[service]]\nname = 3\n".into()), false, &ct) else {
+            panic!("accepted a bad file")
+        };
+        assert_eq!((e.line, e.field.as_str()), (2, "service.name"));
+        assert!(c.table().by_vip(Ipv4Addr::new(10, 96, 0, 53), 53, IPPROTO_UDP).is_some(), "kept");
+        assert!(c.view().file_error.unwrap().contains(":2: service.name"));
+        // Deleting the file removes the Services.
+        assert_eq!(c.file_read(None, false, &ct), FileOutcome::Applied);
+        assert!(c.table().is_empty() && c.view().file_error.is_none());
+    }
+
+    #[test]
+    fn udp_flows_to_an_endpoint_gone_are_cut_tcp_flows_kept() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let mut c = catalog();
+        c.file_read(file(&["10.244.1.5", "10.244.1.6"]), false, &ct);
+        flow(&c, &ct, IPPROTO_UDP, [10, 244, 1, 5], 1000);
+        flow(&c, &ct, IPPROTO_UDP, [10, 244, 1, 6], 1001);
+        flow(&c, &ct, IPPROTO_TCP, [10, 244, 1, 5], 1002);
+        c.file_read(file(&["10.244.1.6"]), false, &ct);
+        assert_eq!(c.cut_stale_flows(&ct), 1, "only the UDP flow to .5");
+        assert_eq!(ct.len(), 2);
+        let t = c.refresh(&ct).expect("the cut UDP flow no longer needs its endpoint");
+        assert!(!t.is_endpoint(Ipv4Addr::new(10, 244, 1, 5), 53, IPPROTO_UDP));
+        // The TCP flow's endpoint is retired, not forgotten, while the flow lives.
+        assert!(t.is_endpoint(Ipv4Addr::new(10, 244, 1, 5), 53, IPPROTO_TCP));
+        assert!(c.refresh(&ct).is_none(), "nothing changed");
+        ct.remove_where(|f| f.orig.proto == IPPROTO_TCP);
+        let t = c.refresh(&ct).expect("the flow ended");
+        assert!(!t.is_endpoint(Ipv4Addr::new(10, 244, 1, 5), 53, IPPROTO_TCP));
+        assert_eq!(t.retired(), 0);
+    }
+}

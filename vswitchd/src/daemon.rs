@@ -1,0 +1,385 @@
+//! `vswitchd`'s life: start the data plane and the host port, re-attach the ports of
+//! the previous run, serve the API and metrics, age the FDB, and on SIGTERM or SIGINT
+//! stop cleanly, leaving every pod's device and the state file for the next start.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Mutex, watch};
+
+use super::api::{self, ApiState};
+use super::config::{Config, ConfigError, IdleMode};
+use super::metrics;
+use super::ports::NETNS_DIRS;
+use super::ports::{AttachError, PortManager};
+use super::state::{self, StateError};
+use vswitch_dataplane::datapath::{Datapath, DatapathConfig, DatapathError};
+use vswitch_dataplane::frame::DEFAULT_BUF_SIZE;
+use vswitch_dataplane::tables::Tables;
+use vswitch_dataplane::tables::fdb::FdbConfig;
+use vswitch_dataplane::worker::IdlePolicy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("starting the data plane: {0}")]
+    Datapath(#[from] DatapathError),
+    #[error("{0}")]
+    Ports(#[from] AttachError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("state lock {path}: {source}")]
+    Lock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("API socket {path}: {source}")]
+    Socket {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The data plane's settings from the daemon's configuration.
+pub fn datapath_config(config: &Config) -> DatapathConfig {
+    DatapathConfig {
+        workers: config.workers,
+        max_ports: config.max_ports,
+        batch_size: config.batch_size,
+        handoff_capacity: 4096,
+        fdb: FdbConfig { max_entries_per_segment: config.fdb_max_entries, aging_secs: config.fdb_aging_secs },
+        conntrack: config.conntrack,
+        buf_size: DEFAULT_BUF_SIZE,
+        idle: match config.idle {
+            // Every queue of the daemon has a readiness fd; the timeout is a safety net.
+            IdleMode::Epoll => IdlePolicy::Backoff { sleep: Duration::from_millis(100) },
+            IdleMode::BusyPoll => IdlePolicy::BusyPoll,
+        },
+        pin_cpus: (!config.pin_cpus.is_empty()).then(|| config.pin_cpus.clone()),
+    }
+}
+
+/// Takes an exclusive lock on `<state_file>.lock`, held while the daemon runs.
+fn lock_state(state_file: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+    let mut path = state_file.as_os_str().to_owned();
+    path.push(".lock");
+    let path = std::path::PathBuf::from(path);
+    let err = |source| DaemonError::Lock { path: path.display().to_string(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let file =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(err)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        let e = std::io::Error::from(errno);
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            err(std::io::Error::new(e.kind(), "another vswitchd holds it"))
+        } else {
+            err(e)
+        }
+    })
+}
+
+/// Binds the API socket: parent directory created private to root, a stale socket of a
+/// dead daemon replaced, a live one refused, the socket itself mode 0600.
+async fn bind_api_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    let err = |source| DaemonError::Socket { path: path.display().to_string(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another vswitchd is listening there",
+            )));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// A watched file's content; `None` when it does not exist (nothing from it).
+pub fn read_watched_file(path: &Path) -> Result<Option<String>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            field: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        }),
+    }
+}
+
+/// How often a watched file (services, nodes) is looked at. Polling, not inotify: it
+/// sees every way a file is replaced (rename over it, a ConfigMap's symlink swap, an
+/// editor's truncate and rewrite) and costs one small read a second.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+/// A changed file is read again after this, and taken only if it is the same: a file
+/// caught half-written is not applied (a truncated file would remove Services).
+const WATCH_SETTLE: Duration = Duration::from_millis(200);
+
+/// Housekeeping rounds (seconds) between looks at the nodes' next hops on the uplink.
+const NEXT_HOP_REFRESH_ROUNDS: u64 = 2;
+
+/// Housekeeping rounds (seconds) between looks for pods gone without a detach.
+const VANISHED_POD_ROUNDS: u64 = 5;
+
+/// What a watched file feeds.
+type Apply = fn(&mut PortManager, Option<String>) -> Result<bool, ConfigError>;
+
+/// Applies a watched file whenever its content changes (and once at start); `what`
+/// names it in logs.
+async fn watch_file(state: Arc<ApiState>, path: std::path::PathBuf, what: &'static str, apply: Apply) {
+    let mut last: Option<Result<Option<String>, String>> = None;
+    let mut tick = tokio::time::interval(WATCH_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let read = read_watched_file(&path).map_err(|e| e.to_string());
+        if last.as_ref() == Some(&read) {
+            continue;
+        }
+        if last.is_some() {
+            tokio::time::sleep(WATCH_SETTLE).await;
+            if read_watched_file(&path).map_err(|e| e.to_string()) != read {
+                continue;
+            }
+        }
+        last = Some(read.clone());
+        match read {
+            Err(e) => tracing::error!(error = %e, file = what, "cannot read; keeping what it gave before"),
+            Ok(text) => {
+                if let Err(e) = apply(&mut *state.manager.lock().await, text) {
+                    tracing::error!(error = %e, file = what, "not applied; keeping what it gave before");
+                }
+            }
+        }
+    }
+}
+
+async fn terminated() {
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// Cluster mode: where the Services and nodes come from instead of the files.
+pub struct ClusterMode {
+    pub client: kube::Client,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Must run on a multi-threaded runtime.
+/// With `cluster`, Services and other nodes come from the Kubernetes API (the services
+/// and nodes files are not read).
+pub async fn run(
+    config: Config,
+    version: &'static str,
+    cluster: Option<ClusterMode>,
+) -> Result<(), DaemonError> {
+    // First, before touching any port: another daemon on the same state means this one
+    // must not start (it would reopen the other's TAP queues and split their traffic,
+    // and take its XDP programs away). The lock lives as long as this call.
+    let _lock = lock_state(&config.state_file)?;
+    let listener = bind_api_socket(&config.api_socket).await?;
+    let started = start(&config).await;
+    let manager = match started {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.api_socket);
+            return Err(e);
+        }
+    };
+    serve(config, version, listener, manager, cluster).await
+}
+
+/// The data plane, the host port and the ports of the previous run.
+async fn start(config: &Config) -> Result<PortManager, DaemonError> {
+    let datapath = Datapath::start(datapath_config(config), Tables::empty())?;
+    tracing::info!(
+        node = %config.node_name, pod_cidr = %config.pod_cidr, gateway = %config.gateway_ip,
+        workers = datapath.workers(), backend = %config.port_backend, "data plane started"
+    );
+    if config.mtu_exceeds_overlay() {
+        tracing::warn!(
+            mtu = config.mtu,
+            underlay_mtu = config.overlay.underlay_mtu,
+            "pod MTU leaves no room for VXLAN: larger packets to other nodes get fragmentation-needed (or are dropped without DF)"
+        );
+    }
+    let mut manager = PortManager::new(config.clone(), datapath)?;
+    manager.start_host_port().await?;
+    let previous = match state::load(&config.state_file) {
+        Ok(saved) => saved,
+        // Not a crash loop: the kept file is there for the operator, and the ports whose
+        // devices still exist are found by the tags on them.
+        Err(e @ StateError::Corrupt { .. }) => {
+            tracing::error!(error = %e, "state file unusable: recovering ports from their devices");
+            let found = manager.recover_from_devices(&NETNS_DIRS).await;
+            tracing::warn!(ports = found.ports.len(), "ports found by their device tags");
+            Some(found)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(saved) = previous {
+        let report = manager.restore(saved).await;
+        for port in &report.restored {
+            tracing::info!(port = %port, "re-attached");
+        }
+        for (port, reason) in &report.dropped {
+            tracing::warn!(port = %port, reason = %reason, "not re-attached; dropped from the state");
+        }
+    }
+    // After the pods: an uplink that cannot start costs NodePorts, not pod traffic.
+    if let Err(e) = manager.start_uplink().await {
+        tracing::error!(error = %e, "uplink not started: NodePorts are not reachable from outside the node");
+    }
+    if let Err(e) = manager.start_underlay().await {
+        tracing::error!(error = %e, "underlay not started: pods on other nodes are not reachable");
+    }
+    Ok(manager)
+}
+
+/// Serves the API and metrics until a signal, then stops cleanly.
+async fn serve(
+    config: Config,
+    version: &'static str,
+    listener: UnixListener,
+    manager: PortManager,
+    cluster: Option<ClusterMode>,
+) -> Result<(), DaemonError> {
+    let status = cluster.as_ref().map(|_| super::cluster::StatusHandle::new(&config.node_name));
+    let shared = Arc::new(ApiState { manager: Mutex::new(manager), version, cluster: status.clone() });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let api_server = tokio::spawn(
+        axum::serve(listener, api::router(shared.clone()))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    tracing::info!(socket = %config.api_socket.display(), "API listening");
+
+    // Metrics are for people; a port in use there must not stop the switching.
+    let metrics_server = match config.metrics_address {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let state = shared.clone();
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let state = state.clone();
+                        async move {
+                            let m = state.manager.lock().await;
+                            let stats = api::api_stats(&m);
+                            let cluster = state.cluster.as_ref().map(|c| c.get());
+                            let body = metrics::render_with(&stats, m.pod_count(), cluster.as_ref());
+                            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+                        }
+                    }),
+                );
+                tracing::info!(%addr, "metrics listening");
+                Some(tokio::spawn(
+                    axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone())).into_future(),
+                ))
+            }
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "metrics endpoint not available; switching goes on without it");
+                None
+            }
+        },
+        None => None,
+    };
+
+    let housekeeping = {
+        let state = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            for round in 0u64.. {
+                tick.tick().await;
+                let mut m = state.manager.lock().await;
+                let done = m.datapath().housekeeping();
+                if done.flows_expired > 0 {
+                    m.services_housekeeping();
+                }
+                if round % NEXT_HOP_REFRESH_ROUNDS == 0 {
+                    m.refresh_next_hops().await;
+                }
+                if round % VANISHED_POD_ROUNDS == 0 {
+                    m.reap_vanished().await;
+                }
+                drop(m);
+                if done != Default::default() {
+                    tracing::debug!(
+                        fdb_aged = done.fdb_aged,
+                        flows_expired = done.flows_expired,
+                        affinities_expired = done.affinities_expired,
+                        "housekeeping"
+                    );
+                }
+            }
+        })
+    };
+
+    let mut watches = Vec::new();
+    if let (Some(mode), Some(status)) = (cluster, status) {
+        let state = shared.clone();
+        let apply = move |snap: super::cluster::Snapshot| {
+            let state = state.clone();
+            async move {
+                let mut m = state.manager.lock().await;
+                m.cluster_services(snap.services);
+                m.cluster_nodes(snap.nodes);
+            }
+        };
+        tracing::info!(node = %config.node_name, "cluster mode: watching Nodes, Services and EndpointSlices");
+        watches.push(tokio::spawn(super::cluster::run(mode.client, config.node_name.clone(), status, apply)));
+    }
+    {
+        let m = shared.manager.lock().await;
+        if let Some(path) = m.services_file() {
+            let apply: Apply = |m, text| m.services_file_read(text, false);
+            watches.push(tokio::spawn(watch_file(shared.clone(), path.to_owned(), "services file", apply)));
+        }
+        if let Some(path) = m.nodes_file() {
+            let apply: Apply = |m, text| m.nodes_file_read(text, false);
+            watches.push(tokio::spawn(watch_file(shared.clone(), path.to_owned(), "nodes file", apply)));
+        }
+    }
+
+    terminated().await;
+    let _ = stop_tx.send(true);
+    housekeeping.abort();
+    let _ = housekeeping.await;
+    for w in watches {
+        w.abort();
+        let _ = w.await;
+    }
+    let _ = api_server.await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
+    let _ = std::fs::remove_file(&config.api_socket);
+    match Arc::into_inner(shared) {
+        Some(state) => state.manager.into_inner().shutdown(),
+        None => tracing::error!("API state still referenced at shutdown; state file not rewritten"),
+    }
+    tracing::info!("stopped; pods keep their interfaces until the next start");
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! The daemon's API and tools under bad input: every refusal is a clear JSON error with
+//! the right code, and no refused request leaves a device, a port or a state entry.
+
+mod harness;
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use harness::testbed::{Netns, ok};
+use harness::{Node, vswitchd};
+use vswitch_api::{AttachRequest, Backend, ClientError, codes};
+
+fn request(node: &Node, netns: &Netns, ip: &str) -> AttachRequest {
+    AttachRequest {
+        container_id: format!("{}-{}", node.prefix, netns.name()),
+        netns: netns.path(),
+        ifname: "eth0".into(),
+        mac: None,
+        ips: vec![ip.parse().unwrap()],
+        mtu: None,
+        backend: Some(Backend::Tap),
+        pod: None,
+        network: None,
+    }
+}
+
+fn refused(result: Result<vswitch_api::PortInfo, ClientError>) -> (u16, String, String) {
+    match result {
+        Err(ClientError::Api { status, code, message }) => (status, code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Links in the node's namespace: only loopback, the host port and AF_XDP host ends.
+fn node_links(node: &Node) -> Vec<String> {
+    node.ns
+        .ok(&["ip", "-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n).to_string()))
+        .collect()
+}
+
+/// A raw HTTP exchange over the socket with curl: (status, body).
+fn curl(node: &Node, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"]).arg(&node.socket).args([
+        "-X",
+        method,
+        &format!("http://vswitchd{path}"),
+    ]);
+    if body.is_some() {
+        cmd.args(["--data-binary", "@-"]).stdin(std::process::Stdio::piped());
+    }
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().expect("curl");
+    if let Some(b) = body {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (json, status) = text.rsplit_once('\n').expect("status line");
+    (status.trim().parse().expect("status"), serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn bad_requests_get_clear_errors_and_leave_nothing_behind() {
+    let node = Node::start("e2b", "");
+    let pod = Netns::new(&format!("{}x", node.prefix));
+    let other = Netns::new(&format!("{}y", node.prefix));
+    let links_before = node_links(&node);
+
+    // Unknown namespace, and a path that is not one.
+    let mut req = request(&node, &pod, "10.244.1.2/24");
+    req.netns = format!("/var/run/netns/{}nope", node.prefix).into();
+    let (status, code, msg) = refused(node.api(|c| async move { c.attach(&req).await }));
+    assert_eq!((status, code.as_str()), (404, codes::NETNS_NOT_FOUND), "{msg}");
+    assert!(msg.contains("nope"), "{msg}");
+    for not_netns in ["/etc/hostname", "/proc/self/ns/mnt"] {
+        let mut req = request(&node, &pod, "10.244.1.2/24");
+        req.netns = not_netns.into();
+        let (status, code, msg) = refused(node.api(|c| async move { c.attach(&req).await }));
+        assert_eq!((status, code.as_str()), (404, codes::NETNS_NOT_FOUND), "{not_netns}: {msg}");
+    }
+
+    // Out of the node's pod CIDR, invalid names.
+    let (status, code, msg) = refused(node.api(|c| {
+        let r = request(&node, &pod, "10.9.9.9/24");
+        async move { c.attach(&r).await }
+    }));
+    assert_eq!((status, code.as_str()), (400, codes::INVALID_REQUEST));
+    assert!(msg.contains("10.244.1.0/24"), "{msg}");
+    let mut req = request(&node, &pod, "10.244.1.2/24");
+    req.ifname = "a/b".into();
+    let (status, _, _) = refused(node.api(|c| async move { c.attach(&req).await }));
+    assert_eq!(status, 400);
+
+    // A good attach, then the same IP for someone else.
+    let first = request(&node, &pod, "10.244.1.2/24");
+    let port = node
+        .api(|c| {
+            let r = first.clone();
+            async move { c.attach(&r).await }
+        })
+        .unwrap();
+    let again = node
+        .api(|c| {
+            let r = first.clone();
+            async move { c.attach(&r).await }
+        })
+        .unwrap();
+    assert_eq!(again, port, "a retried attach returns the same port");
+    let mut changed = first.clone();
+    changed.mtu = Some(1400);
+    let (status, code, _) = refused(node.api(|c| async move { c.attach(&changed).await }));
+    assert_eq!((status, code.as_str()), (409, codes::CONFLICT), "same attachment, other parameters");
+    let dup = request(&node, &other, "10.244.1.2/24");
+    let (status, code, msg) = refused(node.api(|c| async move { c.attach(&dup).await }));
+    assert_eq!((status, code.as_str()), (409, codes::CONFLICT), "{msg}");
+    assert!(msg.contains("10.244.1.2"), "{msg}");
+    assert!(
+        other.run(&["ip", "link", "show", "eth0"]).status.code() != Some(0),
+        "no interface left in the pod"
+    );
+
+    // An interface of that name already in the pod.
+    other.ok(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "peer0"]);
+    let req = request(&node, &other, "10.244.1.3/24");
+    let (status, code, _) = refused(node.api(|c| async move { c.attach(&req).await }));
+    assert_eq!((status, code.as_str()), (409, codes::INTERFACE_EXISTS));
+    assert!(
+        other.ok(&["ip", "-d", "link", "show", "eth0"]).contains("veth"),
+        "the pod's own interface untouched"
+    );
+
+    // Malformed, incomplete, oversized bodies; an unknown route.
+    let (status, body) = curl(&node, "POST", "/v1/ports", Some("{\"container_id\": "));
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], codes::INVALID_JSON, "{body}");
+    let (status, body) = curl(&node, "POST", "/v1/ports", Some("{\"container_id\": \"c\"}"));
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"].as_str().unwrap().contains("missing field"), "{body}");
+    let big = format!("{{\"container_id\": \"{}\"}}", "a".repeat(200_000));
+    let (status, body) = curl(&node, "POST", "/v1/ports", Some(&big));
+    assert_eq!(status, 413);
+    assert_eq!(body["error"]["code"], codes::PAYLOAD_TOO_LARGE, "{body}");
+    let (status, body) = curl(&node, "GET", "/v2/nothing", None);
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some(codes::NOT_FOUND)));
+    let (status, body) = curl(&node, "PUT", "/v1/ports", Some("{}"));
+    assert_eq!((status, body["error"]["code"].as_str()), (405, Some(codes::METHOD_NOT_ALLOWED)));
+
+    // Nothing half-made: one pod port, its state entry, no stray device in the node.
+    let ports = node.api(|c| async move { c.ports().await }).unwrap();
+    assert_eq!(ports.iter().map(|p| p.id).collect::<Vec<_>>(), vec![0, port.id]);
+    assert_eq!(node_links(&node), links_before, "no leftover links in the node");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(node.dir.0.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["ports"].as_array().map(Vec::len), Some(1), "{state}");
+
+    // Detach is idempotent and does what it says.
+    let cid = first.container_id.clone();
+    assert!(
+        node.api(|c| {
+            let cid = cid.clone();
+            async move { c.detach(&cid, "eth0").await }
+        })
+        .unwrap()
+        .existed
+    );
+    assert!(
+        !node
+            .api(|c| {
+                let cid = cid.clone();
+                async move { c.detach(&cid, "eth0").await }
+            })
+            .unwrap()
+            .existed
+    );
+    assert!(
+        node.api(|c| {
+            let cid = cid.clone();
+            async move { c.port(&cid, "eth0").await }
+        })
+        .unwrap()
+        .is_none()
+    );
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn socket_metrics_and_vswitchctl() {
+    let node = Node::start("e2c", "");
+    let mode = std::fs::metadata(&node.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the API socket is root's alone");
+    let a = node.pod("a", Ipv4Addr::new(10, 244, 1, 2), Backend::Tap);
+    let b = node.pod("b", Ipv4Addr::new(10, 244, 1, 3), Backend::Afxdp);
+    assert!(a.ping(b.ip, 2));
+
+    let metrics = node.ns.ok(&["curl", "-s", "http://127.0.0.1:9479/metrics"]);
+    let line = format!("vswitch_port_rx_packets_total{{port=\"{}\",", a.port.id);
+    assert!(metrics.contains(&line), "{metrics}");
+    assert!(metrics.contains("vswitch_drops_total{reason=\"spoofed_source_ip\"} 0"), "{metrics}");
+    assert!(metrics.contains("vswitch_pod_ports 2"));
+
+    let ports = node.ctl(&["ports"]);
+    assert!(ports.lines().next().unwrap().starts_with("ID"), "{ports}");
+    assert!(
+        ports.contains("afxdp") && ports.contains("vswitch0") && ports.contains("10.244.1.3/24"),
+        "{ports}"
+    );
+    let stats = node.ctl(&["stats"]);
+    assert!(stats.contains("RX_PACKETS") && stats.contains("arp_replies"), "{stats}");
+    let json: serde_json::Value = serde_json::from_str(&node.ctl(&["stats", "--json"])).unwrap();
+    assert!(json["drops"].as_object().unwrap().len() > 30, "every drop reason listed");
+    let status: serde_json::Value = serde_json::from_str(&node.ctl(&["--json", "status"])).unwrap();
+    assert_eq!(status["pod_cidr"], "10.244.1.0/24");
+    assert!(node.ctl(&["fdb"]).starts_with("SEGMENT"));
+}
+
+#[test]
+fn a_bad_config_file_names_the_line_and_field() {
+    let dir = harness::Scratch::new(&harness::testbed::unique_prefix("e2k"));
+    let path = dir.0.join("bad.toml");
+    std::fs::write(&path, "workers = 2\n\n[fdb]\naging_seconds = \"soon\"\n").unwrap();
+    let out = Command::new(vswitchd()).arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:4: fdb.aging_seconds", path.display())), "{err}");
+    let out = ok(vswitchd().to_str().unwrap(), &["--check-config"]);
+    assert!(out.contains("ok"));
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn a_second_daemon_on_the_same_socket_refuses_and_disturbs_nothing() {
+    let node = Node::start("e2s", "");
+    let a = node.pod("a", Ipv4Addr::new(10, 244, 1, 2), Backend::Tap);
+    let b = node.pod("b", Ipv4Addr::new(10, 244, 1, 3), Backend::Tap);
+    let second = node.ns.run(&[
+        vswitchd().to_str().unwrap(),
+        "--config",
+        &node.dir.0.join("vswitchd.toml").display().to_string(),
+    ]);
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another vswitchd"), "{err}");
+    assert!(a.ping(b.ip, 2), "the first daemon's pods still talk");
+    assert_eq!(node.api(|c| async move { c.ports().await }).unwrap().len(), 3);
+    assert!(node.socket.exists(), "the first daemon's socket is left alone");
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn an_unavailable_metrics_address_does_not_stop_the_switch() {
+    // An address no interface of the node has.
+    let node = Node::start("e2m", "metrics_address = \"10.255.255.1:9479\"");
+    let a = node.pod("a", Ipv4Addr::new(10, 244, 1, 2), Backend::Tap);
+    let b = node.pod("b", Ipv4Addr::new(10, 244, 1, 3), Backend::Tap);
+    assert!(a.ping(b.ip, 2));
+    assert!(node.log().contains("metrics endpoint not available"), "{}", node.log());
+}

@@ -1,0 +1,306 @@
+//! The end-to-end harness: a node (a network namespace running `vswitchd`) and pods
+//! (namespaces attached through the daemon's API and configured as the CNI plugin would
+//! configure them).
+//!
+//! Everything is named with a test-unique prefix and removed by guards on drop, also when
+//! a test fails: namespaces with their interfaces, the daemon (killed by PID), its
+//! scratch directory. A failing test prints the daemon's log.
+//!
+//! `vswitchd` and `vswitchctl` are this package's binaries (cargo builds them for the
+//! tests); the CNI plugin, another package's, is built on first use.
+//!
+//! Each test file includes this module (`mod harness;`) and uses a part of it.
+
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use vswitch_api::{AttachRequest, Backend, Client, ClientError, PortInfo, Stats};
+use vswitch_testbed::{Netns, Process, unique_prefix, wait_until};
+
+pub use vswitch_testbed as testbed;
+pub use vswitch_testbed::Scratch;
+
+/// The daemon, as cargo built it for these tests.
+pub fn vswitchd() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vswitchd"))
+}
+
+/// The CLI, as cargo built it for these tests.
+pub fn vswitchctl() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vswitchctl"))
+}
+
+/// The CNI plugin (`$VSWITCH_CNI_BIN` if set): built with cargo, in this test's profile
+/// and target directory, the first time a test of this binary asks (a no-op when it is
+/// current, as after `scripts/test.sh`'s build).
+pub fn vswitch_cni() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("VSWITCH_CNI_BIN") {
+                return PathBuf::from(p);
+            }
+            let exe = std::env::current_exe().expect("test executable path");
+            let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+            let target_dir = profile_dir.parent().expect("target/<profile>");
+            let profile = profile_dir.file_name().and_then(|n| n.to_str()).expect("profile directory name");
+            let profile = if profile == "debug" { "dev" } else { profile };
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace");
+            let status = Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--package",
+                    "vswitch-cni",
+                    "--bin",
+                    "vswitch-cni",
+                    "--profile",
+                    profile,
+                ])
+                .arg("--target-dir")
+                .arg(target_dir)
+                .current_dir(workspace)
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building vswitch-cni failed");
+            profile_dir.join("vswitch-cni")
+        })
+        .clone()
+}
+
+/// A node: its namespace and the `vswitchd` serving it.
+pub struct Node {
+    pub prefix: String,
+    pub ns: Netns,
+    pub dir: Scratch,
+    pub socket: PathBuf,
+    config: PathBuf,
+    /// Extra command-line arguments of vswitchd.
+    args: Vec<String>,
+    daemon: Option<Process>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Node {
+    /// Starts `vswitchd` in a fresh node namespace with the embedded defaults plus
+    /// `extra` TOML (API socket and state file go to the node's scratch directory).
+    pub fn start(tag: &str, extra: &str) -> Node {
+        Node::start_prepared(tag, extra, |_, _| {})
+    }
+
+    /// Like [`Node::start`], with `prepare(namespace, prefix)` run in the fresh node
+    /// namespace before the daemon starts (e.g. to give it an uplink interface).
+    pub fn start_prepared(tag: &str, extra: &str, prepare: impl FnOnce(&Netns, &str)) -> Node {
+        Node::start_with_args(tag, extra, &[], prepare)
+    }
+
+    /// Like [`Node::start_prepared`], with extra vswitchd arguments.
+    pub fn start_with_args(
+        tag: &str,
+        extra: &str,
+        args: &[String],
+        prepare: impl FnOnce(&Netns, &str),
+    ) -> Node {
+        let prefix = unique_prefix(tag);
+        let ns = Netns::new(&format!("{prefix}n"));
+        prepare(&ns, &prefix);
+        let dir = Scratch::new(&prefix);
+        let socket = dir.0.join("api.sock");
+        let config = dir.0.join("vswitchd.toml");
+        let text = format!(
+            "api_socket = {:?}\nstate_file = {:?}\nworkers = 2\n{extra}\n",
+            socket.display().to_string(),
+            dir.0.join("state.json").display().to_string()
+        );
+        std::fs::write(&config, text).expect("config file");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let mut node = Node { prefix, ns, dir, socket, config, args: args.to_vec(), daemon: None, runtime };
+        node.launch();
+        node
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.0.join("vswitchd.log")
+    }
+
+    fn launch(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.ns.name()])
+            .arg(vswitchd())
+            .arg("--config")
+            .arg(&self.config)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        self.daemon = Some(Process::spawn(&mut cmd).expect("vswitchd starts"));
+        let client = self.client();
+        let up = wait_until(Duration::from_secs(20), || self.runtime.block_on(client.status()).is_ok());
+        assert!(up, "vswitchd did not answer on {}:\n{}", self.socket.display(), self.log());
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    /// Runs an API call to completion.
+    pub fn api<T, F: Future<Output = Result<T, ClientError>>>(
+        &self,
+        f: impl FnOnce(Client) -> F,
+    ) -> Result<T, ClientError> {
+        self.runtime.block_on(f(self.client()))
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.api(|c| async move { c.stats().await }).expect("stats")
+    }
+
+    /// Drops of frames that entered on `port`, for `reason`.
+    pub fn drops(&self, port: u16, reason: &str) -> u64 {
+        self.stats()
+            .ports
+            .iter()
+            .find(|p| p.id == port)
+            .and_then(|p| p.drops.get(reason).copied())
+            .unwrap_or(0)
+    }
+
+    /// The daemon's process id.
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().expect("daemon running").pid()
+    }
+
+    /// The daemon's resident memory in KiB (VmRSS).
+    pub fn daemon_rss_kib(&self) -> u64 {
+        let pid = self.daemon.as_ref().expect("daemon running").pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Kills the daemon with SIGKILL (a crash) and waits for it to be gone.
+    pub fn crash(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.kill();
+        }
+    }
+
+    /// Stops the daemon with SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.signal(vswitch_testbed::Signal::SIGTERM);
+            let out = d.wait_output(Duration::from_secs(10)).expect("vswitchd exits on SIGTERM");
+            assert!(out.status.success(), "vswitchd exit status {}:\n{}", out.status, self.log());
+        }
+    }
+
+    /// Starts the daemon again on the same configuration and state.
+    pub fn restart(&mut self) {
+        assert!(self.daemon.is_none(), "stop or crash the daemon first");
+        self.launch();
+    }
+
+    /// Runs `vswitchctl` against this node; returns stdout, panics on failure.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(vswitchctl())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("vswitchctl runs");
+        assert!(out.status.success(), "vswitchctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Creates a pod namespace, attaches it (`eth0`, `ip`/24) and configures it the way
+    /// the CNI plugin does: address and default route via the gateway (`.1` of the /24).
+    pub fn pod(&self, name: &str, ip: Ipv4Addr, backend: Backend) -> Pod {
+        self.pod_with_mtu(name, ip, backend, None)
+    }
+
+    /// [`Node::pod`] with an MTU other than the daemon's default.
+    pub fn pod_with_mtu(&self, name: &str, ip: Ipv4Addr, backend: Backend, mtu: Option<u16>) -> Pod {
+        let ns = Netns::new(&format!("{}{name}", self.prefix));
+        let req = AttachRequest {
+            container_id: format!("{}-{name}", self.prefix),
+            netns: ns.path(),
+            ifname: "eth0".into(),
+            mac: None,
+            ips: vec![format!("{ip}/24").parse().expect("CIDR")],
+            mtu,
+            backend: Some(backend),
+            pod: None,
+            network: None,
+        };
+        let port = self
+            .api(|c| async move { c.attach(&req).await })
+            .unwrap_or_else(|e| panic!("attach {name}: {e}\n{}", self.log()));
+        ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        let [a, b, c, _] = ip.octets();
+        ns.ok(&["ip", "route", "add", "default", "via", &Ipv4Addr::new(a, b, c, 1).to_string()]);
+        Pod { ns, ip, port }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- vswitchd log ({}) ----\n{}", self.prefix, self.log());
+        }
+        if let Some(d) = self.daemon.take() {
+            d.kill();
+        }
+    }
+}
+
+/// A pod: its namespace, address and switch port.
+pub struct Pod {
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    pub port: PortInfo,
+}
+
+impl Pod {
+    /// `ping -c count` to `dst`; true if every echo was answered.
+    pub fn ping(&self, dst: Ipv4Addr, count: u32) -> bool {
+        self.ns
+            .run(&["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "2", &dst.to_string()])
+            .status
+            .success()
+    }
+}
+
+/// Sends `bytes` of random data from `from` to `to` over TCP with ncat; asserts the
+/// receiver got exactly the same bytes (sha256). Files go to `dir`.
+pub fn tcp_transfer_is_exact(dir: &Scratch, from: &Pod, to: &Pod, bytes: usize) {
+    let src = dir.0.join(format!("tcp-src-{}", from.ip));
+    let dst = dir.0.join(format!("tcp-dst-{}", to.ip));
+    testbed::ok("sh", &["-c", &format!("head -c {bytes} /dev/urandom > {}", src.display())]);
+    let mut server = to.ns.spawn(&["sh", "-c", &format!("ncat -l 5001 --recv-only > {}", dst.display())]);
+    assert!(
+        wait_until(Duration::from_secs(5), || to.ns.ok(&["ss", "-ltn"]).contains(":5001")),
+        "ncat listens"
+    );
+    from.ns.ok(&["sh", "-c", &format!("ncat --send-only {} 5001 < {}", to.ip, src.display())]);
+    let done = server.wait_output(Duration::from_secs(60)).expect("the receiver finishes");
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let sum = |p: &Path| testbed::ok("sha256sum", &[p]).split_whitespace().next().unwrap().to_string();
+    assert_eq!(std::fs::metadata(&dst).unwrap().len() as usize, bytes, "every byte arrived");
+    assert_eq!(sum(&src), sum(&dst), "byte-exact");
+}

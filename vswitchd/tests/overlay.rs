@@ -1,0 +1,393 @@
+//! Between nodes: each node is a namespace with its own vswitchd (or, for interop, the
+//! kernel's `vxlan` device and a bridge, as flannel configures them); the underlay is a
+//! bridge in a namespace of its own with a veth to each node. Real ping, TCP, ncat and
+//! tshark on the underlay.
+
+mod harness;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use harness::testbed::{Netns, Process, unique_prefix, wait_until};
+use harness::{Node, Pod, Scratch, tcp_transfer_is_exact};
+use vswitch_api::Backend;
+
+const GATEWAY_MAC: &str = "02:76:73:00:00:01";
+
+fn pod_ip(node: u8, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, node, host)
+}
+
+fn underlay_ip(node: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 77, node)
+}
+
+/// The underlay: a bridge in a namespace of its own.
+struct Underlay {
+    ns: Netns,
+}
+
+impl Underlay {
+    fn new(prefix: &str) -> Underlay {
+        let ns = Netns::new(&format!("{prefix}w"));
+        ns.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+        ns.ok(&["ip", "link", "set", "br0", "up"]);
+        Underlay { ns }
+    }
+
+    /// Plugs node namespace `node` in as `ul0` with address 192.168.77.`index`/24.
+    fn plug(&self, node: &Netns, index: u8) {
+        let port = format!("n{index}");
+        harness::testbed::ok(
+            "ip",
+            &[
+                "link",
+                "add",
+                "ul0",
+                "netns",
+                node.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                self.ns.name(),
+            ],
+        );
+        self.ns.ok(&["ip", "link", "set", &port, "master", "br0", "up"]);
+        node.ok(&["ip", "addr", "add", &format!("{}/24", underlay_ip(index)), "dev", "ul0"]);
+        node.ok(&["ip", "link", "set", "ul0", "up"]);
+    }
+}
+
+/// Config of a vswitchd node `index` (pod CIDR 10.244.`index`.0/24) with a nodes file
+/// of its own and `extra` TOML.
+fn node_config(index: u8, nodes_file: &Path, extra: &str) -> String {
+    format!(
+        "pod_cidr = \"10.244.{index}.0/24\"\n{extra}\n[services]\nfile = \"\"\n[overlay]\nnodes_file = {:?}\n",
+        nodes_file.display().to_string()
+    )
+}
+
+fn node_entry(name: &str, index: u8, vtep_mac: Option<&str>) -> String {
+    let mac = vtep_mac.map(|m| format!("vtep_mac = \"{m}\"\n")).unwrap_or_default();
+    format!(
+        "[[node]]\nname = \"{name}\"\nip = \"{}\"\npod_cidr = \"10.244.{index}.0/24\"\n{mac}",
+        underlay_ip(index)
+    )
+}
+
+/// Writes a node's nodes file and has the daemon read it now.
+fn set_nodes(node: &Node, file: &Path, text: &str) {
+    std::fs::write(file, text).expect("nodes file");
+    let out = node.ctl(&["nodes", "reload"]);
+    assert!(!out.contains("NOT APPLIED"), "{out}");
+}
+
+/// Two vswitchd nodes on one underlay, each with a pod on a TAP port (with `mtu`, or
+/// the daemon's default).
+struct TwoNodes {
+    a: Node,
+    b: Node,
+    a1: Pod,
+    b1: Pod,
+    files: Scratch,
+    _underlay: Underlay,
+}
+
+impl TwoNodes {
+    fn new(tag: &str, mtu: Option<u16>) -> TwoNodes {
+        TwoNodes::with(tag, mtu, "")
+    }
+
+    /// Node a with `a_extra` in its config.
+    fn with(tag: &str, mtu: Option<u16>, a_extra: &str) -> TwoNodes {
+        let prefix = unique_prefix(tag);
+        let files = Scratch::new(&format!("{prefix}f"));
+        let underlay = Underlay::new(&prefix);
+        let a = Node::start_prepared(
+            &format!("{tag}a"),
+            &node_config(1, &files.0.join("a.toml"), a_extra),
+            |ns, _| underlay.plug(ns, 1),
+        );
+        let b = Node::start_prepared(
+            &format!("{tag}b"),
+            &node_config(2, &files.0.join("b.toml"), ""),
+            |ns, _| underlay.plug(ns, 2),
+        );
+        set_nodes(&a, &files.0.join("a.toml"), &node_entry("b", 2, None));
+        set_nodes(&b, &files.0.join("b.toml"), &node_entry("a", 1, None));
+        let a1 = a.pod_with_mtu("p", pod_ip(1, 2), Backend::Tap, mtu);
+        let b1 = b.pod_with_mtu("p", pod_ip(2, 2), Backend::Tap, mtu);
+        TwoNodes { a, b, a1, b1, files, _underlay: underlay }
+    }
+
+    fn nodes_file(&self, node: &str) -> PathBuf {
+        self.files.0.join(format!("{node}.toml"))
+    }
+}
+
+/// The TTL of the first echo reply `ping` printed.
+fn reply_ttl(out: &str) -> Option<u8> {
+    out.split_whitespace().find_map(|w| w.strip_prefix("ttl=")).and_then(|t| t.parse().ok())
+}
+
+/// Captures VXLAN on `ns`'s `ul0` while `traffic` runs; returns tshark's decoding, one
+/// line per packet: VNI, outer DF, outer UDP source port and checksum, outer and inner
+/// IP source and destination.
+fn capture_vxlan(ns: &Netns, dir: &Path, traffic: impl FnOnce()) -> Vec<String> {
+    let pcap = dir.join(format!("{}-vxlan.pcap", ns.name()));
+    let mut cap =
+        ns.spawn(&["tshark", "-q", "-i", "ul0", "-f", "udp port 4789", "-w", &pcap.display().to_string()]);
+    assert!(wait_until(Duration::from_secs(15), || pcap.exists()), "tshark started capturing");
+    std::thread::sleep(Duration::from_millis(500));
+    traffic();
+    std::thread::sleep(Duration::from_millis(500));
+    cap.signal(harness::testbed::Signal::SIGINT);
+    cap.wait_output(Duration::from_secs(10)).expect("tshark stops");
+    let out = harness::testbed::ok(
+        "tshark",
+        &[
+            "-r",
+            &pcap.display().to_string(),
+            "-Y",
+            "vxlan",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "vxlan.vni",
+            "-e",
+            "ip.flags.df",
+            "-e",
+            "udp.srcport",
+            "-e",
+            "udp.checksum",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+        ],
+    );
+    out.lines().map(str::to_string).collect()
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn pods_on_two_nodes_talk_and_nodes_come_and_go() {
+    let t = TwoNodes::new("ovl", None);
+    let (a1, b1) = (&t.a1, &t.b1);
+    let out = a1.ns.ok(&["ping", "-c", "3", "-i", "0.2", "-W", "2", &b1.ip.to_string()]);
+    assert_eq!(reply_ttl(&out), Some(62), "one routed hop per node, each way: {out}");
+    assert!(b1.ping(a1.ip, 3), "and back");
+    // The pod MTU leaves room for VXLAN.
+    assert!(a1.ns.ok(&["ip", "link", "show", "eth0"]).contains("mtu 1450"));
+
+    tcp_transfer_is_exact(&t.files, a1, b1, 20_000_000);
+    tcp_transfer_is_exact(&t.files, b1, a1, 20_000_000);
+
+    // On the wire: valid VXLAN, VNI 1, DF, source port from the flow hash, checksum 0.
+    let lines = capture_vxlan(&t.a.ns, &t.files.0, || assert!(a1.ping(b1.ip, 2)));
+    assert!(lines.len() >= 4, "requests and replies captured: {lines:?}");
+    for line in &lines {
+        let f: Vec<&str> = line.split('|').collect();
+        assert_eq!(f[0], "1", "VNI: {line}");
+        assert!(f[1].starts_with("1") || f[1].starts_with("True"), "outer DF: {line}");
+        assert!(f[2].parse::<u16>().unwrap() >= 49152, "source port in the dynamic range: {line}");
+        assert_eq!(f[3], "0x0000", "outer UDP checksum zero: {line}");
+        let (a, b) = (a1.ip.to_string(), b1.ip.to_string());
+        let outer_a_to_b = format!("{},{}", underlay_ip(1), a);
+        let outer_b_to_a = format!("{},{}", underlay_ip(2), b);
+        assert!(f[4] == outer_a_to_b || f[4] == outer_b_to_a, "outer and inner sources: {line}");
+    }
+
+    let s = t.a.stats();
+    assert!(s.events["overlay_encapsulated"] > 0 && s.events["overlay_decapsulated"] > 0, "{:?}", s.events);
+    let nodes = t.a.ctl(&["nodes"]);
+    assert!(nodes.contains("10.244.2.0/24") && nodes.contains("192.168.77.2"), "{nodes}");
+
+    // Node a leaves b's table: its VXLAN is refused, counted, without a restart.
+    let underlay_port = |n: &Node| {
+        n.stats().ports.iter().find(|p| p.name.starts_with("underlay ")).expect("the underlay port").id
+    };
+    set_nodes(&t.b, &t.nodes_file("b"), "");
+    assert!(!a1.ping(b1.ip, 2), "b no longer knows a");
+    let refused = t.b.drops(underlay_port(&t.b), "vxlan_unknown_node");
+    assert!(refused >= 2, "counted as vxlan_unknown_node: {refused}");
+    set_nodes(&t.b, &t.nodes_file("b"), &node_entry("a", 1, None));
+    assert!(a1.ping(b1.ip, 3), "back, again without a restart");
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn path_mtu_discovery_across_the_overlay() {
+    // Pods with an MTU VXLAN cannot carry whole: the switch must tell them.
+    let t = TwoNodes::new("pmtu", Some(1500));
+    let (a1, b1) = (&t.a1, &t.b1);
+    let out = a1.ns.run(&["ping", "-M", "do", "-s", "1472", "-c", "1", "-W", "2", &b1.ip.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("mtu = 1450"), "fragmentation-needed with the next-hop MTU: {text}");
+    assert!(t.a.stats().events["frag_needed_sent"] >= 1);
+    // A TCP connection whose MSS says 1460 learns the path MTU and completes.
+    tcp_transfer_is_exact(&t.files, a1, b1, 10_000_000);
+    tcp_transfer_is_exact(&t.files, b1, a1, 10_000_000);
+    let route = a1.ns.ok(&["ip", "route", "get", &b1.ip.to_string()]);
+    assert!(route.contains("mtu 1450"), "the pod learned the path MTU: {route}");
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn a_service_with_its_endpoint_on_the_other_node() {
+    // Node a serves NodePorts on its underlay address too.
+    let t = TwoNodes::with("osvc", None, "[uplink]\ninterface = \"ul0\"");
+    let services = t.files.0.join("services.toml");
+    std::fs::write(
+        &services,
+        format!(
+            "[[service]]\nname = \"far\"\ncluster_ip = \"10.96.0.30\"\ntype = \"NodePort\"\n\
+             ports = [{{ port = 80, target_port = 8080, node_port = 30080 }}]\n\
+             endpoints = [{{ ip = \"{}\", node = \"b\" }}]\n",
+            t.b1.ip
+        ),
+    )
+    .unwrap();
+    // Node a's Services come from this file: restart a on it.
+    let mut a = t.a;
+    a.stop();
+    let config = a.dir.0.join("vswitchd.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("file = \"\"", &format!("file = {:?}", services.display().to_string()));
+    std::fs::write(&config, text).unwrap();
+    a.restart();
+    let _server: Process = t.b1.ns.spawn(&["ncat", "-lk", "8080", "-c", "echo served by b1"]);
+    assert!(wait_until(Duration::from_secs(5), || t.b1.ns.ok(&["ss", "-ltn"]).contains(":8080")));
+    assert!(
+        wait_until(Duration::from_secs(10), || a.ctl(&["services"]).contains("10.96.0.30")),
+        "services file read"
+    );
+    for _ in 0..3 {
+        let got = t.a1.ns.ok(&["ncat", "--recv-only", "-w", "3", "10.96.0.30", "80"]);
+        assert_eq!(got.trim(), "served by b1");
+    }
+    let ct = a.ctl(&["conntrack"]);
+    assert!(ct.contains(&t.b1.ip.to_string()), "{ct}");
+    // From outside (a client on the underlay) to node a's NodePort: the endpoint on b
+    // answers, its reply coming back over the overlay to a's gateway address.
+    let underlay = &t._underlay.ns;
+    underlay.ok(&["ip", "addr", "add", "192.168.77.100/24", "dev", "br0"]);
+    // A real NIC fills in the checksums a veth leaves to "the hardware" (AF_XDP takes
+    // the frame before the receiving kernel would trust it): make this client's kernel.
+    underlay.ok(&["ethtool", "-K", "br0", "tx", "off"]);
+    for _ in 0..3 {
+        let got = underlay.ok(&["ncat", "--recv-only", "-w", "3", &underlay_ip(1).to_string(), "30080"]);
+        assert_eq!(got.trim(), "served by b1");
+    }
+    let ct = a.ctl(&["conntrack"]);
+    assert!(ct.contains("192.168.77.100") && ct.contains("10.244.1.1"), "SNAT to the gateway address: {ct}");
+}
+
+/// Node a takes its underlay interface over with AF_XDP: VXLAN from b arrives through
+/// the steering program, and goes to b with full outer headers once the kernel has
+/// resolved b's MAC (the first packets, through the kernel socket, make it do so).
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn the_af_xdp_underlay_carries_vxlan_both_ways() {
+    let t = TwoNodes::with("oxdp", None, "[uplink]\ninterface = \"ul0\"");
+    let (a1, b1) = (&t.a1, &t.b1);
+    assert!(a1.ping(b1.ip, 2), "through the socket at first");
+    assert!(
+        wait_until(Duration::from_secs(15), || t.a.ctl(&["nodes"]).contains("af_xdp via")),
+        "b's next hop resolved: {}",
+        t.a.ctl(&["nodes"])
+    );
+    let uplink = |n: &Node| {
+        n.stats().ports.into_iter().find(|p| p.name.starts_with("uplink ")).expect("the uplink port")
+    };
+    let before = uplink(&t.a);
+    assert!(a1.ping(b1.ip, 3) && b1.ping(a1.ip, 3));
+    tcp_transfer_is_exact(&t.files, a1, b1, 10_000_000);
+    tcp_transfer_is_exact(&t.files, b1, a1, 10_000_000);
+    let after = uplink(&t.a);
+    assert!(after.tx_packets > before.tx_packets + 1000, "sent through AF_XDP: {before:?} → {after:?}");
+    assert!(after.rx_packets > before.rx_packets + 1000, "received through AF_XDP: {before:?} → {after:?}");
+}
+
+/// Node k is what flannel's vxlan backend makes: a kernel `vxlan` device with the
+/// node's VTEP address, routes to other pod CIDRs through it, static neighbour and FDB
+/// entries for the other nodes' VTEPs, and a bridge for its pods.
+struct KernelNode {
+    ns: Netns,
+    pod: Netns,
+}
+
+const K_VTEP_MAC: &str = "0a:58:0a:f4:03:00";
+
+impl KernelNode {
+    fn new(prefix: &str, underlay: &Underlay) -> KernelNode {
+        let ns = Netns::new(&format!("{prefix}k"));
+        underlay.plug(&ns, 3);
+        let pod = Netns::new(&format!("{prefix}kp"));
+        for cmd in [
+            "sysctl -qw net.ipv4.ip_forward=1",
+            &format!(
+                "ip link add vxlan0 address {K_VTEP_MAC} type vxlan id 1 dstport 4789 local {} dev ul0 nolearning",
+                underlay_ip(3)
+            ),
+            "ip addr add 10.244.3.0/32 dev vxlan0",
+            "ip link set vxlan0 up",
+            "ip link add cni0 type bridge",
+            "ip addr add 10.244.3.1/24 dev cni0",
+            "ip link set cni0 up",
+            &format!("ip link add vethk1 type veth peer name eth0 netns {}", pod.name()),
+            "ip link set vethk1 master cni0 up",
+            "ip route add 10.244.1.0/24 via 10.244.1.0 dev vxlan0 onlink",
+            &format!("ip neigh add 10.244.1.0 lladdr {GATEWAY_MAC} dev vxlan0 nud permanent"),
+            &format!("bridge fdb append {GATEWAY_MAC} dev vxlan0 dst {}", underlay_ip(1)),
+            // A veth leaves checksums to "the hardware", which here is the receiving
+            // namespace: a real NIC fills them in; make the kernel do it before the wire.
+            "ethtool -K ul0 tx off",
+        ] {
+            let out = ns.sh(cmd);
+            assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        pod.ok(&["ip", "addr", "add", "10.244.3.2/24", "dev", "eth0"]);
+        pod.ok(&["ip", "link", "set", "eth0", "up"]);
+        pod.ok(&["ip", "route", "add", "default", "via", "10.244.3.1"]);
+        KernelNode { ns, pod }
+    }
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn interoperates_with_the_kernels_vxlan_device() {
+    let prefix = unique_prefix("kvx");
+    let files = Scratch::new(&format!("{prefix}f"));
+    let underlay = Underlay::new(&prefix);
+    let nodes = files.0.join("a.toml");
+    std::fs::write(&nodes, node_entry("k", 3, Some(K_VTEP_MAC))).unwrap();
+    let a = Node::start_prepared("kvxa", &node_config(1, &nodes, ""), |ns, _| underlay.plug(ns, 1));
+    let k = KernelNode::new(&prefix, &underlay);
+    let a1 = a.pod("p", pod_ip(1, 2), Backend::Tap);
+    assert!(
+        wait_until(Duration::from_secs(10), || a.ctl(&["nodes"]).contains("10.244.3.0/24")),
+        "nodes file read"
+    );
+    let k1 = Pod { ns: k.pod, ip: pod_ip(3, 2), port: a1.port.clone() };
+
+    assert!(a1.ping(k1.ip, 3), "vswitchd → kernel vxlan");
+    assert!(k1.ping(a1.ip, 3), "kernel vxlan → vswitchd");
+    tcp_transfer_is_exact(&files, &a1, &k1, 10_000_000);
+    tcp_transfer_is_exact(&files, &k1, &a1, 10_000_000);
+    // tshark on the kernel node's side decodes both directions as VXLAN.
+    let lines = capture_vxlan(&k.ns, &files.0, || assert!(a1.ping(k1.ip, 2)));
+    let from_a = format!("{},{}", underlay_ip(1), a1.ip);
+    let from_k = format!("{},{}", underlay_ip(3), k1.ip);
+    assert!(lines.iter().any(|l| l.split('|').nth(4) == Some(from_a.as_str())), "{lines:?}");
+    assert!(lines.iter().any(|l| l.split('|').nth(4) == Some(from_k.as_str())), "{lines:?}");
+    assert!(lines.iter().all(|l| l.starts_with("1|")), "VNI 1 both ways: {lines:?}");
+    drop(k.ns);
+}
