@@ -284,13 +284,14 @@ impl FramePool {
     }
 
     /// An empty frame in the smallest buffer class that holds `len` bytes.
-    #[inline]
+    #[inline(always)]
     pub fn get_fitting(&mut self, len: usize) -> Frame {
         if len <= self.shared.small.buf_size.saturating_sub(HEADROOM) { self.get() } else { self.get_large() }
     }
 
     /// A frame holding a copy of `bytes` in the smallest buffer that fits, or `None`
     /// when they exceed even a large buffer.
+    #[inline]
     pub fn copy_of(&mut self, bytes: &[u8]) -> Option<Frame> {
         let mut frame = self.get_fitting(bytes.len());
         if frame.set(bytes) {

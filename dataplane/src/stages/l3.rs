@@ -19,7 +19,7 @@ use crate::tables::overlay::OverlayTable;
 use crate::tables::{PortKind, Tables};
 use crate::wire::ipv4::Ipv4Mut;
 use crate::wire::offload::{F_NEEDS_CSUM, Offload};
-use crate::wire::{FrameMeta, Ipv4Meta, L4, MacAddr, ethernet, icmp};
+use crate::wire::{FrameMeta, Ipv4Meta, L4, MacAddr, Net, ethernet, icmp};
 
 /// Whether the hop still has the TTL to decrement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,28 +83,36 @@ pub fn has_partial_checksum(frame: &Frame) -> bool {
     frame.offload.flags & F_NEEDS_CSUM != 0
 }
 
-/// Sends the packet to a local port: the routed hop's TTL (if still to do), then the
-/// next hop's Ethernet addresses.
+/// The IPv4 header the parser found, for the routed hop (every caller routes IPv4).
+#[inline(always)]
+fn ipv4(meta: &FrameMeta) -> Option<&Ipv4Meta> {
+    match &meta.net {
+        Net::Ipv4(ip) => Some(ip),
+        _ => None,
+    }
+}
+
+/// Sends the IPv4 packet to a local port: the routed hop's TTL (if still to do), then
+/// the next hop's Ethernet addresses.
 #[inline]
-pub fn send(pkt: &mut Packet<'_, '_>, ip: &Ipv4Meta, hop: NextHop, ttl: Ttl) -> Step {
-    if ttl == Ttl::Decrement && !decrement_ttl(pkt.frame, pkt.meta.l3_offset, ip) {
-        return drop(DropReason::TtlExpired);
+pub fn send(pkt: &mut Packet<'_, '_>, hop: NextHop, ttl: Ttl) -> Step {
+    if ttl == Ttl::Decrement {
+        let Some(ip) = ipv4(pkt.meta) else { return drop(DropReason::OverlayBadInner) };
+        if !decrement_ttl(pkt.frame, pkt.meta.l3_offset, ip) {
+            return drop(DropReason::TtlExpired);
+        }
     }
     ethernet::set_addresses(pkt.frame.data_mut(), hop.mac, hop.via);
     forward(hop.port)
 }
 
-/// Sends the packet toward remote node `node`: answered with fragmentation-needed when
-/// it cannot fit and must not be fragmented, else routed with inner addresses gateway
-/// → the node's VTEP, to be encapsulated at dispatch.
-pub fn to_node(
-    ctx: &StageContext<'_>,
-    pkt: &mut Packet<'_, '_>,
-    ip: &Ipv4Meta,
-    node: NodeIndex,
-    ttl: Ttl,
-) -> Step {
+/// Sends the IPv4 packet toward remote node `node`: answered with fragmentation-needed
+/// when it cannot fit and must not be fragmented, else routed with inner addresses
+/// gateway → the node's VTEP, to be encapsulated at dispatch. The flow hash (the outer
+/// source port) is of the packet as it arrived.
+pub fn to_node(ctx: &StageContext<'_>, pkt: &mut Packet<'_, '_>, node: NodeIndex, ttl: Ttl) -> Step {
     let ov = ctx.tables.overlay();
+    let Some(ip) = ipv4(pkt.meta) else { return drop(DropReason::OverlayBadInner) };
     let Some(remote) = ov.node(node) else {
         return drop(DropReason::OverlayNoUnderlay);
     };
@@ -113,7 +121,7 @@ pub fn to_node(
     }
     if too_big(ov, pkt.frame, pkt.meta) {
         if ip.dont_fragment && pkt.port.kind == PortKind::Pod {
-            return fragmentation_needed(ctx, pkt, ip);
+            return fragmentation_needed(ctx, pkt);
         }
         return drop(DropReason::OverlayMtuExceeded);
     }
@@ -135,11 +143,12 @@ pub fn too_big(ov: &OverlayTable, frame: &Frame, meta: &FrameMeta) -> bool {
     frame.wire_len().saturating_sub(usize::from(meta.l3_offset)) > usize::from(ov.inner_mtu())
 }
 
-/// Turns the packet into an ICMP fragmentation-needed with the overlay's inner MTU as
-/// next-hop MTU (RFC 1191), back where it came from: from the gateway to a pod, from the
-/// node's address (what the client sent to) to a NodePort client on the uplink.
-pub fn fragmentation_needed(ctx: &StageContext<'_>, pkt: &mut Packet<'_, '_>, ip: &Ipv4Meta) -> Step {
+/// Turns the IPv4 packet into an ICMP fragmentation-needed with the overlay's inner MTU
+/// as next-hop MTU (RFC 1191), back where it came from: from the gateway to a pod, from
+/// the node's address (what the client sent to) to a NodePort client on the uplink.
+pub fn fragmentation_needed(ctx: &StageContext<'_>, pkt: &mut Packet<'_, '_>) -> Step {
     let ov = ctx.tables.overlay();
+    let Some(ip) = ipv4(pkt.meta) else { return drop(DropReason::OverlayBadInner) };
     let from = if pkt.port.kind == PortKind::Pod { ov.settings.gateway_ip } else { ip.dst };
     icmp_reply(
         pkt.frame,

@@ -99,10 +99,10 @@ pub fn route<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
     if pkt.meta.dst_mac != ov.settings.gateway_mac || pkt.port.segment != ov.settings.segment {
         return ControlFlow::Continue(());
     }
-    let Net::Ipv4(ip) = pkt.meta.net else { return ControlFlow::Continue(()) };
+    let Net::Ipv4(ip) = &pkt.meta.net else { return ControlFlow::Continue(()) };
     match ov.route(ip.dst) {
-        Some(node) => l3::to_node(ctx, pkt, &ip, node, l3::Ttl::Decrement),
-        None if pkt.port.kind == PortKind::Pod && ov.is_vxlan_to_a_node(&ip) => {
+        Some(node) => l3::to_node(ctx, pkt, node, l3::Ttl::Decrement),
+        None if pkt.port.kind == PortKind::Pod && ov.is_vxlan_to_a_node(ip) => {
             drop(DropReason::OverlayFromPod)
         }
         None => ControlFlow::Continue(()),
@@ -113,7 +113,7 @@ pub fn route<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
 /// (the host port, which carries the gateway's MAC).
 fn deliver(ctx: &mut StageContext<'_>, pkt: &mut Packet<'_, '_>) -> Step {
     let s = &ctx.tables.overlay().settings;
-    let Net::Ipv4(ip) = pkt.meta.net else {
+    let Net::Ipv4(ip) = &pkt.meta.net else {
         return drop(DropReason::OverlayNotLocal);
     };
     if ip.dst == s.gateway_ip {
@@ -123,7 +123,7 @@ fn deliver(ctx: &mut StageContext<'_>, pkt: &mut Packet<'_, '_>) -> Step {
         };
     }
     match l3::local_owner(ctx.tables, s.segment, ip.dst, s.gateway_mac) {
-        Some(pod) => l3::send(pkt, &ip, pod, l3::Ttl::Decrement),
+        Some(pod) => l3::send(pkt, pod, l3::Ttl::Decrement),
         None => drop(DropReason::OverlayNotLocal),
     }
 }

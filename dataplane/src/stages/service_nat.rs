@@ -201,7 +201,7 @@ fn apply(
         && l3::too_big(ov, pkt.frame, pkt.meta)
     {
         if ip.dont_fragment && pkt.port.kind != PortKind::Overlay {
-            return l3::fragmentation_needed(ctx, pkt, ip);
+            return l3::fragmentation_needed(ctx, pkt);
         }
         return drop(DropReason::OverlayMtuExceeded);
     }
@@ -227,7 +227,7 @@ fn apply(
         }
     }
     let return_path = if dir == Direction::Reply { conn.return_path } else { None };
-    route(ctx, pkt, ip, to.dst, return_path)
+    route(ctx, pkt, to.dst, return_path)
 }
 
 /// Sends a translated frame (its TTL done) toward `dst`: back out where a NodePort
@@ -236,7 +236,6 @@ fn apply(
 fn route(
     ctx: &StageContext<'_>,
     pkt: &mut Packet<'_, '_>,
-    ip: &Ipv4Meta,
     dst: Ipv4Addr,
     return_path: Option<ReturnPath>,
 ) -> Step {
@@ -247,11 +246,11 @@ fn route(
     let gateway = ctx.tables.segment(pkt.port.segment).and_then(|s| s.config.gateway);
     let via = gateway.map_or(pkt.meta.dst_mac, |g| g.mac);
     if let Some(hop) = l3::owner_on_node(ctx.tables, pkt.port.segment, dst, via) {
-        return l3::send(pkt, ip, hop, Ttl::Done);
+        return l3::send(pkt, hop, Ttl::Done);
     }
     // An endpoint on another node: over the overlay.
     match ctx.tables.overlay().route(dst) {
-        Some(node) => l3::to_node(ctx, pkt, ip, node, Ttl::Done),
+        Some(node) => l3::to_node(ctx, pkt, node, Ttl::Done),
         None => drop(DropReason::ServiceNoRoute),
     }
 }
@@ -327,7 +326,7 @@ fn icmp_error(ctx: &StageContext<'_>, pkt: &mut Packet<'_, '_>, ip: &Ipv4Meta) -
     icmp::fill_checksum(&mut pkt.frame.data_mut()[l4..end]);
     ctx.stats.events.icmp_translated.inc();
     let return_path = if towards_client { conn.return_path } else { None };
-    route(ctx, pkt, ip, outer_dst, return_path)
+    route(ctx, pkt, outer_dst, return_path)
 }
 
 #[cfg(test)]
