@@ -3,7 +3,7 @@
 //! Every error is an [`ErrorBody`] with a stable code: a malformed body is
 //! `invalid_json` (400) and names what is wrong, a body over [`MAX_BODY`] is
 //! `payload_too_large` (413), an unknown route `not_found` (404). Attach and detach run
-//! one at a time (the manager is behind a mutex); reads do not wait for kernel work
+//! one at a time (the switch is behind a mutex); reads do not wait for kernel work
 //! longer than the change in progress.
 
 use std::collections::BTreeMap;
@@ -22,7 +22,8 @@ use vswitch_api::{
     Stats, Status, WorkerStats, codes,
 };
 
-use super::ports::{AttachError, PortManager};
+use super::ports::AttachError;
+use super::switch::Switch;
 use vswitch_dataplane::datapath::Datapath;
 use vswitch_dataplane::drop_reason::DropReason;
 use vswitch_dataplane::ids::PortId;
@@ -33,7 +34,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 /// What the handlers share.
 pub struct ApiState {
-    pub manager: Mutex<PortManager>,
+    pub switch: Mutex<Switch>,
     pub version: &'static str,
     /// Cluster mode's watchers.
     pub cluster: Option<super::cluster::StatusHandle>,
@@ -121,7 +122,7 @@ pub fn router(state: Shared) -> Router {
 }
 
 async fn status(State(s): State<Shared>) -> axum::Json<Status> {
-    let m = s.manager.lock().await;
+    let m = s.switch.lock().await;
     let c = m.config();
     axum::Json(Status {
         node_name: c.node_name.clone(),
@@ -154,20 +155,20 @@ async fn attach(
     State(s): State<Shared>,
     JsonBody(req): JsonBody<AttachRequest>,
 ) -> Result<Response, ApiError> {
-    let (port, created) = run_to_completion(async move { s.manager.lock().await.attach(&req).await }).await?;
+    let (port, created) = run_to_completion(async move { s.switch.lock().await.attach(&req) }).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(port)).into_response())
 }
 
 async fn list_ports(State(s): State<Shared>) -> impl IntoResponse {
-    axum::Json(s.manager.lock().await.ports())
+    axum::Json(s.switch.lock().await.ports())
 }
 
 async fn get_port(
     State(s): State<Shared>,
     Path((cid, ifname)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    match s.manager.lock().await.port(&cid, &ifname) {
+    match s.switch.lock().await.port(&cid, &ifname) {
         Some(p) => Ok(axum::Json(p).into_response()),
         None => Err(ApiError::new(404, codes::NOT_FOUND, format!("no port for {cid}/{ifname}"))),
     }
@@ -177,18 +178,17 @@ async fn detach(
     State(s): State<Shared>,
     Path((cid, ifname)): Path<(String, String)>,
 ) -> Result<axum::Json<DetachOutcome>, ApiError> {
-    let existed =
-        run_to_completion(async move { s.manager.lock().await.detach(&cid, &ifname).await }).await?;
+    let existed = run_to_completion(async move { s.switch.lock().await.detach(&cid, &ifname) }).await?;
     Ok(axum::Json(DetachOutcome { existed }))
 }
 
 async fn services(State(s): State<Shared>) -> axum::Json<ServicesView> {
-    axum::Json(s.manager.lock().await.services_view())
+    axum::Json(s.switch.lock().await.services_view())
 }
 
 /// Reads the services file now: the answer says at once whether it was taken.
 async fn reload_services(State(s): State<Shared>) -> Result<axum::Json<ServicesView>, ApiError> {
-    let mut m = s.manager.lock().await;
+    let mut m = s.switch.lock().await;
     let Some(path) = m.services_file().map(ToOwned::to_owned) else {
         return Err(ApiError::new(400, codes::INVALID_REQUEST, "no services file is configured"));
     };
@@ -200,12 +200,12 @@ async fn reload_services(State(s): State<Shared>) -> Result<axum::Json<ServicesV
 }
 
 async fn nodes(State(s): State<Shared>) -> axum::Json<NodesView> {
-    axum::Json(s.manager.lock().await.nodes_view())
+    axum::Json(s.switch.lock().await.nodes_view())
 }
 
 /// Reads the nodes file now: the answer says at once whether it was taken.
 async fn reload_nodes(State(s): State<Shared>) -> Result<axum::Json<NodesView>, ApiError> {
-    let mut m = s.manager.lock().await;
+    let mut m = s.switch.lock().await;
     let Some(path) = m.nodes_file().map(ToOwned::to_owned) else {
         return Err(ApiError::new(400, codes::INVALID_REQUEST, "no nodes file is configured"));
     };
@@ -224,11 +224,11 @@ async fn conntrack(
     State(s): State<Shared>,
     axum::extract::Query(q): axum::extract::Query<ConntrackQuery>,
 ) -> axum::Json<ConntrackView> {
-    axum::Json(s.manager.lock().await.conntrack_view(q.limit.unwrap_or(1000)))
+    axum::Json(s.switch.lock().await.conntrack_view(q.limit.unwrap_or(1000)))
 }
 
 async fn fdb(State(s): State<Shared>) -> axum::Json<Vec<FdbEntry>> {
-    let m = s.manager.lock().await;
+    let m = s.switch.lock().await;
     let names = m.port_names();
     let dp = m.datapath();
     let entries = dp
@@ -247,12 +247,12 @@ async fn fdb(State(s): State<Shared>) -> axum::Json<Vec<FdbEntry>> {
 }
 
 async fn stats(State(s): State<Shared>) -> axum::Json<Stats> {
-    axum::Json(api_stats(&*s.manager.lock().await))
+    axum::Json(api_stats(&*s.switch.lock().await))
 }
 
 /// The API's view of the counters: attached ports always, other port ids only if they
 /// counted something (a port detached since).
-pub fn api_stats(m: &PortManager) -> Stats {
+pub fn api_stats(m: &Switch) -> Stats {
     let dp = m.datapath();
     stats_of(&dp.stats(), &m.port_names(), dp)
 }

@@ -14,9 +14,9 @@ use tokio::sync::{Mutex, watch};
 use super::api::{self, ApiState};
 use super::config::{Config, ConfigError, IdleMode};
 use super::metrics;
-use super::ports::NETNS_DIRS;
-use super::ports::{AttachError, PortManager};
+use super::ports::{AttachError, LinuxKernel, NETNS_DIRS};
 use super::state::{self, StateError};
+use super::switch::Switch;
 use vswitch_dataplane::datapath::{Datapath, DatapathConfig, DatapathError};
 use vswitch_dataplane::frame::DEFAULT_BUF_SIZE;
 use vswitch_dataplane::tables::Tables;
@@ -138,7 +138,7 @@ const NEXT_HOP_REFRESH_ROUNDS: u64 = 2;
 const VANISHED_POD_ROUNDS: u64 = 5;
 
 /// What a watched file feeds.
-type Apply = fn(&mut PortManager, Option<String>) -> Result<bool, ConfigError>;
+type Apply = fn(&mut Switch, Option<String>) -> Result<bool, ConfigError>;
 
 /// Applies a watched file whenever its content changes (and once at start); `what`
 /// names it in logs.
@@ -162,7 +162,7 @@ async fn watch_file(state: Arc<ApiState>, path: std::path::PathBuf, what: &'stat
         match read {
             Err(e) => tracing::error!(error = %e, file = what, "cannot read; keeping what it gave before"),
             Ok(text) => {
-                if let Err(e) = apply(&mut *state.manager.lock().await, text) {
+                if let Err(e) = apply(&mut *state.switch.lock().await, text) {
                     tracing::error!(error = %e, file = what, "not applied; keeping what it gave before");
                 }
             }
@@ -198,18 +198,18 @@ pub async fn run(
     let _lock = lock_state(&config.state_file)?;
     let listener = bind_api_socket(&config.api_socket).await?;
     let started = start(&config).await;
-    let manager = match started {
-        Ok(m) => m,
+    let switch = match started {
+        Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_file(&config.api_socket);
             return Err(e);
         }
     };
-    serve(config, version, listener, manager, cluster).await
+    serve(config, version, listener, switch, cluster).await
 }
 
 /// The data plane, the host port and the ports of the previous run.
-async fn start(config: &Config) -> Result<PortManager, DaemonError> {
+async fn start(config: &Config) -> Result<Switch, DaemonError> {
     let datapath = Datapath::start(datapath_config(config), Tables::empty())?;
     tracing::info!(
         node = %config.node_name, pod_cidr = %config.pod_cidr, gateway = %config.gateway_ip,
@@ -222,22 +222,23 @@ async fn start(config: &Config) -> Result<PortManager, DaemonError> {
             "pod MTU leaves no room for VXLAN: larger packets to other nodes get fragmentation-needed (or are dropped without DF)"
         );
     }
-    let mut manager = PortManager::new(config.clone(), datapath)?;
-    manager.start_host_port().await?;
+    let kernel = Arc::new(LinuxKernel::connect().map_err(AttachError::from)?);
+    let mut switch = Switch::new(config.clone(), datapath, kernel)?;
+    switch.start_host_port()?;
     let previous = match state::load(&config.state_file) {
         Ok(saved) => saved,
         // Not a crash loop: the kept file is there for the operator, and the ports whose
         // devices still exist are found by the tags on them.
         Err(e @ StateError::Corrupt { .. }) => {
             tracing::error!(error = %e, "state file unusable: recovering ports from their devices");
-            let found = manager.recover_from_devices(&NETNS_DIRS).await;
+            let found = switch.recover_from_devices(&NETNS_DIRS);
             tracing::warn!(ports = found.ports.len(), "ports found by their device tags");
             Some(found)
         }
         Err(e) => return Err(e.into()),
     };
     if let Some(saved) = previous {
-        let report = manager.restore(saved).await;
+        let report = switch.restore(saved);
         for port in &report.restored {
             tracing::info!(port = %port, "re-attached");
         }
@@ -246,13 +247,13 @@ async fn start(config: &Config) -> Result<PortManager, DaemonError> {
         }
     }
     // After the pods: an uplink that cannot start costs NodePorts, not pod traffic.
-    if let Err(e) = manager.start_uplink().await {
+    if let Err(e) = switch.start_uplink() {
         tracing::error!(error = %e, "uplink not started: NodePorts are not reachable from outside the node");
     }
-    if let Err(e) = manager.start_underlay().await {
+    if let Err(e) = switch.start_underlay() {
         tracing::error!(error = %e, "underlay not started: pods on other nodes are not reachable");
     }
-    Ok(manager)
+    Ok(switch)
 }
 
 /// Serves the API and metrics until a signal, then stops cleanly.
@@ -260,11 +261,11 @@ async fn serve(
     config: Config,
     version: &'static str,
     listener: UnixListener,
-    manager: PortManager,
+    switch: Switch,
     cluster: Option<ClusterMode>,
 ) -> Result<(), DaemonError> {
     let status = cluster.as_ref().map(|_| super::cluster::StatusHandle::new(&config.node_name));
-    let shared = Arc::new(ApiState { manager: Mutex::new(manager), version, cluster: status.clone() });
+    let shared = Arc::new(ApiState { switch: Mutex::new(switch), version, cluster: status.clone() });
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -286,7 +287,7 @@ async fn serve(
                     axum::routing::get(move || {
                         let state = state.clone();
                         async move {
-                            let m = state.manager.lock().await;
+                            let m = state.switch.lock().await;
                             let stats = api::api_stats(&m);
                             let cluster = state.cluster.as_ref().map(|c| c.get());
                             let body = metrics::render_with(&stats, m.pod_count(), cluster.as_ref());
@@ -313,16 +314,16 @@ async fn serve(
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             for round in 0u64.. {
                 tick.tick().await;
-                let mut m = state.manager.lock().await;
+                let mut m = state.switch.lock().await;
                 let done = m.datapath().housekeeping();
                 if done.flows_expired > 0 {
                     m.services_housekeeping();
                 }
                 if round % NEXT_HOP_REFRESH_ROUNDS == 0 {
-                    m.refresh_next_hops().await;
+                    m.refresh_next_hops();
                 }
                 if round % VANISHED_POD_ROUNDS == 0 {
-                    m.reap_vanished().await;
+                    m.reap_vanished();
                 }
                 drop(m);
                 if done != Default::default() {
@@ -343,7 +344,7 @@ async fn serve(
         let apply = move |snap: super::cluster::Snapshot| {
             let state = state.clone();
             async move {
-                let mut m = state.manager.lock().await;
+                let mut m = state.switch.lock().await;
                 m.cluster_services(snap.services);
                 m.cluster_nodes(snap.nodes);
             }
@@ -352,7 +353,7 @@ async fn serve(
         watches.push(tokio::spawn(super::cluster::run(mode.client, config.node_name.clone(), status, apply)));
     }
     {
-        let m = shared.manager.lock().await;
+        let m = shared.switch.lock().await;
         if let Some(path) = m.services_file() {
             let apply: Apply = |m, text| m.services_file_read(text, false);
             watches.push(tokio::spawn(watch_file(shared.clone(), path.to_owned(), "services file", apply)));
@@ -377,7 +378,7 @@ async fn serve(
     }
     let _ = std::fs::remove_file(&config.api_socket);
     match Arc::into_inner(shared) {
-        Some(state) => state.manager.into_inner().shutdown(),
+        Some(state) => state.switch.into_inner().shutdown(),
         None => tracing::error!("API state still referenced at shutdown; state file not rewritten"),
     }
     tracing::info!("stopped; pods keep their interfaces until the next start");

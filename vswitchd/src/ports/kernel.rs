@@ -1,0 +1,435 @@
+//! The kernel as the port manager uses it: links in the daemon's namespace and in
+//! pods' namespaces (rtnetlink), the devices behind ports (TAP, veth, AF_XDP sockets,
+//! the uplink's XDP program, the underlay's UDP sockets) opened as data-plane queues.
+//!
+//! Behind a trait so that attach, its undo at every point of failure, restore and
+//! recovery are tested without root against a fake (`ports::fake`); [`LinuxKernel`]
+//! is the real one. Calls block: the real kernel moves them off the async runtime's
+//! workers (`tokio::task::block_in_place`).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use vswitch_dataplane::ids::WorkerId;
+use vswitch_dataplane::port::afxdp::{XdpMode, XskGroup, XskQueue};
+use vswitch_dataplane::port::steer::SteeringProgram;
+use vswitch_dataplane::port::tap::{self, TapOptions};
+use vswitch_dataplane::port::underlay::UnderlayQueue;
+use vswitch_dataplane::queue::{PortError, PortQueue};
+use vswitch_dataplane::wire::MacAddr;
+use vswitch_sys::SysError;
+use vswitch_sys::netlink::{Netlink, in_netns};
+use vswitch_sys::netns::{Netns, NetnsError};
+
+pub use vswitch_sys::netlink::{LinkInfo, LinkKind};
+
+/// The uplink's XDP program, as the port manager drives it.
+pub trait Steering: Send {
+    /// Steers exactly these (IP protocol, destination port) pairs to the switch.
+    fn set_ports(&mut self, ports: &BTreeSet<(u8, u16)>) -> Result<(), SysError>;
+    /// Attached at the driver's native hook (else the generic one).
+    fn native(&self) -> bool;
+}
+
+impl Steering for SteeringProgram {
+    fn set_ports(&mut self, ports: &BTreeSet<(u8, u16)>) -> Result<(), SysError> {
+        SteeringProgram::set_ports(self, ports)
+    }
+
+    fn native(&self) -> bool {
+        SteeringProgram::native(self)
+    }
+}
+
+/// The uplink taken over: its program and one queue per serving worker.
+pub struct UplinkDevice {
+    pub steering: Box<dyn Steering>,
+    pub queues: Vec<(WorkerId, Box<dyn PortQueue>)>,
+    /// Receive queues of the interface.
+    pub rx_queues: u32,
+}
+
+/// Every kernel operation the port manager makes. Links in the daemon's namespace are
+/// named by index (as rtnetlink names them); those in a pod's, by the namespace's path
+/// and the interface's name.
+pub trait Kernel: Send + Sync {
+    // ---- the daemon's namespace
+
+    fn link(&self, name: &str) -> Result<Option<LinkInfo>, SysError>;
+    fn index_of(&self, name: &str) -> Result<u32, SysError>;
+    fn set_mac(&self, index: u32, mac: MacAddr) -> Result<(), SysError>;
+    fn set_mtu(&self, index: u32, mtu: u16) -> Result<(), SysError>;
+    fn add_address(&self, index: u32, addr: IpNet) -> Result<(), SysError>;
+    fn addresses(&self, index: u32) -> Result<Vec<IpNet>, SysError>;
+    fn set_alias(&self, index: u32, alias: &str) -> Result<(), SysError>;
+    fn set_up(&self, index: u32) -> Result<(), SysError>;
+    /// Deletes the link if it exists; true if it did.
+    fn delete_link(&self, name: &str) -> Result<bool, SysError>;
+    /// A veth pair `name` ↔ `peer`, the peer made right in the namespace at `peer_netns`
+    /// with `mac` (both ends still down).
+    fn add_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_netns: &Path,
+        mac: MacAddr,
+        mtu: u16,
+    ) -> Result<(), SysError>;
+    /// Removes any XDP program a crashed process left on the link.
+    fn detach_xdp(&self, index: u32) -> Result<(), SysError>;
+    /// For each of `nodes`, the MAC of its next hop out of `uplink`, where the kernel
+    /// has resolved it; nodes reached another way, or not resolved yet, are left out.
+    fn next_hop_macs(&self, uplink: &str, nodes: &[Ipv4Addr])
+    -> Result<HashMap<Ipv4Addr, MacAddr>, SysError>;
+
+    // ---- pods' namespaces
+
+    /// Whether a network namespace is at `path`.
+    fn open_netns(&self, path: &Path) -> Result<(), NetnsError>;
+    fn pod_link(&self, netns: &Path, name: &str) -> Result<Option<LinkInfo>, SysError>;
+    fn pod_links(&self, netns: &Path) -> Result<Vec<LinkInfo>, SysError>;
+    /// Writes `alias` on the pod's interface (if given), then brings it up if `up`.
+    fn pod_configure(&self, netns: &Path, name: &str, alias: Option<&str>, up: bool) -> Result<(), SysError>;
+    fn pod_delete_link(&self, netns: &Path, name: &str) -> Result<bool, SysError>;
+    /// Transmit offloads off, so the interface sends finished frames (AF_XDP ports).
+    fn pod_disable_offloads(&self, netns: &Path, name: &str) -> Result<(), SysError>;
+    /// The distinct network namespaces bind-mounted in `dirs`, in order.
+    fn namespaces(&self, dirs: &[&str]) -> Vec<PathBuf>;
+
+    // ---- the devices behind ports, opened as queues labelled `label`
+
+    /// A new TAP `name` (in the namespace at `netns`, else the daemon's) with one queue
+    /// per `opts.queues`, still down.
+    fn create_tap(
+        &self,
+        netns: Option<&Path>,
+        name: &str,
+        opts: &TapOptions,
+        label: &str,
+    ) -> Result<Vec<Box<dyn PortQueue>>, SysError>;
+    /// The queues of an existing TAP (after a restart).
+    fn reopen_tap(
+        &self,
+        netns: Option<&Path>,
+        name: &str,
+        opts: &TapOptions,
+        label: &str,
+    ) -> Result<Vec<Box<dyn PortQueue>>, SysError>;
+    /// An AF_XDP socket on the daemon's end `ifname` of a veth pair.
+    fn open_xsk(&self, ifname: &str, mode: XdpMode, label: &str) -> Result<Box<dyn PortQueue>, SysError>;
+    /// The uplink's XDP program and a socket on each receive queue, grouped by worker
+    /// (queue q to worker q mod `workers`).
+    fn open_uplink(
+        &self,
+        name: &str,
+        mode: XdpMode,
+        node_ip: Ipv4Addr,
+        workers: usize,
+    ) -> Result<UplinkDevice, SysError>;
+    /// A UDP socket for VXLAN to and from other nodes.
+    fn open_underlay(
+        &self,
+        bind: SocketAddrV4,
+        mtu: u16,
+        label: &str,
+    ) -> Result<Box<dyn PortQueue>, PortError>;
+}
+
+/// Runs blocking kernel work off the async runtime's workers when on a multi-threaded
+/// runtime (the daemon's), else in place.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// The real kernel: rtnetlink on the daemon's runtime, namespaces entered from
+/// short-lived threads.
+pub struct LinuxKernel {
+    netlink: Netlink,
+    runtime: tokio::runtime::Handle,
+}
+
+impl LinuxKernel {
+    /// Connects to rtnetlink. Must run inside the daemon's (multi-threaded) runtime.
+    pub fn connect() -> Result<LinuxKernel, SysError> {
+        Ok(LinuxKernel { netlink: Netlink::connect()?, runtime: tokio::runtime::Handle::current() })
+    }
+
+    fn run<R>(&self, fut: impl Future<Output = R>) -> R {
+        blocking(|| self.runtime.block_on(fut))
+    }
+
+    fn in_pod<R: Send, Fut: Future<Output = Result<R, SysError>>>(
+        &self,
+        netns: &Path,
+        f: impl FnOnce(Netlink) -> Fut + Send,
+    ) -> Result<R, SysError> {
+        let ns = open(netns)?;
+        blocking(|| in_netns(&ns, f))
+    }
+}
+
+fn open(path: &Path) -> Result<Netns, SysError> {
+    Netns::open(path).map_err(|e| SysError::new(e.to_string(), std::io::Error::other(e.to_string())))
+}
+
+fn labelled<Q: PortQueue + 'static>(
+    queues: Vec<Q>,
+    label: &str,
+    set: impl Fn(&mut Q, String),
+) -> Vec<Box<dyn PortQueue>> {
+    queues
+        .into_iter()
+        .map(|mut q| {
+            set(&mut q, label.to_string());
+            Box::new(q) as Box<dyn PortQueue>
+        })
+        .collect()
+}
+
+impl Kernel for LinuxKernel {
+    fn link(&self, name: &str) -> Result<Option<LinkInfo>, SysError> {
+        self.run(self.netlink.link(name))
+    }
+
+    fn index_of(&self, name: &str) -> Result<u32, SysError> {
+        self.run(self.netlink.index_of(name))
+    }
+
+    fn set_mac(&self, index: u32, mac: MacAddr) -> Result<(), SysError> {
+        self.run(self.netlink.set_mac(index, mac.0))
+    }
+
+    fn set_mtu(&self, index: u32, mtu: u16) -> Result<(), SysError> {
+        self.run(self.netlink.set_mtu(index, u32::from(mtu)))
+    }
+
+    fn add_address(&self, index: u32, addr: IpNet) -> Result<(), SysError> {
+        self.run(self.netlink.add_address(index, addr))
+    }
+
+    fn addresses(&self, index: u32) -> Result<Vec<IpNet>, SysError> {
+        self.run(self.netlink.addresses(index))
+    }
+
+    fn set_alias(&self, index: u32, alias: &str) -> Result<(), SysError> {
+        self.run(self.netlink.set_alias(index, alias))
+    }
+
+    fn set_up(&self, index: u32) -> Result<(), SysError> {
+        self.run(self.netlink.set_up(index))
+    }
+
+    fn delete_link(&self, name: &str) -> Result<bool, SysError> {
+        self.run(self.netlink.delete_by_name(name))
+    }
+
+    fn add_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_netns: &Path,
+        mac: MacAddr,
+        mtu: u16,
+    ) -> Result<(), SysError> {
+        let ns = open(peer_netns)?;
+        self.run(self.netlink.add_veth(name, peer, Some(&ns), mac.0, u32::from(mtu)))
+    }
+
+    fn detach_xdp(&self, index: u32) -> Result<(), SysError> {
+        self.run(self.netlink.detach_xdp(index))
+    }
+
+    fn next_hop_macs(
+        &self,
+        uplink: &str,
+        nodes: &[Ipv4Addr],
+    ) -> Result<HashMap<Ipv4Addr, MacAddr>, SysError> {
+        self.run(async {
+            let index = self.netlink.index_of(uplink).await?;
+            let neighbours = self.netlink.neighbours(index).await?;
+            let mut found = HashMap::new();
+            for ip in nodes {
+                // A node whose route cannot be looked up keeps to the socket; the others
+                // are not held back by it.
+                let hop = match self.netlink.next_hop(*ip).await {
+                    Ok(hop) => hop,
+                    Err(e) => {
+                        tracing::debug!(node = %ip, error = %e, "no next hop");
+                        continue;
+                    }
+                };
+                if let Some((oif, hop)) = hop
+                    && oif == index
+                    && let Some(mac) = neighbours.get(&hop)
+                {
+                    found.insert(*ip, MacAddr(*mac));
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn open_netns(&self, path: &Path) -> Result<(), NetnsError> {
+        Netns::open(path).map(drop)
+    }
+
+    fn pod_link(&self, netns: &Path, name: &str) -> Result<Option<LinkInfo>, SysError> {
+        let name = name.to_string();
+        self.in_pod(netns, |nl| async move { nl.link(&name).await })
+    }
+
+    fn pod_links(&self, netns: &Path) -> Result<Vec<LinkInfo>, SysError> {
+        self.in_pod(netns, |nl| async move { nl.links().await })
+    }
+
+    fn pod_configure(&self, netns: &Path, name: &str, alias: Option<&str>, up: bool) -> Result<(), SysError> {
+        let (name, alias) = (name.to_string(), alias.map(str::to_string));
+        self.in_pod(netns, |nl| async move {
+            let index = nl.index_of(&name).await?;
+            if let Some(alias) = &alias {
+                nl.set_alias(index, alias).await?;
+            }
+            if up {
+                nl.set_up(index).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn pod_delete_link(&self, netns: &Path, name: &str) -> Result<bool, SysError> {
+        let name = name.to_string();
+        self.in_pod(netns, |nl| async move { nl.delete_by_name(&name).await })
+    }
+
+    fn pod_disable_offloads(&self, netns: &Path, name: &str) -> Result<(), SysError> {
+        let ns = open(netns)?;
+        blocking(|| ns.run(|| vswitch_sys::ethtool::disable_offloads(name)))?
+    }
+
+    fn namespaces(&self, dirs: &[&str]) -> Vec<PathBuf> {
+        let mut seen = HashSet::new();
+        let mut found = Vec::new();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            paths.sort();
+            for path in paths {
+                if Netns::open(&path).is_err() {
+                    continue;
+                }
+                // /var/run is /run on most systems: each namespace once.
+                let Ok(meta) = std::fs::metadata(&path) else { continue };
+                if seen.insert((meta.dev(), meta.ino())) {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+
+    fn create_tap(
+        &self,
+        netns: Option<&Path>,
+        name: &str,
+        opts: &TapOptions,
+        label: &str,
+    ) -> Result<Vec<Box<dyn PortQueue>>, SysError> {
+        let queues = match netns {
+            // Made right inside the pod (the queues opened from a thread in its namespace
+            // belong to it): no move across namespaces, which costs the kernel an RCU
+            // grace period or two.
+            Some(path) => {
+                let ns = open(path)?;
+                blocking(|| ns.run(|| tap::create(name, opts)))??
+            }
+            None => blocking(|| tap::create(name, opts))?,
+        };
+        Ok(labelled(queues, label, |q, l| q.set_label(l)))
+    }
+
+    fn reopen_tap(
+        &self,
+        netns: Option<&Path>,
+        name: &str,
+        opts: &TapOptions,
+        label: &str,
+    ) -> Result<Vec<Box<dyn PortQueue>>, SysError> {
+        let queues = match netns {
+            Some(path) => {
+                let ns = open(path)?;
+                blocking(|| ns.run(|| tap::reopen(name, opts)))??
+            }
+            None => blocking(|| tap::reopen(name, opts))?,
+        };
+        Ok(labelled(queues, label, |q, l| q.set_label(l)))
+    }
+
+    fn open_xsk(&self, ifname: &str, mode: XdpMode, label: &str) -> Result<Box<dyn PortQueue>, SysError> {
+        let mut q = blocking(|| XskQueue::open(ifname, mode))?;
+        q.set_label(label.to_string());
+        Ok(Box::new(q))
+    }
+
+    fn open_uplink(
+        &self,
+        name: &str,
+        mode: XdpMode,
+        node_ip: Ipv4Addr,
+        workers: usize,
+    ) -> Result<UplinkDevice, SysError> {
+        let (program, rx_queues, sockets) = blocking(|| -> Result<_, SysError> {
+            let program = SteeringProgram::attach(name, mode)?;
+            program.set_node_ip(node_ip)?;
+            let rx_queues = vswitch_sys::ethtool::rx_queues(name)?;
+            let mut sockets = Vec::new();
+            for q in 0..rx_queues {
+                let mut s = XskQueue::open_steered(&program, q)?;
+                s.set_label(format!("uplink {name} queue {q}"));
+                sockets.push(s);
+            }
+            Ok((program, rx_queues, sockets))
+        })?;
+        // Queue q goes to worker q mod workers; a worker with several gets them grouped.
+        let mut per_worker: Vec<Vec<XskQueue>> = (0..workers).map(|_| Vec::new()).collect();
+        for (q, s) in sockets.into_iter().enumerate() {
+            per_worker[q % workers].push(s);
+        }
+        let mut queues: Vec<(WorkerId, Box<dyn PortQueue>)> = Vec::new();
+        for (w, mut group) in per_worker.into_iter().enumerate() {
+            match group.len() {
+                0 => continue,
+                1 => queues.push((w, Box::new(group.pop().expect("one")))),
+                _ => queues.push((w, Box::new(XskGroup::new(group)?))),
+            }
+        }
+        Ok(UplinkDevice { steering: Box::new(program), queues, rx_queues })
+    }
+
+    fn open_underlay(
+        &self,
+        bind: SocketAddrV4,
+        mtu: u16,
+        label: &str,
+    ) -> Result<Box<dyn PortQueue>, PortError> {
+        let mut q = blocking(|| UnderlayQueue::open(bind, mtu))?;
+        q.set_label(label.to_string());
+        Ok(Box::new(q))
+    }
+}
+
+/// The first IPv4 address among `addrs`.
+pub fn first_ipv4(addrs: &[IpNet]) -> Option<Ipv4Addr> {
+    addrs.iter().find_map(|a| match a.addr() {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    })
+}

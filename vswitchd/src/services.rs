@@ -1,0 +1,140 @@
+//! The Services side of the control plane: takes Services from the services file or
+//! the cluster into the [`ServiceCatalog`], publishes the table it builds, cuts UDP
+//! flows to endpoints that stopped serving, and shows the Services and the tracked
+//! flows.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+
+use vswitch_api::{ConntrackView, Flow, Protocol, Service, ServicesView};
+use vswitch_dataplane::datapath::Datapath;
+use vswitch_dataplane::wire::parse::IPPROTO_UDP;
+
+use crate::catalog::{FileOutcome, ServiceCatalog};
+use crate::config::{Config, ConfigError};
+use crate::plane::Plane;
+
+pub struct ServiceController {
+    catalog: ServiceCatalog,
+}
+
+impl ServiceController {
+    /// No Services yet; their table goes into `plane` (published with the next change).
+    pub fn new(config: &Config, plane: &mut Plane) -> ServiceController {
+        let catalog = ServiceCatalog::new(config);
+        plane.tables.set_services(catalog.table());
+        ServiceController { catalog }
+    }
+
+    /// Takes the services file's content (`None`: absent); true if the Services changed
+    /// (call [`ServiceController::applied`] after updating what depends on them). A
+    /// content seen before is not parsed again unless `force`. On an error, the
+    /// Services served before stay.
+    pub fn file_read(
+        &mut self,
+        plane: &Plane,
+        text: Option<String>,
+        force: bool,
+    ) -> Result<bool, ConfigError> {
+        match self.catalog.file_read(text, force, plane.datapath.conntrack()) {
+            FileOutcome::Unchanged => Ok(false),
+            FileOutcome::Rejected(e) => Err(e),
+            FileOutcome::Applied => Ok(true),
+        }
+    }
+
+    /// Takes `services` (from the cluster), replacing what was served; true if that is
+    /// a change (then call [`ServiceController::applied`]).
+    pub fn set(&mut self, plane: &Plane, services: Vec<Service>) -> bool {
+        if services == self.catalog.services() {
+            return false;
+        }
+        self.catalog.set(services, plane.datapath.conntrack());
+        true
+    }
+
+    /// The node's address, once known: NodePorts are served there.
+    pub fn set_node_ip(&mut self, plane: &mut Plane, ip: Ipv4Addr) {
+        self.catalog.set_node_ip(ip, plane.datapath.conntrack());
+        plane.tables.set_services(self.catalog.table());
+    }
+
+    /// Publishes the Services the catalog took.
+    pub fn publish(&self, plane: &mut Plane) {
+        plane.tables.set_services(self.catalog.table());
+        plane.publish_or_log();
+    }
+
+    /// After the new Services are published: cuts UDP flows to endpoints that stopped
+    /// serving, and stops recognising what only they kept.
+    pub fn applied(&mut self, plane: &mut Plane) {
+        let cut = self.catalog.cut_stale_flows(plane.datapath.conntrack());
+        let view = self.catalog.view();
+        tracing::info!(
+            services = view.services.len(),
+            generation = view.generation,
+            udp_flows_cut = cut,
+            "services applied"
+        );
+        if cut > 0 {
+            self.housekeeping(plane);
+        }
+    }
+
+    /// After conntrack housekeeping: stops recognising VIPs and endpoints kept only for
+    /// flows that have ended.
+    pub fn housekeeping(&mut self, plane: &mut Plane) {
+        if let Some(t) = self.catalog.refresh(plane.datapath.conntrack()) {
+            plane.tables.set_services(t);
+            plane.publish_or_log();
+        }
+    }
+
+    /// The (IP protocol, port) pairs of the NodePorts served.
+    pub fn node_ports(&self) -> BTreeSet<(u8, u16)> {
+        self.catalog.table().node_ports().map(|(port, proto)| (proto, port)).collect()
+    }
+
+    pub fn view(&self) -> ServicesView {
+        self.catalog.view()
+    }
+
+    pub fn file(&self) -> Option<&Path> {
+        self.catalog.file()
+    }
+
+    /// The tracked flows, at most `limit`.
+    pub fn conntrack_view(&self, datapath: &Datapath, limit: usize) -> ConntrackView {
+        let ct = datapath.conntrack();
+        let now = datapath.now();
+        let flows = ct.snapshot();
+        let truncated = flows.len() > limit;
+        let addr = SocketAddrV4::new;
+        ConntrackView {
+            entries: ct.len(),
+            max_entries: ct.config().max_entries,
+            truncated,
+            flows: flows
+                .iter()
+                .take(limit)
+                .map(|c| {
+                    // The endpoint's view: reply is endpoint -> (client or SNAT address).
+                    let snat = (c.reply.dst != c.orig.src || c.reply.dst_port != c.orig.src_port)
+                        .then(|| addr(c.reply.dst, c.reply.dst_port));
+                    Flow {
+                        protocol: if c.orig.proto == IPPROTO_UDP { Protocol::Udp } else { Protocol::Tcp },
+                        service: self.catalog.port_name(c.service).unwrap_or("(removed)").to_string(),
+                        client: addr(c.orig.src, c.orig.src_port),
+                        frontend: addr(c.orig.dst, c.orig.dst_port),
+                        endpoint: addr(c.reply.src, c.reply.src_port),
+                        source_nat: snat,
+                        state: format!("{:?}", c.state()).to_lowercase(),
+                        replied: c.replied(),
+                        idle_secs: now.saturating_sub(c.last_seen()),
+                    }
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! The switch as the control plane holds it: the data plane and its tables
+//! ([`Plane`]), the ports ([`PortManager`]), the Services ([`ServiceController`]) and
+//! the other nodes ([`NodeController`]). What the API, the watchers and housekeeping
+//! ask for goes through here, which keeps the three in step: new Services change what
+//! the uplink steers, the node's address changes the Services and the overlay, a new
+//! underlay port changes where VXLAN leaves.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+
+use vswitch_api::{AttachRequest, ConntrackView, NodesView, PortInfo, Service, ServicesView};
+use vswitch_dataplane::datapath::Datapath;
+use vswitch_dataplane::ids::PortId;
+use vswitch_dataplane::tables::overlay::{FastPath, NodeSpec};
+use vswitch_dataplane::wire::parse::IPPROTO_UDP;
+
+use crate::config::{Config, ConfigError};
+use crate::nodes::{NodeController, Underlays};
+use crate::plane::Plane;
+use crate::ports::kernel::{Kernel, first_ipv4};
+use crate::ports::{AttachError, PortManager, RestoreReport, UplinkError};
+use crate::services::ServiceController;
+use crate::state::StateFile;
+
+pub struct Switch {
+    config: Config,
+    plane: Plane,
+    ports: PortManager,
+    services: ServiceController,
+    nodes: NodeController,
+}
+
+impl Switch {
+    /// Takes over `datapath`: the pods' segment, no Services, the config's nodes.
+    pub fn new(config: Config, datapath: Datapath, kernel: Arc<dyn Kernel>) -> Result<Switch, AttachError> {
+        let mut plane = Plane::new(&config, datapath)?;
+        let services = ServiceController::new(&config, &mut plane);
+        plane.tables.set_overlay(Arc::new(NodeController::initial(&config)?));
+        plane.publish()?;
+        let ports = PortManager::new(config.clone(), kernel, plane.datapath.workers());
+        Ok(Switch { config, plane, ports, services, nodes: NodeController::default() })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn datapath(&self) -> &Datapath {
+        &self.plane.datapath
+    }
+
+    // ---- ports
+
+    pub fn start_host_port(&mut self) -> Result<(), AttachError> {
+        self.ports.start_host_port(&mut self.plane)
+    }
+
+    /// The node's address for NodePorts: configured, else the uplink's first IPv4
+    /// address (then the Services and the overlay's outer source address take it).
+    fn resolve_node_ip(&mut self) -> Result<Option<Ipv4Addr>, AttachError> {
+        if self.config.node_ip.is_some() {
+            return Ok(self.config.node_ip);
+        }
+        let Some(name) = self.config.uplink.clone() else { return Ok(None) };
+        let kernel = self.ports.kernel();
+        let ip =
+            first_ipv4(&kernel.addresses(kernel.index_of(&name)?)?).ok_or(UplinkError::NoAddress(name))?;
+        self.config.node_ip = Some(ip);
+        self.services.set_node_ip(&mut self.plane, ip);
+        self.plane.publish()?;
+        self.publish_overlay();
+        Ok(Some(ip))
+    }
+
+    /// Takes NodePort traffic (and VXLAN) from the configured uplink interface, if any.
+    pub fn start_uplink(&mut self) -> Result<(), AttachError> {
+        if self.config.uplink.is_none() {
+            return Ok(());
+        }
+        let Some(node_ip) = self.resolve_node_ip()? else { return Ok(()) };
+        self.ports.start_uplink(&mut self.plane, node_ip)?;
+        self.steer();
+        Ok(())
+    }
+
+    /// Opens the underlay port: VXLAN to and from other nodes through kernel sockets.
+    pub fn start_underlay(&mut self) -> Result<(), AttachError> {
+        self.ports.start_underlay(&mut self.plane)?;
+        self.publish_overlay();
+        Ok(())
+    }
+
+    pub fn attach(&mut self, req: &AttachRequest) -> Result<(PortInfo, bool), AttachError> {
+        self.ports.attach(&mut self.plane, req)
+    }
+
+    pub fn detach(&mut self, container_id: &str, ifname: &str) -> Result<bool, AttachError> {
+        self.ports.detach(&mut self.plane, container_id, ifname)
+    }
+
+    pub fn reap_vanished(&mut self) -> usize {
+        self.ports.reap_vanished(&mut self.plane)
+    }
+
+    pub fn restore(&mut self, state: StateFile) -> RestoreReport {
+        self.ports.restore(&mut self.plane, state)
+    }
+
+    pub fn recover_from_devices(&self, dirs: &[&str]) -> StateFile {
+        self.ports.recover_from_devices(dirs)
+    }
+
+    pub fn ports(&self) -> Vec<PortInfo> {
+        self.ports.ports()
+    }
+
+    pub fn port(&self, container_id: &str, ifname: &str) -> Option<PortInfo> {
+        self.ports.port(container_id, ifname)
+    }
+
+    pub fn port_names(&self) -> BTreeMap<PortId, String> {
+        self.ports.port_names()
+    }
+
+    pub fn pod_count(&self) -> usize {
+        self.ports.pod_count()
+    }
+
+    pub fn uplink_name(&self) -> Option<&str> {
+        self.ports.uplink_name()
+    }
+
+    /// Makes the uplink steer exactly what the switch serves on the node's address: the
+    /// NodePorts, and VXLAN once there are other nodes (the fast path in).
+    fn steer(&mut self) {
+        let mut ports: BTreeSet<(u8, u16)> = self.services.node_ports();
+        if self.nodes.any(&self.config) {
+            ports.insert((IPPROTO_UDP, self.config.overlay.port));
+        }
+        self.ports.steer(&ports);
+    }
+
+    // ---- Services
+
+    pub fn services_file(&self) -> Option<&Path> {
+        self.services.file()
+    }
+
+    /// Takes the services file's content (`None`: absent) and serves what it holds if
+    /// it changed. On an error, the Services served before stay.
+    pub fn services_file_read(&mut self, text: Option<String>, force: bool) -> Result<bool, ConfigError> {
+        let changed = self.services.file_read(&self.plane, text, force)?;
+        if changed {
+            self.services_changed();
+        }
+        Ok(changed)
+    }
+
+    /// Serves `services` (from the cluster), replacing what was served.
+    pub fn cluster_services(&mut self, services: Vec<Service>) {
+        if self.services.set(&self.plane, services) {
+            self.services_changed();
+        }
+    }
+
+    /// After new Services: publish them, steer their NodePorts, cut UDP flows to
+    /// endpoints that stopped serving.
+    fn services_changed(&mut self) {
+        self.services.publish(&mut self.plane);
+        self.steer();
+        self.services.applied(&mut self.plane);
+    }
+
+    /// After conntrack housekeeping: stops recognising VIPs and endpoints kept only for
+    /// flows that have ended.
+    pub fn services_housekeeping(&mut self) {
+        self.services.housekeeping(&mut self.plane);
+    }
+
+    pub fn services_view(&self) -> ServicesView {
+        self.services.view()
+    }
+
+    pub fn conntrack_view(&self, limit: usize) -> ConntrackView {
+        self.services.conntrack_view(&self.plane.datapath, limit)
+    }
+
+    // ---- other nodes
+
+    pub fn nodes_file(&self) -> Option<&Path> {
+        self.config.overlay.nodes_file.as_deref()
+    }
+
+    fn publish_overlay(&mut self) {
+        let underlays = Underlays {
+            socket: self.ports.underlay_port(),
+            fast: self.ports.uplink_port().map(|u| FastPath { port: u.id, mac: u.mac }),
+        };
+        self.nodes.publish(&self.config, &mut self.plane, underlays);
+    }
+
+    fn nodes_changed(&mut self) {
+        self.publish_overlay();
+        self.steer();
+        tracing::info!(
+            nodes = self.nodes.count(&self.config),
+            generation = self.nodes.generation(),
+            "nodes applied"
+        );
+    }
+
+    /// Takes the nodes file's content (`None`: absent, no nodes from it) and routes to
+    /// the nodes if they changed. On an error, the nodes routed before stay.
+    pub fn nodes_file_read(&mut self, text: Option<String>, force: bool) -> Result<bool, ConfigError> {
+        let changed = self.nodes.file_read(&self.config, text, force)?;
+        if changed {
+            self.nodes_changed();
+        }
+        Ok(changed)
+    }
+
+    /// Routes to `nodes` (from the cluster), replacing those of an earlier snapshot.
+    pub fn cluster_nodes(&mut self, nodes: Vec<NodeSpec>) {
+        if self.nodes.set(&self.config, nodes) {
+            self.nodes_changed();
+        }
+    }
+
+    /// Looks up the nodes' next hops on the uplink; publishes the overlay again when any
+    /// changed.
+    pub fn refresh_next_hops(&mut self) {
+        let Some(uplink) = self.ports.uplink_name() else { return };
+        if self.nodes.refresh_next_hops(&self.config, self.ports.kernel(), uplink) {
+            self.publish_overlay();
+        }
+    }
+
+    pub fn nodes_view(&self) -> NodesView {
+        let fast = self.ports.uplink_name().is_some() && self.config.node_ip.is_some();
+        self.nodes.view(&self.config, self.ports.underlay_name().map(str::to_string), fast)
+    }
+
+    /// Stops the data plane, leaving every device in place for the next start: TAPs are
+    /// persistent, veth pairs stay, and the state file lists them all.
+    pub fn shutdown(self) {
+        if let Err(e) = self.ports.save_state() {
+            tracing::error!(error = %e, "saving state at shutdown");
+        }
+        self.plane.datapath.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::net::Ipv4Addr;
+
+    use vswitch_dataplane::tables::Tables;
+    use vswitch_dataplane::wire::MacAddr;
+    use vswitch_testbed::Scratch;
+
+    use super::*;
+    use crate::ports::fake::FakeKernel;
+    use crate::ports::kernel::LinkKind;
+
+    const SERVICES: &str = r#"
+[[service]]
+name = "web"
+cluster_ip = "10.96.0.10"
+type = "NodePort"
+ports = [{ name = "http", port = 80, target_port = 8080, node_port = 30080 }]
+endpoints = [{ ip = "10.244.1.5" }]
+"#;
+
+    const NODES: &str = r#"
+[[node]]
+name = "node-b"
+ip = "192.168.50.2"
+pod_cidr = "10.244.2.0/24"
+"#;
+
+    /// A switch on the fake kernel with an uplink `eth9` at 192.168.50.1 (no node_ip
+    /// configured: it is taken from the interface).
+    fn switch(dir: &Scratch) -> (Switch, Arc<FakeKernel>) {
+        let mut config = crate::config::default_config();
+        config.workers = 2;
+        config.host_port = None;
+        config.state_file = dir.0.join("state.json");
+        config.uplink = Some("eth9".into());
+        config.node_ip = None;
+        let kernel = Arc::new(FakeKernel::default());
+        let mut uplink = kernel.link(LinkKind::Other, MacAddr([2, 0xee, 0, 0, 0, 1]), 1500);
+        uplink.addresses = vec!["192.168.50.1/24".parse().unwrap()];
+        kernel.put_host_dev("eth9", uplink);
+        let datapath = Datapath::start(crate::daemon::datapath_config(&config), Tables::empty()).unwrap();
+        (Switch::new(config, datapath, kernel.clone()).unwrap(), kernel)
+    }
+
+    #[test]
+    fn the_node_address_comes_from_the_uplink_and_reaches_services_and_overlay() {
+        let dir = Scratch::new(&format!("switch-ip-{}", std::process::id()));
+        let (mut s, _) = switch(&dir);
+        s.start_uplink().unwrap();
+        let ip = Ipv4Addr::new(192, 168, 50, 1);
+        assert_eq!(s.config().node_ip, Some(ip));
+        let tables = s.datapath().tables();
+        assert_eq!(tables.services().node_ip, Some(ip), "NodePorts served there");
+        assert_eq!(tables.overlay().settings.local_ip, ip, "VXLAN's outer source");
+        assert_eq!(s.ports()[0].ips, vec!["192.168.50.1/32".parse::<ipnet::IpNet>().unwrap()]);
+    }
+
+    #[test]
+    fn the_uplink_steers_the_node_ports_and_vxlan_once_there_are_nodes() {
+        let dir = Scratch::new(&format!("switch-steer-{}", std::process::id()));
+        let (mut s, kernel) = switch(&dir);
+        s.start_uplink().unwrap();
+        s.start_underlay().unwrap();
+        assert!(s.services_file_read(Some(SERVICES.into()), false).unwrap());
+        assert!(!s.services_file_read(Some(SERVICES.into()), false).unwrap(), "same content: nothing to do");
+        assert_eq!(kernel.steered().last(), Some(&BTreeSet::from([(6u8, 30080u16)])));
+        assert!(s.nodes_file_read(Some(NODES.into()), false).unwrap());
+        assert_eq!(kernel.steered().last(), Some(&BTreeSet::from([(6u8, 30080u16), (17, 4789)])));
+        // A broken file changes nothing and says why.
+        assert!(s.nodes_file_read(Some("[[node]]\nname = 3\n".into()), false).is_err());
+        let view = s.nodes_view();
+        assert_eq!(view.nodes.len(), 1);
+        assert!(view.file_error.is_some());
+        assert_eq!(view.underlay.as_deref(), Some("vxlan/4789"));
+    }
+
+    #[test]
+    fn a_resolved_next_hop_puts_a_node_on_the_fast_path() {
+        let dir = Scratch::new(&format!("switch-hops-{}", std::process::id()));
+        let (mut s, kernel) = switch(&dir);
+        s.start_uplink().unwrap();
+        s.start_underlay().unwrap();
+        s.nodes_file_read(Some(NODES.into()), false).unwrap();
+        let node = Ipv4Addr::new(192, 168, 50, 2);
+        let node_of = |s: &Switch| {
+            s.datapath()
+                .tables()
+                .overlay()
+                .node(s.datapath().tables().overlay().node_by_ip(node).unwrap())
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(node_of(&s).next_hop_mac, None, "unresolved: the socket path");
+        let generation = s.nodes_view().generation;
+        s.refresh_next_hops();
+        assert_eq!(s.nodes_view().generation, generation, "nothing resolved, nothing published");
+        kernel.set_next_hop(node, MacAddr([2, 0xbb, 0, 0, 0, 2]));
+        s.refresh_next_hops();
+        assert_eq!(node_of(&s).next_hop_mac, Some(MacAddr([2, 0xbb, 0, 0, 0, 2])));
+        assert_eq!(s.nodes_view().nodes[0].fast_path_next_hop.as_deref(), Some("02:bb:00:00:00:02"));
+    }
+
+    #[test]
+    fn services_and_nodes_from_the_cluster_replace_the_files() {
+        let dir = Scratch::new(&format!("switch-cluster-{}", std::process::id()));
+        let (mut s, _) = switch(&dir);
+        s.services_file_read(Some(SERVICES.into()), false).unwrap();
+        assert_eq!(s.services_view().services.len(), 1);
+        s.cluster_services(vec![]);
+        assert!(s.services_view().services.is_empty());
+        let b = NodeSpec {
+            name: "node-b".into(),
+            ip: Ipv4Addr::new(192, 168, 50, 2),
+            pod_cidrs: vec!["10.244.2.0/24".parse().unwrap()],
+            vtep_mac: None,
+        };
+        let clash = NodeSpec { name: "node-c".into(), ..b.clone() };
+        s.cluster_nodes(vec![b, clash]);
+        let view = s.nodes_view();
+        assert_eq!(
+            view.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+            vec!["node-b"],
+            "the clashing one left out"
+        );
+        assert_eq!(view.nodes[0].source, vswitch_api::NodeSource::Cluster);
+    }
+}
