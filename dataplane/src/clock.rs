@@ -6,22 +6,22 @@
 use std::time::Instant;
 
 #[derive(Clone, Copy, Debug)]
-pub struct Clock {
+pub(crate) struct Clock {
     start: Instant,
 }
 
 impl Clock {
-    pub fn new() -> Clock {
+    pub(crate) fn new() -> Clock {
         Clock { start: Instant::now() }
     }
 
     /// Seconds between the clock's start and `at`.
     #[inline]
-    pub fn secs_at(&self, at: Instant) -> u32 {
+    pub(crate) fn secs_at(&self, at: Instant) -> u32 {
         at.saturating_duration_since(self.start).as_secs() as u32
     }
 
-    pub fn now(&self) -> u32 {
+    pub(crate) fn now(&self) -> u32 {
         self.secs_at(Instant::now())
     }
 }

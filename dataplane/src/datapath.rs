@@ -27,7 +27,8 @@ use crate::tables::Tables;
 use crate::tables::conntrack::{Conntrack, ConntrackConfig};
 use crate::tables::fdb::{Fdb, FdbConfig};
 use crate::tables::services::Affinity;
-use crate::worker::{Command, Handoff, IdlePolicy, Waker, Worker, WorkerParts};
+pub use crate::worker::IdlePolicy;
+use crate::worker::{Command, Handoff, Waker, Worker, WorkerParts};
 
 #[derive(Clone, Debug)]
 pub struct DatapathConfig {

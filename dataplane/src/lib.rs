@@ -21,10 +21,11 @@
 //! hands them to [`datapath::Datapath`]; nothing here imports it.
 
 #![deny(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod wire;
 
-pub mod clock;
+mod clock;
 pub mod drop_reason;
 pub mod ids;
 
@@ -35,14 +36,14 @@ pub mod queue;
 
 pub mod tables;
 
-pub mod stage;
+mod stage;
 
-pub mod stages;
+mod stages;
 
-pub mod pipeline;
+mod pipeline;
 
 pub mod datapath;
-pub mod worker;
+mod worker;
 
 pub mod port;
 

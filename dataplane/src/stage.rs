@@ -23,7 +23,7 @@ use crate::wire::FrameMeta;
 
 /// The fate of one frame, decided by the stages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Send out of this port (which may be the ingress port, for an ARP reply).
     Forward(PortId),
     /// Send a copy out of every other port of the ingress port's segment.
@@ -39,11 +39,11 @@ pub enum Verdict {
 
 /// What a stage returns: `Continue(())` passes the frame to the next stage, `Break`
 /// decides it. A frame no stage decides is flooded in its segment, as a bridge does.
-pub type Step = ControlFlow<Verdict>;
+pub(crate) type Step = ControlFlow<Verdict>;
 
 /// What the stages share while processing one batch: the tables snapshot and the
 /// shared state to read, this worker's cache to fill and counters to count in.
-pub struct StageContext<'a> {
+pub(crate) struct StageContext<'a> {
     pub tables: &'a Tables,
     pub fdb: &'a FdbBatch<'a>,
     pub ct: &'a ConntrackBatch<'a>,
@@ -56,13 +56,13 @@ pub struct StageContext<'a> {
 
 impl StageContext<'_> {
     #[inline(always)]
-    pub fn events(&self) -> &EventCounters {
+    pub(crate) fn events(&self) -> &EventCounters {
         &self.stats.events
     }
 }
 
 /// One frame on its way through the stages.
-pub struct Packet<'a, 'f> {
+pub(crate) struct Packet<'a, 'f> {
     /// The port the frame is treated as arriving on: its ingress port or, once a VXLAN
     /// frame is decapsulated, the overlay side of the gateway.
     pub port: &'a PortEntry,
@@ -72,16 +72,16 @@ pub struct Packet<'a, 'f> {
 }
 
 /// The one signature every stage has.
-pub type Stage = for<'a, 'f> fn(&mut StageContext<'a>, &mut Packet<'a, 'f>) -> Step;
+pub(crate) type Stage = for<'a, 'f> fn(&mut StageContext<'a>, &mut Packet<'a, 'f>) -> Step;
 
 /// Decides the frame's fate: dropped for `reason`.
 #[inline(always)]
-pub fn drop(reason: DropReason) -> Step {
+pub(crate) fn drop(reason: DropReason) -> Step {
     ControlFlow::Break(Verdict::Drop(reason))
 }
 
 /// Decides the frame's fate: out of `port`.
 #[inline(always)]
-pub fn forward(port: PortId) -> Step {
+pub(crate) fn forward(port: PortId) -> Step {
     ControlFlow::Break(Verdict::Forward(port))
 }

@@ -29,14 +29,14 @@ use crate::tables::Tables;
 
 /// Lets other threads wake a worker sleeping in its idle backoff.
 #[derive(Default)]
-pub struct Waker {
+pub(crate) struct Waker {
     parked: AtomicBool,
     eventfd: OnceLock<mio::Waker>,
 }
 
 impl Waker {
     /// Wakes the worker if it is asleep. Cheap when it is not: one load.
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         // Pairs with the fence in `Worker::sleep`: either we see `parked`, or the worker
         // sees what we published before calling this.
         fence(Ordering::SeqCst);
@@ -54,19 +54,19 @@ const WAKE_TOKEN: mio::Token = mio::Token(usize::MAX);
 
 /// Frames on their way to another worker, tagged with their egress port; a bounded
 /// ring with one producer and one consumer worker.
-pub struct Handoff {
+pub(crate) struct Handoff {
     ring: ArrayQueue<(PortId, Frame)>,
     consumer: Arc<Waker>,
 }
 
 impl Handoff {
-    pub fn new(capacity: usize, consumer: Arc<Waker>) -> Handoff {
+    pub(crate) fn new(capacity: usize, consumer: Arc<Waker>) -> Handoff {
         Handoff { ring: ArrayQueue::new(capacity.max(1)), consumer }
     }
 }
 
 /// Requests from the control plane, applied at the start of a round.
-pub enum Command {
+pub(crate) enum Command {
     /// Starts polling `queue`; the answer says whether its fd could be watched.
     AddQueue { port: PortId, queue: Box<dyn PortQueue>, done: Sender<std::io::Result<()>> },
     /// Hands the queue back (or `None` if the worker had none for the port).
@@ -90,7 +90,7 @@ struct OwnedQueue {
     queue: Box<dyn PortQueue>,
 }
 
-pub struct Worker {
+pub(crate) struct Worker {
     id: WorkerId,
     pipeline: Pipeline,
     pool: FramePool,
@@ -114,7 +114,7 @@ pub struct Worker {
 }
 
 /// Everything a worker is built from; assembled by [`crate::datapath::Datapath`].
-pub struct WorkerParts {
+pub(crate) struct WorkerParts {
     pub id: WorkerId,
     pub pipeline: Pipeline,
     pub pool: FramePool,
@@ -131,7 +131,7 @@ pub struct WorkerParts {
 
 impl Worker {
     /// Fails only if the kernel refuses an epoll instance or an eventfd.
-    pub fn new(p: WorkerParts) -> std::io::Result<Worker> {
+    pub(crate) fn new(p: WorkerParts) -> std::io::Result<Worker> {
         let epoll = mio::Poll::new()?;
         let eventfd = mio::Waker::new(epoll.registry(), WAKE_TOKEN)?;
         // A waker belongs to one worker; a second worker on it would be a wiring bug.
@@ -208,7 +208,7 @@ impl Worker {
     }
 
     /// One round over everything the worker owns. Returns the number of frames handled.
-    pub fn poll(&mut self) -> usize {
+    pub(crate) fn poll(&mut self) -> usize {
         let started = Instant::now();
         self.apply_commands();
         let tables = self.tables.load();
@@ -309,7 +309,7 @@ impl Worker {
     }
 
     /// Polls until `stop` is set, idling per the policy between empty rounds.
-    pub fn run(mut self, stop: &AtomicBool) {
+    pub(crate) fn run(mut self, stop: &AtomicBool) {
         let mut idle_rounds = 0u32;
         while !stop.load(Ordering::Relaxed) {
             if self.poll() > 0 || self.queues.iter().any(|q| q.queue.busy()) {
@@ -334,11 +334,7 @@ impl Worker {
         self.apply_commands();
     }
 
-    pub fn id(&self) -> WorkerId {
-        self.id
-    }
-
-    pub fn pool(&self) -> &FramePool {
+    pub(crate) fn pool(&self) -> &FramePool {
         &self.pool
     }
 }

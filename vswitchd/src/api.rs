@@ -30,10 +30,10 @@ use vswitch_dataplane::ids::PortId;
 use vswitch_dataplane::stats::StatsSnapshot;
 
 /// Largest request body accepted. An attach request is a few hundred bytes.
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// What the handlers share.
-pub struct ApiState {
+pub(crate) struct ApiState {
     pub switch: Mutex<Switch>,
     pub version: &'static str,
     /// Cluster mode's watchers.
@@ -41,13 +41,13 @@ pub struct ApiState {
 }
 
 /// An error answer.
-pub struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     body: ErrorBody,
 }
 
 impl ApiError {
-    pub fn new(status: u16, code: &str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: u16, code: &str, message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             body: ErrorBody::new(code, message),
@@ -73,7 +73,7 @@ impl IntoResponse for ApiError {
 
 /// A JSON body, decoded with our own errors: any content type is accepted (so plain
 /// `curl -d` works), and serde's message says which field is wrong and where.
-pub struct JsonBody<T>(pub T);
+pub(crate) struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
@@ -95,7 +95,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 type Shared = Arc<ApiState>;
 
 /// The API's routes.
-pub fn router(state: Shared) -> Router {
+pub(crate) fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/ports", get(list_ports).post(attach))
@@ -252,7 +252,7 @@ async fn stats(State(s): State<Shared>) -> axum::Json<Stats> {
 
 /// The API's view of the counters: attached ports always, other port ids only if they
 /// counted something (a port detached since).
-pub fn api_stats(m: &Switch) -> Stats {
+pub(crate) fn api_stats(m: &Switch) -> Stats {
     let dp = m.datapath();
     stats_of(&dp.stats(), &m.port_names(), dp)
 }

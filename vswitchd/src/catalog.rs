@@ -21,7 +21,7 @@ use vswitch_dataplane::tables::conntrack::{Conn, Conntrack};
 use vswitch_dataplane::tables::services::{BuildMemory, ServiceTable};
 use vswitch_dataplane::wire::parse::IPPROTO_UDP;
 
-pub struct ServiceCatalog {
+pub(crate) struct ServiceCatalog {
     node: NodeView,
     file: Option<PathBuf>,
     /// The file's content last looked at (`None`: absent), applied or not.
@@ -38,7 +38,7 @@ pub struct ServiceCatalog {
 
 /// What reading the services file did.
 #[derive(Debug, PartialEq)]
-pub enum FileOutcome {
+pub(crate) enum FileOutcome {
     /// Same content as last time.
     Unchanged,
     /// New Services to publish.
@@ -48,7 +48,7 @@ pub enum FileOutcome {
 }
 
 impl ServiceCatalog {
-    pub fn new(config: &Config) -> ServiceCatalog {
+    pub(crate) fn new(config: &Config) -> ServiceCatalog {
         let base = Arc::new(ServiceTable::build(
             &[],
             config.node_ip,
@@ -68,18 +68,18 @@ impl ServiceCatalog {
         }
     }
 
-    pub fn file(&self) -> Option<&Path> {
+    pub(crate) fn file(&self) -> Option<&Path> {
         self.file.as_deref()
     }
 
     /// The table workers should have.
-    pub fn table(&self) -> Arc<ServiceTable> {
+    pub(crate) fn table(&self) -> Arc<ServiceTable> {
         self.published.clone()
     }
 
     /// Takes the services file's current content (`None`: the file does not exist,
     /// which means no Services). Content seen before is not parsed again unless `force`.
-    pub fn file_read(&mut self, text: Option<String>, force: bool, ct: &Conntrack) -> FileOutcome {
+    pub(crate) fn file_read(&mut self, text: Option<String>, force: bool, ct: &Conntrack) -> FileOutcome {
         if !force && self.file_text.as_ref() == Some(&text) {
             return FileOutcome::Unchanged;
         }
@@ -106,7 +106,7 @@ impl ServiceCatalog {
     }
 
     /// Replaces the Services. Publish [`Self::table`] next, then [`Self::cut_stale_flows`].
-    pub fn set(&mut self, services: Vec<Service>, ct: &Conntrack) {
+    pub(crate) fn set(&mut self, services: Vec<Service>, ct: &Conntrack) {
         let specs = services_file::port_specs(&services);
         self.base =
             Arc::new(ServiceTable::build(&specs, self.node.node_ip, self.node.hairpin_ip, &mut self.memory));
@@ -116,7 +116,7 @@ impl ServiceCatalog {
     }
 
     /// The node's address became known (from the uplink): rebuilds the table with it.
-    pub fn set_node_ip(&mut self, ip: std::net::Ipv4Addr, ct: &Conntrack) {
+    pub(crate) fn set_node_ip(&mut self, ip: std::net::Ipv4Addr, ct: &Conntrack) {
         self.node.node_ip = Some(ip);
         self.set(self.services.clone(), ct);
     }
@@ -128,13 +128,13 @@ impl ServiceCatalog {
 
     /// Cuts UDP flows whose endpoint no longer serves, after the table that no longer
     /// sends new flows there is published. Returns how many.
-    pub fn cut_stale_flows(&self, ct: &Conntrack) -> usize {
+    pub(crate) fn cut_stale_flows(&self, ct: &Conntrack) -> usize {
         ct.remove_where(|c| c.orig.proto == IPPROTO_UDP && self.stale(c))
     }
 
     /// After conntrack expired flows: a table that stops recognising what no flow uses
     /// any more, if that changed.
-    pub fn refresh(&mut self, ct: &Conntrack) -> Option<Arc<ServiceTable>> {
+    pub(crate) fn refresh(&mut self, ct: &Conntrack) -> Option<Arc<ServiceTable>> {
         if self.published.retired() == 0 {
             return None;
         }
@@ -147,16 +147,11 @@ impl ServiceCatalog {
     }
 
     /// The Services served.
-    pub fn services(&self) -> &[Service] {
+    pub(crate) fn services(&self) -> &[Service] {
         &self.services
     }
 
-    /// Changes applied since the start.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    pub fn view(&self) -> ServicesView {
+    pub(crate) fn view(&self) -> ServicesView {
         ServicesView {
             file: self.file.clone(),
             file_error: self.file_error.as_ref().map(ToString::to_string),
@@ -166,7 +161,7 @@ impl ServiceCatalog {
     }
 
     /// `namespace/name:port` of a Service port by its stable id.
-    pub fn port_name(&self, id: u32) -> Option<&str> {
+    pub(crate) fn port_name(&self, id: u32) -> Option<&str> {
         self.published.by_id(id).map(|p| p.name.as_str())
     }
 }

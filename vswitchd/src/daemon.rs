@@ -17,11 +17,11 @@ use super::metrics;
 use super::ports::{AttachError, LinuxKernel, NETNS_DIRS};
 use super::state::{self, StateError};
 use super::switch::Switch;
+use vswitch_dataplane::datapath::IdlePolicy;
 use vswitch_dataplane::datapath::{Datapath, DatapathConfig, DatapathError};
 use vswitch_dataplane::frame::DEFAULT_BUF_SIZE;
 use vswitch_dataplane::tables::Tables;
 use vswitch_dataplane::tables::fdb::FdbConfig;
-use vswitch_dataplane::worker::IdlePolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {

@@ -11,18 +11,19 @@
 //! data plane imports from here. [`daemon`] wires it together.
 
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
-pub mod api;
-pub mod catalog;
+mod api;
+mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
-pub mod metrics;
-pub mod nodes;
-pub mod nodes_file;
-pub mod plane;
-pub mod ports;
-pub mod services;
-pub mod services_file;
-pub mod state;
-pub mod switch;
+mod metrics;
+mod nodes;
+mod nodes_file;
+mod plane;
+mod ports;
+mod services;
+mod services_file;
+mod state;
+mod switch;

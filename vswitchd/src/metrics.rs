@@ -15,13 +15,13 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// The exposition text for `stats` and the number of attached pod ports.
-pub fn render(stats: &Stats, pod_ports: usize) -> String {
-    render_with(stats, pod_ports, None)
-}
-
-/// [`render`], with cluster mode's watchers.
-pub fn render_with(stats: &Stats, pod_ports: usize, cluster: Option<&vswitch_api::ClusterStatus>) -> String {
+/// The exposition text for `stats`, the number of attached pod ports and, in cluster
+/// mode, the watchers.
+pub(crate) fn render_with(
+    stats: &Stats,
+    pod_ports: usize,
+    cluster: Option<&vswitch_api::ClusterStatus>,
+) -> String {
     let mut out = String::with_capacity(4096);
     type Field = fn(&vswitch_api::PortStats) -> u64;
     let per_port: [(&str, &str, Field); 4] = [

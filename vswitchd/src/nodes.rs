@@ -19,7 +19,7 @@ use crate::ports::kernel::Kernel;
 
 /// Where encapsulated frames can leave.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Underlays {
+pub(crate) struct Underlays {
     /// The kernel-socket underlay port.
     pub socket: Option<PortId>,
     /// The uplink, as the AF_XDP fast path.
@@ -27,7 +27,7 @@ pub struct Underlays {
 }
 
 #[derive(Default)]
-pub struct NodeController {
+pub(crate) struct NodeController {
     /// Nodes from the nodes file or, in cluster mode, the cluster (those from the
     /// config are in the config).
     file_nodes: Vec<NodeSpec>,
@@ -49,12 +49,12 @@ impl NodeController {
     }
 
     /// Whether any remote node is known.
-    pub fn any(&self, config: &Config) -> bool {
+    pub(crate) fn any(&self, config: &Config) -> bool {
         !config.overlay.nodes.is_empty() || !self.file_nodes.is_empty()
     }
 
     /// The overlay table of the config's nodes alone, before anything else is known.
-    pub fn initial(
+    pub(crate) fn initial(
         config: &Config,
     ) -> Result<OverlayTable, vswitch_dataplane::tables::overlay::OverlayError> {
         OverlayTable::build(config.overlay_settings(), None, &config.overlay.nodes)
@@ -62,7 +62,7 @@ impl NodeController {
 
     /// Rebuilds the overlay table and publishes it. The nodes were checked together
     /// when they were taken, so building cannot fail for a reason they bring.
-    pub fn publish(&mut self, config: &Config, plane: &mut Plane, underlays: Underlays) {
+    pub(crate) fn publish(&mut self, config: &Config, plane: &mut Plane, underlays: Underlays) {
         let built = OverlayTable::build(config.overlay_settings(), underlays.socket, &self.all_nodes(config))
             .map(|t| match underlays.fast {
                 Some(f) => t.with_fast_path(f, |ip| self.next_hops.get(&ip).copied()),
@@ -80,7 +80,7 @@ impl NodeController {
 
     /// Takes the nodes file's content (`None`: absent, no nodes from it); true if the
     /// nodes changed (publish them then). On an error, the nodes routed before stay.
-    pub fn file_read(
+    pub(crate) fn file_read(
         &mut self,
         config: &Config,
         text: Option<String>,
@@ -114,7 +114,7 @@ impl NodeController {
     /// earlier snapshot; true if that is a change. A node clashing with this one, with
     /// the config's nodes or with another is left out (and logged): one bad Node object
     /// costs only itself.
-    pub fn set(&mut self, config: &Config, nodes: Vec<NodeSpec>) -> bool {
+    pub(crate) fn set(&mut self, config: &Config, nodes: Vec<NodeSpec>) -> bool {
         let fixed = &config.overlay.nodes;
         let (mut kept, mut skipped) = crate::cluster::translate::without_conflicts(
             fixed.iter().cloned().chain(nodes).collect(),
@@ -139,7 +139,7 @@ impl NodeController {
     /// node's next hop out of `uplink`; true when any changed (publish again then).
     /// Nodes the uplink does not reach directly, or whose next hop is not resolved yet,
     /// go through the kernel socket (whose traffic makes the kernel resolve it).
-    pub fn refresh_next_hops(&mut self, config: &Config, kernel: &dyn Kernel, uplink: &str) -> bool {
+    pub(crate) fn refresh_next_hops(&mut self, config: &Config, kernel: &dyn Kernel, uplink: &str) -> bool {
         let nodes: Vec<Ipv4Addr> = self.all_nodes(config).iter().map(|n| n.ip).collect();
         if nodes.is_empty() && self.next_hops.is_empty() {
             return false;
@@ -162,17 +162,17 @@ impl NodeController {
         }
     }
 
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 
-    pub fn count(&self, config: &Config) -> usize {
+    pub(crate) fn count(&self, config: &Config) -> usize {
         config.overlay.nodes.len() + self.file_nodes.len()
     }
 
     /// The nodes as the API shows them; `underlay` the socket port's name, `fast`
     /// whether the uplink's fast path exists.
-    pub fn view(&self, config: &Config, underlay: Option<String>, fast: bool) -> NodesView {
+    pub(crate) fn view(&self, config: &Config, underlay: Option<String>, fast: bool) -> NodesView {
         let ov = &config.overlay;
         let gateway_mac = config.gateway_mac;
         let view = |n: &NodeSpec, source| RemoteNode {

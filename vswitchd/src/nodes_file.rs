@@ -26,7 +26,7 @@ use vswitch_dataplane::wire::MacAddr;
 /// A node as written.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawNode {
+pub(crate) struct RawNode {
     name: Spanned<String>,
     ip: Spanned<String>,
     pod_cidr: Option<Spanned<String>>,
@@ -46,7 +46,7 @@ type Located = (usize, String, String);
 
 impl RawNode {
     /// Checks one entry; `field` prefixes the field names in errors (`node[2]`).
-    pub fn convert(&self, field: &str) -> Result<NodeSpec, Located> {
+    pub(crate) fn convert(&self, field: &str) -> Result<NodeSpec, Located> {
         let at = |s: std::ops::Range<usize>, f: &str, m: String| (s.start, format!("{field}.{f}"), m);
         let name = self.name.get_ref().trim().to_string();
         if name.is_empty() || name.len() > 253 {
@@ -98,7 +98,7 @@ impl RawNode {
     }
 
     /// Offset of the entry's `name`, where a reader looks for the node.
-    pub fn offset(&self) -> usize {
+    pub(crate) fn offset(&self) -> usize {
         self.name.span().start
     }
 }
@@ -107,7 +107,7 @@ impl RawNode {
 /// config, which come first) and this node's pod CIDR. An entry for this node itself
 /// (named `self_name`, or at this node's address) is left out: one file can serve the
 /// whole cluster.
-pub fn parse(
+pub(crate) fn parse(
     text: &str,
     file: &Path,
     fixed: &[NodeSpec],

@@ -13,16 +13,16 @@ use vswitch_dataplane::tables::{Gateway, SegmentConfig, TablesBuilder, TablesErr
 use crate::config::{Config, UnknownArpPolicy};
 
 /// The segment of this node's pods, its host port and its gateway.
-pub const POD_SEGMENT: SegmentId = SegmentId(0);
+pub(crate) const POD_SEGMENT: SegmentId = SegmentId(0);
 
-pub struct Plane {
+pub(crate) struct Plane {
     pub datapath: Datapath,
     pub tables: TablesBuilder,
 }
 
 impl Plane {
     /// Takes over `datapath` with tables holding the pods' segment (and no ports yet).
-    pub fn new(config: &Config, datapath: Datapath) -> Result<Plane, TablesError> {
+    pub(crate) fn new(config: &Config, datapath: Datapath) -> Result<Plane, TablesError> {
         let mut tables = TablesBuilder::default();
         tables.add_segment(SegmentConfig {
             id: POD_SEGMENT,
@@ -36,14 +36,14 @@ impl Plane {
     }
 
     /// Builds the desired tables and hands them to the workers.
-    pub fn publish(&self) -> Result<(), TablesError> {
+    pub(crate) fn publish(&self) -> Result<(), TablesError> {
         self.datapath.publish(self.tables.build()?);
         Ok(())
     }
 
     /// Publishing after a change that cannot make the port tables invalid (Services,
     /// nodes): a failure is a bug worth a log line, not an error for the caller.
-    pub fn publish_or_log(&self) {
+    pub(crate) fn publish_or_log(&self) {
         if let Err(e) = self.publish() {
             tracing::error!(error = %e, "publishing tables");
         }

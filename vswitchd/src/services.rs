@@ -15,13 +15,13 @@ use crate::catalog::{FileOutcome, ServiceCatalog};
 use crate::config::{Config, ConfigError};
 use crate::plane::Plane;
 
-pub struct ServiceController {
+pub(crate) struct ServiceController {
     catalog: ServiceCatalog,
 }
 
 impl ServiceController {
     /// No Services yet; their table goes into `plane` (published with the next change).
-    pub fn new(config: &Config, plane: &mut Plane) -> ServiceController {
+    pub(crate) fn new(config: &Config, plane: &mut Plane) -> ServiceController {
         let catalog = ServiceCatalog::new(config);
         plane.tables.set_services(catalog.table());
         ServiceController { catalog }
@@ -31,7 +31,7 @@ impl ServiceController {
     /// (call [`ServiceController::applied`] after updating what depends on them). A
     /// content seen before is not parsed again unless `force`. On an error, the
     /// Services served before stay.
-    pub fn file_read(
+    pub(crate) fn file_read(
         &mut self,
         plane: &Plane,
         text: Option<String>,
@@ -46,7 +46,7 @@ impl ServiceController {
 
     /// Takes `services` (from the cluster), replacing what was served; true if that is
     /// a change (then call [`ServiceController::applied`]).
-    pub fn set(&mut self, plane: &Plane, services: Vec<Service>) -> bool {
+    pub(crate) fn set(&mut self, plane: &Plane, services: Vec<Service>) -> bool {
         if services == self.catalog.services() {
             return false;
         }
@@ -55,20 +55,20 @@ impl ServiceController {
     }
 
     /// The node's address, once known: NodePorts are served there.
-    pub fn set_node_ip(&mut self, plane: &mut Plane, ip: Ipv4Addr) {
+    pub(crate) fn set_node_ip(&mut self, plane: &mut Plane, ip: Ipv4Addr) {
         self.catalog.set_node_ip(ip, plane.datapath.conntrack());
         plane.tables.set_services(self.catalog.table());
     }
 
     /// Publishes the Services the catalog took.
-    pub fn publish(&self, plane: &mut Plane) {
+    pub(crate) fn publish(&self, plane: &mut Plane) {
         plane.tables.set_services(self.catalog.table());
         plane.publish_or_log();
     }
 
     /// After the new Services are published: cuts UDP flows to endpoints that stopped
     /// serving, and stops recognising what only they kept.
-    pub fn applied(&mut self, plane: &mut Plane) {
+    pub(crate) fn applied(&mut self, plane: &mut Plane) {
         let cut = self.catalog.cut_stale_flows(plane.datapath.conntrack());
         let view = self.catalog.view();
         tracing::info!(
@@ -84,7 +84,7 @@ impl ServiceController {
 
     /// After conntrack housekeeping: stops recognising VIPs and endpoints kept only for
     /// flows that have ended.
-    pub fn housekeeping(&mut self, plane: &mut Plane) {
+    pub(crate) fn housekeeping(&mut self, plane: &mut Plane) {
         if let Some(t) = self.catalog.refresh(plane.datapath.conntrack()) {
             plane.tables.set_services(t);
             plane.publish_or_log();
@@ -92,20 +92,20 @@ impl ServiceController {
     }
 
     /// The (IP protocol, port) pairs of the NodePorts served.
-    pub fn node_ports(&self) -> BTreeSet<(u8, u16)> {
+    pub(crate) fn node_ports(&self) -> BTreeSet<(u8, u16)> {
         self.catalog.table().node_ports().map(|(port, proto)| (proto, port)).collect()
     }
 
-    pub fn view(&self) -> ServicesView {
+    pub(crate) fn view(&self) -> ServicesView {
         self.catalog.view()
     }
 
-    pub fn file(&self) -> Option<&Path> {
+    pub(crate) fn file(&self) -> Option<&Path> {
         self.catalog.file()
     }
 
     /// The tracked flows, at most `limit`.
-    pub fn conntrack_view(&self, datapath: &Datapath, limit: usize) -> ConntrackView {
+    pub(crate) fn conntrack_view(&self, datapath: &Datapath, limit: usize) -> ConntrackView {
         let ct = datapath.conntrack();
         let now = datapath.now();
         let flows = ct.snapshot();

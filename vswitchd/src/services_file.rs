@@ -36,10 +36,10 @@ use vswitch_dataplane::tables::services::{EndpointSpec, ServicePortSpec};
 use vswitch_dataplane::wire::parse::{IPPROTO_TCP, IPPROTO_UDP};
 
 /// Kubernetes' default `--service-node-port-range`.
-pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
+pub(crate) const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
 /// Kubernetes' default and largest `sessionAffinityConfig.clientIP.timeoutSeconds`.
-pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
-pub const MAX_AFFINITY_TIMEOUT: u32 = 86400;
+pub(crate) const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+pub(crate) const MAX_AFFINITY_TIMEOUT: u32 = 86400;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,7 +91,7 @@ struct RawEndpoint {
 
 /// What the file's meaning depends on: which addresses are this node's.
 #[derive(Clone, Debug)]
-pub struct NodeView {
+pub(crate) struct NodeView {
     pub node_name: String,
     pub pod_cidr: Ipv4Net,
     pub gateway_ip: Ipv4Addr,
@@ -100,7 +100,7 @@ pub struct NodeView {
 }
 
 impl NodeView {
-    pub fn of(config: &Config) -> NodeView {
+    pub(crate) fn of(config: &Config) -> NodeView {
         NodeView {
             node_name: config.node_name.clone(),
             pod_cidr: config.pod_cidr,
@@ -112,7 +112,7 @@ impl NodeView {
 }
 
 /// Parses and checks a services file's text (`file` is for messages).
-pub fn parse(text: &str, file: &Path, node: &NodeView) -> Result<Vec<Service>, ConfigError> {
+pub(crate) fn parse(text: &str, file: &Path, node: &NodeView) -> Result<Vec<Service>, ConfigError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let at = e.span().map_or(0, |s| s.start);
         ConfigError {
@@ -316,7 +316,7 @@ fn convert(rs: RawService, i: usize, node: &NodeView) -> Result<Service, Located
 
 /// Checks what no single Service can: names, cluster IP ports and node ports used
 /// twice. Gives the offending Service's index, the field and the message.
-pub fn check_conflicts(services: &[Service]) -> Result<(), (usize, String, String)> {
+pub(crate) fn check_conflicts(services: &[Service]) -> Result<(), (usize, String, String)> {
     let mut names = HashMap::new();
     let mut frontends = HashMap::new();
     let mut node_ports = HashMap::new();
@@ -348,7 +348,7 @@ pub fn check_conflicts(services: &[Service]) -> Result<(), (usize, String, Strin
 }
 
 /// The data path's view: one spec per Service port.
-pub fn port_specs(services: &[Service]) -> Vec<ServicePortSpec> {
+pub(crate) fn port_specs(services: &[Service]) -> Vec<ServicePortSpec> {
     let mut specs = Vec::new();
     for s in services {
         for p in &s.ports {

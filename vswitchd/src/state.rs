@@ -20,17 +20,17 @@ use vswitch_dataplane::ids::PortId;
 use vswitch_dataplane::wire::MacAddr;
 
 /// Format version written in the file; a newer one is refused, not misread.
-pub const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateFile {
+pub(crate) struct StateFile {
     pub version: u32,
     pub ports: Vec<SavedPort>,
 }
 
 /// An attached pod port, as needed to find and re-attach it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedPort {
+pub(crate) struct SavedPort {
     #[serde(with = "port_id")]
     pub id: PortId,
     pub container_id: String,
@@ -53,7 +53,7 @@ pub struct SavedPort {
 /// namespace) do not tell. `owner` ties it to one state file, so two daemons on one
 /// machine (tests) never take each other's ports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceTag {
+pub(crate) struct DeviceTag {
     #[serde(rename = "o")]
     pub owner: String,
     #[serde(with = "port_id")]
@@ -73,7 +73,7 @@ const TAG_PREFIX: &str = "vswitch1:";
 const ALIAS_MAX: usize = 255;
 
 impl DeviceTag {
-    pub fn of(saved: &SavedPort, owner: &str) -> DeviceTag {
+    pub(crate) fn of(saved: &SavedPort, owner: &str) -> DeviceTag {
         DeviceTag {
             owner: owner.to_string(),
             id: saved.id,
@@ -87,7 +87,7 @@ impl DeviceTag {
     /// The alias text. What does not fit is left out in order of least use: the pod's
     /// UID, then the pod reference (both only shown in listings). `None` if even the
     /// rest is too long (a very long container ID): that port is only in the file.
-    pub fn to_alias(&self) -> Option<String> {
+    pub(crate) fn to_alias(&self) -> Option<String> {
         let mut tag = self.clone();
         let text =
             |t: &DeviceTag| format!("{TAG_PREFIX}{}", serde_json::to_string(t).expect("tag serializes"));
@@ -106,14 +106,14 @@ impl DeviceTag {
     }
 
     /// The tag in `alias`, if it is one of ours.
-    pub fn from_alias(alias: &str) -> Option<DeviceTag> {
+    pub(crate) fn from_alias(alias: &str) -> Option<DeviceTag> {
         serde_json::from_str(alias.strip_prefix(TAG_PREFIX)?).ok()
     }
 }
 
 /// The owner name of tags written for the state file at `path`: a hash of the path
 /// (FNV-1a; stable across builds, unlike std's hasher).
-pub fn owner_of(path: &Path) -> String {
+pub(crate) fn owner_of(path: &Path) -> String {
     let hash = path
         .as_os_str()
         .as_encoded_bytes()
@@ -127,11 +127,11 @@ mod port_id {
     use serde::{Deserialize, Deserializer, Serializer};
     use vswitch_dataplane::ids::PortId;
 
-    pub fn serialize<S: Serializer>(id: &PortId, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(id: &PortId, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u16(id.0)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PortId, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PortId, D::Error> {
         u16::deserialize(d).map(PortId)
     }
 }
@@ -141,11 +141,11 @@ mod mac_text {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
     use vswitch_dataplane::wire::MacAddr;
 
-    pub fn serialize<S: Serializer>(mac: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(mac: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(mac)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MacAddr, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MacAddr, D::Error> {
         let text = String::deserialize(d)?;
         text.parse().map_err(|e| D::Error::custom(format!("mac {text:?}: {e}")))
     }
@@ -171,7 +171,7 @@ pub enum StateError {
 
 /// Reads the state file. `Ok(None)`: there is none (first start). A corrupt file is
 /// renamed aside and reported as [`StateError::Corrupt`]; the caller starts empty.
-pub fn load(path: &Path) -> Result<Option<StateFile>, StateError> {
+pub(crate) fn load(path: &Path) -> Result<Option<StateFile>, StateError> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -201,7 +201,7 @@ pub fn load(path: &Path) -> Result<Option<StateFile>, StateError> {
 }
 
 /// Replaces the state file atomically.
-pub fn save(path: &Path, state: &StateFile) -> Result<(), StateError> {
+pub(crate) fn save(path: &Path, state: &StateFile) -> Result<(), StateError> {
     let err = |source| StateError::Write { path: path.to_path_buf(), source };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err)?;

@@ -24,7 +24,7 @@ use crate::ports::{AttachError, PortManager, RestoreReport, UplinkError};
 use crate::services::ServiceController;
 use crate::state::StateFile;
 
-pub struct Switch {
+pub(crate) struct Switch {
     config: Config,
     plane: Plane,
     ports: PortManager,
@@ -34,7 +34,11 @@ pub struct Switch {
 
 impl Switch {
     /// Takes over `datapath`: the pods' segment, no Services, the config's nodes.
-    pub fn new(config: Config, datapath: Datapath, kernel: Arc<dyn Kernel>) -> Result<Switch, AttachError> {
+    pub(crate) fn new(
+        config: Config,
+        datapath: Datapath,
+        kernel: Arc<dyn Kernel>,
+    ) -> Result<Switch, AttachError> {
         let mut plane = Plane::new(&config, datapath)?;
         let services = ServiceController::new(&config, &mut plane);
         plane.tables.set_overlay(Arc::new(NodeController::initial(&config)?));
@@ -43,17 +47,17 @@ impl Switch {
         Ok(Switch { config, plane, ports, services, nodes: NodeController::default() })
     }
 
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.config
     }
 
-    pub fn datapath(&self) -> &Datapath {
+    pub(crate) fn datapath(&self) -> &Datapath {
         &self.plane.datapath
     }
 
     // ---- ports
 
-    pub fn start_host_port(&mut self) -> Result<(), AttachError> {
+    pub(crate) fn start_host_port(&mut self) -> Result<(), AttachError> {
         self.ports.start_host_port(&mut self.plane)
     }
 
@@ -75,7 +79,7 @@ impl Switch {
     }
 
     /// Takes NodePort traffic (and VXLAN) from the configured uplink interface, if any.
-    pub fn start_uplink(&mut self) -> Result<(), AttachError> {
+    pub(crate) fn start_uplink(&mut self) -> Result<(), AttachError> {
         if self.config.uplink.is_none() {
             return Ok(());
         }
@@ -86,49 +90,49 @@ impl Switch {
     }
 
     /// Opens the underlay port: VXLAN to and from other nodes through kernel sockets.
-    pub fn start_underlay(&mut self) -> Result<(), AttachError> {
+    pub(crate) fn start_underlay(&mut self) -> Result<(), AttachError> {
         self.ports.start_underlay(&mut self.plane)?;
         self.publish_overlay();
         Ok(())
     }
 
-    pub fn attach(&mut self, req: &AttachRequest) -> Result<(PortInfo, bool), AttachError> {
+    pub(crate) fn attach(&mut self, req: &AttachRequest) -> Result<(PortInfo, bool), AttachError> {
         self.ports.attach(&mut self.plane, req)
     }
 
-    pub fn detach(&mut self, container_id: &str, ifname: &str) -> Result<bool, AttachError> {
+    pub(crate) fn detach(&mut self, container_id: &str, ifname: &str) -> Result<bool, AttachError> {
         self.ports.detach(&mut self.plane, container_id, ifname)
     }
 
-    pub fn reap_vanished(&mut self) -> usize {
+    pub(crate) fn reap_vanished(&mut self) -> usize {
         self.ports.reap_vanished(&mut self.plane)
     }
 
-    pub fn restore(&mut self, state: StateFile) -> RestoreReport {
+    pub(crate) fn restore(&mut self, state: StateFile) -> RestoreReport {
         self.ports.restore(&mut self.plane, state)
     }
 
-    pub fn recover_from_devices(&self, dirs: &[&str]) -> StateFile {
+    pub(crate) fn recover_from_devices(&self, dirs: &[&str]) -> StateFile {
         self.ports.recover_from_devices(dirs)
     }
 
-    pub fn ports(&self) -> Vec<PortInfo> {
+    pub(crate) fn ports(&self) -> Vec<PortInfo> {
         self.ports.ports()
     }
 
-    pub fn port(&self, container_id: &str, ifname: &str) -> Option<PortInfo> {
+    pub(crate) fn port(&self, container_id: &str, ifname: &str) -> Option<PortInfo> {
         self.ports.port(container_id, ifname)
     }
 
-    pub fn port_names(&self) -> BTreeMap<PortId, String> {
+    pub(crate) fn port_names(&self) -> BTreeMap<PortId, String> {
         self.ports.port_names()
     }
 
-    pub fn pod_count(&self) -> usize {
+    pub(crate) fn pod_count(&self) -> usize {
         self.ports.pod_count()
     }
 
-    pub fn uplink_name(&self) -> Option<&str> {
+    pub(crate) fn uplink_name(&self) -> Option<&str> {
         self.ports.uplink_name()
     }
 
@@ -144,13 +148,17 @@ impl Switch {
 
     // ---- Services
 
-    pub fn services_file(&self) -> Option<&Path> {
+    pub(crate) fn services_file(&self) -> Option<&Path> {
         self.services.file()
     }
 
     /// Takes the services file's content (`None`: absent) and serves what it holds if
     /// it changed. On an error, the Services served before stay.
-    pub fn services_file_read(&mut self, text: Option<String>, force: bool) -> Result<bool, ConfigError> {
+    pub(crate) fn services_file_read(
+        &mut self,
+        text: Option<String>,
+        force: bool,
+    ) -> Result<bool, ConfigError> {
         let changed = self.services.file_read(&self.plane, text, force)?;
         if changed {
             self.services_changed();
@@ -159,7 +167,7 @@ impl Switch {
     }
 
     /// Serves `services` (from the cluster), replacing what was served.
-    pub fn cluster_services(&mut self, services: Vec<Service>) {
+    pub(crate) fn cluster_services(&mut self, services: Vec<Service>) {
         if self.services.set(&self.plane, services) {
             self.services_changed();
         }
@@ -175,21 +183,21 @@ impl Switch {
 
     /// After conntrack housekeeping: stops recognising VIPs and endpoints kept only for
     /// flows that have ended.
-    pub fn services_housekeeping(&mut self) {
+    pub(crate) fn services_housekeeping(&mut self) {
         self.services.housekeeping(&mut self.plane);
     }
 
-    pub fn services_view(&self) -> ServicesView {
+    pub(crate) fn services_view(&self) -> ServicesView {
         self.services.view()
     }
 
-    pub fn conntrack_view(&self, limit: usize) -> ConntrackView {
+    pub(crate) fn conntrack_view(&self, limit: usize) -> ConntrackView {
         self.services.conntrack_view(&self.plane.datapath, limit)
     }
 
     // ---- other nodes
 
-    pub fn nodes_file(&self) -> Option<&Path> {
+    pub(crate) fn nodes_file(&self) -> Option<&Path> {
         self.config.overlay.nodes_file.as_deref()
     }
 
@@ -213,7 +221,7 @@ impl Switch {
 
     /// Takes the nodes file's content (`None`: absent, no nodes from it) and routes to
     /// the nodes if they changed. On an error, the nodes routed before stay.
-    pub fn nodes_file_read(&mut self, text: Option<String>, force: bool) -> Result<bool, ConfigError> {
+    pub(crate) fn nodes_file_read(&mut self, text: Option<String>, force: bool) -> Result<bool, ConfigError> {
         let changed = self.nodes.file_read(&self.config, text, force)?;
         if changed {
             self.nodes_changed();
@@ -222,7 +230,7 @@ impl Switch {
     }
 
     /// Routes to `nodes` (from the cluster), replacing those of an earlier snapshot.
-    pub fn cluster_nodes(&mut self, nodes: Vec<NodeSpec>) {
+    pub(crate) fn cluster_nodes(&mut self, nodes: Vec<NodeSpec>) {
         if self.nodes.set(&self.config, nodes) {
             self.nodes_changed();
         }
@@ -230,21 +238,21 @@ impl Switch {
 
     /// Looks up the nodes' next hops on the uplink; publishes the overlay again when any
     /// changed.
-    pub fn refresh_next_hops(&mut self) {
+    pub(crate) fn refresh_next_hops(&mut self) {
         let Some(uplink) = self.ports.uplink_name() else { return };
         if self.nodes.refresh_next_hops(&self.config, self.ports.kernel(), uplink) {
             self.publish_overlay();
         }
     }
 
-    pub fn nodes_view(&self) -> NodesView {
+    pub(crate) fn nodes_view(&self) -> NodesView {
         let fast = self.ports.uplink_name().is_some() && self.config.node_ip.is_some();
         self.nodes.view(&self.config, self.ports.underlay_name().map(str::to_string), fast)
     }
 
     /// Stops the data plane, leaving every device in place for the next start: TAPs are
     /// persistent, veth pairs stay, and the state file lists them all.
-    pub fn shutdown(self) {
+    pub(crate) fn shutdown(self) {
         if let Err(e) = self.ports.save_state() {
             tracing::error!(error = %e, "saving state at shutdown");
         }

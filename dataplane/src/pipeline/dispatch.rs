@@ -14,22 +14,22 @@ use crate::wire::offload;
 /// Frames one egress port may have waiting within one poll round. Ordinary rounds stay
 /// far below (a batch per queue); it bounds what software segmentation of super-frames
 /// cut into tiny segments could otherwise pile up.
-pub const MAX_TX_BACKLOG: usize = 8192;
+pub(crate) const MAX_TX_BACKLOG: usize = 8192;
 
 /// Frames waiting to be transmitted, grouped by egress port.
-pub struct TxBatches {
+pub(crate) struct TxBatches {
     per_port: Vec<Vec<Frame>>,
     touched: Vec<PortId>,
 }
 
 impl TxBatches {
-    pub fn new(max_ports: usize) -> TxBatches {
+    pub(crate) fn new(max_ports: usize) -> TxBatches {
         TxBatches { per_port: (0..max_ports).map(|_| Vec::new()).collect(), touched: Vec::new() }
     }
 
     /// Queues `frame` for `port`; hands it back when the port's backlog is full.
     #[inline(always)]
-    pub fn push(&mut self, port: PortId, frame: Frame) -> Result<(), Frame> {
+    pub(crate) fn push(&mut self, port: PortId, frame: Frame) -> Result<(), Frame> {
         let q = &mut self.per_port[port.index()];
         if q.is_empty() {
             self.touched.push(port);
@@ -42,16 +42,12 @@ impl TxBatches {
 
     /// Calls `f` with each port that has frames waiting, then forgets the list. `f` must
     /// empty the batch it is given (transmit or drop every frame).
-    pub fn flush(&mut self, mut f: impl FnMut(PortId, &mut Vec<Frame>)) {
+    pub(crate) fn flush(&mut self, mut f: impl FnMut(PortId, &mut Vec<Frame>)) {
         for port in self.touched.drain(..) {
             let q = &mut self.per_port[port.index()];
             f(port, q);
             debug_assert!(q.is_empty(), "flush callback must consume the batch");
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.touched.is_empty()
     }
 
     /// For tests: every waiting frame's port number and bytes, the buffers back in

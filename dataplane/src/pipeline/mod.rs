@@ -12,7 +12,7 @@ mod dispatch;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-pub use dispatch::{MAX_TX_BACKLOG, TxBatches};
+pub(crate) use dispatch::TxBatches;
 
 use crate::drop_reason::DropReason;
 use crate::frame::{Frame, FramePool};
@@ -28,7 +28,7 @@ use crate::tables::services::Affinity;
 use crate::wire::{self, FrameMeta};
 
 /// Every stage, checked against the one signature of the contract.
-const _STAGES: [Stage; 7] = [
+const _: [Stage; 7] = [
     port_security::check,
     overlay::decapsulate,
     mac_learning::learn_source,
@@ -45,7 +45,7 @@ const _STAGES: [Stage; 7] = [
 /// inner frame) and goes on as arriving from the overlay side of the gateway: Service
 /// NAT (replies of flows this node translated), then routing to the local pod.
 #[inline]
-pub fn stages<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
+pub(crate) fn stages<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
     port_security::check(ctx, pkt)?;
     if overlay::is_vxlan(ctx.tables, pkt.port, pkt.meta) {
         overlay::decapsulate(ctx, pkt)?;
@@ -64,14 +64,14 @@ pub fn stages<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step 
 
 /// The state all workers' pipelines share: what the data path itself writes.
 #[derive(Clone)]
-pub struct SharedState {
+pub(crate) struct SharedState {
     pub fdb: Arc<Fdb>,
     pub conntrack: Arc<Conntrack>,
     pub affinity: Arc<Affinity>,
 }
 
 impl SharedState {
-    pub fn new(fdb: FdbConfig, conntrack: ConntrackConfig) -> SharedState {
+    pub(crate) fn new(fdb: FdbConfig, conntrack: ConntrackConfig) -> SharedState {
         SharedState {
             fdb: Arc::new(Fdb::new(fdb)),
             conntrack: Arc::new(Conntrack::new(conntrack)),
@@ -82,7 +82,7 @@ impl SharedState {
 }
 
 /// One worker's pipeline: the shared state, this worker's counters and MAC cache.
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     fdb: Arc<Fdb>,
     conntrack: Arc<Conntrack>,
     affinity: Arc<Affinity>,
@@ -91,7 +91,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(shared: &SharedState, stats: Arc<WorkerStats>) -> Pipeline {
+    pub(crate) fn new(shared: &SharedState, stats: Arc<WorkerStats>) -> Pipeline {
         Pipeline {
             fdb: shared.fdb.clone(),
             conntrack: shared.conntrack.clone(),
@@ -101,7 +101,7 @@ impl Pipeline {
         }
     }
 
-    pub fn stats(&self) -> &Arc<WorkerStats> {
+    pub(crate) fn stats(&self) -> &Arc<WorkerStats> {
         &self.stats
     }
 
@@ -110,7 +110,7 @@ impl Pipeline {
     ///
     /// Each frame runs to completion — parse, stages, dispatch — before the next; the
     /// per-batch work (tables, FDB guard, ingress port lookup) is done once.
-    pub fn process(
+    pub(crate) fn process(
         &mut self,
         tables: &Tables,
         ingress: PortId,
@@ -173,6 +173,7 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests {
+    use super::dispatch::MAX_TX_BACKLOG;
     use super::*;
     use crate::frame::FramePool;
     use crate::ids::{SegmentId, WorkerSet};

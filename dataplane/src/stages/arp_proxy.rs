@@ -17,7 +17,7 @@ use crate::wire::parse::{ARP_OP_REPLY, ARP_OP_REQUEST};
 use crate::wire::{Net, arp};
 
 #[inline]
-pub fn answer<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
+pub(crate) fn answer<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
     let Net::Arp(req) = &pkt.meta.net else {
         return ControlFlow::Continue(());
     };
@@ -33,7 +33,7 @@ pub fn answer<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step 
                 // owner's reply, which signals the conflict).
                 Some(a) if a.port != Some(port.id) => {
                     arp::reply_in_place(pkt.frame.data_mut(), usize::from(pkt.meta.l3_offset), req, a.mac);
-                    ctx.stats.events.arp_replies.inc();
+                    ctx.events().arp_replies.inc();
                     forward(port.id)
                 }
                 // The sender's own address: a probe before configuring it.

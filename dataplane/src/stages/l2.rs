@@ -14,7 +14,7 @@ use crate::stage::{Packet, StageContext, Step, drop, forward};
 use crate::tables::mac_cache;
 
 #[inline]
-pub fn forward_by_mac<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
+pub(crate) fn forward_by_mac<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
     let (port, dst) = (pkt.port, pkt.meta.dst_mac);
     if dst.is_multicast() {
         return ControlFlow::Continue(());

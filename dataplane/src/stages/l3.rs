@@ -23,7 +23,7 @@ use crate::wire::{FrameMeta, Ipv4Meta, L4, MacAddr, Net, ethernet, icmp};
 
 /// Whether the hop still has the TTL to decrement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ttl {
+pub(crate) enum Ttl {
     /// This is the routed hop: decrement it.
     Decrement,
     /// The caller already did (with its other header rewrites), or the packet is not
@@ -33,7 +33,7 @@ pub enum Ttl {
 
 /// A local port to send a routed packet to, and the Ethernet addresses it goes with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NextHop {
+pub(crate) struct NextHop {
     pub port: PortId,
     /// The owner's MAC: the frame's destination.
     pub mac: MacAddr,
@@ -43,7 +43,7 @@ pub struct NextHop {
 
 /// The pod that has `dst` in `segment`, reached from `gateway_mac`.
 #[inline]
-pub fn local_owner(
+pub(crate) fn local_owner(
     tables: &Tables,
     segment: SegmentId,
     dst: Ipv4Addr,
@@ -55,7 +55,7 @@ pub fn local_owner(
 
 /// The pod that has `dst` in `segment` or, failing that, in any routed segment (sent
 /// from that segment's gateway): where a packet routed to `dst` goes on this node.
-pub fn owner_on_node(
+pub(crate) fn owner_on_node(
     tables: &Tables,
     segment: SegmentId,
     dst: Ipv4Addr,
@@ -71,7 +71,7 @@ pub fn owner_on_node(
 /// Decrements the TTL of the IPv4 packet `ip` of `frame` as a router does. False, with
 /// the packet untouched, when it has run out.
 #[inline]
-pub fn decrement_ttl(frame: &mut Frame, l3_offset: u16, ip: &Ipv4Meta) -> bool {
+pub(crate) fn decrement_ttl(frame: &mut Frame, l3_offset: u16, ip: &Ipv4Meta) -> bool {
     let partial = has_partial_checksum(frame);
     Ipv4Mut::new(frame.data_mut(), l3_offset, ip).with_partial_l4_checksum(partial).decrement_ttl()
 }
@@ -79,7 +79,7 @@ pub fn decrement_ttl(frame: &mut Frame, l3_offset: u16, ip: &Ipv4Meta) -> bool {
 /// The frame's transport checksum holds only the pseudo-header sum (from a port with
 /// offloads): rewrites of the addresses must adjust it as such.
 #[inline]
-pub fn has_partial_checksum(frame: &Frame) -> bool {
+pub(crate) fn has_partial_checksum(frame: &Frame) -> bool {
     frame.offload.flags & F_NEEDS_CSUM != 0
 }
 
@@ -95,7 +95,7 @@ fn ipv4(meta: &FrameMeta) -> Option<&Ipv4Meta> {
 /// Sends the IPv4 packet to a local port: the routed hop's TTL (if still to do), then
 /// the next hop's Ethernet addresses.
 #[inline]
-pub fn send(pkt: &mut Packet<'_, '_>, hop: NextHop, ttl: Ttl) -> Step {
+pub(crate) fn send(pkt: &mut Packet<'_, '_>, hop: NextHop, ttl: Ttl) -> Step {
     if ttl == Ttl::Decrement {
         let Some(ip) = ipv4(pkt.meta) else { return drop(DropReason::OverlayBadInner) };
         if !decrement_ttl(pkt.frame, pkt.meta.l3_offset, ip) {
@@ -110,7 +110,7 @@ pub fn send(pkt: &mut Packet<'_, '_>, hop: NextHop, ttl: Ttl) -> Step {
 /// when it cannot fit and must not be fragmented, else routed with inner addresses
 /// gateway → the node's VTEP, to be encapsulated at dispatch. The flow hash (the outer
 /// source port) is of the packet as it arrived.
-pub fn to_node(ctx: &StageContext<'_>, pkt: &mut Packet<'_, '_>, node: NodeIndex, ttl: Ttl) -> Step {
+pub(crate) fn to_node(ctx: &StageContext<'_>, pkt: &mut Packet<'_, '_>, node: NodeIndex, ttl: Ttl) -> Step {
     let ov = ctx.tables.overlay();
     let Some(ip) = ipv4(pkt.meta) else { return drop(DropReason::OverlayBadInner) };
     let Some(remote) = ov.node(node) else {
@@ -139,14 +139,14 @@ pub fn to_node(ctx: &StageContext<'_>, pkt: &mut Packet<'_, '_>, node: NodeIndex
 
 /// Whether the packet of `frame` would not fit the overlay toward another node.
 #[inline]
-pub fn too_big(ov: &OverlayTable, frame: &Frame, meta: &FrameMeta) -> bool {
+pub(crate) fn too_big(ov: &OverlayTable, frame: &Frame, meta: &FrameMeta) -> bool {
     frame.wire_len().saturating_sub(usize::from(meta.l3_offset)) > usize::from(ov.inner_mtu())
 }
 
 /// Turns the IPv4 packet into an ICMP fragmentation-needed with the overlay's inner MTU
 /// as next-hop MTU (RFC 1191), back where it came from: from the gateway to a pod, from
 /// the node's address (what the client sent to) to a NodePort client on the uplink.
-pub fn fragmentation_needed(ctx: &StageContext<'_>, pkt: &mut Packet<'_, '_>) -> Step {
+pub(crate) fn fragmentation_needed(ctx: &StageContext<'_>, pkt: &mut Packet<'_, '_>) -> Step {
     let ov = ctx.tables.overlay();
     let Some(ip) = ipv4(pkt.meta) else { return drop(DropReason::OverlayBadInner) };
     let from = if pkt.port.kind == PortKind::Pod { ov.settings.gateway_ip } else { ip.dst };
@@ -159,7 +159,7 @@ pub fn fragmentation_needed(ctx: &StageContext<'_>, pkt: &mut Packet<'_, '_>) ->
         icmp::CODE_FRAGMENTATION_NEEDED,
         ov.inner_mtu(),
     );
-    ctx.stats.events.frag_needed_sent.inc();
+    ctx.events().frag_needed_sent.inc();
     forward(pkt.port.id)
 }
 
@@ -167,7 +167,7 @@ pub fn fragmentation_needed(ctx: &StageContext<'_>, pkt: &mut Packet<'_, '_>) ->
 /// `icmp_type`/`code` about it, from `src_ip` back to its sender, Ethernet addresses
 /// swapped: the reply a router sends out of the port the packet came in on. The error
 /// is written at the buffer's default headroom, quoting at most what RFC 1812 allows.
-pub fn icmp_reply(
+pub(crate) fn icmp_reply(
     frame: &mut Frame,
     meta: &FrameMeta,
     ip: &Ipv4Meta,

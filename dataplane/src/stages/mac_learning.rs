@@ -14,7 +14,7 @@ use crate::tables::mac_cache;
 /// worker already refreshed in the current second costs one probe of its
 /// [`mac_cache::MacCache`] and nothing shared.
 #[inline]
-pub fn learn_source<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
+pub(crate) fn learn_source<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
     let (port, src) = (pkt.port, pkt.meta.src_mac);
     if port.mac.is_some() {
         return ControlFlow::Continue(());

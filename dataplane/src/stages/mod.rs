@@ -11,12 +11,13 @@
 //!
 //! Each stage has the one signature of the `stage` contract and imports only it, the
 //! layers below, and `l3`. A new stage goes in a file here, into the order in
-//! `pipeline::stages` and the `_STAGES` list beside it.
+//! `pipeline::stages`, and into the list beside it that checks every stage against the
+//! signature.
 
-pub mod arp_proxy;
-pub mod l2;
-pub mod l3;
-pub mod mac_learning;
-pub mod overlay;
-pub mod port_security;
-pub mod service_nat;
+pub(crate) mod arp_proxy;
+pub(crate) mod l2;
+pub(crate) mod l3;
+pub(crate) mod mac_learning;
+pub(crate) mod overlay;
+pub(crate) mod port_security;
+pub(crate) mod service_nat;

@@ -26,7 +26,7 @@ use crate::wire::{Fragment, FrameMeta, L4, MacAddr, Net, vxlan};
 /// underlay port. Pods may send UDP to that port among themselves: it is only
 /// decapsulated from the underlay.
 #[inline]
-pub fn is_vxlan(tables: &Tables, port: &PortEntry, meta: &FrameMeta) -> bool {
+pub(crate) fn is_vxlan(tables: &Tables, port: &PortEntry, meta: &FrameMeta) -> bool {
     port.kind == PortKind::Uplink
         && matches!(&meta.net, Net::Ipv4(ip) if matches!(ip.l4, L4::Udp { dst_port, .. }
             if dst_port == tables.overlay().settings.udp_port) && ip.fragment == Fragment::None)
@@ -35,7 +35,7 @@ pub fn is_vxlan(tables: &Tables, port: &PortEntry, meta: &FrameMeta) -> bool {
 /// The stage for a frame [`is_vxlan`] accepted: checks and strips the outer headers;
 /// the packet then describes the inner frame, arriving from the overlay side of the
 /// gateway.
-pub fn decapsulate<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
+pub(crate) fn decapsulate<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
     let (tables, frame, meta) = (ctx.tables, &mut *pkt.frame, &mut *pkt.meta);
     let ov = tables.overlay();
     let Net::Ipv4(outer) = meta.net else {
@@ -79,7 +79,7 @@ pub fn decapsulate<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> 
     if !local {
         return drop(DropReason::OverlayNotLocal);
     }
-    ctx.stats.events.overlay_decapsulated.inc();
+    ctx.events().overlay_decapsulated.inc();
     pkt.port = ingress;
     ControlFlow::Continue(())
 }
@@ -88,7 +88,7 @@ pub fn decapsulate<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> 
 /// toward another node's CIDR (encapsulated), or from the overlay to a local pod or the
 /// node itself. Everything else goes on.
 #[inline]
-pub fn route<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
+pub(crate) fn route<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
     let ov = ctx.tables.overlay();
     if ov.is_empty() {
         return ControlFlow::Continue(());
@@ -133,7 +133,7 @@ fn deliver(ctx: &mut StageContext<'_>, pkt: &mut Packet<'_, '_>) -> Step {
 /// frame as it is (the socket underlay ignores them). Returns false when the buffer has
 /// no headroom for them.
 #[inline]
-pub fn encapsulate(
+pub(crate) fn encapsulate(
     ov: &OverlayTable,
     node: &RemoteNode,
     entropy: u16,

@@ -18,7 +18,7 @@ use crate::wire::{FrameMeta, L4, Net};
 
 /// The stage: frames their port may not send are dropped.
 #[inline]
-pub fn check<'a>(_ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
+pub(crate) fn check<'a>(_ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
     allowed(pkt.port, pkt.meta)
 }
 

@@ -42,7 +42,7 @@ struct NewFlow<'s> {
 /// The stage. Kept out of line: most frames skip it (see `pipeline::stages`), and
 /// inlined it would weigh on the plain L2 path.
 #[inline(never)]
-pub fn translate<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
+pub(crate) fn translate<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
     let svc = ctx.tables.services();
     if svc.is_empty() {
         return ControlFlow::Continue(());
@@ -164,7 +164,7 @@ fn new_flow(ctx: &StageContext<'_>, pkt: &mut Packet<'_, '_>, ip: &Ipv4Meta, flo
     if let Some(timeout) = sp.affinity_timeout {
         ctx.affinity.set(sp.id, t.src, backend.key(), timeout, ctx.now);
     }
-    ctx.stats.events.service_flows.inc();
+    ctx.events().service_flows.inc();
     conn.observe(Direction::Orig, flow.tcp_flags, ctx.now);
     apply(ctx, pkt, ip, conn, Direction::Orig)
 }
@@ -267,7 +267,7 @@ fn reject(ctx: &StageContext<'_>, pkt: &mut Packet<'_, '_>, ip: &Ipv4Meta) -> St
         icmp::CODE_PORT_UNREACHABLE,
         0,
     );
-    ctx.stats.events.service_rejects.inc();
+    ctx.events().service_rejects.inc();
     forward(pkt.port.id)
 }
 
@@ -324,7 +324,7 @@ fn icmp_error(ctx: &StageContext<'_>, pkt: &mut Packet<'_, '_>, ip: &Ipv4Meta) -
     }
     // The ICMP checksum covers everything after it: recompute (at most 576 bytes).
     icmp::fill_checksum(&mut pkt.frame.data_mut()[l4..end]);
-    ctx.stats.events.icmp_translated.inc();
+    ctx.events().icmp_translated.inc();
     let return_path = if towards_client { conn.return_path } else { None };
     route(ctx, pkt, outer_dst, return_path)
 }

@@ -33,7 +33,7 @@ pub(crate) mod tests {
     use crate::ids::{PortId, SegmentId, WorkerSet};
     use crate::testing::mac;
 
-    pub fn pod(id: u16, ip: [u8; 4]) -> PortEntry {
+    pub(crate) fn pod(id: u16, ip: [u8; 4]) -> PortEntry {
         PortEntry {
             id: PortId(id),
             name: format!("pod{id}"),
@@ -49,7 +49,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub fn segment0() -> SegmentConfig {
+    pub(crate) fn segment0() -> SegmentConfig {
         SegmentConfig {
             id: SegmentId(0),
             gateway: Some(Gateway { ip: Ipv4Addr::new(10, 244, 1, 1), mac: mac(0xffff) }),

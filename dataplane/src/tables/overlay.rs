@@ -282,9 +282,9 @@ pub(crate) mod tests {
     use super::*;
     use crate::testing::mac;
 
-    pub const GW: u32 = 0xffff;
+    pub(crate) const GW: u32 = 0xffff;
 
-    pub fn settings() -> OverlaySettings {
+    pub(crate) fn settings() -> OverlaySettings {
         OverlaySettings {
             vni: 1,
             udp_port: 4789,
@@ -297,7 +297,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub fn node(name: &str, last: u8, cidr: &str) -> NodeSpec {
+    pub(crate) fn node(name: &str, last: u8, cidr: &str) -> NodeSpec {
         NodeSpec {
             name: name.into(),
             ip: Ipv4Addr::new(192, 168, 50, last),

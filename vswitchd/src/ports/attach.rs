@@ -17,7 +17,7 @@ use crate::state::SavedPort;
 impl PortManager {
     /// Attaches a pod. Returns the port and whether it was created now (false: the same
     /// attachment already existed, e.g. a retried CNI ADD).
-    pub fn attach(
+    pub(crate) fn attach(
         &mut self,
         plane: &mut Plane,
         req: &AttachRequest,
@@ -271,7 +271,7 @@ impl PortManager {
     }
 
     /// Detaches a pod's port and removes its interface. True if there was one.
-    pub fn detach(
+    pub(crate) fn detach(
         &mut self,
         plane: &mut Plane,
         container_id: &str,
@@ -294,7 +294,7 @@ impl PortManager {
     /// namespace is gone, or an AF_XDP port's veth): the pod was killed while no DEL
     /// could reach us. Nothing is left to delete; the counters of the port stay.
     /// Returns how many went.
-    pub fn reap_vanished(&mut self, plane: &mut Plane) -> usize {
+    pub(crate) fn reap_vanished(&mut self, plane: &mut Plane) -> usize {
         let gone: Vec<PortId> = self
             .pods
             .values()

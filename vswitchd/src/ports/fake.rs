@@ -20,7 +20,7 @@ use super::kernel::{Kernel, LinkInfo, LinkKind, Steering, UplinkDevice};
 
 /// A kernel operation a test can make fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Op {
+pub(crate) enum Op {
     CreateTap,
     ReopenTap,
     AddVeth,
@@ -38,7 +38,7 @@ pub enum Op {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FakeLink {
+pub(crate) struct FakeLink {
     pub index: u32,
     pub kind: LinkKind,
     pub mac: Option<MacAddr>,
@@ -106,7 +106,7 @@ struct State {
 }
 
 #[derive(Default)]
-pub struct FakeKernel {
+pub(crate) struct FakeKernel {
     state: Mutex<State>,
 }
 
@@ -127,7 +127,7 @@ impl FakeKernel {
     }
 
     /// Fails the next call of `op` (once).
-    pub fn fail(&self, op: Op) {
+    pub(crate) fn fail(&self, op: Op) {
         self.state().failing.insert(op);
     }
 
@@ -137,58 +137,58 @@ impl FakeKernel {
         if s.failing.remove(&op) { Err(refused(what)) } else { Ok(()) }
     }
 
-    pub fn add_netns(&self, path: &str) {
+    pub(crate) fn add_netns(&self, path: &str) {
         self.state().pods.entry(PathBuf::from(path)).or_default();
     }
 
-    pub fn remove_netns(&self, path: &str) {
+    pub(crate) fn remove_netns(&self, path: &str) {
         self.state().pods.remove(Path::new(path));
     }
 
     /// A link in a pod, as a test would find it with `ip link`.
-    pub fn pod_dev(&self, netns: &str, name: &str) -> Option<FakeLink> {
+    pub(crate) fn pod_dev(&self, netns: &str, name: &str) -> Option<FakeLink> {
         self.state().pods.get(Path::new(netns)).and_then(|links| links.get(name)).cloned()
     }
 
-    pub fn host_dev(&self, name: &str) -> Option<FakeLink> {
+    pub(crate) fn host_dev(&self, name: &str) -> Option<FakeLink> {
         self.state().host.get(name).cloned()
     }
 
     /// Puts a link in a pod as some other party made it.
-    pub fn put_pod_dev(&self, netns: &str, name: &str, link: FakeLink) {
+    pub(crate) fn put_pod_dev(&self, netns: &str, name: &str, link: FakeLink) {
         self.state().pods.entry(PathBuf::from(netns)).or_default().insert(name.to_string(), link);
     }
 
-    pub fn put_host_dev(&self, name: &str, link: FakeLink) {
+    pub(crate) fn put_host_dev(&self, name: &str, link: FakeLink) {
         self.state().host.insert(name.to_string(), link);
     }
 
-    pub fn remove_host_dev(&self, name: &str) {
+    pub(crate) fn remove_host_dev(&self, name: &str) {
         self.state().host.remove(name);
     }
 
     /// A fresh link description (index taken from the fake's counter).
-    pub fn link(&self, kind: LinkKind, mac: MacAddr, mtu: u16) -> FakeLink {
+    pub(crate) fn link(&self, kind: LinkKind, mac: MacAddr, mtu: u16) -> FakeLink {
         let mut s = self.state();
         s.next_index += 1;
         FakeLink::new(s.next_index, kind, Some(mac), mtu)
     }
 
     /// The test's ends of the queues of a TAP (`netns` `None`: the daemon's) or an XSK.
-    pub fn handles(&self, netns: Option<&str>, name: &str) -> Vec<MemoryPortHandle> {
+    pub(crate) fn handles(&self, netns: Option<&str>, name: &str) -> Vec<MemoryPortHandle> {
         self.state().handles.get(&(netns.map(PathBuf::from), name.to_string())).cloned().unwrap_or_default()
     }
 
-    pub fn log(&self) -> Vec<String> {
+    pub(crate) fn log(&self) -> Vec<String> {
         self.state().log.clone()
     }
 
-    pub fn set_next_hop(&self, node: Ipv4Addr, mac: MacAddr) {
+    pub(crate) fn set_next_hop(&self, node: Ipv4Addr, mac: MacAddr) {
         self.state().next_hops.insert(node, mac);
     }
 
     /// What the uplink's program was told to steer, each time.
-    pub fn steered(&self) -> Vec<BTreeSet<(u8, u16)>> {
+    pub(crate) fn steered(&self) -> Vec<BTreeSet<(u8, u16)>> {
         self.state().steered.lock().expect("not poisoned").clone()
     }
 

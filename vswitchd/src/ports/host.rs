@@ -12,7 +12,7 @@ use crate::plane::{POD_SEGMENT, Plane};
 
 impl PortManager {
     /// Creates (or, after a restart, re-opens) the host port.
-    pub fn start_host_port(&mut self, plane: &mut Plane) -> Result<(), AttachError> {
+    pub(crate) fn start_host_port(&mut self, plane: &mut Plane) -> Result<(), AttachError> {
         let Some(name) = self.config.host_port.clone() else { return Ok(()) };
         let opts = self.tap_options(plane, Some(self.config.gateway_mac), self.config.mtu);
         let label = format!("host port {name}");

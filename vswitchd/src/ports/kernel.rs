@@ -25,10 +25,10 @@ use vswitch_sys::SysError;
 use vswitch_sys::netlink::{Netlink, in_netns};
 use vswitch_sys::netns::{Netns, NetnsError};
 
-pub use vswitch_sys::netlink::{LinkInfo, LinkKind};
+pub(crate) use vswitch_sys::netlink::{LinkInfo, LinkKind};
 
 /// The uplink's XDP program, as the port manager drives it.
-pub trait Steering: Send {
+pub(crate) trait Steering: Send {
     /// Steers exactly these (IP protocol, destination port) pairs to the switch.
     fn set_ports(&mut self, ports: &BTreeSet<(u8, u16)>) -> Result<(), SysError>;
     /// Attached at the driver's native hook (else the generic one).
@@ -46,7 +46,7 @@ impl Steering for SteeringProgram {
 }
 
 /// The uplink taken over: its program and one queue per serving worker.
-pub struct UplinkDevice {
+pub(crate) struct UplinkDevice {
     pub steering: Box<dyn Steering>,
     pub queues: Vec<(WorkerId, Box<dyn PortQueue>)>,
     /// Receive queues of the interface.
@@ -56,7 +56,7 @@ pub struct UplinkDevice {
 /// Every kernel operation the port manager makes. Links in the daemon's namespace are
 /// named by index (as rtnetlink names them); those in a pod's, by the namespace's path
 /// and the interface's name.
-pub trait Kernel: Send + Sync {
+pub(crate) trait Kernel: Send + Sync {
     // ---- the daemon's namespace
 
     fn link(&self, name: &str) -> Result<Option<LinkInfo>, SysError>;
@@ -141,7 +141,7 @@ pub trait Kernel: Send + Sync {
 
 /// Runs blocking kernel work off the async runtime's workers when on a multi-threaded
 /// runtime (the daemon's), else in place.
-pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
@@ -152,14 +152,14 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
 
 /// The real kernel: rtnetlink on the daemon's runtime, namespaces entered from
 /// short-lived threads.
-pub struct LinuxKernel {
+pub(crate) struct LinuxKernel {
     netlink: Netlink,
     runtime: tokio::runtime::Handle,
 }
 
 impl LinuxKernel {
     /// Connects to rtnetlink. Must run inside the daemon's (multi-threaded) runtime.
-    pub fn connect() -> Result<LinuxKernel, SysError> {
+    pub(crate) fn connect() -> Result<LinuxKernel, SysError> {
         Ok(LinuxKernel { netlink: Netlink::connect()?, runtime: tokio::runtime::Handle::current() })
     }
 
@@ -427,7 +427,7 @@ impl Kernel for LinuxKernel {
 }
 
 /// The first IPv4 address among `addrs`.
-pub fn first_ipv4(addrs: &[IpNet]) -> Option<Ipv4Addr> {
+pub(crate) fn first_ipv4(addrs: &[IpNet]) -> Option<Ipv4Addr> {
     addrs.iter().find_map(|a| match a.addr() {
         IpAddr::V4(v4) => Some(v4),
         IpAddr::V6(_) => None,

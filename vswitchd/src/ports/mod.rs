@@ -14,7 +14,7 @@
 mod attach;
 mod error;
 mod host;
-pub mod kernel;
+pub(crate) mod kernel;
 mod persist;
 mod underlay;
 mod uplink;
@@ -36,10 +36,10 @@ use vswitch_dataplane::port::tap::TapOptions;
 use vswitch_dataplane::queue::PortQueue;
 use vswitch_dataplane::wire::MacAddr;
 
-pub use error::{AttachError, RequestError, UplinkError};
-pub use kernel::{Kernel, LinuxKernel};
-pub use persist::{NETNS_DIRS, RestoreReport};
-pub use uplink::UPLINK_SEGMENT;
+pub(crate) use error::{AttachError, RequestError, UplinkError};
+pub(crate) use kernel::{Kernel, LinuxKernel};
+pub(crate) use persist::{NETNS_DIRS, RestoreReport};
+pub(crate) use uplink::UPLINK_SEGMENT;
 
 use crate::config::{AfxdpMode, Config};
 use crate::plane::Plane;
@@ -47,7 +47,7 @@ use crate::state::{self, SavedPort};
 use kernel::blocking;
 
 /// The host port's id; pod ports get ids from 1.
-pub const HOST_PORT_ID: PortId = PortId(0);
+pub(crate) const HOST_PORT_ID: PortId = PortId(0);
 
 /// A pod port as attached.
 struct PodPort {
@@ -61,7 +61,7 @@ struct HostPort {
     workers: Vec<WorkerId>,
 }
 
-pub struct PortManager {
+pub(crate) struct PortManager {
     config: Config,
     kernel: Arc<dyn Kernel>,
     pods: BTreeMap<PortId, PodPort>,
@@ -77,7 +77,7 @@ pub struct PortManager {
 }
 
 impl PortManager {
-    pub fn new(config: Config, kernel: Arc<dyn Kernel>, workers: usize) -> PortManager {
+    pub(crate) fn new(config: Config, kernel: Arc<dyn Kernel>, workers: usize) -> PortManager {
         let owner = state::owner_of(&config.state_file);
         PortManager {
             config,
@@ -92,7 +92,7 @@ impl PortManager {
         }
     }
 
-    pub fn kernel(&self) -> &dyn Kernel {
+    pub(crate) fn kernel(&self) -> &dyn Kernel {
         &*self.kernel
     }
 

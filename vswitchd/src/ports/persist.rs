@@ -17,11 +17,11 @@ use crate::state::{self, DeviceTag, SavedPort, StateFile};
 
 /// Where CNI runtimes (containerd, CRI-O, `ip netns`) bind-mount pods' network
 /// namespaces: scanned for tagged devices when the state file is lost.
-pub const NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
+pub(crate) const NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
 
 /// What a restart found.
 #[derive(Debug, Default)]
-pub struct RestoreReport {
+pub(crate) struct RestoreReport {
     pub restored: Vec<String>,
     /// Ports that could not be re-attached, with the reason (dropped from the state).
     pub dropped: Vec<(String, String)>,
@@ -29,7 +29,7 @@ pub struct RestoreReport {
 
 impl PortManager {
     /// Writes the state file: every pod port as attached.
-    pub fn save_state(&self) -> Result<(), AttachError> {
+    pub(crate) fn save_state(&self) -> Result<(), AttachError> {
         let state = StateFile {
             version: state::VERSION,
             ports: self.pods.values().map(|p| p.saved.clone()).collect(),
@@ -40,7 +40,7 @@ impl PortManager {
 
     /// Re-attaches the ports of a previous run. A port whose namespace or interface is
     /// gone (the pod went away while we were down) is dropped, not fatal.
-    pub fn restore(&mut self, plane: &mut Plane, state: StateFile) -> RestoreReport {
+    pub(crate) fn restore(&mut self, plane: &mut Plane, state: StateFile) -> RestoreReport {
         let mut report = RestoreReport::default();
         for saved in state.ports {
             let what = describe(&saved);
@@ -138,7 +138,7 @@ impl PortManager {
     /// With the state file lost (corrupt): the ports of the previous run whose devices
     /// still exist, from the tags attach wrote on them, searched in the namespaces under
     /// `dirs`. Re-attach them with [`PortManager::restore`], which checks each again.
-    pub fn recover_from_devices(&self, dirs: &[&str]) -> StateFile {
+    pub(crate) fn recover_from_devices(&self, dirs: &[&str]) -> StateFile {
         let mut ports: BTreeMap<PortId, SavedPort> = BTreeMap::new();
         for netns in self.kernel.namespaces(dirs) {
             let links = match self.kernel.pod_links(&netns) {

@@ -18,7 +18,7 @@ pub(super) struct Underlay {
 impl PortManager {
     /// Opens the underlay port: VXLAN is received on the overlay port of every address
     /// of the node and sent through the kernel's routing.
-    pub fn start_underlay(&mut self, plane: &mut Plane) -> Result<(), AttachError> {
+    pub(crate) fn start_underlay(&mut self, plane: &mut Plane) -> Result<(), AttachError> {
         let workers: Vec<WorkerId> = (0..plane.datapath.workers()).collect();
         let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, self.config.overlay.port);
         let mtu = self.config.overlay.underlay_mtu;
@@ -51,12 +51,12 @@ impl PortManager {
     }
 
     /// The underlay port, once up: where encapsulated frames leave.
-    pub fn underlay_port(&self) -> Option<PortId> {
+    pub(crate) fn underlay_port(&self) -> Option<PortId> {
         self.underlay.as_ref().map(|u| u.id)
     }
 
     /// The underlay port's name, for the node listing.
-    pub fn underlay_name(&self) -> Option<&str> {
+    pub(crate) fn underlay_name(&self) -> Option<&str> {
         self.underlay.as_ref().map(|u| u.name.as_str())
     }
 }

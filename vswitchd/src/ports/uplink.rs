@@ -14,7 +14,7 @@ use super::{AttachError, PortManager, UplinkError};
 use crate::plane::Plane;
 
 /// The uplink's segment (pods are in segment 0).
-pub const UPLINK_SEGMENT: SegmentId = SegmentId(1);
+pub(crate) const UPLINK_SEGMENT: SegmentId = SegmentId(1);
 
 pub(super) struct Uplink {
     pub id: PortId,
@@ -29,7 +29,7 @@ pub(super) struct Uplink {
 
 /// The uplink as the overlay's fast path sees it.
 #[derive(Clone, Copy, Debug)]
-pub struct UplinkPort {
+pub(crate) struct UplinkPort {
     pub id: PortId,
     pub mac: MacAddr,
 }
@@ -48,7 +48,7 @@ impl PortManager {
     }
 
     /// Takes NodePort traffic to `node_ip` from the configured uplink interface, if any.
-    pub fn start_uplink(&mut self, plane: &mut Plane, node_ip: Ipv4Addr) -> Result<(), AttachError> {
+    pub(crate) fn start_uplink(&mut self, plane: &mut Plane, node_ip: Ipv4Addr) -> Result<(), AttachError> {
         let Some(name) = self.config.uplink.clone() else { return Ok(()) };
         let link = self.kernel.link(&name)?.ok_or_else(|| UplinkError::Missing(name.clone()))?;
         let mac = MacAddr(link.mac.ok_or_else(|| UplinkError::NoMac(name.clone()))?);
@@ -80,16 +80,16 @@ impl PortManager {
     }
 
     /// The uplink interface, when it is up.
-    pub fn uplink_name(&self) -> Option<&str> {
+    pub(crate) fn uplink_name(&self) -> Option<&str> {
         self.uplink.as_ref().map(|u| u.name.as_str())
     }
 
-    pub fn uplink_port(&self) -> Option<UplinkPort> {
+    pub(crate) fn uplink_port(&self) -> Option<UplinkPort> {
         self.uplink.as_ref().map(|u| UplinkPort { id: u.id, mac: u.mac })
     }
 
     /// Makes the uplink's program steer exactly `ports` ((IP protocol, port) pairs).
-    pub fn steer(&mut self, ports: &BTreeSet<(u8, u16)>) {
+    pub(crate) fn steer(&mut self, ports: &BTreeSet<(u8, u16)>) {
         let Some(uplink) = &mut self.uplink else { return };
         if let Err(e) = uplink.steering.set_ports(ports) {
             tracing::error!(error = %e, "updating the NodePorts the uplink steers");

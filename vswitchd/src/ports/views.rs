@@ -31,7 +31,7 @@ impl PortManager {
     }
 
     /// Every port: the host port first, the uplink, then the pods.
-    pub fn ports(&self) -> Vec<PortInfo> {
+    pub(crate) fn ports(&self) -> Vec<PortInfo> {
         let mut out = Vec::with_capacity(self.pods.len() + 2);
         if let Some(h) = &self.host {
             let prefix = self.config.pod_cidr.prefix_len();
@@ -74,12 +74,12 @@ impl PortManager {
         out
     }
 
-    pub fn port(&self, container_id: &str, ifname: &str) -> Option<PortInfo> {
+    pub(crate) fn port(&self, container_id: &str, ifname: &str) -> Option<PortInfo> {
         self.find(container_id, ifname).map(|p| self.pod_info(p))
     }
 
     /// Port names by id, for stats and FDB dumps.
-    pub fn port_names(&self) -> BTreeMap<PortId, String> {
+    pub(crate) fn port_names(&self) -> BTreeMap<PortId, String> {
         let mut names: BTreeMap<PortId, String> = self
             .pods
             .values()
@@ -97,7 +97,7 @@ impl PortManager {
         names
     }
 
-    pub fn pod_count(&self) -> usize {
+    pub(crate) fn pod_count(&self) -> usize {
         self.pods.len()
     }
 }
