@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use vswitch_dataplane::ids::WorkerId;
 use vswitch_dataplane::port::afxdp::{XdpMode, XskGroup, XskQueue};
 use vswitch_dataplane::port::steer::SteeringProgram;
-use vswitch_dataplane::port::tap::{self, TapOptions};
+use vswitch_dataplane::port::tap::{self, TapOptions, TapQueue};
 use vswitch_dataplane::port::underlay::UnderlayQueue;
 use vswitch_dataplane::queue::{PortError, PortQueue};
 use vswitch_dataplane::wire::MacAddr;
@@ -110,16 +110,20 @@ pub(crate) trait Kernel: Send + Sync {
         name: &str,
         opts: &TapOptions,
         label: &str,
-    ) -> Result<Vec<Box<dyn PortQueue>>, SysError>;
-    /// The queues of an existing TAP (after a restart).
+    ) -> Result<Vec<Box<dyn PortQueue>>, SysError> {
+        tap_queues(netns, label, || tap::create(name, opts))
+    }
+
     fn reopen_tap(
         &self,
         netns: Option<&Path>,
         name: &str,
         opts: &TapOptions,
         label: &str,
-    ) -> Result<Vec<Box<dyn PortQueue>>, SysError>;
-    /// An AF_XDP socket on the daemon's end `ifname` of a veth pair.
+    ) -> Result<Vec<Box<dyn PortQueue>>, SysError> {
+        tap_queues(netns, label, || tap::reopen(name, opts))
+    }
+
     fn open_xsk(&self, ifname: &str, mode: XdpMode, label: &str) -> Result<Box<dyn PortQueue>, SysError>;
     /// The uplink's XDP program and a socket on each receive queue, grouped by worker
     /// (queue q to worker q mod `workers`).
@@ -179,6 +183,24 @@ impl LinuxKernel {
 
 fn open(path: &Path) -> Result<Netns, SysError> {
     Netns::open(path).map_err(|e| SysError::new(e.to_string(), std::io::Error::other(e.to_string())))
+}
+
+/// Opens a TAP's queues with `open` in the namespace at `netns` (else here), labelled.
+/// Made right inside the pod (the queues opened from a thread in its namespace belong
+/// to it): no move across namespaces, which costs the kernel an RCU grace period or two.
+fn tap_queues(
+    netns: Option<&Path>,
+    label: &str,
+    open_queues: impl FnOnce() -> Result<Vec<TapQueue>, SysError> + Send,
+) -> Result<Vec<Box<dyn PortQueue>>, SysError> {
+    let queues = match netns {
+        Some(path) => {
+            let ns = open(path)?;
+            blocking(|| ns.run(open_queues))??
+        }
+        None => blocking(open_queues)?,
+    };
+    Ok(labelled(queues, label, |q, l| q.set_label(l)))
 }
 
 fn labelled<Q: PortQueue + 'static>(
