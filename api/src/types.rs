@@ -207,6 +207,9 @@ pub struct WorkerStats {
     pub id: usize,
     pub polls: u64,
     pub busy_polls: u64,
+    /// Times the worker slept in epoll once its idle polling ran out.
+    #[serde(default)]
+    pub sleeps: u64,
     /// Share of time spent in poll rounds that found work, 0.0–1.0.
     pub busy_ratio: f64,
 }

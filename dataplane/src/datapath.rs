@@ -59,7 +59,10 @@ impl Default for DatapathConfig {
             fdb: FdbConfig::default(),
             conntrack: ConntrackConfig::default(),
             buf_size: DEFAULT_BUF_SIZE,
-            idle: IdlePolicy::Backoff { sleep: Duration::from_micros(100) },
+            idle: IdlePolicy::Adaptive {
+                poll: Duration::from_micros(100),
+                sleep: Duration::from_micros(100),
+            },
             pin_cpus: None,
         }
     }

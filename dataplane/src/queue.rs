@@ -29,7 +29,9 @@ pub struct PortError {
 /// One queue of a port.
 pub trait PortQueue: Send {
     /// Appends up to `max` received frames to `batch`, with buffers from `pool`.
-    /// Returns how many were appended; zero when nothing is waiting.
+    /// Returns how many were appended; zero when nothing is waiting. Fewer than `max`
+    /// means the queue is empty now: a worker then waits for the readiness fd's next
+    /// edge before reading it again.
     fn rx_batch(
         &mut self,
         pool: &mut FramePool,
@@ -54,6 +56,12 @@ pub trait PortQueue: Send {
     /// undoes whatever keeps the device alive across restarts.
     fn release(&mut self) -> Result<(), PortError> {
         Ok(())
+    }
+
+    /// Looking at an empty queue costs no system call (a ring in shared memory), so
+    /// the worker looks every round instead of waiting for its readiness fd.
+    fn polls_cheaply(&self) -> bool {
+        false
     }
 
     /// True while the queue has work in flight that only more polling completes

@@ -88,6 +88,8 @@ pub struct EventCounters {
     /// Poll rounds, and those that found work: their ratio is the worker's busy ratio.
     pub polls: Counter,
     pub busy_polls: Counter,
+    /// Times the worker went to sleep in epoll (after its idle polling ran out).
+    pub sleeps: Counter,
     /// Nanoseconds spent in rounds that found work, and since the worker started.
     pub busy_ns: Counter,
     pub total_ns: Counter,
@@ -183,6 +185,7 @@ pub struct EventTotals {
 pub struct WorkerTotals {
     pub polls: u64,
     pub busy_polls: u64,
+    pub sleeps: u64,
     /// Share of time spent in rounds that found work, 0.0–1.0.
     pub busy_ratio: f64,
 }
@@ -249,6 +252,7 @@ impl StatsSnapshot {
             snap.workers.push(WorkerTotals {
                 polls: e.polls.get(),
                 busy_polls: e.busy_polls.get(),
+                sleeps: e.sleeps.get(),
                 busy_ratio: if total_ns == 0 { 0.0 } else { e.busy_ns.get() as f64 / total_ns as f64 },
             });
         }

@@ -6,10 +6,17 @@
 //! else through the bounded ring to a worker that does (full ring: drop and count).
 //! The tables snapshot is loaded once per round and used for all of its batches.
 //!
-//! An idle worker sleeps in epoll (through `mio`) on its queues' readiness fds and an
-//! eventfd [`Waker`]; another worker handing it frames, or the control plane sending a
-//! command, wakes it. Readiness is edge-triggered: the worker sleeps only after a round
-//! in which every queue came back empty, so no edge can be missed.
+//! Queues whose receive costs a system call (a TAP, a UDP socket) are read only when
+//! epoll (through `mio`, edge-triggered) has said they became readable, and until a read
+//! drains them; queues that are cheap to look at (AF_XDP rings, memory) are looked at
+//! every round. One `epoll_wait` without timeout per round replaces a read of every
+//! idle queue.
+//!
+//! After its last frame a worker keeps polling for a bounded time ([`IdlePolicy`]), so
+//! the answer to what it just forwarded usually finds it awake; then it sleeps in epoll
+//! on its queues' readiness fds and an eventfd [`Waker`], which another worker handing
+//! it frames, or the control plane sending a command, rings. It sleeps only after a
+//! round in which every queue came back empty, so no edge can be missed.
 
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{Arc, OnceLock};
@@ -76,18 +83,31 @@ pub(crate) enum Command {
 /// What a worker does when a round finds no work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdlePolicy {
-    /// Spin: lowest latency, one core at 100%.
+    /// Spin, reading every queue every round: lowest latency, one core at 100%.
     BusyPoll,
-    /// Spin briefly, then yield, then sleep in epoll for up to this long between rounds
-    /// until work returns. Frames arriving on a queue with a readiness fd, hand-offs and
-    /// commands wake the worker at once; queues without an fd are polled after each
-    /// sleep.
-    Backoff { sleep: Duration },
+    /// Keep polling for `poll` after the last frame (VPP's adaptive mode, OVS's
+    /// `pmd-sleep-max` the other way round), then sleep in epoll for up to `sleep`
+    /// between rounds until work returns. Frames arriving on a queue with a readiness
+    /// fd, hand-offs and commands wake the worker at once; queues without an fd are
+    /// polled after each sleep. `poll` zero: sleep as soon as a round finds nothing.
+    Adaptive { poll: Duration, sleep: Duration },
 }
 
 struct OwnedQueue {
     port: PortId,
     queue: Box<dyn PortQueue>,
+    /// Read only when epoll said it became readable (a read costs a system call).
+    on_readiness: bool,
+    /// Readable since epoll said so, and not yet drained.
+    ready: bool,
+}
+
+impl OwnedQueue {
+    fn new(port: PortId, queue: Box<dyn PortQueue>) -> OwnedQueue {
+        let on_readiness = queue.readiness_fd().is_some() && !queue.polls_cheaply();
+        // It may have frames already: read it once, then wait for its edges.
+        OwnedQueue { port, queue, on_readiness, ready: true }
+    }
 }
 
 pub(crate) struct Worker {
@@ -194,14 +214,14 @@ impl Worker {
         }
         match *slot {
             Some(old) => {
-                let replaced = std::mem::replace(&mut self.queues[old].queue, queue);
+                let replaced = std::mem::replace(&mut self.queues[old], OwnedQueue::new(port, queue)).queue;
                 if let Some(fd) = replaced.readiness_fd() {
                     let _ = self.epoll.registry().deregister(&mut mio::unix::SourceFd(&fd));
                 }
             }
             None => {
                 *slot = Some(self.queues.len());
-                self.queues.push(OwnedQueue { port, queue });
+                self.queues.push(OwnedQueue::new(port, queue));
             }
         }
         Ok(())
@@ -211,6 +231,11 @@ impl Worker {
     pub(crate) fn poll(&mut self) -> usize {
         let started = Instant::now();
         self.apply_commands();
+        let read_all = self.idle == IdlePolicy::BusyPoll;
+        if !read_all && self.queues.iter().any(|q| q.on_readiness && !q.ready) {
+            // The queues that became readable since the last look, in one system call.
+            self.collect_readiness(Some(Duration::ZERO));
+        }
         let tables = self.tables.load();
         let now = self.clock.secs_at(started);
         let mut work = 0;
@@ -230,10 +255,18 @@ impl Worker {
         self.pipeline.stats().events.handoff_received.add(work as u64);
 
         for q in &mut self.queues {
+            if q.on_readiness && !q.ready && !read_all {
+                continue;
+            }
             // A failing queue may still have handed over frames before the error: they
             // are this port's and go through the pipeline like any others.
-            if q.queue.rx_batch(&mut self.pool, &mut self.rx, self.batch_size).is_err() {
+            let read = q.queue.rx_batch(&mut self.pool, &mut self.rx, self.batch_size);
+            if read.is_err() {
                 self.pipeline.stats().events.rx_errors.inc();
+            }
+            // Drained (a short batch) or failing: the next edge says when to read again.
+            if read.is_err() || self.rx.len() < self.batch_size {
+                q.ready = false;
             }
             if self.rx.is_empty() {
                 continue;
@@ -293,6 +326,21 @@ impl Worker {
         });
     }
 
+    /// Waits up to `timeout` for epoll and marks the queues it reports readable. A
+    /// failed wait (interrupted) marks every queue: reading them costs a round, missing
+    /// an edge would cost a queue.
+    fn collect_readiness(&mut self, timeout: Option<Duration>) {
+        if self.epoll.poll(&mut self.events, timeout).is_err() {
+            self.queues.iter_mut().for_each(|q| q.ready = true);
+            return;
+        }
+        for event in &self.events {
+            if let Some(i) = self.local_queue.get(event.token().0).copied().flatten() {
+                self.queues[i].ready = true;
+            }
+        }
+    }
+
     /// Sleeps in epoll for up to `timeout` unless hand-off frames or commands are
     /// already waiting. A queue becoming readable, another worker handing frames over,
     /// or the control plane sending a command wakes it.
@@ -302,29 +350,26 @@ impl Worker {
         fence(Ordering::SeqCst);
         let pending = self.handoff_from.iter().any(|h| !h.ring.is_empty()) || !self.commands.is_empty();
         if !pending {
-            // Interrupted or failed: the next round polls every queue anyway.
-            let _ = self.epoll.poll(&mut self.events, Some(timeout));
+            self.collect_readiness(Some(timeout));
         }
         self.waker.parked.store(false, Ordering::Relaxed);
     }
 
     /// Polls until `stop` is set, idling per the policy between empty rounds.
     pub(crate) fn run(mut self, stop: &AtomicBool) {
-        let mut idle_rounds = 0u32;
+        let mut last_work = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             if self.poll() > 0 || self.queues.iter().any(|q| q.queue.busy()) {
-                idle_rounds = 0;
+                last_work = Instant::now();
                 continue;
             }
-            idle_rounds = idle_rounds.saturating_add(1);
             match self.idle {
                 IdlePolicy::BusyPoll => std::hint::spin_loop(),
-                IdlePolicy::Backoff { sleep } => {
-                    if idle_rounds < 64 {
+                IdlePolicy::Adaptive { poll, sleep } => {
+                    if last_work.elapsed() < poll {
                         std::hint::spin_loop();
-                    } else if idle_rounds < 256 {
-                        std::thread::yield_now();
                     } else {
+                        self.pipeline.stats().events.sleeps.inc();
                         self.sleep(sleep);
                     }
                 }
@@ -532,5 +577,156 @@ mod tests {
         tx.send(Command::RemoveQueue { port: PortId(2), done }).unwrap();
         w0.poll();
         assert!(ack.try_recv().unwrap().is_none());
+    }
+
+    /// A queue on one end of a datagram socket pair: a readiness fd, and a read that
+    /// costs a system call, as a TAP's does. Counts its reads.
+    struct SocketQueue {
+        sock: std::os::unix::net::UnixDatagram,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl PortQueue for SocketQueue {
+        fn rx_batch(
+            &mut self,
+            pool: &mut FramePool,
+            batch: &mut Vec<Frame>,
+            max: usize,
+        ) -> Result<usize, crate::queue::PortError> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            let mut n = 0;
+            let mut buf = [0u8; 2048];
+            while n < max {
+                let Ok(len) = self.sock.recv(&mut buf) else { break };
+                batch.push(pool.copy_of(&buf[..len]).unwrap());
+                n += 1;
+            }
+            Ok(n)
+        }
+
+        fn tx_batch(&mut self, frames: &mut Vec<Frame>, pool: &mut FramePool) -> crate::queue::TxOutcome {
+            let n = frames.len();
+            frames.drain(..).for_each(|f| pool.put(f));
+            crate::queue::TxOutcome { sent: n, sent_bytes: 0, dropped: 0 }
+        }
+
+        fn name(&self) -> &str {
+            "socket"
+        }
+
+        fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+            use std::os::fd::AsRawFd;
+            Some(self.sock.as_raw_fd())
+        }
+    }
+
+    /// A worker with pod 1 on a socket queue (the returned peer writes into it, the
+    /// counter counts its reads) and pod 2 on a memory queue.
+    fn socket_worker(
+        idle: IdlePolicy,
+    ) -> (Worker, std::os::unix::net::UnixDatagram, Arc<std::sync::atomic::AtomicUsize>, MemoryPortHandle)
+    {
+        let mut b = TablesBuilder::default();
+        b.add_segment(segment0()).unwrap();
+        for id in [1u16, 2] {
+            b.add_port(pod(id, [10, 244, 1, id as u8 + 1])).unwrap();
+        }
+        let state = crate::pipeline::SharedState::new(FdbConfig::default(), Default::default());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut w = Worker::new(WorkerParts {
+            id: 0,
+            pipeline: Pipeline::new(&state, Arc::new(WorkerStats::new(8))),
+            pool: FramePool::new(SharedPool::new(2048, 1024), 64),
+            max_ports: 8,
+            handoff_to: vec![None],
+            handoff_from: vec![],
+            tables: Arc::new(ArcSwap::from_pointee(b.build().unwrap())),
+            commands: rx,
+            clock: Clock::new(),
+            batch_size: 32,
+            idle,
+            waker: Arc::new(Waker::default()),
+        })
+        .unwrap();
+        let (ours, peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (mem, handle) = MemoryPort::pair("p2", 4096);
+        for (port, queue) in [
+            (1u16, Box::new(SocketQueue { sock: ours, reads: reads.clone() }) as Box<dyn PortQueue>),
+            (2, Box::new(mem)),
+        ] {
+            let (done, ack) = crossbeam_channel::bounded(1);
+            tx.send(Command::AddQueue { port: PortId(port), queue, done }).unwrap();
+            w.poll();
+            ack.try_recv().unwrap().unwrap();
+        }
+        (w, peer, reads, handle)
+    }
+
+    /// An idle queue that costs a system call to read is not read round after round:
+    /// once drained, it waits for epoll to say it has frames again.
+    #[test]
+    fn idle_queues_are_read_only_when_they_become_readable() {
+        let idle = IdlePolicy::Adaptive { poll: Duration::from_millis(1), sleep: Duration::from_millis(1) };
+        let (mut w, peer, reads, h) = socket_worker(idle);
+        let before = reads.load(Ordering::Relaxed);
+        for _ in 0..50 {
+            w.poll();
+        }
+        assert_eq!(reads.load(Ordering::Relaxed), before, "no read while nothing arrived");
+        peer.send(&frame(1, 2, 7)).unwrap();
+        w.poll();
+        assert_eq!(h.take_sent(), vec![frame(1, 2, 7)]);
+        assert_eq!(reads.load(Ordering::Relaxed), before + 1, "one read drained it");
+        // Busy polling reads every queue every round.
+        let (mut busy, _peer, reads, _h) = socket_worker(IdlePolicy::BusyPoll);
+        let before = reads.load(Ordering::Relaxed);
+        for _ in 0..10 {
+            busy.poll();
+        }
+        assert_eq!(reads.load(Ordering::Relaxed), before + 10);
+    }
+
+    /// A worker that polled for its idle time and went to sleep wakes on the first frame
+    /// (long before its sleep would end) and forwards everything that follows.
+    #[test]
+    fn an_adaptive_worker_sleeps_when_idle_and_wakes_on_the_first_frame() {
+        let idle = IdlePolicy::Adaptive { poll: Duration::from_micros(200), sleep: Duration::from_secs(30) };
+        let (w, peer, _reads, h) = socket_worker(idle);
+        let stats = w.pipeline.stats().clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || w.run(&stop))
+        };
+        let asleep = || stats.events.sleeps.get() > 0;
+        assert!(wait(Duration::from_secs(5), asleep), "the worker went to sleep");
+        let started = Instant::now();
+        for seq in 0..100 {
+            peer.send(&frame(1, 2, seq)).unwrap();
+        }
+        let mut got = Vec::new();
+        assert!(wait(Duration::from_secs(5), || {
+            got.extend(h.take_sent());
+            got.len() == 100
+        }));
+        assert!(started.elapsed() < Duration::from_secs(5), "woken by the frame, not by its timeout");
+        assert_eq!(got, (0..100).map(|seq| frame(1, 2, seq)).collect::<Vec<_>>(), "all, in order");
+        stop.store(true, Ordering::Relaxed);
+        // A last frame ends its last sleep.
+        peer.send(&frame(1, 2, 999)).unwrap();
+        thread.join().unwrap();
+    }
+
+    fn wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        cond()
     }
 }

@@ -319,6 +319,7 @@ fn stats_of(snap: &StatsSnapshot, names: &BTreeMap<PortId, String>, dp: &Datapat
                 id,
                 polls: w.polls,
                 busy_polls: w.busy_polls,
+                sleeps: w.sleeps,
                 busy_ratio: w.busy_ratio,
             })
             .collect(),

@@ -21,7 +21,9 @@ pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum IdleMode {
-    /// Sleep in epoll until a queue has frames: no CPU when idle.
+    /// Keep polling for `idle_poll_us` after the last frame, then sleep in epoll.
+    Adaptive,
+    /// Sleep in epoll as soon as a round finds nothing: the least CPU, the most wake-ups.
     Epoll,
     /// Spin: lowest latency, each worker's core at 100%.
     BusyPoll,
@@ -58,6 +60,8 @@ pub struct Config {
     pub pin_cpus: Vec<usize>,
     pub batch_size: usize,
     pub idle: IdleMode,
+    /// How long an adaptive worker keeps polling after its last frame.
+    pub idle_poll_us: u32,
     pub port_backend: Backend,
     /// TAP ports carry TSO/GSO super-frames and partial checksums.
     pub offloads: bool,
@@ -178,6 +182,7 @@ section!(RawConfig, CompleteRawConfig, {
     pin_cpus: Spanned<Vec<usize>> => Spanned<Vec<usize>>,
     batch_size: Spanned<usize> => Spanned<usize>,
     idle: IdleMode => IdleMode,
+    idle_poll_us: Spanned<u32> => Spanned<u32>,
     port_backend: Backend => Backend,
     offloads: bool => bool,
     afxdp_mode: AfxdpMode => AfxdpMode,
@@ -357,6 +362,14 @@ pub fn parse_with_pod_cidr(
             format!("{} CPUs listed for {workers} workers: list one per worker, or none", pin_cpus.len()),
         ));
     }
+    let idle_poll_us = *raw.idle_poll_us.get_ref();
+    if idle_poll_us > 100_000 {
+        return Err(at(
+            raw.idle_poll_us.span(),
+            "idle_poll_us",
+            format!("{idle_poll_us} is outside 0..=100000"),
+        ));
+    }
     let batch_size = *raw.batch_size.get_ref();
     if !(1..=1024).contains(&batch_size) {
         return Err(at(raw.batch_size.span(), "batch_size", format!("{batch_size} is outside 1..=1024")));
@@ -513,6 +526,7 @@ pub fn parse_with_pod_cidr(
         pin_cpus,
         batch_size,
         idle: raw.idle,
+        idle_poll_us,
         port_backend: raw.port_backend,
         offloads: raw.offloads,
         afxdp_mode: raw.afxdp_mode,
@@ -622,7 +636,7 @@ mod tests {
         let c = default_config();
         assert_eq!(c.pod_cidr, "10.244.1.0/24".parse().unwrap());
         assert_eq!(c.gateway_ip, Ipv4Addr::new(10, 244, 1, 1));
-        assert_eq!(c.idle, IdleMode::Epoll);
+        assert_eq!((c.idle, c.idle_poll_us), (IdleMode::Adaptive, 100));
         assert_eq!(c.port_backend, Backend::Tap);
         assert!(c.workers >= 1);
         assert_eq!(c.mtu, 1450, "room for VXLAN on a 1500-byte underlay");
@@ -714,6 +728,7 @@ mod tests {
             ("workers = 1000", "workers"),
             ("pin_cpus = [9999]", "pin_cpus"),
             ("batch_size = 0", "batch_size"),
+            ("idle_poll_us = 100001", "idle_poll_us"),
             ("metrics_address = \"localhost\"", "metrics_address"),
             ("host_port = \"a very long interface name\"", "host_port"),
             ("max_ports = 1", "max_ports"),

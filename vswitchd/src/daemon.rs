@@ -57,7 +57,13 @@ pub fn datapath_config(config: &Config) -> DatapathConfig {
         buf_size: DEFAULT_BUF_SIZE,
         idle: match config.idle {
             // Every queue of the daemon has a readiness fd; the timeout is a safety net.
-            IdleMode::Epoll => IdlePolicy::Backoff { sleep: Duration::from_millis(100) },
+            IdleMode::Adaptive => IdlePolicy::Adaptive {
+                poll: Duration::from_micros(u64::from(config.idle_poll_us)),
+                sleep: Duration::from_millis(100),
+            },
+            IdleMode::Epoll => {
+                IdlePolicy::Adaptive { poll: Duration::ZERO, sleep: Duration::from_millis(100) }
+            }
             IdleMode::BusyPoll => IdlePolicy::BusyPoll,
         },
         pin_cpus: (!config.pin_cpus.is_empty()).then(|| config.pin_cpus.clone()),

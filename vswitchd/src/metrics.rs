@@ -98,6 +98,15 @@ pub(crate) fn render_with(
     for w in &stats.workers {
         let _ = writeln!(out, "vswitch_worker_polls_total{{worker=\"{}\"}} {}", w.id, w.polls);
     }
+    header(
+        &mut out,
+        "vswitch_worker_sleeps_total",
+        "counter",
+        "Times a worker slept in epoll, its idle polling over.",
+    );
+    for w in &stats.workers {
+        let _ = writeln!(out, "vswitch_worker_sleeps_total{{worker=\"{}\"}} {}", w.id, w.sleeps);
+    }
     if let Some(c) = cluster {
         type W = fn(&vswitch_api::WatcherStatus) -> u64;
         let per_watcher: [(&str, &str, &str, W); 4] = [

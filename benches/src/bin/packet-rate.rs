@@ -4,8 +4,8 @@
 //! Contenders on one node: the kernel bridge (the `cbr0` set-up: veth pods on a Linux
 //! bridge), Open vSwitch 3.1's userspace datapath (`datapath_type=netdev`) with tap
 //! ports and with afxdp ports, vswitchd with TAP ports and with AF_XDP ports (each with its
-//! default idle mode, sleeping in epoll when there is nothing to do, and busy-polling as
-//! OVS's PMD threads always do). Across two
+//! default idle mode, adaptive: polling for a while after the last frame, then sleeping in
+//! epoll; and busy-polling as OVS's PMD threads always do). Across two
 //! nodes (two node namespaces joined by a veth pair as the underlay): the kernel's `vxlan`
 //! device and a bridge on each node, as flannel's vxlan backend sets them up, against
 //! vswitchd on each node with TAP pods over the kernel-socket underlay or AF_XDP on the
@@ -239,12 +239,9 @@ impl Topology {
             | Contender::VswitchAfxdpBusy => {
                 let node = Netns::new(&format!("{prefix}n"));
                 let busy = matches!(c, Contender::VswitchTapBusy | Contender::VswitchAfxdpBusy);
-                let idle = if busy { "busy-poll" } else { "epoll" };
-                let d = Vswitchd::start(
-                    &node,
-                    &dir.0,
-                    &format!("workers = 1\npin_cpus = [1]\nidle = \"{idle}\""),
-                );
+                // Not busy: the default (adaptive) idle mode.
+                let idle = if busy { "idle = \"busy-poll\"" } else { "" };
+                let d = Vswitchd::start(&node, &dir.0, &format!("workers = 1\npin_cpus = [1]\n{idle}"));
                 let backend = if matches!(c, Contender::VswitchTap | Contender::VswitchTapBusy) {
                     "tap"
                 } else {
@@ -495,8 +492,37 @@ fn spread(v: &[f64]) -> (f64, f64, f64) {
     )
 }
 
-fn measure(c: Contender, runs: usize, seconds: u64, rows: &mut Vec<Row>, latencies: &mut Vec<LatencyRow>) {
+/// The switch process's share of a core with its pods attached and no traffic: what an
+/// idle node pays for it. `None` for the kernel contenders (no process of their own).
+fn idle_cpu(t: &Topology, seconds: u64) -> Option<f64> {
+    // The pods' own start-up chatter (IPv6 DAD, router solicitations) over first.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = t.switch_cpu()?;
+    std::thread::sleep(Duration::from_secs(seconds));
+    Some((t.switch_cpu()? - before) / seconds as f64)
+}
+
+/// One contender's idle cost.
+#[derive(Debug)]
+struct IdleRow {
+    contender: Contender,
+    share: f64,
+}
+
+fn measure(
+    c: Contender,
+    runs: usize,
+    seconds: u64,
+    rows: &mut Vec<Row>,
+    latencies: &mut Vec<LatencyRow>,
+    idle: &mut Vec<IdleRow>,
+) {
     let topo = Topology::build(c);
+    if let Some(share) = idle_cpu(&topo, seconds) {
+        let row = IdleRow { contender: c, share };
+        eprintln!("{row:?}");
+        idle.push(row);
+    }
     for workload in [Workload::Udp, Workload::Tcp] {
         let f = if workload == Workload::Udp { udp64 } else { tcp };
         let samples: Vec<Sample> = (0..runs).map(|_| f(&topo, seconds)).collect();
@@ -541,7 +567,14 @@ fn find(rows: &[Row], w: Workload, c: Contender) -> Option<&Row> {
     rows.iter().find(|r| r.workload == w && r.contender == c)
 }
 
-fn report(rows: &[Row], latencies: &[LatencyRow], runs: usize, seconds: u64, command: &str) -> String {
+fn report(
+    rows: &[Row],
+    latencies: &[LatencyRow],
+    idle: &[IdleRow],
+    runs: usize,
+    seconds: u64,
+    command: &str,
+) -> String {
     let mut md = String::new();
     let mut line = |s: String| {
         md.push_str(&s);
@@ -603,6 +636,19 @@ fn report(rows: &[Row], latencies: &[LatencyRow], runs: usize, seconds: u64, com
             l.answered * 100.0
         ));
     }
+    if !idle.is_empty() {
+        line(String::new());
+        line(format!(
+            "Idle: the switch process's CPU with its two pods attached and no traffic, over {seconds} s \
+             (the kernel contenders have no process; a busy-polling switch takes its core):"
+        ));
+        line(String::new());
+        line("| contender | idle CPU (share of a core) |".into());
+        line("|---|---:|".into());
+        for r in idle {
+            line(format!("| {} | {:.2}% |", r.contender.name(), r.share * 100.0));
+        }
+    }
     let goal = |what: &str, ours: Contender, theirs: Contender, w: Workload, target: f64| -> Option<String> {
         let (o, t) = (find(rows, w, ours)?, find(rows, w, theirs)?);
         let ratio = o.median / t.median;
@@ -645,6 +691,23 @@ fn report(rows: &[Row], latencies: &[LatencyRow], runs: usize, seconds: u64, com
     ]
     .into_iter()
     .flatten()
+    .chain(
+        [Contender::VswitchTap, Contender::VswitchAfxdp]
+            .into_iter()
+            .filter_map(|c| idle.iter().find(|r| r.contender == c))
+            .map(|r| {
+                let verdict = if r.share <= 0.02 {
+                    "met".to_string()
+                } else {
+                    format!("missed by {:.1} points", (r.share - 0.02) * 100.0)
+                };
+                format!(
+                    "| idle CPU, {} (default idle mode) | ≤ 2% | {:.2}% | {verdict} |",
+                    r.contender.name(),
+                    r.share * 100.0
+                )
+            }),
+    )
     .collect();
     if !goals.is_empty() {
         line(String::new());
@@ -720,12 +783,12 @@ fn main() {
     .into_iter()
     .filter(|c| only.as_deref().is_none_or(|o| o.split(',').any(|w| w == c.flag())))
     .collect();
-    let (mut rows, mut latencies) = (Vec::new(), Vec::new());
+    let (mut rows, mut latencies, mut idle) = (Vec::new(), Vec::new(), Vec::new());
     for c in &contenders {
-        measure(*c, runs, seconds, &mut rows, &mut latencies);
+        measure(*c, runs, seconds, &mut rows, &mut latencies, &mut idle);
     }
     let command = arg("--command").unwrap_or_else(|| "benches/packet-rate.sh".into());
-    let mut md = report(&rows, &latencies, runs, seconds, &command);
+    let mut md = report(&rows, &latencies, &idle, runs, seconds, &command);
     if let Some(png) = arg("--plot") {
         plot::draw(std::path::Path::new(&png), &plot_panels(&rows, &latencies)).expect("drawing the plot");
         let name =

@@ -12,7 +12,8 @@
 //! - `nftables`: kube-proxy's nftables mode — one verdict map from `VIP . port` to a
 //!   per-Service chain doing the DNAT.
 //! - `vswitchd`: the same Services in its services file, with its default idle mode
-//!   (workers sleep in epoll) and with `idle = "busy-poll"`.
+//!   (adaptive: workers poll for a while after the last frame, then sleep in epoll) and
+//!   with `idle = "busy-poll"`.
 //!
 //! The kernel contenders route pods on veths with proxy ARP (the set-up of routed CNIs
 //! such as Calico's), so both directions of a flow pass netfilter without br_netfilter
@@ -58,7 +59,7 @@ impl Contender {
         match self {
             Contender::Iptables => "kube-proxy iptables (nft backend)",
             Contender::Nftables => "kube-proxy nftables (verdict map)",
-            Contender::Vswitchd => "vswitchd (default: epoll)",
+            Contender::Vswitchd => "vswitchd (default: adaptive)",
             Contender::VswitchdBusyPoll => "vswitchd (idle = \"busy-poll\")",
         }
     }
@@ -179,7 +180,7 @@ impl Topology {
             Contender::Vswitchd | Contender::VswitchdBusyPoll => {
                 let file = dir.0.join("services.toml");
                 std::fs::write(&file, services_file(services)).expect("services file");
-                let idle = if c == Contender::VswitchdBusyPoll { "busy-poll" } else { "epoll" };
+                let idle = if c == Contender::VswitchdBusyPoll { "busy-poll" } else { "adaptive" };
                 let d = Vswitchd::start(
                     &node,
                     &dir.0,

@@ -299,6 +299,11 @@ impl PortQueue for XskQueue {
         Some(self.rx.fd().as_raw_fd())
     }
 
+    /// The receive ring is shared memory: looking at it costs no system call.
+    fn polls_cheaply(&self) -> bool {
+        true
+    }
+
     fn busy(&self) -> bool {
         self.in_flight > 0 && self.last_completion.elapsed() < STALL
     }

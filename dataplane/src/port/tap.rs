@@ -184,10 +184,12 @@ impl PortQueue for TapQueue {
                 }
                 Err(e) => {
                     pool.put(frame);
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::Interrupted
-                    {
-                        break;
+                    // Only an empty queue may end a batch short: the worker reads this
+                    // queue again only after its next readiness edge.
+                    match e.kind() {
+                        std::io::ErrorKind::WouldBlock => break,
+                        std::io::ErrorKind::Interrupted => continue,
+                        _ => {}
                     }
                     return Err(self.error("read", e));
                 }

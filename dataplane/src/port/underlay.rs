@@ -241,8 +241,11 @@ impl PortQueue for UnderlayQueue {
                     for f in batch.drain(start..) {
                         pool.put(f);
                     }
-                    if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted {
-                        break;
+                    // Only an empty socket may end a batch short (see the TAP queue).
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => break,
+                        io::ErrorKind::Interrupted => continue,
+                        _ => {}
                     }
                     return Err(self.error("recvmmsg", e));
                 }

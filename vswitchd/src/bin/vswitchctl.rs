@@ -341,9 +341,16 @@ async fn run(args: Args) -> Result<(), ClientError> {
             let workers = s
                 .workers
                 .iter()
-                .map(|w| vec![w.id.to_string(), w.polls.to_string(), format!("{:.1}%", w.busy_ratio * 100.0)])
+                .map(|w| {
+                    vec![
+                        w.id.to_string(),
+                        w.polls.to_string(),
+                        w.sleeps.to_string(),
+                        format!("{:.1}%", w.busy_ratio * 100.0),
+                    ]
+                })
                 .collect();
-            table(&["WORKER", "POLLS", "BUSY"], workers);
+            table(&["WORKER", "POLLS", "SLEEPS", "BUSY"], workers);
         }
         Cmd::Attach { container_id, netns, ifname, ips, mac, mtu, backend } => {
             let backend = match backend.as_deref() {
