@@ -112,6 +112,25 @@ pub fn softirq_seconds() -> f64 {
     cpu.split_whitespace().nth(7).and_then(|v| v.parse::<f64>().ok()).expect("softirq field") / USER_HZ
 }
 
+/// Seconds all CPUs have been busy so far (/proc/stat: user, nice, system, irq and
+/// softirq; not idle, iowait or time stolen by the hypervisor).
+pub fn busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let cpu = stat.lines().find(|l| l.starts_with("cpu ")).expect("the cpu line");
+    let field =
+        |i: usize| cpu.split_whitespace().nth(i).and_then(|v| v.parse::<f64>().ok()).expect("cpu field");
+    [1, 2, 3, 6, 7].into_iter().map(field).sum::<f64>() / USER_HZ
+}
+
+/// CPU seconds (user + system) of every child process this one has waited for, with
+/// their own waited-for descendants: a finished generator's whole cost.
+pub fn reaped_children_cpu_seconds() -> f64 {
+    let usage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
+    secs(usage.user_time()) + secs(usage.system_time())
+}
+
 /// Open vSwitch (Debian's 3.1) run by the harness in a node namespace: its own database,
 /// sockets, pid-less foreground processes and logs in `dir`, so it touches no system
 /// instance; `ovs-vswitchd` and its PMD threads pinned to `cpu`. Killed on drop.

@@ -60,7 +60,7 @@ impl Default for DatapathConfig {
             conntrack: ConntrackConfig::default(),
             buf_size: DEFAULT_BUF_SIZE,
             idle: IdlePolicy::Adaptive {
-                poll: Duration::from_micros(100),
+                poll: Duration::from_micros(200),
                 sleep: Duration::from_micros(100),
             },
             pin_cpus: None,

@@ -93,6 +93,38 @@ pub enum IdlePolicy {
     Adaptive { poll: Duration, sleep: Duration },
 }
 
+/// How long an adaptive worker keeps polling after its last frame, tuned the way the
+/// kernel's haltpoll governor tunes a guest's halt polling: a sleep that a frame ended
+/// within the longest window would have been cheaper polled through (waking a sleeping
+/// core costs tens of microseconds in a VM), so the window doubles, up to that longest
+/// window; a sleep longer than it means the traffic paused, and the window starts over.
+#[derive(Clone, Copy, Debug)]
+struct PollWindow {
+    current: Duration,
+    max: Duration,
+}
+
+impl PollWindow {
+    /// Where a window starts: about one answer's round trip through a pod's stack.
+    const START: Duration = Duration::from_micros(50);
+
+    fn new(max: Duration) -> PollWindow {
+        PollWindow { current: Self::START.min(max), max }
+    }
+
+    fn current(&self) -> Duration {
+        self.current
+    }
+
+    fn after_sleep(&mut self, slept: Duration) {
+        if self.current + slept <= self.max {
+            self.current = (self.current * 2).clamp(Self::START, self.max);
+        } else if slept > self.max {
+            self.current = Self::START.min(self.max);
+        }
+    }
+}
+
 struct OwnedQueue {
     port: PortId,
     queue: Box<dyn PortQueue>,
@@ -358,6 +390,10 @@ impl Worker {
     /// Polls until `stop` is set, idling per the policy between empty rounds.
     pub(crate) fn run(mut self, stop: &AtomicBool) {
         let mut last_work = Instant::now();
+        let mut window = match self.idle {
+            IdlePolicy::Adaptive { poll, .. } => PollWindow::new(poll),
+            IdlePolicy::BusyPoll => PollWindow::new(Duration::ZERO),
+        };
         while !stop.load(Ordering::Relaxed) {
             if self.poll() > 0 || self.queues.iter().any(|q| q.queue.busy()) {
                 last_work = Instant::now();
@@ -365,12 +401,16 @@ impl Worker {
             }
             match self.idle {
                 IdlePolicy::BusyPoll => std::hint::spin_loop(),
-                IdlePolicy::Adaptive { poll, sleep } => {
-                    if last_work.elapsed() < poll {
-                        std::hint::spin_loop();
+                IdlePolicy::Adaptive { sleep, .. } => {
+                    if last_work.elapsed() < window.current() {
+                        // Yield rather than spin: a pod's process sharing this core
+                        // (an unpinned worker is woken where its sender runs) goes first.
+                        std::thread::yield_now();
                     } else {
                         self.pipeline.stats().events.sleeps.inc();
+                        let asleep = Instant::now();
                         self.sleep(sleep);
+                        window.after_sleep(asleep.elapsed());
                     }
                 }
             }
@@ -577,6 +617,29 @@ mod tests {
         tx.send(Command::RemoveQueue { port: PortId(2), done }).unwrap();
         w0.poll();
         assert!(ack.try_recv().unwrap().is_none());
+    }
+
+    /// Frames that keep ending sleeps early grow the window until it covers their gap;
+    /// a long pause starts it over; it never passes its maximum.
+    #[test]
+    fn the_poll_window_grows_to_cover_short_gaps_and_starts_over_after_a_pause() {
+        let us = Duration::from_micros;
+        let mut w = PollWindow::new(us(1000));
+        assert_eq!(w.current(), us(50));
+        // Requests every ~950 µs after the worker's last frame: each sleep ends early.
+        for expect in [100, 200, 400, 800, 1000, 1000] {
+            w.after_sleep(us(950).saturating_sub(w.current()));
+            assert_eq!(w.current(), us(expect));
+        }
+        w.after_sleep(us(5000));
+        assert_eq!(w.current(), us(50), "a pause longer than the maximum starts over");
+        // A gap the maximum cannot cover leaves the window where it is.
+        w.after_sleep(us(980));
+        assert_eq!(w.current(), us(50));
+        // Zero: sleep as soon as a round finds nothing, whatever happens.
+        let mut never = PollWindow::new(Duration::ZERO);
+        never.after_sleep(us(10));
+        assert_eq!(never.current(), Duration::ZERO);
     }
 
     /// A queue on one end of a datagram socket pair: a readiness fd, and a read that

@@ -21,7 +21,8 @@ pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum IdleMode {
-    /// Keep polling for `idle_poll_us` after the last frame, then sleep in epoll.
+    /// Keep polling for a while after the last frame (a window that grows, up to
+    /// `idle_poll_us`, while frames keep ending its sleeps early), then sleep in epoll.
     Adaptive,
     /// Sleep in epoll as soon as a round finds nothing: the least CPU, the most wake-ups.
     Epoll,
@@ -636,7 +637,7 @@ mod tests {
         let c = default_config();
         assert_eq!(c.pod_cidr, "10.244.1.0/24".parse().unwrap());
         assert_eq!(c.gateway_ip, Ipv4Addr::new(10, 244, 1, 1));
-        assert_eq!((c.idle, c.idle_poll_us), (IdleMode::Adaptive, 100));
+        assert_eq!((c.idle, c.idle_poll_us), (IdleMode::Adaptive, 200));
         assert_eq!(c.port_backend, Backend::Tap);
         assert!(c.workers >= 1);
         assert_eq!(c.mtu, 1450, "room for VXLAN on a 1500-byte underlay");

@@ -10,7 +10,10 @@
 //! device and a bridge on each node, as flannel's vxlan backend sets them up, against
 //! vswitchd on each node with TAP pods over the kernel-socket underlay or AF_XDP on the
 //! underlay. Workloads: 64-byte UDP frames from `trafgen` (pps), a TCP stream from
-//! `iperf3` (Gbit/s), and UDP request/response at a fixed rate (`udp-echo`, p50/p99).
+//! `iperf3` (Gbit/s), the same UDP frames at a fixed offered load below every
+//! contender's ceiling (the whole machine's CPU per packet: what forwarding costs, not how
+//! far it gets), UDP request/response at a fixed rate (`udp-echo`, p50/p99, with the
+//! switch's CPU meanwhile), and the switch's CPU with no traffic at all.
 //! Each figure is the median of `--runs` runs of `--seconds` seconds, with min and max;
 //! offered load (what the generator sent) is recorded next to delivered (the receiving
 //! pod's interface counter), and the CPU cost per packet: the switch process's CPU time
@@ -24,14 +27,17 @@
 //!
 //! Usage (root): `cargo run --release -p vswitch-benches --bin packet-rate -- [--runs N]
 //! [--seconds S] [--only bridge,ovs-tap,ovs-afxdp,tap,afxdp,tap-busy,afxdp-busy,kvxlan,vxlan-tap,vxlan-afxdp]
-//! [--write docs/BENCHMARKS.md] [--plot docs/packet-rate.png] [--json FILE]`; prints the
+//! [--vswitchd-config 'idle_poll_us = 500'] [--write docs/BENCHMARKS.md] [--plot docs/packet-rate.png] [--json FILE]`; prints the
 //! markdown, and with `--write` replaces the part of that file between the
 //! `<!-- packet-rate:begin -->` and `<!-- packet-rate:end -->` markers.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use vswitch_benches::node::{Ovs, Scratch, Vswitchd, median, sibling_binary, softirq_seconds, veth_to_pod};
+use vswitch_benches::node::{
+    Ovs, Scratch, Vswitchd, busy_seconds, median, reaped_children_cpu_seconds, sibling_binary,
+    softirq_seconds, veth_to_pod,
+};
 use vswitch_benches::plot::{self, Bar, Panel};
 use vswitch_benches::report;
 use vswitch_dataplane::testing::FrameSpec;
@@ -241,7 +247,10 @@ impl Topology {
                 let busy = matches!(c, Contender::VswitchTapBusy | Contender::VswitchAfxdpBusy);
                 // Not busy: the default (adaptive) idle mode.
                 let idle = if busy { "idle = \"busy-poll\"" } else { "" };
-                let d = Vswitchd::start(&node, &dir.0, &format!("workers = 1\npin_cpus = [1]\n{idle}"));
+                let extra = EXTRA_CONFIG.get().map_or("", String::as_str);
+                let pin = if extra.contains("pin_cpus") { "" } else { "pin_cpus = [1]" };
+                let workers = if extra.contains("workers") { "" } else { "workers = 1" };
+                let d = Vswitchd::start(&node, &dir.0, &format!("{workers}\n{pin}\n{idle}\n{extra}"));
                 let backend = if matches!(c, Contender::VswitchTap | Contender::VswitchTapBusy) {
                     "tap"
                 } else {
@@ -340,22 +349,22 @@ struct Sample {
     softirq_ns_per_packet: f64,
 }
 
-fn udp64(t: &Topology, seconds: u64) -> Sample {
+/// Writes the 64-byte UDP frame from pod A to pod B as a trafgen configuration.
+fn udp64_config(t: &Topology) -> std::path::PathBuf {
     let frame = FrameSpec::udp(A_MAC, t.first_hop, A_IP, t.b_ip, 9000, 9).payload(&[0u8; 18]).build();
     let bytes: Vec<String> = frame.iter().map(|b| format!("0x{b:02x}")).collect();
     let cfg = t.dir.0.join("udp64.cfg");
     std::fs::write(&cfg, format!("{{ {} }}\n", bytes.join(", "))).expect("trafgen config");
-    // The receiver counts frames at its interface, then an nftables ingress rule drops
-    // them, so its own stack (which would answer with ICMP) costs nothing.
-    // Offered: what left the generator's interface, including what its driver dropped
-    // because the switch's queue was full (a TAP or veth counts those as tx_dropped).
-    let offered = || t.a.counter("eth0", "tx_packets") + t.a.counter("eth0", "tx_dropped");
-    let (tx0, rx0) = (offered(), t.b.counter("eth0", "rx_packets"));
-    let cpu = CpuMeter::start(t);
-    let start = Instant::now();
+    cfg
+}
+
+/// Runs trafgen in pod A for `seconds`, as fast as it can or at `pps`, and reaps it.
+fn trafgen(t: &Topology, cfg: &std::path::Path, seconds: u64, pps: Option<u32>) {
+    let rate = pps.map(|r| format!("{r}pps"));
+    let cfg = cfg.display().to_string();
     // One generator process on CPU 0; leave the machine's socket-memory sysctls and IRQ
     // affinities alone.
-    let mut gen_ = t.a.spawn(&[
+    let mut args = vec![
         "taskset",
         "-c",
         "0",
@@ -363,19 +372,39 @@ fn udp64(t: &Topology, seconds: u64) -> Sample {
         "--dev",
         "eth0",
         "--conf",
-        &cfg.display().to_string(),
+        &cfg,
         "--cpus",
         "1",
         "--no-sock-mem",
         "--notouch-irq",
         "--no-cpu-stats",
-    ]);
+    ];
+    if let Some(rate) = &rate {
+        args.extend(["--rate", rate]);
+    }
+    let mut gen_ = t.a.spawn(&args);
     std::thread::sleep(Duration::from_secs(seconds));
     gen_.signal(Signal::SIGINT);
     gen_.wait_output(Duration::from_secs(10));
+}
+
+/// What left the generator's interface, including what its driver dropped because the
+/// switch's queue was full (a TAP or veth counts those as tx_dropped).
+fn offered_packets(t: &Topology) -> u64 {
+    t.a.counter("eth0", "tx_packets") + t.a.counter("eth0", "tx_dropped")
+}
+
+fn udp64(t: &Topology, seconds: u64) -> Sample {
+    let cfg = udp64_config(t);
+    // The receiver counts frames at its interface, then an nftables ingress rule drops
+    // them, so its own stack (which would answer with ICMP) costs nothing.
+    let (tx0, rx0) = (offered_packets(t), t.b.counter("eth0", "rx_packets"));
+    let cpu = CpuMeter::start(t);
+    let start = Instant::now();
+    trafgen(t, &cfg, seconds, None);
     let elapsed = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300)); // let the switch drain
-    let (tx1, rx1) = (offered(), t.b.counter("eth0", "rx_packets"));
+    let (tx1, rx1) = (offered_packets(t), t.b.counter("eth0", "rx_packets"));
     let delivered = (rx1 - rx0) as f64;
     let (cpu_ns_per_packet, softirq_ns_per_packet) = cpu.per_packet(t, delivered);
     Sample {
@@ -383,6 +412,48 @@ fn udp64(t: &Topology, seconds: u64) -> Sample {
         offered: (tx1 - tx0) as f64 / elapsed,
         cpu_ns_per_packet,
         softirq_ns_per_packet,
+    }
+}
+
+/// The fixed offered load, 64-byte UDP frames: below every contender's ceiling on one
+/// node (the slowest, OVS with tap ports, carries about 0.2 Mpps), so every contender
+/// carries all of it and the figure is what forwarding it costs.
+const FIXED_PPS: u32 = 150_000;
+/// The same across nodes, where the slowest contender's ceiling is lower.
+const FIXED_PPS_CROSS_NODE: u32 = 50_000;
+
+/// One run at a fixed offered load.
+#[derive(Clone, Copy, Debug)]
+struct LoadSample {
+    offered: f64,
+    delivered: f64,
+    /// Everything the machine spent (all CPUs' busy time: the generator, every switch
+    /// thread, softirq, kernel threads, the receiving pod's stack), over the packets
+    /// delivered.
+    total_ns_per_packet: f64,
+    /// Of that, the generator process's (with what the kernel did in its system calls).
+    generator_ns_per_packet: f64,
+}
+
+fn fixed_load(t: &Topology, seconds: u64, pps: u32) -> LoadSample {
+    let cfg = udp64_config(t);
+    let (tx0, rx0) = (offered_packets(t), t.b.counter("eth0", "rx_packets"));
+    let (busy0, generator0) = (busy_seconds(), reaped_children_cpu_seconds());
+    let start = Instant::now();
+    trafgen(t, &cfg, seconds, Some(pps));
+    let elapsed = start.elapsed().as_secs_f64();
+    // The generator has been reaped: its CPU (and nothing else's) is now among the
+    // children's. The kernel's switches forward in its context, so it stays in the total.
+    let spent = busy_seconds() - busy0;
+    let generator = reaped_children_cpu_seconds() - generator0;
+    std::thread::sleep(Duration::from_millis(300)); // let the switch drain
+    let (tx1, rx1) = (offered_packets(t), t.b.counter("eth0", "rx_packets"));
+    let delivered = (rx1 - rx0) as f64;
+    LoadSample {
+        offered: (tx1 - tx0) as f64 / elapsed,
+        delivered: delivered / elapsed,
+        total_ns_per_packet: spent.max(0.0) * 1e9 / delivered.max(1.0),
+        generator_ns_per_packet: generator * 1e9 / delivered.max(1.0),
     }
 }
 
@@ -414,12 +485,24 @@ fn tcp(t: &Topology, seconds: u64) -> Sample {
 /// latency (with the switch's wake-up), not queueing.
 const ECHO_RATE: u32 = 1000;
 
-/// Round trips of UDP requests at [`ECHO_RATE`]: (p50, p99) in µs, and answered/sent.
-fn latency(t: &Topology, seconds: u64) -> (f64, f64, f64) {
+/// One run of the request/response probe.
+#[derive(Clone, Copy, Debug)]
+struct EchoSample {
+    p50: f64,
+    p99: f64,
+    answered: f64,
+    /// The switch process's share of a core meanwhile (`None`: the kernel's switches).
+    switch_share: Option<f64>,
+}
+
+/// Round trips of UDP requests at [`ECHO_RATE`]: p50 and p99 in µs, answered/sent, and
+/// what the switch process spent meanwhile.
+fn latency(t: &Topology, seconds: u64) -> EchoSample {
     let echo = sibling_binary("udp-echo").display().to_string();
     let server_ip = t.b_ip.to_string();
     let _server = t.b.spawn(&["taskset", "-c", "0", &echo, "serve", &server_ip, "7007"]);
     assert!(wait_until(Duration::from_secs(5), || t.b.ok(&["ss", "-lun"]).contains(":7007")));
+    let (switch0, start) = (t.switch_cpu(), Instant::now());
     let out = t.a.ok(&[
         "taskset",
         "-c",
@@ -431,9 +514,16 @@ fn latency(t: &Topology, seconds: u64) -> (f64, f64, f64) {
         &ECHO_RATE.to_string(),
         &seconds.to_string(),
     ]);
+    let elapsed = start.elapsed().as_secs_f64();
+    let switch_share = switch0.zip(t.switch_cpu()).map(|(c0, c1)| (c1 - c0) / elapsed);
     let json: serde_json::Value = serde_json::from_str(out.trim()).expect("udp-echo JSON");
     let answered = json["answered"].as_f64().unwrap_or(0.0) / json["sent"].as_f64().unwrap_or(1.0).max(1.0);
-    (json["p50_us"].as_f64().unwrap_or(f64::NAN), json["p99_us"].as_f64().unwrap_or(f64::NAN), answered)
+    EchoSample {
+        p50: json["p50_us"].as_f64().unwrap_or(f64::NAN),
+        p99: json["p99_us"].as_f64().unwrap_or(f64::NAN),
+        answered,
+        switch_share,
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -482,6 +572,20 @@ struct LatencyRow {
     p99_min: f64,
     p99_max: f64,
     answered: f64,
+    switch_share: Option<f64>,
+}
+
+/// A contender's cost at the fixed offered load, over the runs.
+#[derive(Debug)]
+struct LoadRow {
+    contender: Contender,
+    requested: u32,
+    offered: f64,
+    delivered: f64,
+    total_ns: f64,
+    total_ns_min: f64,
+    total_ns_max: f64,
+    generator_ns: f64,
 }
 
 fn spread(v: &[f64]) -> (f64, f64, f64) {
@@ -515,6 +619,7 @@ fn measure(
     seconds: u64,
     rows: &mut Vec<Row>,
     latencies: &mut Vec<LatencyRow>,
+    loads: &mut Vec<LoadRow>,
     idle: &mut Vec<IdleRow>,
 ) {
     let topo = Topology::build(c);
@@ -543,16 +648,34 @@ fn measure(
         eprintln!("{row:?}");
         rows.push(row);
     }
-    let samples: Vec<(f64, f64, f64)> = (0..runs).map(|_| latency(&topo, seconds)).collect();
-    let p99: Vec<f64> = samples.iter().map(|s| s.1).collect();
+    let pps = if c.cross_node() { FIXED_PPS_CROSS_NODE } else { FIXED_PPS };
+    let samples: Vec<LoadSample> = (0..runs).map(|_| fixed_load(&topo, seconds, pps)).collect();
+    let (total_ns, total_ns_min, total_ns_max) =
+        spread(&samples.iter().map(|s| s.total_ns_per_packet).collect::<Vec<_>>());
+    let row = LoadRow {
+        contender: c,
+        requested: pps,
+        generator_ns: median(samples.iter().map(|s| s.generator_ns_per_packet).collect()),
+        offered: median(samples.iter().map(|s| s.offered).collect()),
+        delivered: median(samples.iter().map(|s| s.delivered).collect()),
+        total_ns,
+        total_ns_min,
+        total_ns_max,
+    };
+    eprintln!("{row:?}");
+    loads.push(row);
+    let samples: Vec<EchoSample> = (0..runs).map(|_| latency(&topo, seconds)).collect();
+    let p99: Vec<f64> = samples.iter().map(|s| s.p99).collect();
     let (p99_med, p99_min, p99_max) = spread(&p99);
+    let shares: Vec<f64> = samples.iter().filter_map(|s| s.switch_share).collect();
     let row = LatencyRow {
         contender: c,
-        p50: median(samples.iter().map(|s| s.0).collect()),
+        p50: median(samples.iter().map(|s| s.p50).collect()),
         p99: p99_med,
         p99_min,
         p99_max,
-        answered: median(samples.iter().map(|s| s.2).collect()),
+        answered: median(samples.iter().map(|s| s.answered).collect()),
+        switch_share: (!shares.is_empty()).then(|| median(shares)),
     };
     eprintln!("{row:?}");
     latencies.push(row);
@@ -570,6 +693,7 @@ fn find(rows: &[Row], w: Workload, c: Contender) -> Option<&Row> {
 fn report(
     rows: &[Row],
     latencies: &[LatencyRow],
+    loads: &[LoadRow],
     idle: &[IdleRow],
     runs: usize,
     seconds: u64,
@@ -623,18 +747,64 @@ fn report(
         "Request/response: a UDP echo at {ECHO_RATE} requests/s, one in flight (`udp-echo`), client and server on CPU 0:"
     ));
     line(String::new());
-    line("| contender | p50 | p99 | p99 min–max | answered |".into());
-    line("|---|---:|---:|---|---:|".into());
+    line(
+        "| contender | p50 | p99 | p99 min–max | answered | vs, p50 | vs, p99 | switch CPU meanwhile |"
+            .into(),
+    );
+    line("|---|---:|---:|---|---:|---:|---:|---:|".into());
     for l in latencies {
+        let base = latencies.iter().find(|b| b.contender == l.contender.baseline());
+        let ratio =
+            |f: fn(&LatencyRow) -> f64| base.map_or("–".to_string(), |b| format!("{:.2}×", f(l) / f(b)));
         line(format!(
-            "| {} | {:.1} µs | {:.1} µs | {:.1}–{:.1} | {:.2}% |",
+            "| {} | {:.1} µs | {:.1} µs | {:.1}–{:.1} | {:.2}% | {} | {} | {} |",
             l.contender.name(),
             l.p50,
             l.p99,
             l.p99_min,
             l.p99_max,
-            l.answered * 100.0
+            l.answered * 100.0,
+            ratio(|r| r.p50),
+            ratio(|r| r.p99),
+            l.switch_share.map_or("–".to_string(), |s| format!("{:.0}% of a core", s * 100.0)),
         ));
+    }
+    if !loads.is_empty() {
+        line(String::new());
+        line(format!(
+            "Fixed offered load: 64 B UDP from `trafgen --rate` at {} kpps on one node, {} kpps across nodes \
+             (below every contender's ceiling). Total CPU per packet: every CPU's busy time (user, system, irq, \
+             softirq: the generator, all of the switch's threads, the kernel's forwarding, the receiving pod's \
+             stack) over the packets delivered; packets per CPU-second is its inverse. The generator stays in: \
+             the kernel's switches forward inside its system calls, and its own work is the same for every \
+             contender. Offered counts what the sender's interface took or dropped (trafgen sends again \
+             what a full queue refused).",
+            FIXED_PPS / 1000,
+            FIXED_PPS_CROSS_NODE / 1000
+        ));
+        line(String::new());
+        line(
+            "| contender | offered | delivered | total CPU per packet | min–max | of which the generator | vs | packets per CPU-second |"
+                .into(),
+        );
+        line("|---|---:|---:|---:|---|---:|---:|---:|".into());
+        for l in loads {
+            let base = loads.iter().find(|b| b.contender == l.contender.baseline());
+            let ratio = base.map_or("–".to_string(), |b| format!("{:.2}×", l.total_ns / b.total_ns));
+            let carried =
+                if l.delivered < 0.98 * f64::from(l.requested) { " (did not carry it)" } else { "" };
+            line(format!(
+                "| {} | {:.0} kpps | {:.0} kpps{carried} | {:.0} ns | {:.0}–{:.0} | {:.0} ns | {ratio} | {:.2} M |",
+                l.contender.name(),
+                l.offered / 1e3,
+                l.delivered / 1e3,
+                l.total_ns,
+                l.total_ns_min,
+                l.total_ns_max,
+                l.generator_ns,
+                1e3 / l.total_ns.max(1e-9),
+            ));
+        }
     }
     if !idle.is_empty() {
         line(String::new());
@@ -659,6 +829,41 @@ fn report(
         };
         Some(format!("| {what} | ≥ {target}× | {ratio:.2}× | {verdict} |"))
     };
+    // Lower is better: latency and CPU per packet.
+    let at_most = |what: &str, ours: f64, theirs: f64, target: f64| -> String {
+        let ratio = ours / theirs;
+        let verdict = if ratio <= target {
+            "met".to_string()
+        } else {
+            format!("missed by {:.0}%", (ratio / target - 1.0) * 100.0)
+        };
+        format!("| {what} | ≤ {target}× | {ratio:.2}× | {verdict} |")
+    };
+    let latency_of = |c: Contender| latencies.iter().find(|l| l.contender == c);
+    let load_of = |c: Contender| loads.iter().find(|l| l.contender == c);
+    let mut lower_goals = Vec::new();
+    for ours in [Contender::VswitchTap, Contender::VswitchAfxdp] {
+        if let (Some(o), Some(b)) = (latency_of(ours), latency_of(Contender::Bridge)) {
+            let what = |p: &str| {
+                format!("request/response {p}, {} (default idle mode) vs kernel bridge", ours.name())
+            };
+            lower_goals.push(at_most(&what("p50"), o.p50, b.p50, 1.5));
+            lower_goals.push(at_most(&what("p99"), o.p99, b.p99, 2.0));
+        }
+    }
+    for (ours, ovs) in
+        [(Contender::VswitchTap, Contender::OvsTap), (Contender::VswitchAfxdp, Contender::OvsAfxdp)]
+    {
+        let Some(o) = load_of(ours) else { continue };
+        if let Some(b) = load_of(Contender::Bridge) {
+            let what = format!("total CPU per packet at fixed load, {} vs kernel bridge", ours.name());
+            lower_goals.push(at_most(&what, o.total_ns, b.total_ns, 1.0));
+        }
+        if let Some(v) = load_of(ovs) {
+            let what = format!("total CPU per packet at fixed load, {} vs {}", ours.name(), ovs.name());
+            lower_goals.push(at_most(&what, o.total_ns, v.total_ns, 0.5));
+        }
+    }
     let goals: Vec<String> = [
         goal(
             "64 B pps, vswitchd AF_XDP vs kernel bridge",
@@ -708,6 +913,7 @@ fn report(
                 )
             }),
     )
+    .chain(lower_goals)
     .collect();
     if !goals.is_empty() {
         line(String::new());
@@ -762,12 +968,19 @@ fn plot_panels(rows: &[Row], latencies: &[LatencyRow]) -> Vec<Panel> {
     panels
 }
 
+/// Lines added to every single-node vswitchd contender's configuration (`--vswitchd-config`,
+/// for sweeping a knob such as `idle_poll_us`; `\n` separates lines).
+static EXTRA_CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let runs: usize = arg("--runs").map_or(3, |v| v.parse().expect("--runs N"));
     let seconds: u64 = arg("--seconds").map_or(5, |v| v.parse().expect("--seconds S"));
     let only = arg("--only");
+    if let Some(extra) = arg("--vswitchd-config") {
+        EXTRA_CONFIG.set(extra.replace("\\n", "\n")).expect("set once");
+    }
     let contenders: Vec<Contender> = [
         Contender::Bridge,
         Contender::OvsTap,
@@ -783,12 +996,12 @@ fn main() {
     .into_iter()
     .filter(|c| only.as_deref().is_none_or(|o| o.split(',').any(|w| w == c.flag())))
     .collect();
-    let (mut rows, mut latencies, mut idle) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rows, mut latencies, mut loads, mut idle) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for c in &contenders {
-        measure(*c, runs, seconds, &mut rows, &mut latencies, &mut idle);
+        measure(*c, runs, seconds, &mut rows, &mut latencies, &mut loads, &mut idle);
     }
     let command = arg("--command").unwrap_or_else(|| "benches/packet-rate.sh".into());
-    let mut md = report(&rows, &latencies, &idle, runs, seconds, &command);
+    let mut md = report(&rows, &latencies, &loads, &idle, runs, seconds, &command);
     if let Some(png) = arg("--plot") {
         plot::draw(std::path::Path::new(&png), &plot_panels(&rows, &latencies)).expect("drawing the plot");
         let name =
