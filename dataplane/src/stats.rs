@@ -66,6 +66,10 @@ pub struct EventCounters {
     /// and the segments that made.
     pub gso_segmented: Counter,
     pub gso_segments: Counter,
+    /// Super-frames made in software from runs of TCP segments (toward a port with
+    /// offloads), and the segments that went into them.
+    pub gro_coalesced: Counter,
+    pub gro_segments: Counter,
     /// Partial L4 checksums completed in software.
     pub checksums_completed: Counter,
     /// New flows translated to a Service endpoint.
@@ -168,6 +172,8 @@ pub struct EventTotals {
     pub arp_replies: u64,
     pub gso_segmented: u64,
     pub gso_segments: u64,
+    pub gro_coalesced: u64,
+    pub gro_segments: u64,
     pub checksums_completed: u64,
     pub service_flows: u64,
     pub service_rejects: u64,
@@ -238,6 +244,8 @@ impl StatsSnapshot {
             t.arp_replies += e.arp_replies.get();
             t.gso_segmented += e.gso_segmented.get();
             t.gso_segments += e.gso_segments.get();
+            t.gro_coalesced += e.gro_coalesced.get();
+            t.gro_segments += e.gro_segments.get();
             t.checksums_completed += e.checksums_completed.get();
             t.service_flows += e.service_flows.get();
             t.service_rejects += e.service_rejects.get();

@@ -30,7 +30,7 @@ use crate::clock::Clock;
 use crate::drop_reason::DropReason;
 use crate::frame::{Frame, FramePool};
 use crate::ids::{PortId, WorkerId};
-use crate::pipeline::{Pipeline, TxBatches};
+use crate::pipeline::{Pipeline, TxBatches, coalesce_tcp};
 use crate::queue::PortQueue;
 use crate::tables::Tables;
 
@@ -151,6 +151,8 @@ pub(crate) struct Worker {
     local_queue: Vec<Option<usize>>,
     rx: Vec<Frame>,
     out: TxBatches,
+    /// Where a transmit batch waits while its TCP segments are coalesced.
+    coalesce_scratch: Vec<Frame>,
     /// Ring to each other worker (`None` at our own index).
     handoff_to: Vec<Option<Arc<Handoff>>>,
     handoff_from: Vec<Arc<Handoff>>,
@@ -198,6 +200,7 @@ impl Worker {
             local_queue: vec![None; p.max_ports],
             rx: Vec::with_capacity(p.batch_size),
             out: TxBatches::new(p.max_ports),
+            coalesce_scratch: Vec::new(),
             handoff_to: p.handoff_to,
             handoff_from: p.handoff_from,
             tables: p.tables,
@@ -324,10 +327,18 @@ impl Worker {
     fn flush(&mut self, tables: &Tables) {
         let stats = self.pipeline.stats().clone();
         let id = self.id;
-        let (queues, local_queue, pool, handoff_to) =
-            (&mut self.queues, &self.local_queue, &mut self.pool, &self.handoff_to);
+        let (queues, local_queue, pool, handoff_to, scratch) = (
+            &mut self.queues,
+            &self.local_queue,
+            &mut self.pool,
+            &self.handoff_to,
+            &mut self.coalesce_scratch,
+        );
         self.out.flush(|port, frames| {
             if let Some(i) = local_queue.get(port.index()).copied().flatten() {
+                if frames.len() > 1 && tables.port(port).is_some_and(|e| e.offloads) {
+                    coalesce_tcp(frames, scratch, pool, &stats);
+                }
                 let outcome = queues[i].queue.tx_batch(frames, pool);
                 let c = stats.port(port);
                 c.tx_packets.add(outcome.sent as u64);

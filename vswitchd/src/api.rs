@@ -285,6 +285,8 @@ fn stats_of(snap: &StatsSnapshot, names: &BTreeMap<PortId, String>, dp: &Datapat
         ("arp_replies", e.arp_replies),
         ("gso_segmented", e.gso_segmented),
         ("gso_segments", e.gso_segments),
+        ("gro_coalesced", e.gro_coalesced),
+        ("gro_segments", e.gro_segments),
         ("checksums_completed", e.checksums_completed),
         ("handoff_sent", e.handoff_sent),
         ("handoff_received", e.handoff_received),

@@ -96,6 +96,39 @@ fn tap_and_afxdp_pods_talk_to_each_other() {
     assert!(events["gso_segmented"] > 0, "super-frames were segmented for the AF_XDP port: {events:?}");
 }
 
+/// TCP from an AF_XDP pod (its veth sends finished, MTU-sized segments) reaches a TAP
+/// pod coalesced: each run of the flow's segments leaves the switch as one super-frame,
+/// and the receiving pod's stack takes packets far larger than its MTU.
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn tcp_from_an_afxdp_pod_reaches_a_tap_pod_as_super_frames() {
+    let node = Node::start("e2g", "");
+    let a = node.pod("a", ip(2), Backend::Tap);
+    let b = node.pod("b", ip(3), Backend::Afxdp);
+    assert!(b.ping(a.ip, 2));
+    let pcap = node.dir.0.join("a-tcp.pcap");
+    let pcap_arg = pcap.display().to_string();
+    let mut capture =
+        a.ns.spawn(&["tshark", "-q", "-i", "eth0", "-s", "96", "-f", "tcp port 5001", "-w", &pcap_arg]);
+    assert!(wait_until(Duration::from_secs(15), || pcap.exists()), "tshark started capturing");
+    std::thread::sleep(Duration::from_millis(500));
+    tcp_transfer_is_exact(&node.dir, &b, &a, 20_000_000);
+    std::thread::sleep(Duration::from_millis(300));
+    capture.signal(Signal::SIGINT);
+    capture.wait_output(Duration::from_secs(10)).expect("tshark stops");
+    let lens = harness::testbed::ok(
+        "tshark",
+        &["-r", &pcap_arg, "-Y", "tcp.dstport == 5001", "-T", "fields", "-e", "frame.len"],
+    );
+    let largest = lens.lines().filter_map(|l| l.trim().parse::<usize>().ok()).max().unwrap_or(0);
+    assert!(largest > 3 * 1500, "the pod received super-frames (largest {largest} bytes)");
+    let events = node.stats().events;
+    assert!(
+        events["gro_coalesced"] > 0 && events["gro_segments"] > 2 * events["gro_coalesced"],
+        "segments were coalesced for the TAP port: {events:?}"
+    );
+}
+
 /// The switch answers ARP itself: a third pod's capture sees no request meant for
 /// anyone else, while the others resolve each other and the gateway.
 #[test]

@@ -7,11 +7,13 @@
 //! reason counted. The pipeline knows nothing of port backends or threads: the worker
 //! feeds it and flushes its output.
 
+mod coalesce;
 mod dispatch;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+pub(crate) use coalesce::coalesce_tcp;
 pub(crate) use dispatch::TxBatches;
 
 use crate::drop_reason::DropReason;

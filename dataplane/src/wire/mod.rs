@@ -10,6 +10,7 @@
 pub mod arp;
 mod bytes;
 pub mod checksum;
+pub mod coalesce;
 mod error;
 pub mod ethernet;
 pub mod icmp;
