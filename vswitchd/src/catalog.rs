@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use vswitch_api::{Service, ServicesView};
 
+use crate::cluster::translate::ServiceKey;
+
 use super::config::{Config, ConfigError};
 use super::services_file::{self, NodeView};
 use vswitch_dataplane::tables::conntrack::{Conn, Conntrack};
@@ -115,6 +117,54 @@ impl ServiceCatalog {
         self.generation += 1;
     }
 
+    /// Changes some Services, leaving the others as they are: `upsert` adds or replaces
+    /// Services by namespace and name, `removed` names Services that are gone. The
+    /// Services must have come in order of namespace and name (as the cluster's do),
+    /// and the table is changed port by port, not rebuilt. False if nothing changed.
+    /// Publish [`Self::table`] next, then [`Self::cut_stale_flows`].
+    pub(crate) fn update(&mut self, upsert: Vec<Service>, removed: &[ServiceKey], ct: &Conntrack) -> bool {
+        let find = |services: &[Service], ns: &str, name: &str| {
+            services.binary_search_by(|s| (s.namespace.as_str(), s.name.as_str()).cmp(&(ns, name)))
+        };
+        let mut gone_ports = Vec::new();
+        for key in removed {
+            if let Ok(i) = find(&self.services, &key.namespace, &key.name) {
+                let old = self.services.remove(i);
+                gone_ports.extend(old.ports.iter().map(|p| services_file::port_spec_name(&old, p)));
+            }
+        }
+        let mut changed = Vec::new();
+        for svc in upsert {
+            match find(&self.services, &svc.namespace, &svc.name) {
+                Ok(i) if self.services[i] == svc => {}
+                Ok(i) => {
+                    let old = std::mem::replace(&mut self.services[i], svc.clone());
+                    let kept: Vec<String> =
+                        svc.ports.iter().map(|p| services_file::port_spec_name(&svc, p)).collect();
+                    gone_ports.extend(
+                        old.ports
+                            .iter()
+                            .map(|p| services_file::port_spec_name(&old, p))
+                            .filter(|n| !kept.contains(n)),
+                    );
+                    changed.push(svc);
+                }
+                Err(i) => {
+                    self.services.insert(i, svc.clone());
+                    changed.push(svc);
+                }
+            }
+        }
+        if gone_ports.is_empty() && changed.is_empty() {
+            return false;
+        }
+        let specs = services_file::port_specs(&changed);
+        Arc::make_mut(&mut self.base).update(gone_ports.iter().map(String::as_str), &specs, &mut self.memory);
+        self.published = Arc::new(self.base.keep_for_flows(ct.snapshot().iter().map(|c| &**c)));
+        self.generation += 1;
+        true
+    }
+
     /// The node's address became known (from the uplink): rebuilds the table with it.
     pub(crate) fn set_node_ip(&mut self, ip: std::net::Ipv4Addr, ct: &Conntrack) {
         self.node.node_ip = Some(ip);
@@ -149,6 +199,10 @@ impl ServiceCatalog {
     /// The Services served.
     pub(crate) fn services(&self) -> &[Service] {
         &self.services
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub(crate) fn view(&self) -> ServicesView {
@@ -241,5 +295,57 @@ mod tests {
         let t = c.refresh(&ct).expect("the flow ended");
         assert!(!t.is_endpoint(Ipv4Addr::new(10, 244, 1, 5), 53, IPPROTO_TCP));
         assert_eq!(t.retired(), 0);
+    }
+
+    fn service(name: &str, vip: u8, endpoints: &[u8], ready: bool) -> Service {
+        let eps: Vec<String> =
+            endpoints.iter().map(|e| format!("{{ ip = \"10.244.1.{e}\", ready = {ready} }}")).collect();
+        let text = format!(
+            "[[service]]\nname = \"{name}\"\ncluster_ip = \"10.96.0.{vip}\"\n\
+             ports = [{{ name = \"tcp\", port = 80, target_port = 8080 }}]\nendpoints = [{}]\n",
+            eps.join(", ")
+        );
+        let node = NodeView::of(&super::super::config::default_config());
+        services_file::parse(&text, Path::new("services.toml"), &node).unwrap().remove(0)
+    }
+
+    fn key(name: &str) -> ServiceKey {
+        ServiceKey { namespace: "default".into(), name: name.into() }
+    }
+
+    #[test]
+    fn an_update_of_some_services_serves_what_setting_them_all_would() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let mut c = catalog();
+        c.set(
+            vec![service("a", 10, &[5], true), service("b", 11, &[6], true), service("c", 12, &[7], true)],
+            &ct,
+        );
+        let a_id = c.table().by_vip(Ipv4Addr::new(10, 96, 0, 10), 80, IPPROTO_TCP).unwrap().id;
+        let (a2, d) = (service("a", 10, &[5, 8], false), service("d", 13, &[9], true));
+        assert!(c.update(vec![a2.clone(), d.clone()], &[key("b")], &ct));
+        assert!(!c.update(vec![d.clone()], &[key("nothing")], &ct), "the same again is no change");
+
+        let mut whole = catalog();
+        whole.set(vec![a2, service("c", 12, &[7], true), d], &ct);
+        assert_eq!(c.services(), whole.services(), "in order of namespace and name");
+        assert_eq!(c.view().generation, 2);
+        let a = c.table().by_vip(Ipv4Addr::new(10, 96, 0, 10), 80, IPPROTO_TCP).cloned().unwrap();
+        assert_eq!(a.id, a_id, "a changed Service port keeps its id (and so its flows)");
+        for vip in 10..14 {
+            let (got, want) = (c.table(), whole.table());
+            let lookup = |t: &ServiceTable| {
+                t.by_vip(Ipv4Addr::new(10, 96, 0, vip), 80, IPPROTO_TCP)
+                    .map(|p| (p.backends.clone(), p.endpoints.clone()))
+            };
+            assert_eq!(lookup(&got), lookup(&want), "10.96.0.{vip}");
+        }
+        for e in 4..10 {
+            let ip = Ipv4Addr::new(10, 244, 1, e);
+            assert_eq!(
+                c.table().is_endpoint(ip, 8080, IPPROTO_TCP),
+                whole.table().is_endpoint(ip, 8080, IPPROTO_TCP)
+            );
+        }
     }
 }

@@ -351,8 +351,15 @@ async fn serve(
             let state = state.clone();
             async move {
                 let mut m = state.switch.lock().await;
-                m.cluster_services(snap.services);
-                m.cluster_nodes(snap.nodes);
+                match snap.services {
+                    super::cluster::ServicesChange::All(all) => m.cluster_services(all),
+                    super::cluster::ServicesChange::Some { upsert, removed } => {
+                        m.cluster_services_changed(upsert, &removed);
+                    }
+                }
+                if let Some(nodes) = snap.nodes {
+                    m.cluster_nodes(nodes);
+                }
             }
         };
         tracing::info!(node = %config.node_name, "cluster mode: watching Nodes, Services and EndpointSlices");

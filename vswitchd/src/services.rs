@@ -12,6 +12,7 @@ use vswitch_dataplane::datapath::Datapath;
 use vswitch_dataplane::wire::parse::IPPROTO_UDP;
 
 use crate::catalog::{FileOutcome, ServiceCatalog};
+use crate::cluster::translate::ServiceKey;
 use crate::config::{Config, ConfigError};
 use crate::plane::Plane;
 
@@ -54,6 +55,12 @@ impl ServiceController {
         true
     }
 
+    /// Changes the Services named (from the cluster), the others staying; true if that
+    /// is a change (then call [`ServiceController::applied`]).
+    pub(crate) fn update(&mut self, plane: &Plane, upsert: Vec<Service>, removed: &[ServiceKey]) -> bool {
+        self.catalog.update(upsert, removed, plane.datapath.conntrack())
+    }
+
     /// The node's address, once known: NodePorts are served there.
     pub(crate) fn set_node_ip(&mut self, plane: &mut Plane, ip: Ipv4Addr) {
         self.catalog.set_node_ip(ip, plane.datapath.conntrack());
@@ -70,10 +77,9 @@ impl ServiceController {
     /// serving, and stops recognising what only they kept.
     pub(crate) fn applied(&mut self, plane: &mut Plane) {
         let cut = self.catalog.cut_stale_flows(plane.datapath.conntrack());
-        let view = self.catalog.view();
         tracing::info!(
-            services = view.services.len(),
-            generation = view.generation,
+            services = self.catalog.services().len(),
+            generation = self.catalog.generation(),
             udp_flows_cut = cut,
             "services applied"
         );

@@ -348,13 +348,19 @@ pub(crate) fn check_conflicts(services: &[Service]) -> Result<(), (usize, String
 }
 
 /// The data path's view: one spec per Service port.
+/// `namespace/name:port-name` (the number when the port has no name): what identifies a
+/// Service port in the table across changes.
+pub(crate) fn port_spec_name(s: &Service, p: &vswitch_api::ServicePort) -> String {
+    let port_name = if p.name.is_empty() { p.port.to_string() } else { p.name.clone() };
+    format!("{}/{}:{port_name}", s.namespace, s.name)
+}
+
 pub(crate) fn port_specs(services: &[Service]) -> Vec<ServicePortSpec> {
     let mut specs = Vec::new();
     for s in services {
         for p in &s.ports {
-            let port_name = if p.name.is_empty() { p.port.to_string() } else { p.name.clone() };
             specs.push(ServicePortSpec {
-                name: format!("{}/{}:{port_name}", s.namespace, s.name),
+                name: port_spec_name(s, p),
                 vip: s.cluster_ip,
                 port: p.port,
                 protocol: match p.protocol {

@@ -16,6 +16,7 @@ use vswitch_dataplane::ids::PortId;
 use vswitch_dataplane::tables::overlay::{FastPath, NodeSpec};
 use vswitch_dataplane::wire::parse::IPPROTO_UDP;
 
+use crate::cluster::translate::ServiceKey;
 use crate::config::{Config, ConfigError};
 use crate::nodes::{NodeController, Underlays};
 use crate::plane::Plane;
@@ -169,6 +170,13 @@ impl Switch {
     /// Serves `services` (from the cluster), replacing what was served.
     pub(crate) fn cluster_services(&mut self, services: Vec<Service>) {
         if self.services.set(&self.plane, services) {
+            self.services_changed();
+        }
+    }
+
+    /// Changes the Services named (from the cluster), the others staying.
+    pub(crate) fn cluster_services_changed(&mut self, upsert: Vec<Service>, removed: &[ServiceKey]) {
+        if self.services.update(&self.plane, upsert, removed) {
             self.services_changed();
         }
     }

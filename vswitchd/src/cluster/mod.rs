@@ -1,12 +1,15 @@
 //! Cluster mode: Nodes, Services and EndpointSlices from the Kubernetes API.
 //!
 //! Three kube-rs watchers feed reflector stores (a watch that breaks is resumed, a
-//! `410 Gone` relists, errors back off exponentially); any change opens a short window
-//! ([`DEBOUNCE`]) after which the stores are translated ([`translate`]) into one new set
-//! of Services and nodes and handed to the control plane, which publishes one new table
-//! snapshot. Nothing is applied until every watcher has listed once, and a watch error
-//! or an unreachable API server changes nothing: the stores keep their last good
-//! content, and so do the tables.
+//! `410 Gone` relists, errors back off exponentially). A change is applied at once when
+//! none was in the last [`DEBOUNCE`] window, else at the window's end together with
+//! whatever else came meanwhile (kube-proxy's bounded-frequency runner): a lone
+//! EndpointSlice update reaches the data path in milliseconds, a storm of them costs at
+//! most one table change per window. Only the Services a change touched are translated
+//! ([`translate`]) and handed to the control plane, which changes those ports of the
+//! table and publishes it; a relist translates everything again. Nothing is applied
+//! until every watcher has listed once, and a watch error or an unreachable API server
+//! changes nothing: the stores keep their last good content, and so do the tables.
 
 pub mod translate;
 
@@ -18,6 +21,7 @@ pub mod fixtures {
     pub const ENDPOINT_SLICES: &str = include_str!("fixtures/endpointslices.json");
 }
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,20 +32,31 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use vswitch_api::{ClusterStatus, Service, WatcherStatus};
 
-pub use translate::{SelfNode, Skipped};
+pub use translate::{SelfNode, ServiceKey, Skipped};
 use vswitch_dataplane::tables::overlay::NodeSpec;
 
-/// Changes within this window after the first one are applied together.
+/// At most one change is applied per window this long; the first after a quiet one is
+/// applied at once.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// What the cluster says the node should serve.
+/// What changed in the cluster since the last snapshot.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
-    pub services: Vec<Service>,
-    /// The other nodes (this node's own entry is not among them).
-    pub nodes: Vec<NodeSpec>,
+    pub services: ServicesChange,
+    /// The other nodes (this node's own entry is not among them), when any Node changed.
+    pub nodes: Option<Vec<NodeSpec>>,
     pub this_node: Option<SelfNode>,
     pub skipped: Vec<Skipped>,
+}
+
+/// The Services' part of a [`Snapshot`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServicesChange {
+    /// Every Service served, sorted by namespace and name (after a listing).
+    All(Vec<Service>),
+    /// These Services are new or changed, these are gone (or no longer served); the
+    /// others are as before.
+    Some { upsert: Vec<Service>, removed: Vec<ServiceKey> },
 }
 
 /// Where the client's configuration comes from.
@@ -127,14 +142,27 @@ enum Kind {
     EndpointSlices = 2,
 }
 
-/// One watcher's progress: an event (and whether it completed a listing), or an error.
+/// One watcher's progress: an event (whether it completed a listing, what it touched),
+/// or an error.
 enum Progress {
-    Event { listed: bool },
+    Event { listed: bool, touched: Touched },
     Error(String),
+}
+
+/// What a watch event may have changed.
+enum Touched {
+    /// A listing started or is under way: everything may have.
+    Everything,
+    /// This Service, or an EndpointSlice of it; an EndpointSlice carries the Service it
+    /// belongs to now (its label) and the slice's own key.
+    Service(Option<ServiceKey>, Option<(String, String)>),
+    /// A Node.
+    Node,
 }
 
 fn progress<K>(
     kind: Kind,
+    touched: fn(&K) -> Touched,
     s: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 ) -> std::pin::Pin<Box<dyn Stream<Item = (Kind, Progress)> + Send>>
 where
@@ -142,8 +170,13 @@ where
 {
     s.map(move |r| {
         let p = match r {
-            Ok(watcher::Event::InitDone) => Progress::Event { listed: true },
-            Ok(_) => Progress::Event { listed: false },
+            Ok(watcher::Event::InitDone) => Progress::Event { listed: true, touched: Touched::Everything },
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {
+                Progress::Event { listed: false, touched: Touched::Everything }
+            }
+            Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                Progress::Event { listed: false, touched: touched(&o) }
+            }
             Err(e) => Progress::Error(e.to_string()),
         };
         (kind, p)
@@ -151,17 +184,72 @@ where
     .boxed()
 }
 
-/// A store's objects, owned.
-fn owned<K>(store: &reflector::Store<K>) -> Vec<K>
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    store.state().iter().map(|o| (**o).clone()).collect()
+fn slice_key(s: &EndpointSlice) -> (String, String) {
+    (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default())
 }
 
-/// Watches the cluster until the task is dropped, calling `apply` with each new
-/// snapshot (at most one per [`DEBOUNCE`] window, none before every watcher listed).
+/// Drops what no translation reads before an object is stored (a store holds every
+/// object of the cluster): the server-side-apply bookkeeping, often the largest part.
+fn lighten<K: kube::ResourceExt>(o: &mut K) {
+    o.managed_fields_mut().clear();
+}
+
+/// [`lighten`], and the annotations too (`kubectl apply` keeps a whole copy of the
+/// object in one); Nodes keep theirs, flannel's VTEP MAC is in them.
+fn lighten_more<K: kube::ResourceExt>(o: &mut K) {
+    lighten(o);
+    o.annotations_mut().clear();
+}
+
+/// What is due for translation at the next apply.
+#[derive(Default)]
+struct Dirty {
+    all_services: bool,
+    services: BTreeSet<ServiceKey>,
+    nodes: bool,
+}
+
+/// What run() keeps between applies.
+struct Translated {
+    /// The Service each EndpointSlice belonged to when last seen (a slice relabelled to
+    /// another Service changes both), and the other way round: a change to one Service
+    /// looks at its own slices, not at every slice.
+    slice_owner: HashMap<(String, String), ServiceKey>,
+    slices_of: HashMap<ServiceKey, BTreeSet<(String, String)>>,
+    /// Why Services are not (entirely) served, by Service.
+    service_skips: BTreeMap<ServiceKey, Vec<Skipped>>,
+    node_skips: Vec<Skipped>,
+    this_node: Option<SelfNode>,
+}
+
+impl Translated {
+    /// Records that `slice` now belongs to `owner`; returns the Service it belonged to
+    /// before, if another.
+    fn own(&mut self, slice: (String, String), owner: Option<ServiceKey>) -> Option<ServiceKey> {
+        let before = match &owner {
+            Some(o) => self.slice_owner.insert(slice.clone(), o.clone()),
+            None => self.slice_owner.remove(&slice),
+        };
+        if before == owner {
+            return None;
+        }
+        if let Some(b) = &before
+            && let Some(set) = self.slices_of.get_mut(b)
+        {
+            set.remove(&slice);
+            if set.is_empty() {
+                self.slices_of.remove(b);
+            }
+        }
+        if let Some(o) = owner {
+            self.slices_of.entry(o).or_default().insert(slice);
+        }
+        before
+    }
+}
+
+/// Watches the cluster until the task is dropped, calling `apply` with what changed
+/// (none before every watcher listed; the first call carries everything).
 pub async fn run<F, Fut>(client: Client, node_name: String, status: StatusHandle, mut apply: F)
 where
     F: FnMut(Snapshot) -> Fut,
@@ -174,21 +262,38 @@ where
     let streams = vec![
         progress(
             Kind::Nodes,
-            reflector(nodes_w, watcher(Api::<Node>::all(client.clone()), config.clone())).default_backoff(),
-        ),
-        progress(
-            Kind::Services,
-            reflector(services_w, watcher(Api::<K8sService>::all(client.clone()), config.clone()))
+            |_| Touched::Node,
+            reflector(nodes_w, watcher(Api::<Node>::all(client.clone()), config.clone()).modify(lighten))
                 .default_backoff(),
         ),
         progress(
+            Kind::Services,
+            |s| Touched::Service(Some(translate::service_key(s)), None),
+            reflector(
+                services_w,
+                watcher(Api::<K8sService>::all(client.clone()), config.clone()).modify(lighten_more),
+            )
+            .default_backoff(),
+        ),
+        progress(
             Kind::EndpointSlices,
-            reflector(slices_w, watcher(Api::<EndpointSlice>::all(client), config)).default_backoff(),
+            |s| Touched::Service(translate::slice_service(s), Some(slice_key(s))),
+            reflector(slices_w, watcher(Api::<EndpointSlice>::all(client), config).modify(lighten_more))
+                .default_backoff(),
         ),
     ];
     let mut merged = futures::stream::select_all(streams);
     let mut listed = [false; 3];
     let mut due: Option<tokio::time::Instant> = None;
+    let mut last_apply: Option<tokio::time::Instant> = None;
+    let mut dirty = Dirty { all_services: true, nodes: true, ..Dirty::default() };
+    let mut kept = Translated {
+        slice_owner: HashMap::new(),
+        slices_of: HashMap::new(),
+        service_skips: BTreeMap::new(),
+        node_skips: Vec::new(),
+        this_node: None,
+    };
     let started = Instant::now();
     loop {
         let wait = async {
@@ -202,7 +307,7 @@ where
                 let Some((kind, p)) = item else { break };
                 let i = kind as usize;
                 match p {
-                    Progress::Event { listed: done } => {
+                    Progress::Event { listed: done, touched } => {
                         listed[i] |= done;
                         status.update(|s| {
                             let w = &mut s.watchers[i];
@@ -210,8 +315,19 @@ where
                             w.synced = listed[i];
                             w.last_event_secs = started.elapsed().as_secs();
                         });
+                        match touched {
+                            Touched::Everything if kind == Kind::Nodes => dirty.nodes = true,
+                            Touched::Everything => dirty.all_services = true,
+                            Touched::Node => dirty.nodes = true,
+                            Touched::Service(owner, slice) => {
+                                let before = slice.and_then(|k| kept.own(k, owner.clone()));
+                                dirty.services.extend(owner.into_iter().chain(before));
+                            }
+                        }
                         if due.is_none() {
-                            due = Some(tokio::time::Instant::now() + DEBOUNCE);
+                            let now = tokio::time::Instant::now();
+                            // Leading edge: a change after a quiet window goes at once.
+                            due = Some(last_apply.map_or(now, |at| (at + DEBOUNCE).max(now)));
                         }
                     }
                     Progress::Error(e) => {
@@ -231,21 +347,96 @@ where
                     continue;
                 }
                 due = None;
-                let (svcs, eps, ns) = (owned(&services), owned(&slices), owned(&nodes));
-                let (services_out, mut skipped) = translate::services(&svcs, &eps, &node_name);
-                let (nodes_out, this_node, node_skips) = translate::nodes(&ns, &node_name);
-                skipped.extend(node_skips);
+                last_apply = Some(tokio::time::Instant::now());
+                let work = std::mem::take(&mut dirty);
+                let snapshot = changes(&work, &mut kept, &services, &slices, &nodes, &node_name);
                 status.update(|s| {
-                    s.watchers[Kind::Nodes as usize].objects = ns.len();
-                    s.watchers[Kind::Services as usize].objects = svcs.len();
-                    s.watchers[Kind::EndpointSlices as usize].objects = eps.len();
-                    s.applied += 1;
-                    s.skipped = skipped.iter().map(|k| format!("{}: {}", k.what, k.why)).collect();
+                    s.watchers[Kind::Nodes as usize].objects = nodes.len();
+                    s.watchers[Kind::Services as usize].objects = services.len();
+                    s.watchers[Kind::EndpointSlices as usize].objects = slices.len();
+                    s.skipped = snapshot.skipped.iter().map(|k| format!("{}: {}", k.what, k.why)).collect();
                 });
-                apply(Snapshot { services: services_out, nodes: nodes_out, this_node, skipped }).await;
+                apply(snapshot).await;
+                // Counted once the tables are published: "applied" means the data path has it.
+                status.update(|s| s.applied += 1);
             }
         }
     }
+}
+
+/// Translates what `dirty` says changed: every Service after a listing, else only the
+/// Services touched (their EndpointSlices found by one pass over the slices).
+fn changes(
+    dirty: &Dirty,
+    kept: &mut Translated,
+    services: &reflector::Store<K8sService>,
+    slices: &reflector::Store<EndpointSlice>,
+    nodes: &reflector::Store<Node>,
+    node_name: &str,
+) -> Snapshot {
+    let services_change = if dirty.all_services {
+        let all = services.state();
+        let slice_objects = slices.state();
+        let by_service = translate::slices_by_service(slice_objects.iter().map(|s| &**s));
+        kept.slice_owner.clear();
+        kept.slices_of.clear();
+        for slice in &slice_objects {
+            kept.own(slice_key(slice), translate::slice_service(slice));
+        }
+        kept.service_skips.clear();
+        let mut out = Vec::with_capacity(all.len());
+        for svc in &all {
+            let key = translate::service_key(svc);
+            let mine =
+                by_service.get(&(key.namespace.as_str(), key.name.as_str())).map_or(&[][..], Vec::as_slice);
+            let mut skipped = Vec::new();
+            out.extend(translate::service(svc, mine, node_name, &mut skipped));
+            if !skipped.is_empty() {
+                kept.service_skips.insert(key, skipped);
+            }
+        }
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        ServicesChange::All(out)
+    } else {
+        let (mut upsert, mut removed, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+        for key in &dirty.services {
+            let object = services.get(&reflector::ObjectRef::new(&key.name).within(&key.namespace));
+            // Its slices as the store has them now (one deleted since is let go of).
+            let mut mine = Vec::new();
+            for (ns, name) in kept.slices_of.get(key).into_iter().flatten() {
+                match slices.get(&reflector::ObjectRef::new(name).within(ns)) {
+                    Some(slice) if translate::slice_service(&slice).as_ref() == Some(key) => mine.push(slice),
+                    _ => gone.push((ns.clone(), name.clone())),
+                }
+            }
+            let mine: Vec<&EndpointSlice> = mine.iter().map(|s| &**s).collect();
+            let mut skipped = Vec::new();
+            match object.and_then(|svc| translate::service(&svc, &mine, node_name, &mut skipped)) {
+                Some(s) => upsert.push(s),
+                None => removed.push(key.clone()),
+            }
+            if skipped.is_empty() {
+                kept.service_skips.remove(key);
+            } else {
+                kept.service_skips.insert(key.clone(), skipped);
+            }
+        }
+        for slice in gone {
+            if slices.get(&reflector::ObjectRef::new(&slice.1).within(&slice.0)).is_none() {
+                kept.own(slice, None);
+            }
+        }
+        ServicesChange::Some { upsert, removed }
+    };
+    let nodes_now = dirty.nodes.then(|| {
+        let all = nodes.state();
+        let (out, this_node, skips) = translate::nodes(all.iter().map(|n| &**n), node_name);
+        kept.this_node = this_node;
+        kept.node_skips = skips;
+        out
+    });
+    let skipped = kept.service_skips.values().flatten().chain(&kept.node_skips).cloned().collect();
+    Snapshot { services: services_change, nodes: nodes_now, this_node: kept.this_node.clone(), skipped }
 }
 
 /// A mock API server, for this module's tests and the end-to-end tests.
@@ -260,9 +451,41 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(20);
 
+    /// What the snapshots so far add up to, as the control plane sees it.
+    #[derive(Clone, Default)]
+    struct Seen {
+        services: Vec<Service>,
+        nodes: Vec<NodeSpec>,
+        this_node: Option<SelfNode>,
+        /// The last snapshot's Services part.
+        last: Option<ServicesChange>,
+    }
+
+    impl Seen {
+        fn take(&mut self, s: Snapshot) {
+            match &s.services {
+                ServicesChange::All(all) => self.services = all.clone(),
+                ServicesChange::Some { upsert, removed } => {
+                    let changed: Vec<(&str, &str)> = removed
+                        .iter()
+                        .map(|k| (k.namespace.as_str(), k.name.as_str()))
+                        .chain(upsert.iter().map(|u| (u.namespace.as_str(), u.name.as_str())))
+                        .collect();
+                    self.services.retain(|x| !changed.contains(&(x.namespace.as_str(), x.name.as_str())));
+                    self.services.extend(upsert.iter().cloned());
+                }
+            }
+            if let Some(nodes) = s.nodes {
+                self.nodes = nodes;
+            }
+            self.this_node = s.this_node;
+            self.last = Some(s.services);
+        }
+    }
+
     struct Watching {
         api: MockApi,
-        snapshots: mpsc::UnboundedReceiver<Snapshot>,
+        snapshots: mpsc::UnboundedReceiver<Seen>,
         status: StatusHandle,
         task: tokio::task::JoinHandle<()>,
     }
@@ -278,18 +501,19 @@ mod tests {
         let client = Client::try_from(config).expect("client");
         let (tx, snapshots) = mpsc::unbounded_channel();
         let status = StatusHandle::new("node-a");
+        let seen = Arc::new(Mutex::new(Seen::default()));
         let task = tokio::spawn(run(client, "node-a".into(), status.clone(), move |s| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(s);
-            }
+            let mut sum = seen.lock().expect("seen");
+            sum.take(s);
+            let _ = tx.send(sum.clone());
+            async {}
         }));
         Watching { api, snapshots, status, task }
     }
 
     impl Watching {
         /// The next snapshot that satisfies `want`.
-        async fn until(&mut self, what: &str, want: impl Fn(&Snapshot) -> bool) -> Snapshot {
+        async fn until(&mut self, what: &str, want: impl Fn(&Seen) -> bool) -> Seen {
             let deadline = tokio::time::Instant::now() + TIMEOUT;
             loop {
                 let next = tokio::time::timeout_at(deadline, self.snapshots.recv()).await;
@@ -302,7 +526,7 @@ mod tests {
         }
     }
 
-    fn service(s: &Snapshot, name: &str) -> Option<Service> {
+    fn service(s: &Seen, name: &str) -> Option<Service> {
         s.services.iter().find(|x| x.name == name).cloned()
     }
 
@@ -346,8 +570,37 @@ mod tests {
         );
 
         w.api.apply("endpointslices", echo_slice(false));
-        w.until("echo's endpoint not ready", |s| service(s, "echo").is_some_and(|e| !e.endpoints[0].ready))
+        let s = w
+            .until("echo's endpoint not ready", |s| service(s, "echo").is_some_and(|e| !e.endpoints[0].ready))
             .await;
+        match s.last {
+            Some(ServicesChange::Some { upsert, removed }) => {
+                assert_eq!(
+                    (upsert.len(), upsert[0].name.as_str(), removed.len()),
+                    (1, "echo", 0),
+                    "only echo"
+                );
+            }
+            other => panic!("a change of one slice translates one Service, got {other:?}"),
+        }
+
+        // A slice moved to another Service (relabelled) leaves the first one; deleted,
+        // it leaves the second.
+        let mut other = echo_service();
+        other["metadata"]["name"] = json!("other");
+        other["spec"]["clusterIP"] = json!("10.96.7.8");
+        other["spec"]["clusterIPs"] = json!(["10.96.7.8"]);
+        w.api.apply("services", other);
+        let mut moved = echo_slice(true);
+        moved["metadata"]["labels"]["kubernetes.io/service-name"] = json!("other");
+        w.api.apply("endpointslices", moved.clone());
+        let endpoints = |s: &Seen, name: &str| service(s, name).map(|x| x.endpoints.len());
+        w.until("the endpoint moved to other", |s| {
+            endpoints(s, "echo") == Some(0) && endpoints(s, "other") == Some(1)
+        })
+        .await;
+        w.api.delete("endpointslices", moved);
+        w.until("other without it", |s| endpoints(s, "other") == Some(0)).await;
 
         w.api.delete("services", echo_service());
         w.until("echo gone", |s| service(s, "echo").is_none()).await;

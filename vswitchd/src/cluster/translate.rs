@@ -34,6 +34,13 @@ const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 const FLANNEL_BACKEND_TYPE: &str = "flannel.alpha.coreos.com/backend-type";
 const FLANNEL_BACKEND_DATA: &str = "flannel.alpha.coreos.com/backend-data";
 
+/// A Service by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
 /// Something not served, with the reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skipped {
@@ -46,137 +53,169 @@ fn skip(out: &mut Vec<Skipped>, what: String, why: &'static str) {
     out.push(Skipped { what, why });
 }
 
-/// The Services, with their endpoints from `slices`, as this node (`node_name`) serves
-/// them.
-pub fn services(
-    services: &[K8sService],
-    slices: &[EndpointSlice],
-    node_name: &str,
-) -> (Vec<Service>, Vec<Skipped>) {
-    let mut skipped = Vec::new();
-    // (namespace, service name) → its slices.
+/// The Service an EndpointSlice belongs to (by its `kubernetes.io/service-name` label).
+pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceKey> {
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(ServiceKey { namespace: slice.metadata.namespace.clone().unwrap_or_default(), name: name.clone() })
+}
+
+/// A Service's namespace and name.
+pub fn service_key(svc: &K8sService) -> ServiceKey {
+    ServiceKey {
+        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+        name: svc.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// `slices` by the (namespace, name) of their Service; those of no Service are left out.
+pub fn slices_by_service<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
     let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
         let ns = s.metadata.namespace.as_deref().unwrap_or_default();
         let Some(name) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else { continue };
         by_service.entry((ns, name.as_str())).or_default().push(s);
     }
-    let mut out = Vec::with_capacity(services.len());
+    by_service
+}
+
+/// The Services, with their endpoints from `slices`, as this node (`node_name`) serves
+/// them, sorted by namespace and name.
+pub fn services<'a>(
+    services: impl IntoIterator<Item = &'a K8sService>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node_name: &str,
+) -> (Vec<Service>, Vec<Skipped>) {
+    let mut skipped = Vec::new();
+    let by_service = slices_by_service(slices);
+    let mut out = Vec::new();
     for svc in services {
-        let ns = svc.metadata.namespace.clone().unwrap_or_default();
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let id = format!("{ns}/{name}");
-        let Some(spec) = &svc.spec else {
-            skip(&mut skipped, id, "no spec");
-            continue;
-        };
-        let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
-        if kind == "ExternalName" {
-            skip(&mut skipped, id, "ExternalName: a DNS alias, no virtual IP");
-            continue;
-        }
-        let ips: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
-            (Some(list), _) if !list.is_empty() => list.iter().map(String::as_str).collect(),
-            (_, Some(one)) => vec![one.as_str()],
-            _ => vec![],
-        };
-        if ips.is_empty() || ips.contains(&"None") {
-            skip(&mut skipped, id, "headless: no virtual IP (DNS returns the pods)");
-            continue;
-        }
-        let Some(cluster_ip) = ips.iter().find_map(|ip| ip.parse::<Ipv4Addr>().ok()) else {
-            skip(&mut skipped, id, "IPv6 only: the data path is IPv4");
-            continue;
-        };
-        let node_ports = matches!(kind, "NodePort" | "LoadBalancer");
-        let slices: Vec<&EndpointSlice> = by_service
-            .get(&(ns.as_str(), name.as_str()))
-            .map(|v| v.iter().copied().filter(|s| s.address_type == "IPv4").collect())
-            .unwrap_or_default();
-        let mut ports = Vec::new();
-        for p in spec.ports.as_deref().unwrap_or_default() {
-            let port_name = p.name.clone().unwrap_or_default();
-            let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
-                "TCP" => Protocol::Tcp,
-                "UDP" => Protocol::Udp,
-                _ => {
-                    skip(&mut skipped, format!("{id}:{}", p.port), "SCTP is not served");
-                    continue;
-                }
-            };
-            let Ok(port) = u16::try_from(p.port) else { continue };
-            // The endpoints' port: what the slices resolved (a named targetPort is
-            // resolved per pod), else the Service's own number.
-            let resolved = slices.iter().find_map(|s| {
-                s.ports.as_deref().unwrap_or_default().iter().find_map(|sp| {
-                    let same_name = sp.name.clone().unwrap_or_default() == port_name;
-                    let same_proto =
-                        sp.protocol.as_deref().unwrap_or("TCP") == p.protocol.as_deref().unwrap_or("TCP");
-                    (same_name && same_proto).then_some(sp.port).flatten()
-                })
-            });
-            let target_port = match (resolved, &p.target_port) {
-                (Some(n), _) => u16::try_from(n).unwrap_or(port),
-                (None, Some(IntOrString::Int(n))) => u16::try_from(*n).unwrap_or(port),
-                _ => port,
-            };
-            let node_port = if node_ports { p.node_port.and_then(|n| u16::try_from(n).ok()) } else { None };
-            ports.push(ServicePort { name: port_name, protocol, port, target_port, node_port });
-        }
-        if ports.is_empty() {
-            skip(&mut skipped, id, "no TCP or UDP port");
-            continue;
-        }
-        let mut endpoints = Vec::new();
-        let mut seen = HashSet::new();
-        for s in &slices {
-            for e in &s.endpoints {
-                let c = e.conditions.as_ref();
-                // Unset conditions mean ready (and serving as ready), not terminating.
-                let ready = c.and_then(|c| c.ready).unwrap_or(true);
-                let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-                let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-                let local = e.node_name.as_deref() == Some(node_name);
-                for a in &e.addresses {
-                    let Ok(ip) = a.parse::<Ipv4Addr>() else { continue };
-                    // An endpoint moving between slices shows in both for a moment.
-                    if seen.insert(ip) {
-                        endpoints.push(Endpoint { ip, ready, serving, terminating, local });
-                    }
-                }
-            }
-        }
-        let affinity = spec.session_affinity.as_deref() == Some("ClientIP");
-        let timeout = spec
-            .session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds)
-            .and_then(|t| u32::try_from(t).ok())
-            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
-        let policy = |p: &Option<String>| match p.as_deref() {
-            Some("Local") => TrafficPolicy::Local,
-            _ => TrafficPolicy::Cluster,
-        };
-        out.push(Service {
-            namespace: ns,
-            name,
-            cluster_ip,
-            service_type: if ports.iter().any(|p| p.node_port.is_some()) {
-                ServiceType::NodePort
-            } else {
-                ServiceType::ClusterIP
-            },
-            ports,
-            endpoints,
-            session_affinity: if affinity { SessionAffinity::ClientIP } else { SessionAffinity::None },
-            session_affinity_timeout: timeout,
-            external_traffic_policy: policy(&spec.external_traffic_policy),
-            internal_traffic_policy: policy(&spec.internal_traffic_policy),
-        });
+        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        let slices = by_service.get(&(ns, name)).map_or(&[][..], Vec::as_slice);
+        out.extend(service(svc, slices, node_name, &mut skipped));
     }
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     (out, skipped)
+}
+
+/// One Service with its EndpointSlices, as this node (`node_name`) serves it; `None`
+/// (and the reason in `skipped`) when it is not served.
+pub fn service(
+    svc: &K8sService,
+    slices: &[&EndpointSlice],
+    node_name: &str,
+    skipped: &mut Vec<Skipped>,
+) -> Option<Service> {
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let id = format!("{ns}/{name}");
+    let Some(spec) = &svc.spec else {
+        skip(skipped, id, "no spec");
+        return None;
+    };
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if kind == "ExternalName" {
+        skip(skipped, id, "ExternalName: a DNS alias, no virtual IP");
+        return None;
+    }
+    let ips: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
+        (Some(list), _) if !list.is_empty() => list.iter().map(String::as_str).collect(),
+        (_, Some(one)) => vec![one.as_str()],
+        _ => vec![],
+    };
+    if ips.is_empty() || ips.contains(&"None") {
+        skip(skipped, id, "headless: no virtual IP (DNS returns the pods)");
+        return None;
+    }
+    let Some(cluster_ip) = ips.iter().find_map(|ip| ip.parse::<Ipv4Addr>().ok()) else {
+        skip(skipped, id, "IPv6 only: the data path is IPv4");
+        return None;
+    };
+    let node_ports = matches!(kind, "NodePort" | "LoadBalancer");
+    let slices: Vec<&EndpointSlice> = slices.iter().copied().filter(|s| s.address_type == "IPv4").collect();
+    let mut ports = Vec::new();
+    for p in spec.ports.as_deref().unwrap_or_default() {
+        let port_name = p.name.clone().unwrap_or_default();
+        let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+            "TCP" => Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            _ => {
+                skip(skipped, format!("{id}:{}", p.port), "SCTP is not served");
+                continue;
+            }
+        };
+        let Ok(port) = u16::try_from(p.port) else { continue };
+        // The endpoints' port: what the slices resolved (a named targetPort is
+        // resolved per pod), else the Service's own number.
+        let resolved = slices.iter().find_map(|s| {
+            s.ports.as_deref().unwrap_or_default().iter().find_map(|sp| {
+                let same_name = sp.name.clone().unwrap_or_default() == port_name;
+                let same_proto =
+                    sp.protocol.as_deref().unwrap_or("TCP") == p.protocol.as_deref().unwrap_or("TCP");
+                (same_name && same_proto).then_some(sp.port).flatten()
+            })
+        });
+        let target_port = match (resolved, &p.target_port) {
+            (Some(n), _) => u16::try_from(n).unwrap_or(port),
+            (None, Some(IntOrString::Int(n))) => u16::try_from(*n).unwrap_or(port),
+            _ => port,
+        };
+        let node_port = if node_ports { p.node_port.and_then(|n| u16::try_from(n).ok()) } else { None };
+        ports.push(ServicePort { name: port_name, protocol, port, target_port, node_port });
+    }
+    if ports.is_empty() {
+        skip(skipped, id, "no TCP or UDP port");
+        return None;
+    }
+    let mut endpoints = Vec::new();
+    let mut seen = HashSet::new();
+    for s in &slices {
+        for e in &s.endpoints {
+            let c = e.conditions.as_ref();
+            // Unset conditions mean ready (and serving as ready), not terminating.
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            let local = e.node_name.as_deref() == Some(node_name);
+            for a in &e.addresses {
+                let Ok(ip) = a.parse::<Ipv4Addr>() else { continue };
+                // An endpoint moving between slices shows in both for a moment.
+                if seen.insert(ip) {
+                    endpoints.push(Endpoint { ip, ready, serving, terminating, local });
+                }
+            }
+        }
+    }
+    let affinity = spec.session_affinity.as_deref() == Some("ClientIP");
+    let timeout = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds)
+        .and_then(|t| u32::try_from(t).ok())
+        .unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
+    let policy = |p: &Option<String>| match p.as_deref() {
+        Some("Local") => TrafficPolicy::Local,
+        _ => TrafficPolicy::Cluster,
+    };
+    Some(Service {
+        namespace: ns,
+        name,
+        cluster_ip,
+        service_type: if ports.iter().any(|p| p.node_port.is_some()) {
+            ServiceType::NodePort
+        } else {
+            ServiceType::ClusterIP
+        },
+        ports,
+        endpoints,
+        session_affinity: if affinity { SessionAffinity::ClientIP } else { SessionAffinity::None },
+        session_affinity_timeout: timeout,
+        external_traffic_policy: policy(&spec.external_traffic_policy),
+        internal_traffic_policy: policy(&spec.internal_traffic_policy),
+    })
 }
 
 /// This node as its Node object describes it.
@@ -216,10 +255,13 @@ fn flannel_vtep_mac(node: &Node) -> Option<MacAddr> {
 }
 
 /// The other nodes (sorted by name), and this node (`self_name`) if it is among them.
-pub fn nodes(nodes: &[Node], self_name: &str) -> (Vec<NodeSpec>, Option<SelfNode>, Vec<Skipped>) {
+pub fn nodes<'a>(
+    nodes: impl IntoIterator<Item = &'a Node>,
+    self_name: &str,
+) -> (Vec<NodeSpec>, Option<SelfNode>, Vec<Skipped>) {
     let mut skipped = Vec::new();
     let mut me = None;
-    let mut sorted: Vec<&Node> = nodes.iter().collect();
+    let mut sorted: Vec<&Node> = nodes.into_iter().collect();
     sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let mut out: Vec<NodeSpec> = Vec::new();
     for n in sorted {
