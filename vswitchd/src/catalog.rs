@@ -123,6 +123,10 @@ impl ServiceCatalog {
     /// and the table is changed port by port, not rebuilt. False if nothing changed.
     /// Publish [`Self::table`] next, then [`Self::cut_stale_flows`].
     pub(crate) fn update(&mut self, upsert: Vec<Service>, removed: &[ServiceKey], ct: &Conntrack) -> bool {
+        debug_assert!(
+            self.services.is_sorted_by(|a, b| (&a.namespace, &a.name) <= (&b.namespace, &b.name)),
+            "update() needs the Services in order (cluster mode sets them so; the file does not)"
+        );
         let find = |services: &[Service], ns: &str, name: &str| {
             services.binary_search_by(|s| (s.namespace.as_str(), s.name.as_str()).cmp(&(ns, name)))
         };
