@@ -545,8 +545,8 @@ mod tests {
             "ports": [{"name": "tcp", "port": 7007, "protocol": "TCP"}]})
     }
 
-    /// Initial list, add, modify, delete — each change a new snapshot; a Service and
-    /// its slice added together arrive in one.
+    /// Initial list, add, modify, delete, a slice moved between Services — each change
+    /// a new snapshot, a lone change carrying only the Service it touched.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn follows_adds_changes_and_deletes() {
         let mut w = watching().await;
