@@ -134,7 +134,13 @@ pub fn service(
         return None;
     };
     let node_ports = matches!(kind, "NodePort" | "LoadBalancer");
-    let slices: Vec<&EndpointSlice> = slices.iter().copied().filter(|s| s.address_type == "IPv4").collect();
+    let mut slices: Vec<&EndpointSlice> =
+        slices.iter().copied().filter(|s| s.address_type == "IPv4").collect();
+    // In the same order however they were found (a store's hash map after a listing, the
+    // index after a change): the order decides Maglev's slots and which slice speaks for
+    // an endpoint listed twice, and a listing must not reshuffle new flows.
+    slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+
     let mut ports = Vec::new();
     for p in spec.ports.as_deref().unwrap_or_default() {
         let port_name = p.name.clone().unwrap_or_default();
@@ -328,6 +334,31 @@ mod tests {
             list(include_str!("fixtures/endpointslices.json")),
             list(include_str!("fixtures/nodes.json")),
         )
+    }
+
+    #[test]
+    fn a_services_slices_give_the_same_endpoints_in_any_order() {
+        let (svcs, slices, _) = fixtures();
+        let api = svcs.iter().find(|s| s.metadata.name.as_deref() == Some("api")).unwrap();
+        let first = slices
+            .iter()
+            .find(|s| s.address_type == "IPv4" && slice_service(s).is_some_and(|k| k.name == "api"))
+            .unwrap();
+        // A second IPv4 slice of it, its endpoint also listed (not ready) in the first.
+        let mut second = first.clone();
+        second.metadata.name = Some("api-second".into());
+        second.endpoints.truncate(1);
+        second.endpoints[0].addresses = vec!["10.244.2.99".into()];
+        let mut first = first.clone();
+        let mut twice = second.endpoints[0].clone();
+        twice.conditions = Some(Default::default());
+        twice.conditions.as_mut().unwrap().ready = Some(false);
+        first.endpoints.push(twice);
+        let mine = vec![&first, &second];
+        let reversed: Vec<&EndpointSlice> = mine.iter().rev().copied().collect();
+        let one = service(api, &mine, "node-a", &mut Vec::new()).unwrap();
+        let other = service(api, &reversed, "node-a", &mut Vec::new()).unwrap();
+        assert_eq!(one, other);
     }
 
     #[test]
