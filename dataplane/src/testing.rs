@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::wire::MacAddr;
 use crate::wire::checksum::{self, pseudo_header_v4};
+use crate::wire::offload::{Offload, segment_count, write_segment};
 use crate::wire::parse::{
     ARP_OP_REPLY, ARP_OP_REQUEST, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN,
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
@@ -426,6 +427,19 @@ impl SoloSwitch {
     pub fn buffer_allocations(&self) -> u64 {
         self.worker.pool().shared().allocations()
     }
+}
+
+/// `frame` (a super-frame) cut into the segments its offload `off` describes, as the
+/// receiving stack would get them.
+pub fn segments_of(frame: &[u8], off: &Offload) -> Vec<Vec<u8>> {
+    (0..segment_count(frame, off))
+        .map(|i| {
+            let mut out = vec![0u8; usize::from(off.segment_len)];
+            let n = write_segment(frame, off, i, &mut out);
+            out.truncate(n);
+            out
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -533,6 +533,13 @@ mod tests {
         assert_eq!(got, (0..4).map(|s| frame(1, 3, s)).collect::<Vec<_>>(), "the first four, in order");
     }
 
+    /// A test queue's transmit: every frame counted as sent, its buffer back to the pool.
+    fn sent_nowhere(frames: &mut Vec<Frame>, pool: &mut FramePool) -> crate::queue::TxOutcome {
+        let n = frames.len();
+        frames.drain(..).for_each(|f| pool.put(f));
+        crate::queue::TxOutcome { sent: n, sent_bytes: 0, dropped: 0 }
+    }
+
     /// Hands over one frame, then fails, as a TAP whose read breaks mid-batch does.
     struct FailsAfterOne {
         frame: Option<Vec<u8>>,
@@ -556,9 +563,7 @@ mod tests {
         }
 
         fn tx_batch(&mut self, frames: &mut Vec<Frame>, pool: &mut FramePool) -> crate::queue::TxOutcome {
-            let n = frames.len();
-            frames.drain(..).for_each(|f| pool.put(f));
-            crate::queue::TxOutcome { sent: n, sent_bytes: 0, dropped: 0 }
+            sent_nowhere(frames, pool)
         }
 
         fn name(&self) -> &str {
@@ -679,9 +684,7 @@ mod tests {
         }
 
         fn tx_batch(&mut self, frames: &mut Vec<Frame>, pool: &mut FramePool) -> crate::queue::TxOutcome {
-            let n = frames.len();
-            frames.drain(..).for_each(|f| pool.put(f));
-            crate::queue::TxOutcome { sent: n, sent_bytes: 0, dropped: 0 }
+            sent_nowhere(frames, pool)
         }
 
         fn name(&self) -> &str {
@@ -775,13 +778,13 @@ mod tests {
             std::thread::spawn(move || w.run(&stop))
         };
         let asleep = || stats.events.sleeps.get() > 0;
-        assert!(wait(Duration::from_secs(5), asleep), "the worker went to sleep");
+        assert!(vswitch_testbed::wait_until(Duration::from_secs(5), asleep), "the worker went to sleep");
         let started = Instant::now();
         for seq in 0..100 {
             peer.send(&frame(1, 2, seq)).unwrap();
         }
         let mut got = Vec::new();
-        assert!(wait(Duration::from_secs(5), || {
+        assert!(vswitch_testbed::wait_until(Duration::from_secs(5), || {
             got.extend(h.take_sent());
             got.len() == 100
         }));
@@ -791,16 +794,5 @@ mod tests {
         // A last frame ends its last sleep.
         peer.send(&frame(1, 2, 999)).unwrap();
         thread.join().unwrap();
-    }
-
-    fn wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if cond() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        cond()
     }
 }

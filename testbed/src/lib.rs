@@ -208,7 +208,13 @@ impl Drop for Scratch {
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    wait_until_every(Duration::from_millis(20), timeout, cond)
+}
+
+/// [`wait_until`], polling every `interval` (a measurement that times the wait wants
+/// a finer one).
+pub fn wait_until_every(interval: Duration, timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
@@ -217,6 +223,6 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(interval);
     }
 }

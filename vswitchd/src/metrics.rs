@@ -85,27 +85,27 @@ pub(crate) fn render_with(
     let _ = writeln!(out, "vswitch_affinity_entries {}", stats.affinity_entries);
     header(&mut out, "vswitch_pod_ports", "gauge", "Attached pod ports.");
     let _ = writeln!(out, "vswitch_pod_ports {pod_ports}");
-    header(
-        &mut out,
-        "vswitch_worker_busy_ratio",
-        "gauge",
-        "Share of a worker's time spent in poll rounds that found work.",
-    );
-    for w in &stats.workers {
-        let _ = writeln!(out, "vswitch_worker_busy_ratio{{worker=\"{}\"}} {:.6}", w.id, w.busy_ratio);
-    }
-    header(&mut out, "vswitch_worker_polls_total", "counter", "Poll rounds of a worker.");
-    for w in &stats.workers {
-        let _ = writeln!(out, "vswitch_worker_polls_total{{worker=\"{}\"}} {}", w.id, w.polls);
-    }
-    header(
-        &mut out,
-        "vswitch_worker_sleeps_total",
-        "counter",
-        "Times a worker slept in epoll, its idle polling over.",
-    );
-    for w in &stats.workers {
-        let _ = writeln!(out, "vswitch_worker_sleeps_total{{worker=\"{}\"}} {}", w.id, w.sleeps);
+    type PerWorker = fn(&vswitch_api::WorkerStats) -> String;
+    let per_worker: [(&str, &str, &str, PerWorker); 3] = [
+        (
+            "vswitch_worker_busy_ratio",
+            "gauge",
+            "Share of a worker's time spent in poll rounds that found work.",
+            |w| format!("{:.6}", w.busy_ratio),
+        ),
+        ("vswitch_worker_polls_total", "counter", "Poll rounds of a worker.", |w| w.polls.to_string()),
+        (
+            "vswitch_worker_sleeps_total",
+            "counter",
+            "Times a worker slept in epoll, its idle polling over.",
+            |w| w.sleeps.to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in per_worker {
+        header(&mut out, name, kind, help);
+        for w in &stats.workers {
+            let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", w.id, value(w));
+        }
     }
     if let Some(c) = cluster {
         type W = fn(&vswitch_api::WatcherStatus) -> u64;

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use vswitch_benches::node::{median, sibling_binary};
 use vswitch_benches::report;
 use vswitch_sys::netns::Netns as NsHandle;
-use vswitch_testbed::{Netns, Process, Scratch, unique_prefix};
+use vswitch_testbed::{Netns, Process, Scratch, unique_prefix, wait_until_every};
 use vswitchd::cluster::mock::MockApi;
 
 fn service(i: usize) -> Value {
@@ -89,16 +89,10 @@ fn cluster_status(socket: &str) -> Option<(u64, bool)> {
     Some((cluster["applied"].as_u64()?, synced))
 }
 
-/// Polls `cond` every millisecond until it holds or `timeout` passes.
-fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    false
+/// Polls `cond` every millisecond (the figures are in milliseconds) until it holds or
+/// `timeout` passes.
+fn poll_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    wait_until_every(Duration::from_millis(1), timeout, cond)
 }
 
 fn resident_mib(pid: u32) -> f64 {

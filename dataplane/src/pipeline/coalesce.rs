@@ -89,8 +89,8 @@ pub(crate) fn coalesce_tcp(
 mod tests {
     use super::*;
     use crate::frame::DEFAULT_BUF_SIZE;
-    use crate::testing::{FrameSpec, mac};
-    use crate::wire::offload::{F_NEEDS_CSUM, GSO_TCPV4, complete_checksum, segment_count, write_segment};
+    use crate::testing::{FrameSpec, mac, segments_of};
+    use crate::wire::offload::{F_NEEDS_CSUM, GSO_TCPV4, complete_checksum};
     use crate::wire::tcp;
 
     /// `count` segments of `mss` bytes of one flow, as a sender without TSO sends them.
@@ -115,14 +115,7 @@ mod tests {
             csum_offset: 16,
             segment_len: 54 + mss,
         };
-        (0..segment_count(&whole, &off))
-            .map(|i| {
-                let mut out = vec![0u8; 54 + usize::from(mss)];
-                let n = write_segment(&whole, &off, i, &mut out);
-                out.truncate(n);
-                out
-            })
-            .collect()
+        segments_of(&whole, &off)
     }
 
     fn frames(pool: &mut FramePool, data: &[Vec<u8>]) -> Vec<Frame> {
@@ -137,12 +130,7 @@ mod tests {
                 out.push(f.data().to_vec());
                 continue;
             }
-            for i in 0..segment_count(f.data(), &f.offload) {
-                let mut seg = vec![0u8; usize::from(f.offload.segment_len)];
-                let n = write_segment(f.data(), &f.offload, i, &mut seg);
-                seg.truncate(n);
-                out.push(seg);
-            }
+            out.extend(segments_of(f.data(), &f.offload));
         }
         out
     }

@@ -211,12 +211,11 @@ pub fn sequence(frame: &[u8], s: &TcpSegment) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{FrameSpec, mac};
-    use crate::wire::offload::{segment_count, write_segment};
+    use crate::testing::{FrameSpec, mac, segments_of};
 
     /// A super-frame as a pod's TSO hands it over, cut by our own segmentation: the
     /// segments a stack without TSO (or the far side of a wire) would have sent.
-    fn segments_of(payload: usize, mss: u16, ipv4: bool) -> (Vec<u8>, Vec<Vec<u8>>) {
+    fn cut_super_frame(payload: usize, mss: u16, ipv4: bool) -> (Vec<u8>, Vec<Vec<u8>>) {
         let body: Vec<u8> = (0..payload).map(|i| (i * 13 + 5) as u8).collect();
         let spec = if ipv4 {
             FrameSpec::tcp(
@@ -249,14 +248,7 @@ mod tests {
             csum_offset: 16,
             segment_len: (s.hdr_len + usize::from(mss)) as u16,
         };
-        let segs = (0..segment_count(&whole, &off))
-            .map(|i| {
-                let mut out = vec![0u8; usize::from(off.segment_len)];
-                let n = write_segment(&whole, &off, i, &mut out);
-                out.truncate(n);
-                out
-            })
-            .collect();
+        let segs = segments_of(&whole, &off);
         (whole, segs)
     }
 
@@ -281,21 +273,14 @@ mod tests {
     #[test]
     fn segments_merge_back_into_the_super_frame_they_were_cut_from() {
         for ipv4 in [true, false] {
-            let (whole, segs) = segments_of(10 * 1448 + 100, 1448, ipv4);
+            let (whole, segs) = cut_super_frame(10 * 1448 + 100, 1448, ipv4);
             assert_eq!(segs.len(), 11);
             assert!(segs.iter().all(|s| checksum_ok(s, &tcp_segment(s).unwrap())));
             let (merged, off) = merge(&segs).unwrap();
             assert_eq!(off.gso_size, 1448);
             assert_eq!(off.flags, F_NEEDS_CSUM);
             // Cut again, the merged frame gives the very same segments.
-            let again: Vec<Vec<u8>> = (0..segment_count(&merged, &off))
-                .map(|i| {
-                    let mut out = vec![0u8; usize::from(off.segment_len)];
-                    let n = write_segment(&merged, &off, i, &mut out);
-                    out.truncate(n);
-                    out
-                })
-                .collect();
+            let again = segments_of(&merged, &off);
             assert_eq!(again, segs, "ipv4: {ipv4}");
             // And its partial checksum completes to the whole packet's.
             let mut done = merged.clone();
@@ -309,7 +294,7 @@ mod tests {
 
     #[test]
     fn what_the_kernel_would_not_merge_is_not_merged() {
-        let (_, segs) = segments_of(4 * 1000, 1000, true);
+        let (_, segs) = cut_super_frame(4 * 1000, 1000, true);
         let first = tcp_segment(&segs[0]).unwrap();
         let len = first.ip_end;
         let check = |seg: &Vec<u8>, prev: &TcpSegment| {
@@ -334,8 +319,8 @@ mod tests {
         id[14 + 5] ^= 2;
         assert!(!check(&id, &first));
         // A segment after a short one, or after PSH.
-        let (_, short) = segments_of(1000 + 500, 1000, true);
-        let (_, mut tail) = segments_of(2 * 1000, 1000, true);
+        let (_, short) = cut_super_frame(1000 + 500, 1000, true);
+        let (_, mut tail) = cut_super_frame(2 * 1000, 1000, true);
         let s0 = tcp_segment(&short[1]).unwrap();
         assert!(!continues(
             &short[0],
@@ -361,7 +346,7 @@ mod tests {
 
     #[test]
     fn a_segment_with_a_wrong_checksum_is_found_out() {
-        let (_, segs) = segments_of(3 * 1000, 1000, true);
+        let (_, segs) = cut_super_frame(3 * 1000, 1000, true);
         let mut bad = segs[1].clone();
         let last = bad.len() - 1;
         bad[last] ^= 0x40;
@@ -371,7 +356,7 @@ mod tests {
 
     #[test]
     fn a_merged_packet_stays_within_the_ip_length_limit() {
-        let (_, segs) = segments_of(2 * 1448, 1448, true);
+        let (_, segs) = cut_super_frame(2 * 1448, 1448, true);
         let (first, next) = (tcp_segment(&segs[0]).unwrap(), tcp_segment(&segs[1]).unwrap());
         // The run so far, as long as it may be before one more full segment.
         let room = ETHERNET_HEADER_LEN + MAX_IP_LEN - 1448;

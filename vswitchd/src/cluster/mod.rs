@@ -246,6 +246,39 @@ impl Translated {
         }
         before
     }
+
+    /// The Service `key` (`svc`: its object, `None` once deleted) with its slices as
+    /// the store has them now, found through the index (a slice deleted since is let go
+    /// of); what of it is not served goes into the skips.
+    fn translate(
+        &mut self,
+        key: &ServiceKey,
+        svc: Option<&K8sService>,
+        slices: &reflector::Store<EndpointSlice>,
+        node_name: &str,
+    ) -> Option<Service> {
+        let (mut mine, mut gone) = (Vec::new(), Vec::new());
+        for (ns, name) in self.slices_of.get(key).into_iter().flatten() {
+            match slices.get(&reflector::ObjectRef::new(name).within(ns)) {
+                Some(slice) if translate::slice_service(&slice).as_ref() == Some(key) => mine.push(slice),
+                _ => gone.push((ns.clone(), name.clone())),
+            }
+        }
+        for slice in gone {
+            if slices.get(&reflector::ObjectRef::new(&slice.1).within(&slice.0)).is_none() {
+                self.own(slice, None);
+            }
+        }
+        let mine: Vec<&EndpointSlice> = mine.iter().map(|s| &**s).collect();
+        let mut skipped = Vec::new();
+        let served = svc.and_then(|svc| translate::service(svc, &mine, node_name, &mut skipped));
+        if skipped.is_empty() {
+            self.service_skips.remove(key);
+        } else {
+            self.service_skips.insert(key.clone(), skipped);
+        }
+        served
+    }
 }
 
 /// Watches the cluster until the task is dropped, calling `apply` with what changed
@@ -375,55 +408,26 @@ fn changes(
     node_name: &str,
 ) -> Snapshot {
     let services_change = if dirty.all_services {
-        let all = services.state();
-        let slice_objects = slices.state();
-        let by_service = translate::slices_by_service(slice_objects.iter().map(|s| &**s));
         kept.slice_owner.clear();
         kept.slices_of.clear();
-        for slice in &slice_objects {
-            kept.own(slice_key(slice), translate::slice_service(slice));
-        }
         kept.service_skips.clear();
-        let mut out = Vec::with_capacity(all.len());
-        for svc in &all {
-            let key = translate::service_key(svc);
-            let mine =
-                by_service.get(&(key.namespace.as_str(), key.name.as_str())).map_or(&[][..], Vec::as_slice);
-            let mut skipped = Vec::new();
-            out.extend(translate::service(svc, mine, node_name, &mut skipped));
-            if !skipped.is_empty() {
-                kept.service_skips.insert(key, skipped);
-            }
+        for slice in slices.state() {
+            kept.own(slice_key(&slice), translate::slice_service(&slice));
         }
+        let all = services.state();
+        let mut out: Vec<Service> = all
+            .iter()
+            .filter_map(|svc| kept.translate(&translate::service_key(svc), Some(svc), slices, node_name))
+            .collect();
         out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         ServicesChange::All(out)
     } else {
-        let (mut upsert, mut removed, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut upsert, mut removed) = (Vec::new(), Vec::new());
         for key in &dirty.services {
             let object = services.get(&reflector::ObjectRef::new(&key.name).within(&key.namespace));
-            // Its slices as the store has them now (one deleted since is let go of).
-            let mut mine = Vec::new();
-            for (ns, name) in kept.slices_of.get(key).into_iter().flatten() {
-                match slices.get(&reflector::ObjectRef::new(name).within(ns)) {
-                    Some(slice) if translate::slice_service(&slice).as_ref() == Some(key) => mine.push(slice),
-                    _ => gone.push((ns.clone(), name.clone())),
-                }
-            }
-            let mine: Vec<&EndpointSlice> = mine.iter().map(|s| &**s).collect();
-            let mut skipped = Vec::new();
-            match object.and_then(|svc| translate::service(&svc, &mine, node_name, &mut skipped)) {
+            match kept.translate(key, object.as_deref(), slices, node_name) {
                 Some(s) => upsert.push(s),
                 None => removed.push(key.clone()),
-            }
-            if skipped.is_empty() {
-                kept.service_skips.remove(key);
-            } else {
-                kept.service_skips.insert(key.clone(), skipped);
-            }
-        }
-        for slice in gone {
-            if slices.get(&reflector::ObjectRef::new(&slice.1).within(&slice.0)).is_none() {
-                kept.own(slice, None);
             }
         }
         ServicesChange::Some { upsert, removed }

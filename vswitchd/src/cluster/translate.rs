@@ -14,7 +14,7 @@
 //! - nodes without an IPv4 pod CIDR or InternalIP (not yet allocated), and nodes whose
 //!   CIDR or address clashes with one already taken.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -65,39 +65,6 @@ pub fn service_key(svc: &K8sService) -> ServiceKey {
         namespace: svc.metadata.namespace.clone().unwrap_or_default(),
         name: svc.metadata.name.clone().unwrap_or_default(),
     }
-}
-
-/// `slices` by the (namespace, name) of their Service; those of no Service are left out.
-pub fn slices_by_service<'a>(
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
-) -> HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
-    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-    for s in slices {
-        let ns = s.metadata.namespace.as_deref().unwrap_or_default();
-        let Some(name) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else { continue };
-        by_service.entry((ns, name.as_str())).or_default().push(s);
-    }
-    by_service
-}
-
-/// The Services, with their endpoints from `slices`, as this node (`node_name`) serves
-/// them, sorted by namespace and name.
-pub fn services<'a>(
-    services: impl IntoIterator<Item = &'a K8sService>,
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    node_name: &str,
-) -> (Vec<Service>, Vec<Skipped>) {
-    let mut skipped = Vec::new();
-    let by_service = slices_by_service(slices);
-    let mut out = Vec::new();
-    for svc in services {
-        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
-        let name = svc.metadata.name.as_deref().unwrap_or_default();
-        let slices = by_service.get(&(ns, name)).map_or(&[][..], Vec::as_slice);
-        out.extend(service(svc, slices, node_name, &mut skipped));
-    }
-    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    (out, skipped)
 }
 
 /// One Service with its EndpointSlices, as this node (`node_name`) serves it; `None`
@@ -322,6 +289,25 @@ pub fn without_conflicts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Services, with their endpoints from `slices`, as this node (`node_name`) serves
+    /// them, sorted by namespace and name: what a listing gives the cluster module.
+    fn services(
+        services: &[K8sService],
+        slices: &[EndpointSlice],
+        node_name: &str,
+    ) -> (Vec<Service>, Vec<Skipped>) {
+        let mut skipped = Vec::new();
+        let mut out = Vec::new();
+        for svc in services {
+            let key = service_key(svc);
+            let mine: Vec<&EndpointSlice> =
+                slices.iter().filter(|s| slice_service(s).as_ref() == Some(&key)).collect();
+            out.extend(service(svc, &mine, node_name, &mut skipped));
+        }
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        (out, skipped)
+    }
 
     fn list<T: serde::de::DeserializeOwned>(json: &str) -> Vec<T> {
         let v: serde_json::Value = serde_json::from_str(json).expect("fixture JSON");
