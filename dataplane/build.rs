@@ -1,15 +1,22 @@
-//! Compiles the uplink's XDP program (`bpf/steer.bpf.c`) to BPF bytecode with clang, for
-//! the daemon to embed. The headers are libbpf's, from the libbpf-sys build this crate
+//! Compiles the BPF programs (`bpf/*.bpf.c`: the uplink's XDP steering program, the
+//! tunnel port's tc programs) to bytecode with clang, for the daemon to embed. The headers are libbpf's, from the libbpf-sys build this crate
 //! links anyway, and the kernel's UAPI headers from the system (linux-libc-dev).
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let src = "bpf/steer.bpf.c";
-    println!("cargo:rerun-if-changed={src}");
     println!("cargo:rerun-if-env-changed=CLANG");
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("steer.bpf.o");
+    for name in ["steer", "tunnel"] {
+        compile(name);
+    }
+}
+
+fn compile(name: &str) {
+    let src = format!("bpf/{name}.bpf.c");
+    println!("cargo:rerun-if-changed={src}");
+    let out =
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join(format!("{name}.bpf.o"));
     let libbpf_include = std::env::var("DEP_BPF_INCLUDE").expect("libbpf-sys exports its include directory");
     let arch = match std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
         Ok("x86_64") => "x86_64-linux-gnu",
@@ -22,7 +29,7 @@ fn main() {
         .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
         .arg(format!("-I{libbpf_include}"))
         .arg(format!("-I/usr/include/{arch}"))
-        .args(["-c", src, "-o"])
+        .args(["-c", &src, "-o"])
         .arg(&out)
         .status()
         .unwrap_or_else(|e| {

@@ -141,6 +141,10 @@ pub struct Status {
     /// The uplink interface, when it is up.
     #[serde(default)]
     pub uplink: Option<String>,
+    /// How VXLAN to and from other nodes meets the kernel (the tunnel TAP or sockets,
+    /// and why), when the underlay is up.
+    #[serde(default)]
+    pub underlay: Option<String>,
     /// Cluster mode: the Kubernetes watchers. `None`: Services and nodes come from files.
     #[serde(default)]
     pub cluster: Option<ClusterStatus>,

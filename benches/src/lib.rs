@@ -249,6 +249,7 @@ fn port(id: u16, kind: PortKind) -> PortEntry {
         mtu: 1500,
         tx_workers: WorkerSet::single(0),
         offloads: false,
+        tunnel: false,
     }
 }
 

@@ -114,6 +114,7 @@ fn entry(id: u16, kind: PortKind, segment: u16, mtu: u16) -> PortEntry {
         mtu,
         tx_workers: WorkerSet::single(0),
         offloads: false,
+        tunnel: false,
     }
 }
 

@@ -81,6 +81,10 @@ pub struct EventCounters {
     /// Frames encapsulated toward and decapsulated from other nodes.
     pub overlay_encapsulated: Counter,
     pub overlay_decapsulated: Counter,
+    /// Super-frames encapsulated whole toward a tunnel port (UDP-tunnel GSO), and
+    /// super-frames received whole from one.
+    pub overlay_whole: Counter,
+    pub overlay_whole_received: Counter,
     /// ICMP fragmentation-needed sent to pods for packets too big for the overlay.
     pub frag_needed_sent: Counter,
     /// Frames passed to another worker for transmission.
@@ -180,6 +184,8 @@ pub struct EventTotals {
     pub icmp_translated: u64,
     pub overlay_encapsulated: u64,
     pub overlay_decapsulated: u64,
+    pub overlay_whole: u64,
+    pub overlay_whole_received: u64,
     pub frag_needed_sent: u64,
     pub handoff_sent: u64,
     pub handoff_received: u64,
@@ -252,6 +258,8 @@ impl StatsSnapshot {
             t.icmp_translated += e.icmp_translated.get();
             t.overlay_encapsulated += e.overlay_encapsulated.get();
             t.overlay_decapsulated += e.overlay_decapsulated.get();
+            t.overlay_whole += e.overlay_whole.get();
+            t.overlay_whole_received += e.overlay_whole_received.get();
             t.frag_needed_sent += e.frag_needed_sent.get();
             t.handoff_sent += e.handoff_sent.get();
             t.handoff_received += e.handoff_received.get();

@@ -136,6 +136,7 @@ async fn status(State(s): State<Shared>) -> axum::Json<Status> {
         ports: m.pod_count(),
         node_ip: c.node_ip,
         uplink: m.uplink_name().map(str::to_string),
+        underlay: m.underlay_summary(),
         cluster: s.cluster.as_ref().map(|c| c.get()),
     })
 }
@@ -295,6 +296,8 @@ fn stats_of(snap: &StatsSnapshot, names: &BTreeMap<PortId, String>, dp: &Datapat
         ("service_rejects", e.service_rejects),
         ("icmp_translated", e.icmp_translated),
         ("overlay_encapsulated", e.overlay_encapsulated),
+        ("overlay_whole", e.overlay_whole),
+        ("overlay_whole_received", e.overlay_whole_received),
         ("overlay_decapsulated", e.overlay_decapsulated),
         ("frag_needed_sent", e.frag_needed_sent),
     ]

@@ -42,6 +42,19 @@ pub enum AfxdpMode {
     Generic,
 }
 
+/// How VXLAN to and from other nodes meets the kernel (`overlay.underlay_io`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderlayIo {
+    /// The tunnel TAP where the node allows it, else sockets.
+    Auto,
+    /// The tunnel TAP, or no underlay: a super-frame crosses to another node whole.
+    Tunnel,
+    /// Kernel sockets (and the uplink's AF_XDP where one is set): every packet cut to
+    /// the underlay MTU by the switch.
+    Sockets,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownArpPolicy {
@@ -97,6 +110,10 @@ pub struct OverlayConfig {
     pub vni: u32,
     pub port: u16,
     pub underlay_mtu: u16,
+    /// The node's interface toward the other nodes (where VXLAN arrives); `None`: the
+    /// uplink's.
+    pub interface: Option<String>,
+    pub underlay_io: UnderlayIo,
     pub nodes_file: Option<PathBuf>,
     /// Nodes fixed in the config.
     pub nodes: Vec<vswitch_dataplane::tables::overlay::NodeSpec>,
@@ -205,6 +222,8 @@ section!(RawOverlay, CompleteRawOverlay, {
     vni: Spanned<u32> => Spanned<u32>,
     port: Spanned<u16> => Spanned<u16>,
     underlay_mtu: Spanned<u16> => Spanned<u16>,
+    interface: Spanned<String> => Spanned<String>,
+    underlay_io: UnderlayIo => UnderlayIo,
     nodes_file: PathBuf => PathBuf,
     node: Vec<super::nodes_file::RawNode> => Vec<super::nodes_file::RawNode>,
 }, |c: CompleteRawConfig| c.overlay.into());
@@ -502,6 +521,8 @@ pub fn parse_with_pod_cidr(
         vni,
         port: overlay_port,
         underlay_mtu,
+        interface: interface(&ov.interface, "overlay.interface")?,
+        underlay_io: ov.underlay_io,
         nodes_file: (!ov.nodes_file.as_os_str().is_empty()).then(|| ov.nodes_file.clone()),
         nodes,
     };

@@ -24,6 +24,9 @@ pub(crate) struct Underlays {
     pub socket: Option<PortId>,
     /// The uplink, as the AF_XDP fast path.
     pub fast: Option<FastPath>,
+    /// The outer source address when the configuration names none (the tunnel TAP's:
+    /// the kernel fills in no address for it).
+    pub local_ip: Option<Ipv4Addr>,
 }
 
 #[derive(Default)]
@@ -63,8 +66,14 @@ impl NodeController {
     /// Rebuilds the overlay table and publishes it. The nodes were checked together
     /// when they were taken, so building cannot fail for a reason they bring.
     pub(crate) fn publish(&mut self, config: &Config, plane: &mut Plane, underlays: Underlays) {
-        let built = OverlayTable::build(config.overlay_settings(), underlays.socket, &self.all_nodes(config))
-            .map(|t| match underlays.fast {
+        let mut settings = config.overlay_settings();
+        if let Some(ip) = underlays.local_ip.filter(|_| settings.local_ip.is_unspecified()) {
+            settings.local_ip = ip;
+        }
+        let built =
+            OverlayTable::build(settings, underlays.socket, &self.all_nodes(config)).map(|t| match underlays
+                .fast
+            {
                 Some(f) => t.with_fast_path(f, |ip| self.next_hops.get(&ip).copied()),
                 None => t,
             });

@@ -17,11 +17,11 @@ use vswitch_dataplane::tables::overlay::{FastPath, NodeSpec};
 use vswitch_dataplane::wire::parse::IPPROTO_UDP;
 
 use crate::cluster::translate::ServiceKey;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, UnderlayIo};
 use crate::nodes::{NodeController, Underlays};
 use crate::plane::Plane;
-use crate::ports::kernel::{Kernel, first_ipv4};
-use crate::ports::{AttachError, PortManager, RestoreReport, UplinkError};
+use crate::ports::kernel::{Kernel, TunnelSpec, first_ipv4};
+use crate::ports::{AttachError, PortManager, RestoreReport, TUNNEL_TAP, UplinkError};
 use crate::services::ServiceController;
 use crate::state::StateFile;
 
@@ -90,11 +90,44 @@ impl Switch {
         Ok(())
     }
 
-    /// Opens the underlay port: VXLAN to and from other nodes through kernel sockets.
+    /// Opens the underlay port: VXLAN to and from other nodes through the tunnel TAP
+    /// or kernel sockets (`overlay.underlay_io`).
     pub(crate) fn start_underlay(&mut self) -> Result<(), AttachError> {
-        self.ports.start_underlay(&mut self.plane)?;
+        let io = self.config.overlay.underlay_io;
+        let tunnel = match io {
+            UnderlayIo::Sockets => Err("overlay.underlay_io = \"sockets\"".to_string()),
+            UnderlayIo::Auto | UnderlayIo::Tunnel => self.tunnel_spec(),
+        };
+        self.ports.start_underlay(&mut self.plane, tunnel, io == UnderlayIo::Tunnel)?;
         self.publish_overlay();
+        self.steer();
         Ok(())
+    }
+
+    /// Where the tunnel TAP would link to: the underlay interface and the node's address
+    /// there (the outer source of our VXLAN, and what the tc program takes VXLAN to).
+    fn tunnel_spec(&self) -> Result<TunnelSpec, String> {
+        let Some(interface) = self.config.overlay.interface.clone().or_else(|| self.config.uplink.clone())
+        else {
+            return Err("no underlay interface named (overlay.interface or uplink.interface)".into());
+        };
+        let node_ip = match self.config.node_ip {
+            Some(ip) => ip,
+            None => {
+                let kernel = self.ports.kernel();
+                let addresses = kernel.index_of(&interface).and_then(|i| kernel.addresses(i));
+                let addresses = addresses.map_err(|e| format!("underlay interface {interface}: {e}"))?;
+                first_ipv4(&addresses)
+                    .ok_or_else(|| format!("underlay interface {interface} has no IPv4 address"))?
+            }
+        };
+        Ok(TunnelSpec {
+            tap: TUNNEL_TAP.into(),
+            underlay: interface,
+            node_ip,
+            port: self.config.overlay.port,
+            mtu: self.config.overlay.underlay_mtu,
+        })
     }
 
     pub(crate) fn attach(&mut self, req: &AttachRequest) -> Result<(PortInfo, bool), AttachError> {
@@ -125,6 +158,11 @@ impl Switch {
         self.ports.port(container_id, ifname)
     }
 
+    /// How VXLAN meets the kernel, for the status.
+    pub(crate) fn underlay_summary(&self) -> Option<String> {
+        self.ports.underlay_summary()
+    }
+
     pub(crate) fn port_names(&self) -> BTreeMap<PortId, String> {
         self.ports.port_names()
     }
@@ -141,7 +179,7 @@ impl Switch {
     /// NodePorts, and VXLAN once there are other nodes (the fast path in).
     fn steer(&mut self) {
         let mut ports: BTreeSet<(u8, u16)> = self.services.node_ports();
-        if self.nodes.any(&self.config) {
+        if self.nodes.any(&self.config) && self.ports.underlay_tunnel().is_none() {
             ports.insert((IPPROTO_UDP, self.config.overlay.port));
         }
         self.ports.steer(&ports);
@@ -210,9 +248,17 @@ impl Switch {
     }
 
     fn publish_overlay(&mut self) {
+        // VXLAN through the tunnel TAP keeps super-frames whole: the uplink's AF_XDP,
+        // which carries segments, does not take it then.
+        let tunnel = self.ports.underlay_tunnel().map(|t| t.node_ip);
         let underlays = Underlays {
             socket: self.ports.underlay_port(),
-            fast: self.ports.uplink_port().map(|u| FastPath { port: u.id, mac: u.mac }),
+            fast: self
+                .ports
+                .uplink_port()
+                .filter(|_| tunnel.is_none())
+                .map(|u| FastPath { port: u.id, mac: u.mac }),
+            local_ip: tunnel,
         };
         self.nodes.publish(&self.config, &mut self.plane, underlays);
     }
@@ -278,6 +324,7 @@ mod tests {
     use vswitch_testbed::Scratch;
 
     use super::*;
+    use crate::config::UnderlayIo;
     use crate::ports::fake::FakeKernel;
     use crate::ports::kernel::LinkKind;
 
@@ -300,7 +347,12 @@ pod_cidr = "10.244.2.0/24"
     /// A switch on the fake kernel with an uplink `eth9` at 192.168.50.1 (no node_ip
     /// configured: it is taken from the interface).
     fn switch(dir: &Scratch) -> (Switch, Arc<FakeKernel>) {
+        switch_with(dir, UnderlayIo::Sockets)
+    }
+
+    fn switch_with(dir: &Scratch, io: UnderlayIo) -> (Switch, Arc<FakeKernel>) {
         let mut config = crate::config::default_config();
+        config.overlay.underlay_io = io;
         config.workers = 2;
         config.host_port = None;
         config.state_file = dir.0.join("state.json");
@@ -344,6 +396,25 @@ pod_cidr = "10.244.2.0/24"
         assert_eq!(view.nodes.len(), 1);
         assert!(view.file_error.is_some());
         assert_eq!(view.underlay.as_deref(), Some("vxlan/4789"));
+    }
+
+    /// With the tunnel TAP (the uplink's interface, its address), VXLAN is the TAP's:
+    /// not steered to AF_XDP, no node on the AF_XDP fast path.
+    #[test]
+    fn the_tunnel_tap_takes_vxlan_from_the_uplink() {
+        let dir = Scratch::new(&format!("switch-tunnel-{}", std::process::id()));
+        let (mut s, kernel) = switch_with(&dir, UnderlayIo::Auto);
+        s.start_uplink().unwrap();
+        s.start_underlay().unwrap();
+        assert!(s.underlay_summary().unwrap().starts_with("tunnel TAP vswitch-vx on eth9"));
+        s.nodes_file_read(Some(NODES.into()), false).unwrap();
+        assert_eq!(kernel.steered().last(), Some(&BTreeSet::new()), "VXLAN not steered");
+        let node = Ipv4Addr::new(192, 168, 50, 2);
+        kernel.set_next_hop(node, MacAddr([2, 0xbb, 0, 0, 0, 2]));
+        s.refresh_next_hops();
+        let tables = s.datapath().tables();
+        assert!(tables.overlay().fast.is_none(), "no AF_XDP path for VXLAN");
+        assert_eq!(tables.overlay().settings.local_ip, Ipv4Addr::new(192, 168, 50, 1));
     }
 
     #[test]

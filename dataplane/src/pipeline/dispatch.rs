@@ -8,8 +8,10 @@ use crate::ids::{NodeIndex, PortId};
 use crate::stage::Verdict;
 use crate::stages::overlay;
 use crate::stats::WorkerStats;
+use crate::tables::overlay::{OverlayTable, RemoteNode};
 use crate::tables::{PortEntry, Tables};
-use crate::wire::offload;
+use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
+use crate::wire::{offload, vxlan};
 
 /// Frames one egress port may have waiting within one poll round. Ordinary rounds stay
 /// far below (a batch per queue); it bounds what software segmentation of super-frames
@@ -106,8 +108,8 @@ pub(super) fn dispatch(
 }
 
 /// Encapsulates a routed frame toward a remote node and queues it on the underlay port.
-/// A super-frame is cut into segments first and a partial checksum completed: the
-/// underlay carries finished packets.
+/// A super-frame stays whole toward a tunnel port; toward the others it is cut into
+/// segments first, and a partial checksum completed: they carry finished packets.
 #[inline(never)]
 fn to_overlay(
     tables: &Tables,
@@ -129,6 +131,9 @@ fn to_overlay(
             None => return Err((frame, DropReason::OverlayNoUnderlay)),
         },
     };
+    if egress.tunnel && frame.offload.is_gso() && fits_whole(&frame, egress) {
+        return encapsulate_whole(stats, ov, remote, entropy, egress, frame, pool, out);
+    }
     finish_in_software(stats, frame, pool, |mut f, pool| {
         if !overlay::encapsulate(ov, remote, entropy, macs, &mut f) || f.len() > egress.max_frame_len() {
             stats.count_drop(f.ingress, DropReason::OverlayMtuExceeded);
@@ -137,6 +142,41 @@ fn to_overlay(
         stats.events.overlay_encapsulated.inc();
         enqueue(stats, egress, f, pool, out);
     });
+    Ok(())
+}
+
+/// Whether the super-frame `frame`, encapsulated, can be described to a tunnel port:
+/// its outer IPv4 length fits the header's field, and each of its segments the port.
+/// (Pods' stacks build super-frames of at most 64 KiB of IP packet, so only one near
+/// that limit is cut in software.)
+fn fits_whole(frame: &Frame, egress: &PortEntry) -> bool {
+    frame.len() - ETHERNET_HEADER_LEN + vxlan::OUTER_LEN <= usize::from(u16::MAX)
+        && usize::from(frame.offload.segment_len) + vxlan::OUTER_LEN <= egress.max_frame_len()
+}
+
+/// A super-frame toward a tunnel port: encapsulated once, as it is, and described as a
+/// UDP-tunnel super-frame, so the kernel segments it at the egress device (or carries it
+/// whole where the device can), as its own vxlan device's output is.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn encapsulate_whole(
+    stats: &WorkerStats,
+    ov: &OverlayTable,
+    remote: &RemoteNode,
+    entropy: u16,
+    egress: &PortEntry,
+    mut frame: Frame,
+    pool: &mut FramePool,
+    out: &mut TxBatches,
+) -> Result<(), (Frame, DropReason)> {
+    let inner = frame.offload;
+    if !overlay::encapsulate(ov, remote, entropy, None, &mut frame) {
+        return Err((frame, DropReason::OverlayMtuExceeded));
+    }
+    frame.offload = offload::encapsulated(&inner, vxlan::OUTER_LEN);
+    stats.events.overlay_encapsulated.inc();
+    stats.events.overlay_whole.inc();
+    enqueue(stats, egress, frame, pool, out);
     Ok(())
 }
 

@@ -155,7 +155,14 @@ impl Pipeline {
                 Err(DropReason::OversizedFrame)
             } else {
                 wire::parse::parse_into(frame.data(), &mut meta)
-                    .and_then(|()| wire::offload::matches_headers(&frame.offload, &meta))
+                    .and_then(|()| {
+                        if port.tunnel {
+                            let vxlan_port = tables.overlay().settings.udp_port;
+                            wire::offload::matches_tunnel_headers(&frame.offload, &meta, vxlan_port)
+                        } else {
+                            wire::offload::matches_headers(&frame.offload, &meta)
+                        }
+                    })
                     .map_err(DropReason::from)
             };
             let verdict = match parsed {

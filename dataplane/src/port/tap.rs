@@ -31,6 +31,14 @@ use vswitch_sys::{Context, SysError};
 // <linux/if_tun.h>
 nix::ioctl_write_int!(tun_set_persist, b'T', 203);
 nix::ioctl_write_int!(tun_set_offload, b'T', 208);
+nix::ioctl_write_ptr!(tun_set_vnet_hdr_sz, b'T', 216, libc::c_int);
+
+// TUNSETOFFLOAD flags (<linux/if_tun.h>; the UDP-tunnel ones since Linux 6.17).
+const TUN_F_CSUM: u64 = 0x01;
+const TUN_F_TSO4: u64 = 0x02;
+const TUN_F_TSO6: u64 = 0x04;
+const TUN_F_UDP_TUNNEL_GSO: u64 = 0x80;
+const TUN_F_UDP_TUNNEL_GSO_CSUM: u64 = 0x100;
 
 /// How to create a TAP.
 #[derive(Clone, Debug)]
@@ -48,6 +56,9 @@ pub struct TapQueue {
     dev: SyncDevice,
     label: String,
     offloads: bool,
+    /// A tunnel port's queue: the 32-byte header describing UDP-tunnel super-frames
+    /// ([`enable_tunnel_offloads`]).
+    tunnel: bool,
     /// A large buffer the next read spills into when a frame exceeds an ordinary one.
     spill: Option<Frame>,
 }
@@ -97,7 +108,13 @@ fn finish_queues(
     }
     Ok(devs
         .into_iter()
-        .map(|dev| TapQueue { dev, label: name.to_string(), offloads: opts.offloads, spill: None })
+        .map(|dev| TapQueue {
+            dev,
+            label: name.to_string(),
+            offloads: opts.offloads,
+            tunnel: false,
+            spill: None,
+        })
         .collect())
 }
 
@@ -135,6 +152,31 @@ pub fn reopen(name: &str, opts: &TapOptions) -> Result<Vec<TapQueue>, SysError> 
     finish_queues(first, name, opts, false)
 }
 
+/// Makes the TAP of `queues` (all of one device, opened with offloads) a tunnel port:
+/// a 32-byte virtio-net header that describes UDP-tunnel (VXLAN) super-frames both ways
+/// (`TUN_F_UDP_TUNNEL_GSO`, Linux 6.17). An older kernel refuses it: the caller falls
+/// back to another underlay.
+pub fn enable_tunnel_offloads(queues: &mut [TapQueue]) -> Result<(), SysError> {
+    let Some(first) = queues.first() else { return Ok(()) };
+    let name = first.label.clone();
+    let size = offload::TUNNEL_HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which is live for the
+    // call; the fd is a TAP we own. The size is the device's, for all its queues.
+    unsafe { tun_set_vnet_hdr_sz(first.dev.as_raw_fd(), &size) }
+        .map_err(std::io::Error::from)
+        .context(|| format!("setting a {size}-byte virtio-net header on TAP {name}"))?;
+    let flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_UDP_TUNNEL_GSO | TUN_F_UDP_TUNNEL_GSO_CSUM;
+    // SAFETY: TUNSETOFFLOAD takes the flags by value; the fd is a TAP we own.
+    unsafe { tun_set_offload(first.dev.as_raw_fd(), flags) }
+        .map_err(std::io::Error::from)
+        .context(|| format!("enabling UDP-tunnel offloads on TAP {name}"))?;
+    for q in queues.iter_mut() {
+        q.tunnel = true;
+        q.offloads = true;
+    }
+    Ok(())
+}
+
 impl TapQueue {
     /// The name used in errors and logs (e.g. the pod and interface it serves).
     pub fn set_label(&mut self, label: String) {
@@ -163,17 +205,18 @@ impl PortQueue for TapQueue {
             let mut frame = pool.get();
             let spill = self.spill.get_or_insert_with(|| pool.get_large());
             let small_cap = frame.capacity();
-            let mut hdr = [0u8; VNET_HDR_LEN];
+            let mut hdr = [0u8; offload::TUNNEL_HDR_LEN];
+            let hdr_len = if self.tunnel { offload::TUNNEL_HDR_LEN } else { VNET_HDR_LEN };
             let read = {
                 let mut iov = [
-                    IoSliceMut::new(&mut hdr),
+                    IoSliceMut::new(&mut hdr[..hdr_len]),
                     IoSliceMut::new(frame.spare_mut()),
                     IoSliceMut::new(spill.spare_from_mut(small_cap)),
                 ];
                 self.dev.recv_vectored(&mut iov)
             };
             let len = match read {
-                Ok(len) if len > VNET_HDR_LEN => len - VNET_HDR_LEN,
+                Ok(len) if len > hdr_len => len - hdr_len,
                 Ok(_) => {
                     // Shorter than the header: passed on empty, so the pipeline counts it
                     // (as truncated_ethernet) like any other runt.
@@ -206,10 +249,13 @@ impl PortQueue for TapQueue {
             } else {
                 frame.set_len(len);
             }
-            frame.offload = if hdr == [0; VNET_HDR_LEN] {
+            frame.offload = if hdr[..VNET_HDR_LEN] == [0; VNET_HDR_LEN] {
                 Offload::NONE
+            } else if self.tunnel {
+                offload::decode_tunnel(&hdr, frame.data()).unwrap_or(Offload::INVALID)
             } else {
-                offload::decode(&hdr, frame.data()).unwrap_or(Offload::INVALID)
+                let legacy: &[u8; VNET_HDR_LEN] = hdr[..VNET_HDR_LEN].try_into().expect("a prefix");
+                offload::decode(legacy, frame.data()).unwrap_or(Offload::INVALID)
             };
             batch.push(frame);
             n += 1;
@@ -226,12 +272,17 @@ impl PortQueue for TapQueue {
                 offload::complete_checksum(frame.data_mut(), &mut off);
                 frame.offload = off;
             }
-            let hdr = if frame.offload == Offload::NONE {
-                [0u8; VNET_HDR_LEN]
+            let mut hdr = [0u8; offload::TUNNEL_HDR_LEN];
+            let hdr: &[u8] = if self.tunnel {
+                hdr = offload::encode_tunnel(&frame.offload, frame.data());
+                &hdr
             } else {
-                offload::encode(&frame.offload, frame.data())
+                if frame.offload != Offload::NONE {
+                    hdr[..VNET_HDR_LEN].copy_from_slice(&offload::encode(&frame.offload, frame.data()));
+                }
+                &hdr[..VNET_HDR_LEN]
             };
-            match self.dev.send_vectored(&[IoSlice::new(&hdr), IoSlice::new(frame.data())]) {
+            match self.dev.send_vectored(&[IoSlice::new(hdr), IoSlice::new(frame.data())]) {
                 Ok(_) => {
                     out.sent += 1;
                     out.sent_bytes += frame.len() as u64;

@@ -20,7 +20,7 @@ use crate::frame::Frame;
 use crate::stage::{Packet, StageContext, Step, drop, forward};
 use crate::tables::overlay::{OverlayTable, RemoteNode};
 use crate::tables::{PortEntry, PortKind, Tables};
-use crate::wire::{Fragment, FrameMeta, L4, MacAddr, Net, vxlan};
+use crate::wire::{Fragment, FrameMeta, L4, MacAddr, Net, offload, vxlan};
 
 /// A VXLAN frame for this switch to decapsulate: UDP to the VXLAN port, in from an
 /// underlay port. Pods may send UDP to that port among themselves: it is only
@@ -61,9 +61,25 @@ pub(crate) fn decapsulate<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '
     };
     // Ethernet padding of a short outer frame is not part of the inner one.
     frame.truncate(end);
-    frame.strip_front(vx + vxlan::HEADER_LEN);
+    let outer_len = vx + vxlan::HEADER_LEN;
+    frame.strip_front(outer_len);
     if let Err(e) = crate::wire::parse::parse_into(frame.data(), meta) {
         return drop(e.into());
+    }
+    if frame.offload.is_pending() {
+        // From a tunnel port: the offload work concerns the inner packet, and is checked
+        // against its headers as a pod's would be.
+        let inner = offload::decapsulated(&frame.offload, outer_len, frame.data())
+            .and_then(|off| offload::matches_headers(&off, meta).map(|()| off));
+        match inner {
+            Ok(off) => {
+                if off.is_gso() {
+                    ctx.events().overlay_whole_received.inc();
+                }
+                frame.offload = off
+            }
+            Err(e) => return drop(e.into()),
+        }
     }
     let Net::Ipv4(inner) = &meta.net else {
         return drop(DropReason::OverlayBadInner);

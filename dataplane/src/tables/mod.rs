@@ -46,6 +46,7 @@ pub(crate) mod tests {
             mtu: 1500,
             tx_workers: WorkerSet::single(0),
             offloads: false,
+            tunnel: false,
         }
     }
 

@@ -207,6 +207,7 @@ impl OverlayTable {
             mtu: t.inner_mtu(),
             tx_workers: Default::default(),
             offloads: false,
+            tunnel: false,
         });
         Ok(t)
     }

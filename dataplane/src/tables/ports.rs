@@ -41,6 +41,10 @@ pub struct PortEntry {
     /// The port takes TSO/GSO super-frames and partial checksums (a TAP with
     /// `IFF_VNET_HDR`); frames toward a port without are finished in software first.
     pub offloads: bool,
+    /// A tunnel port: it carries VXLAN packets whose offload work concerns the packet
+    /// inside (UDP-tunnel GSO super-frames, partial inner checksums), so a super-frame
+    /// to another node is encapsulated whole toward it.
+    pub tunnel: bool,
 }
 
 impl PortEntry {
@@ -65,6 +69,7 @@ impl PortEntry {
             mtu,
             tx_workers,
             offloads: false,
+            tunnel: false,
         }
     }
 

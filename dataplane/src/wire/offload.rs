@@ -55,6 +55,20 @@ pub const GSO_UDP_L4: u8 = 5;
 /// Flag in `gso_type`: the super-frame's TCP header had CWR set.
 pub const GSO_ECN: u8 = 0x80;
 
+/// Flag in `gso_type`: a UDP tunnel (VXLAN) over IPv4 around the super-frame; the
+/// low bits name the inner packet's type (`virtio_net_hdr_v1_hash_tunnel`, Linux 6.17).
+pub const GSO_UDP_TUNNEL_IPV4: u8 = 0x20;
+pub const GSO_UDP_TUNNEL_IPV6: u8 = 0x40;
+const GSO_UDP_TUNNEL: u8 = GSO_UDP_TUNNEL_IPV4 | GSO_UDP_TUNNEL_IPV6;
+/// The outer UDP checksum is left to the device too (ours is always zero).
+pub const F_UDP_TUNNEL_CSUM: u8 = 8;
+/// The header of a TAP set up for UDP-tunnel offloads (`TUNSETVNETHDRSZ`): the
+/// `virtio_net_hdr_v1_hash_tunnel` (24 bytes) padded to 32, as the kernel checks it.
+pub const TUNNEL_HDR_LEN: usize = 32;
+/// Where the tunnel header's own fields are (little-endian).
+const OUTER_TH_OFFSET: std::ops::Range<usize> = 20..22;
+const INNER_NH_OFFSET: std::ops::Range<usize> = 22..24;
+
 /// Segments one super-frame may be cut into. A 64 KiB packet at the smallest MSS Linux
 /// sends (48 bytes) needs 1366; anything beyond is not a frame a real stack produces.
 pub const MAX_SEGMENTS: usize = 2048;
@@ -100,6 +114,12 @@ impl Offload {
     #[inline]
     pub fn is_gso(&self) -> bool {
         self.gso_type != 0
+    }
+
+    /// A super-frame inside a UDP tunnel: only a tunnel port takes it.
+    #[inline]
+    pub fn is_tunnel(&self) -> bool {
+        self.gso_type & GSO_UDP_TUNNEL != 0
     }
 
     /// Anything a port without offloads cannot take as is.
@@ -155,6 +175,115 @@ pub fn decode(hdr: &[u8; VNET_HDR_LEN], frame: &[u8]) -> Result<Offload, Error> 
     Ok(off)
 }
 
+/// Reads and validates the header of a frame from a tunnel port: a VXLAN packet whose
+/// offload work, if any, concerns the packet inside (a UDP-tunnel super-frame, or a
+/// partial inner checksum). The inner packet is checked for real by [`decapsulated`],
+/// once the outer headers are gone; here only what the pipeline needs before that: the
+/// offsets inside the frame and past the outer headers, and the longest segment's
+/// length for the MTU check.
+pub fn decode_tunnel(hdr: &[u8; TUNNEL_HDR_LEN], frame: &[u8]) -> Result<Offload, Error> {
+    let bad = Err(Error::BadOffloadHeader);
+    let flags = hdr[field::FLAGS] & !(F_DATA_VALID | F_UDP_TUNNEL_CSUM);
+    let gso_type = hdr[field::GSO_TYPE];
+    if flags & !F_NEEDS_CSUM != 0 || gso_type & GSO_UDP_TUNNEL_IPV6 != 0 {
+        return bad;
+    }
+    let gso_size = get_ne16(hdr, field::GSO_SIZE);
+    let csum_start = get_ne16(hdr, field::CSUM_START);
+    let csum_offset = get_ne16(hdr, field::CSUM_OFFSET);
+    if flags == 0 {
+        return if gso_type == GSO_NONE { Ok(Offload::NONE) } else { bad };
+    }
+    let start = usize::from(csum_start);
+    let outer_udp = ETHERNET_HEADER_LEN + ipv4::MIN_HEADER_LEN;
+    if gso_type == GSO_NONE && start == outer_udp && usize::from(csum_offset) == udp::field::CHECKSUM.start {
+        // Only the outer UDP checksum is left to do (a kernel vxlan sender with
+        // `udpcsum`, the inner packet not offloaded): the outer headers are stripped, the
+        // inner packet is finished.
+        return Ok(Offload::NONE);
+    }
+    // The outer Ethernet, IPv4, UDP and VXLAN headers, then at least an inner Ethernet
+    // and IPv4 header come first.
+    if start < super::vxlan::OUTER_LEN + ETHERNET_HEADER_LEN + ipv4::MIN_HEADER_LEN
+        || start + usize::from(csum_offset) + 2 > frame.len()
+    {
+        return bad;
+    }
+    let mut off = Offload { gso_type, flags, gso_size, csum_start, csum_offset, segment_len: 0 };
+    match gso_type & !GSO_ECN {
+        GSO_NONE => Ok(off),
+        t if t & GSO_UDP_TUNNEL_IPV4 != 0 && matches!(t & !GSO_UDP_TUNNEL, GSO_TCPV4 | GSO_TCPV6) => {
+            let doff =
+                usize::from(*frame.get(start + tcp::field::DATA_OFFSET).ok_or(Error::BadOffloadHeader)? >> 4)
+                    * 4;
+            let hdr_len = start + doff.max(tcp::MIN_HEADER_LEN);
+            if gso_size == 0 || hdr_len > frame.len() {
+                return bad;
+            }
+            let payload = frame.len() - hdr_len;
+            if payload.div_ceil(usize::from(gso_size)) > MAX_SEGMENTS {
+                return bad;
+            }
+            off.segment_len = u16::try_from(hdr_len + payload.min(usize::from(gso_size)))
+                .map_err(|_| Error::BadOffloadHeader)?;
+            Ok(off)
+        }
+        _ => bad,
+    }
+}
+
+/// The offload state of the frame inside a tunnel frame described by `off`, once the
+/// `outer` bytes in front of it are stripped: the same checks as a pod's header gets
+/// ([`decode`]), on the inner frame.
+pub fn decapsulated(off: &Offload, outer: usize, inner: &[u8]) -> Result<Offload, Error> {
+    let start = usize::from(off.csum_start).checked_sub(outer).ok_or(Error::BadOffloadHeader)?;
+    let plain = Offload {
+        gso_type: off.gso_type & !GSO_UDP_TUNNEL,
+        flags: off.flags & F_NEEDS_CSUM,
+        csum_start: u16::try_from(start).map_err(|_| Error::BadOffloadHeader)?,
+        ..*off
+    };
+    decode(&encode(&plain, inner), inner)
+}
+
+/// The offload state of a super-frame `off` once `outer` bytes of UDP-tunnel headers
+/// (over IPv4) are written in front of it: the device segments the inner packet and
+/// repeats the outer headers on every segment.
+pub fn encapsulated(off: &Offload, outer: usize) -> Offload {
+    Offload {
+        gso_type: off.gso_type | GSO_UDP_TUNNEL_IPV4,
+        csum_start: off.csum_start + outer as u16,
+        segment_len: off.segment_len + outer as u16,
+        ..*off
+    }
+}
+
+/// The 32-byte header of a frame toward a tunnel port: the plain fields, then where
+/// the outer transport header (UDP) and the inner network header start.
+pub fn encode_tunnel(off: &Offload, frame: &[u8]) -> [u8; TUNNEL_HDR_LEN] {
+    let mut h = [0u8; TUNNEL_HDR_LEN];
+    if *off == Offload::NONE {
+        return h;
+    }
+    h[field::FLAGS] = off.flags;
+    h[field::GSO_TYPE] = off.gso_type;
+    set_ne16(&mut h, field::GSO_SIZE, off.gso_size);
+    set_ne16(&mut h, field::CSUM_START, off.csum_start);
+    set_ne16(&mut h, field::CSUM_OFFSET, off.csum_offset);
+    if off.is_tunnel() {
+        let start = usize::from(off.csum_start);
+        let doff = frame
+            .get(start + tcp::field::DATA_OFFSET)
+            .map_or(tcp::MIN_HEADER_LEN, |b| usize::from(b >> 4) * 4);
+        set_ne16(&mut h, field::HDR_LEN, (start + doff) as u16);
+        let outer_l4 = ETHERNET_HEADER_LEN + ipv4::MIN_HEADER_LEN;
+        h[OUTER_TH_OFFSET].copy_from_slice(&(outer_l4 as u16).to_le_bytes());
+        h[INNER_NH_OFFSET]
+            .copy_from_slice(&((super::vxlan::OUTER_LEN + ETHERNET_HEADER_LEN) as u16).to_le_bytes());
+    }
+    h
+}
+
 /// Checks a frame's offload state against the headers the parser found: the checksum
 /// the switch may have to write later lands in the transport header's checksum field
 /// and nowhere else, and segmentation cuts at the transport header's real start (a pod
@@ -164,6 +293,7 @@ pub fn matches_headers(off: &Offload, meta: &FrameMeta) -> Result<(), Error> {
     if !off.is_pending() {
         return Ok(());
     }
+
     let (l4_offset, l4) = match &meta.net {
         Net::Ipv4(v4) if v4.fragment == Fragment::None => (v4.l4_offset, v4.l4),
         Net::Ipv6(v6) if v6.fragment == Fragment::None => (v6.l4_offset, v6.l4),
@@ -178,6 +308,26 @@ pub fn matches_headers(off: &Offload, meta: &FrameMeta) -> Result<(), Error> {
         return Err(Error::BadOffloadHeader);
     }
     Ok(())
+}
+
+/// [`matches_headers`] for a frame from a tunnel port: offload work, if any, lies inside
+/// a VXLAN packet (IPv4, UDP to `vxlan_port`, not a fragment) past its VXLAN header; the
+/// decapsulation checks it against the inner headers ([`decapsulated`]).
+pub fn matches_tunnel_headers(off: &Offload, meta: &FrameMeta, vxlan_port: u16) -> Result<(), Error> {
+    if !off.is_pending() {
+        return Ok(());
+    }
+    match &meta.net {
+        Net::Ipv4(outer)
+            if outer.fragment == Fragment::None
+                && matches!(outer.l4, L4::Udp { dst_port, .. } if dst_port == vxlan_port)
+                && usize::from(outer.l4_offset) + udp::HEADER_LEN + super::vxlan::HEADER_LEN
+                    < usize::from(off.csum_start) =>
+        {
+            Ok(())
+        }
+        _ => Err(Error::BadOffloadHeader),
+    }
 }
 
 /// The header to write in front of `frame` toward a port with offloads.

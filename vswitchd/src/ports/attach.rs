@@ -178,6 +178,7 @@ impl PortManager {
             mtu: saved.mtu,
             tx_workers,
             offloads: saved.backend == Backend::Tap && self.config.offloads,
+            tunnel: false,
         }
     }
 

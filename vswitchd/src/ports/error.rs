@@ -84,6 +84,8 @@ pub enum AttachError {
     Uplink(#[from] UplinkError),
     #[error(transparent)]
     Overlay(#[from] OverlayError),
+    #[error("overlay.underlay_io = \"tunnel\", but {0}")]
+    TunnelUnavailable(String),
     #[error(transparent)]
     Netns(#[from] NetnsError),
     #[error(transparent)]
@@ -105,7 +107,8 @@ impl AttachError {
             | AttachError::UnusableId(_)
             | AttachError::NoHostEnd(_)
             | AttachError::Uplink(_)
-            | AttachError::Overlay(_) => (400, codes::INVALID_REQUEST),
+            | AttachError::Overlay(_)
+            | AttachError::TunnelUnavailable(_) => (400, codes::INVALID_REQUEST),
             AttachError::Tables(e) if is_conflict(e) => (409, codes::CONFLICT),
             AttachError::Tables(_) => (400, codes::INVALID_REQUEST),
             AttachError::Netns(NetnsError::NotFound(_) | NetnsError::NotANamespace(_)) => {

@@ -11,12 +11,15 @@ use ipnet::IpNet;
 use vswitch_dataplane::port::afxdp::XdpMode;
 use vswitch_dataplane::port::memory::{MemoryPort, MemoryPortHandle};
 use vswitch_dataplane::port::tap::TapOptions;
+use vswitch_dataplane::port::tunnel::TunnelCounters;
 use vswitch_dataplane::queue::{PortError, PortQueue};
 use vswitch_dataplane::wire::MacAddr;
 use vswitch_sys::SysError;
 use vswitch_sys::netns::NetnsError;
 
-use super::kernel::{Kernel, LinkInfo, LinkKind, Steering, UplinkDevice};
+use super::kernel::{
+    Kernel, LinkInfo, LinkKind, Steering, TunnelDevice, TunnelLink, TunnelSpec, UplinkDevice,
+};
 
 /// A kernel operation a test can make fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -35,6 +38,7 @@ pub(crate) enum Op {
     OpenXsk,
     OpenUplink,
     OpenUnderlay,
+    OpenTunnel,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -456,6 +460,12 @@ impl Kernel for FakeKernel {
         })
     }
 
+    fn open_tunnel(&self, spec: &TunnelSpec, workers: usize) -> Result<TunnelDevice, SysError> {
+        self.check(Op::OpenTunnel, &format!("open tunnel {} on {}", spec.tap, spec.underlay))?;
+        let label = format!("tunnel {} on {}", spec.tap, spec.underlay);
+        Ok(TunnelDevice { queues: self.queues(None, &spec.tap, workers, &label), link: Box::new(NoTraffic) })
+    }
+
     fn open_underlay(
         &self,
         bind: SocketAddrV4,
@@ -468,5 +478,14 @@ impl Kernel for FakeKernel {
             source: e.source,
         })?;
         Ok(self.queues(None, label, 1, label).pop().expect("one queue"))
+    }
+}
+
+/// The fake tunnel's programs: nothing passes them.
+struct NoTraffic;
+
+impl TunnelLink for NoTraffic {
+    fn counters(&self) -> TunnelCounters {
+        TunnelCounters::default()
     }
 }

@@ -45,6 +45,7 @@ impl PortManager {
             mtu: self.config.mtu,
             tx_workers: WorkerSet::all(workers.len()),
             offloads: self.config.offloads,
+            tunnel: false,
         })?;
         plane.publish()?;
         tracing::info!(name, gateway = %gw, "host port up");

@@ -18,6 +18,7 @@ use vswitch_dataplane::ids::WorkerId;
 use vswitch_dataplane::port::afxdp::{XdpMode, XskGroup, XskQueue};
 use vswitch_dataplane::port::steer::SteeringProgram;
 use vswitch_dataplane::port::tap::{self, TapOptions, TapQueue};
+use vswitch_dataplane::port::tunnel::{TunnelCounters, TunnelPrograms};
 use vswitch_dataplane::port::underlay::UnderlayQueue;
 use vswitch_dataplane::queue::{PortError, PortQueue};
 use vswitch_dataplane::wire::MacAddr;
@@ -43,6 +44,33 @@ impl Steering for SteeringProgram {
     fn native(&self) -> bool {
         SteeringProgram::native(self)
     }
+}
+
+/// Where the tunnel port goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TunnelSpec {
+    pub tap: String,
+    pub underlay: String,
+    pub node_ip: Ipv4Addr,
+    pub port: u16,
+    pub mtu: u16,
+}
+
+/// The tunnel port's programs, kept for as long as the port is up (dropping detaches).
+pub(crate) trait TunnelLink: Send + Sync {
+    fn counters(&self) -> TunnelCounters;
+}
+
+impl TunnelLink for TunnelPrograms {
+    fn counters(&self) -> TunnelCounters {
+        TunnelPrograms::counters(self)
+    }
+}
+
+/// The tunnel TAP's queues (one per worker) and the programs that link it.
+pub(crate) struct TunnelDevice {
+    pub queues: Vec<Box<dyn PortQueue>>,
+    pub link: Box<dyn TunnelLink>,
 }
 
 /// The uplink taken over: its program and one queue per serving worker.
@@ -134,6 +162,11 @@ pub(crate) trait Kernel: Send + Sync {
         node_ip: Ipv4Addr,
         workers: usize,
     ) -> Result<UplinkDevice, SysError>;
+    /// The tunnel port: a TAP `spec.tap` with UDP-tunnel offloads (one queue per worker,
+    /// MTU `spec.mtu`, up, no IPv6 of its own) and the tc programs linking it to
+    /// `spec.underlay` for VXLAN to `spec.node_ip`:`spec.port`. The TAP goes away with
+    /// its queues.
+    fn open_tunnel(&self, spec: &TunnelSpec, workers: usize) -> Result<TunnelDevice, SysError>;
     /// A UDP socket for VXLAN to and from other nodes.
     fn open_underlay(
         &self,
@@ -434,6 +467,29 @@ impl Kernel for LinuxKernel {
             }
         }
         Ok(UplinkDevice { steering: Box::new(program), queues, rx_queues })
+    }
+
+    fn open_tunnel(&self, spec: &TunnelSpec, workers: usize) -> Result<TunnelDevice, SysError> {
+        let opts = TapOptions { queues: workers, offloads: true, mac: None, mtu: Some(spec.mtu) };
+        // Each step that fails drops the queues: the TAP, not persistent, goes with them.
+        let queues = blocking(|| -> Result<_, SysError> {
+            let mut queues = tap::create(&spec.tap, &opts)?;
+            queues[0].release_device()?;
+            tap::enable_tunnel_offloads(&mut queues)?;
+            Ok(queues)
+        })?;
+        // Its own IPv6 would have the kernel send router solicitations into it.
+        let sysctl = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", spec.tap);
+        if let Err(e) = std::fs::write(&sysctl, "1")
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(SysError::new(format!("disabling IPv6 on {}", spec.tap), e));
+        }
+        self.set_up(self.index_of(&spec.tap)?)?;
+        let programs =
+            blocking(|| TunnelPrograms::attach(&spec.underlay, &spec.tap, spec.node_ip, spec.port))?;
+        let label = format!("tunnel {} on {}", spec.tap, spec.underlay);
+        Ok(TunnelDevice { queues: labelled(queues, &label, |q, l| q.set_label(l)), link: Box::new(programs) })
     }
 
     fn open_underlay(

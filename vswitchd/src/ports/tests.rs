@@ -543,7 +543,7 @@ fn the_uplink_and_underlay_take_ids_no_pod_gets() {
     let mut r = Rig::with("uplink", |c| c.uplink = Some("eth9".into()));
     r.kernel.put_host_dev("eth9", r.kernel.link(LinkKind::Other, MacAddr([2, 0xee, 0, 0, 0, 1]), 1500));
     r.ports.start_uplink(&mut r.plane, Ipv4Addr::new(192, 168, 50, 1)).unwrap();
-    r.ports.start_underlay(&mut r.plane).unwrap();
+    r.ports.start_underlay(&mut r.plane, Err("not asked".into()), false).unwrap();
     let (uplink, underlay) = (r.ports.uplink_port().unwrap().id, r.ports.underlay_port().unwrap());
     assert_eq!((uplink, underlay), (PortId(1), PortId(2)));
     for i in 0..5 {
@@ -559,6 +559,49 @@ fn the_uplink_and_underlay_take_ids_no_pod_gets() {
     );
     r.ports.steer(&[(17, 4789)].into());
     assert_eq!(r.kernel.steered(), vec![[(17u8, 4789u16)].into()]);
+}
+
+fn tunnel_spec() -> super::kernel::TunnelSpec {
+    super::kernel::TunnelSpec {
+        tap: "vswitch-vx".into(),
+        underlay: "eth9".into(),
+        node_ip: Ipv4Addr::new(192, 168, 50, 1),
+        port: 4789,
+        mtu: 1500,
+    }
+}
+
+#[test]
+fn the_underlay_takes_the_tunnel_tap_when_the_kernel_does() {
+    let mut r = Rig::new("tunnel");
+    r.ports.start_underlay(&mut r.plane, Ok(tunnel_spec()), false).unwrap();
+    assert_eq!(r.ports.underlay_tunnel(), Some(&tunnel_spec()));
+    let id = r.ports.underlay_port().unwrap();
+    let entry = r.plane.tables.port(id).cloned().unwrap();
+    assert!(entry.tunnel && entry.offloads, "super-frames go to it whole: {entry:?}");
+    let summary = r.ports.underlay_summary().unwrap();
+    assert!(summary.starts_with("tunnel TAP vswitch-vx on eth9"), "{summary}");
+}
+
+#[test]
+fn a_refused_tunnel_falls_back_to_sockets_unless_required() {
+    let mut r = Rig::new("tunnel-refused");
+    r.kernel.fail(Op::OpenTunnel);
+    r.ports.start_underlay(&mut r.plane, Ok(tunnel_spec()), false).unwrap();
+    assert!(r.ports.underlay_tunnel().is_none());
+    let entry = r.plane.tables.port(r.ports.underlay_port().unwrap()).cloned().unwrap();
+    assert!(!entry.tunnel && !entry.offloads, "{entry:?}");
+    let summary = r.ports.underlay_summary().unwrap();
+    assert!(summary.starts_with("sockets udp/4789 (not the tunnel TAP: "), "{summary}");
+
+    let mut r = Rig::new("tunnel-required");
+    r.kernel.fail(Op::OpenTunnel);
+    assert!(r.ports.start_underlay(&mut r.plane, Ok(tunnel_spec()), true).is_err());
+    let e =
+        r.ports.start_underlay(&mut r.plane, Err("no underlay interface named".into()), true).unwrap_err();
+    assert_eq!(e.to_string(), "overlay.underlay_io = \"tunnel\", but no underlay interface named");
+    assert!(r.ports.underlay_port().is_none());
+    assert!(r.plane.datapath.tables().ports().next().is_none(), "no port left behind");
 }
 
 #[test]
