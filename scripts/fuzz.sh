@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-smoke}
-declare -A runs=([parse_frame]=300000 [pipeline]=30000 [offload]=200000)
-for target in parse_frame pipeline offload; do
+declare -A runs=([parse_frame]=300000 [pipeline]=30000 [offload]=200000 [tunnel]=100000)
+for target in parse_frame pipeline offload tunnel; do
   if [ "$mode" = smoke ]; then
     scratch=$(mktemp -d)
     mkdir -p "$scratch/corpus"

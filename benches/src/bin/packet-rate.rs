@@ -30,7 +30,7 @@
 //! device have no thread of their own: they forward in softirq on the sending CPU.
 //!
 //! Usage (root): `cargo run --release -p vswitch-benches --bin packet-rate -- [--runs N]
-//! [--seconds S] [--only bridge,ovs-tap,ovs-afxdp,tap,afxdp,tap-busy,afxdp-busy,kvxlan,vxlan-tap,vxlan-afxdp]
+//! [--seconds S] [--only bridge,ovs-tap,ovs-afxdp,tap,afxdp,tap-busy,afxdp-busy,kvxlan,vxlan-tap,vxlan-afxdp,vxlan-tunnel]
 //! [--vswitchd-config 'idle_poll_us = 500'] [--write docs/BENCHMARKS.md] [--plot docs/packet-rate.png] [--json FILE]`; prints the
 //! markdown, and with `--write` replaces the part of that file between the
 //! `<!-- packet-rate:begin -->` and `<!-- packet-rate:end -->` markers.
@@ -60,6 +60,7 @@ enum Contender {
     KernelVxlan,
     VswitchVxlanTap,
     VswitchVxlanAfxdp,
+    VswitchVxlanTunnel,
 }
 
 impl Contender {
@@ -73,13 +74,20 @@ impl Contender {
             Contender::VswitchTapBusy => "vswitchd, TAP ports, busy-poll",
             Contender::VswitchAfxdpBusy => "vswitchd, AF_XDP ports, busy-poll",
             Contender::KernelVxlan => "kernel vxlan + bridge (flannel-style), 2 nodes",
-            Contender::VswitchVxlanTap => "vswitchd VXLAN, TAP ports, 2 nodes",
+            Contender::VswitchVxlanTap => "vswitchd VXLAN over sockets, TAP ports, 2 nodes",
             Contender::VswitchVxlanAfxdp => "vswitchd VXLAN over AF_XDP underlay, TAP ports, 2 nodes",
+            Contender::VswitchVxlanTunnel => "vswitchd VXLAN through the tunnel TAP, TAP ports, 2 nodes",
         }
     }
 
     fn cross_node(self) -> bool {
-        matches!(self, Contender::KernelVxlan | Contender::VswitchVxlanTap | Contender::VswitchVxlanAfxdp)
+        matches!(
+            self,
+            Contender::KernelVxlan
+                | Contender::VswitchVxlanTap
+                | Contender::VswitchVxlanAfxdp
+                | Contender::VswitchVxlanTunnel
+        )
     }
 
     /// What a cross-node figure is compared with.
@@ -96,6 +104,7 @@ impl Contender {
                 | Contender::VswitchAfxdpBusy
                 | Contender::VswitchVxlanTap
                 | Contender::VswitchVxlanAfxdp
+                | Contender::VswitchVxlanTunnel
         )
     }
 
@@ -111,6 +120,7 @@ impl Contender {
             Contender::KernelVxlan => "kvxlan",
             Contender::VswitchVxlanTap => "vxlan-tap",
             Contender::VswitchVxlanAfxdp => "vxlan-afxdp",
+            Contender::VswitchVxlanTunnel => "vxlan-tunnel",
         }
     }
 }
@@ -275,9 +285,14 @@ impl Topology {
                 flannel_node(&pair[1], &b, 1, FAR_B_IP, FAR_B_MAC);
                 nodes.extend(pair);
             }
-            Contender::VswitchVxlanTap | Contender::VswitchVxlanAfxdp => {
+            Contender::VswitchVxlanTap | Contender::VswitchVxlanAfxdp | Contender::VswitchVxlanTunnel => {
                 let uplink =
                     if c == Contender::VswitchVxlanAfxdp { "[uplink]\ninterface = \"ul0\"\n" } else { "" };
+                let io = if c == Contender::VswitchVxlanTunnel {
+                    "interface = \"ul0\"\nunderlay_io = \"tunnel\""
+                } else {
+                    "underlay_io = \"sockets\""
+                };
                 let pair = [Netns::new(&format!("{prefix}n1")), Netns::new(&format!("{prefix}n2"))];
                 underlay(&pair);
                 for (i, (node, pod, ip)) in
@@ -288,7 +303,7 @@ impl Topology {
                     std::fs::create_dir_all(&node_dir).expect("node dir");
                     let config = format!(
                         "workers = 1\npin_cpus = [1]\npod_cidr = \"10.244.{me}.0/24\"\n\
-                         [overlay]\nnodes_file = \"\"\n[[overlay.node]]\nname = \"n{peer}\"\n\
+                         [overlay]\nnodes_file = \"\"\n{io}\n[[overlay.node]]\nname = \"n{peer}\"\n\
                          ip = \"192.168.77.{peer}\"\npod_cidr = \"10.244.{peer}.0/24\"\n{uplink}"
                     );
                     let d = Vswitchd::start(node, &node_dir, &config);
@@ -999,6 +1014,7 @@ fn main() {
         Contender::KernelVxlan,
         Contender::VswitchVxlanTap,
         Contender::VswitchVxlanAfxdp,
+        Contender::VswitchVxlanTunnel,
     ]
     .into_iter()
     .filter(|c| only.as_deref().is_none_or(|o| o.split(',').any(|w| w == c.flag())))

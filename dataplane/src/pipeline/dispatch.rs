@@ -145,12 +145,14 @@ fn to_overlay(
     Ok(())
 }
 
-/// Whether the super-frame `frame`, encapsulated, can be described to a tunnel port:
-/// its outer IPv4 length fits the header's field, and each of its segments the port.
+/// Whether the super-frame `frame`, encapsulated, can be described to a tunnel port: TCP
+/// (the kernel segments TCP inside a UDP tunnel), its outer IPv4 length fits the
+/// header's field, and each of its segments the port.
 /// (Pods' stacks build super-frames of at most 64 KiB of IP packet, so only one near
 /// that limit is cut in software.)
 fn fits_whole(frame: &Frame, egress: &PortEntry) -> bool {
-    frame.len() - ETHERNET_HEADER_LEN + vxlan::OUTER_LEN <= usize::from(u16::MAX)
+    matches!(frame.offload.gso_type & !offload::GSO_ECN, offload::GSO_TCPV4 | offload::GSO_TCPV6)
+        && frame.len() - ETHERNET_HEADER_LEN + vxlan::OUTER_LEN <= usize::from(u16::MAX)
         && usize::from(frame.offload.segment_len) + vxlan::OUTER_LEN <= egress.max_frame_len()
 }
 

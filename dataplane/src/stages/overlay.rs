@@ -177,7 +177,7 @@ pub(crate) fn encapsulate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::FramePool;
+    use crate::frame::{FramePool, Offload};
     use crate::ids::{PortId, SegmentId, WorkerSet};
     use crate::pipeline::{Pipeline, SharedState, TxBatches};
     use crate::stats::WorkerStats;
@@ -215,20 +215,32 @@ mod tests {
 
     impl Rig {
         fn new(services: Vec<ServicePortSpec>) -> Rig {
+            Rig::build(services, false)
+        }
+
+        /// The underlay is a tunnel port, the pods take offloads: super-frames stay whole.
+        fn with_tunnel() -> Rig {
+            Rig::build(vec![], true)
+        }
+
+        fn build(services: Vec<ServicePortSpec>, tunnel: bool) -> Rig {
             let mut b = TablesBuilder::default();
             b.add_segment(segment0()).unwrap();
             b.add_segment(SegmentConfig { id: SegmentId(1), gateway: None, unknown_arp: UnknownArp::Drop })
                 .unwrap();
             for i in 1..=3u8 {
-                b.add_port(pod(u16::from(i), [10, 244, 1, i + 1])).unwrap();
+                let mut p = pod(u16::from(i), [10, 244, 1, i + 1]);
+                p.offloads = tunnel;
+                b.add_port(p).unwrap();
             }
-            let underlay = PortEntry::uplink(
+            let mut underlay = PortEntry::uplink(
                 PortId(UNDERLAY),
                 "underlay".into(),
                 SegmentId(1),
                 1500,
                 WorkerSet::single(0),
             );
+            (underlay.offloads, underlay.tunnel) = (tunnel, tunnel);
             b.add_port(underlay).unwrap();
             let nodes = [node("b", 2, "10.244.2.0/24")];
             b.set_overlay(Arc::new(OverlayTable::build(settings(), Some(PortId(UNDERLAY)), &nodes).unwrap()));
@@ -259,6 +271,27 @@ mod tests {
                 &mut self.out,
             );
             self.out.take_sent(&mut self.pool)
+        }
+
+        /// As [`Rig::send_frame`], with each sent frame's offload state.
+        fn send_keeping_offload(&mut self, ingress: u16, frame: Frame) -> Vec<(u16, Vec<u8>, Offload)> {
+            let mut batch = vec![frame];
+            self.pipeline.process(
+                &self.tables,
+                PortId(ingress),
+                10,
+                &mut batch,
+                &mut self.pool,
+                &mut self.out,
+            );
+            let (mut sent, pool) = (Vec::new(), &mut self.pool);
+            self.out.flush(|port, frames| {
+                for f in frames.drain(..) {
+                    sent.push((port.0, f.data().to_vec(), f.offload));
+                    pool.put(f);
+                }
+            });
+            sent
         }
 
         fn send(&mut self, ingress: u16, frame: &[u8]) -> Vec<(u16, Vec<u8>)> {
@@ -519,6 +552,83 @@ mod tests {
             payload.extend_from_slice(&l4[20..]);
         }
         assert_eq!(payload, body);
+    }
+
+    /// A pod's TCP super-frame of `payload` bytes to remote pod 7 (MSS 1398), as its
+    /// TAP hands it over.
+    fn super_frame_to_remote(pool: &mut FramePool, payload: usize) -> Frame {
+        let body: Vec<u8> = (0..payload).map(|i| (i * 13 + 5) as u8).collect();
+        let frame =
+            FrameSpec::tcp(mac(1), mac(GW), local(2), remote(7), 40000, 80, 0x18).payload(&body).build();
+        let mut f = pool.copy_of(&frame).unwrap();
+        f.offload = offload::decode(&gso_header(1398, 34), &frame).unwrap();
+        f
+    }
+
+    fn gso_header(gso_size: u16, csum_start: u16) -> [u8; offload::VNET_HDR_LEN] {
+        let mut hdr = [0u8; offload::VNET_HDR_LEN];
+        hdr[0] = offload::F_NEEDS_CSUM;
+        hdr[1] = offload::GSO_TCPV4;
+        hdr[4..6].copy_from_slice(&gso_size.to_ne_bytes());
+        hdr[6..8].copy_from_slice(&csum_start.to_ne_bytes());
+        hdr[8..10].copy_from_slice(&16u16.to_ne_bytes());
+        hdr
+    }
+
+    #[test]
+    fn super_frames_stay_whole_toward_a_tunnel_port() {
+        let mut pool = FramePool::standalone(crate::frame::LARGE_BUF_SIZE);
+        let mut old = Rig::new(vec![]);
+        let cut = old.send_frame(1, super_frame_to_remote(&mut pool, 20000));
+        let mut r = Rig::with_tunnel();
+        let sent = r.send_keeping_offload(1, super_frame_to_remote(&mut pool, 20000));
+        assert_eq!(sent.len(), 1, "one frame, encapsulated once");
+        let (port, wire, off) = &sent[0];
+        assert_eq!(*port, UNDERLAY);
+        assert!(off.is_tunnel() && off.is_gso(), "{off:?}");
+        assert_eq!((off.csum_start, off.gso_size), (vxlan::OUTER_LEN as u16 + 34, 1398));
+        assert_eq!(usize::from(off.segment_len), vxlan::OUTER_LEN + 54 + 1398, "the outer segment's length");
+        let outer = ipv4(wire);
+        assert_eq!((outer.dst, usize::from(outer.total_len)), (NODE_B, wire.len() - 14));
+        // Segmented by a reference segmenter, the inner packets are those the other
+        // underlays carry, one by one.
+        let inner = &wire[vxlan::OUTER_LEN..];
+        let inner_off = offload::decapsulated(off, vxlan::OUTER_LEN, inner).unwrap();
+        let whole = crate::testing::segments_of(inner, &inner_off);
+        let one_by_one: Vec<Vec<u8>> = cut.iter().map(|(_, w)| w[vxlan::OUTER_LEN..].to_vec()).collect();
+        assert_eq!(whole.len(), 15);
+        assert_eq!(whole, one_by_one);
+        assert_eq!(r.pipeline.stats().events.overlay_whole.get(), 1);
+    }
+
+    #[test]
+    fn a_tunnel_super_frame_from_a_node_is_delivered_whole() {
+        let mut r = Rig::with_tunnel();
+        let body = vec![0x5a; 9000];
+        let inner =
+            FrameSpec::tcp(mac(0xb0), mac(GW), remote(7), local(2), 80, 40000, 0x10).payload(&body).build();
+        let inner_off = offload::decode(&gso_header(1398, 34), &inner).unwrap();
+        let wire = vxlan_from(NODE_B, 1, &inner);
+        let tunnel_off = offload::encapsulated(&inner_off, vxlan::OUTER_LEN);
+        let hdr = offload::encode_tunnel(&tunnel_off, &wire);
+        let mut pool = FramePool::standalone(crate::frame::LARGE_BUF_SIZE);
+        let mut f = pool.copy_of(&wire).unwrap();
+        f.offload = offload::decode_tunnel(&hdr, &wire).unwrap();
+        assert_eq!(f.offload, tunnel_off, "the header round-trips");
+        let sent = r.send_keeping_offload(UNDERLAY, f);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        let (port, out, off) = &sent[0];
+        assert_eq!(*port, 1, "to the pod");
+        assert_eq!((off.gso_type, off.csum_start, off.gso_size), (offload::GSO_TCPV4, 34, 1398));
+        assert_eq!(ipv4(out).ttl, 63);
+        assert_eq!(&out[54..], &body[..]);
+        assert_eq!(r.pipeline.stats().events.overlay_whole_received.get(), 1);
+
+        // A header whose inner offsets miss the inner TCP header is a counted drop.
+        let mut f = pool.copy_of(&wire).unwrap();
+        f.offload = Offload { csum_start: tunnel_off.csum_start + 4, ..tunnel_off };
+        assert!(r.send_keeping_offload(UNDERLAY, f).is_empty());
+        assert_eq!(r.drops(UNDERLAY, DropReason::BadOffloadHeader), 1);
     }
 
     #[test]

@@ -707,6 +707,97 @@ mod tests {
         assert_eq!(back[4..], h[4..]);
     }
 
+    /// `inner` behind 50 bytes of outer headers (their content does not matter here).
+    fn in_tunnel(inner: &[u8]) -> Vec<u8> {
+        [&[0u8; super::super::vxlan::OUTER_LEN][..], inner].concat()
+    }
+
+    fn tunnel_hdr(
+        flags: u8,
+        gso_type: u8,
+        gso_size: u16,
+        csum_start: u16,
+        csum_offset: u16,
+    ) -> [u8; TUNNEL_HDR_LEN] {
+        let mut h = [0u8; TUNNEL_HDR_LEN];
+        h[..VNET_HDR_LEN].copy_from_slice(&hdr(flags, gso_type, gso_size, csum_start, csum_offset));
+        h
+    }
+
+    #[test]
+    fn a_tunnel_super_frame_round_trips_and_decapsulates_to_the_inner_one() {
+        let inner = tcp4_super(6000, 0x18);
+        let inner_off = decode(&hdr(F_NEEDS_CSUM, GSO_TCPV4, 1400, 34, 16), &inner).unwrap();
+        let frame = in_tunnel(&inner);
+        let off = encapsulated(&inner_off, 50);
+        let h = encode_tunnel(&off, &frame);
+        assert_eq!(h[field::GSO_TYPE], GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4);
+        assert_eq!(get_ne16(&h, field::HDR_LEN), 50 + 54, "headers up to the inner payload");
+        assert_eq!(u16::from_le_bytes([h[20], h[21]]), 34, "outer UDP header");
+        assert_eq!(u16::from_le_bytes([h[22], h[23]]), 64, "inner IPv4 header");
+        let back = decode_tunnel(&h, &frame).unwrap();
+        assert_eq!(back, off);
+        assert_eq!(back.segment_len, inner_off.segment_len + 50);
+        assert_eq!(decapsulated(&back, 50, &inner).unwrap(), inner_off);
+        // The outer checksum flag a kernel sender sets changes nothing for us.
+        let mut h2 = h;
+        h2[field::FLAGS] |= F_UDP_TUNNEL_CSUM;
+        assert_eq!(decode_tunnel(&h2, &frame).unwrap(), off);
+    }
+
+    #[test]
+    fn partial_checksums_in_a_tunnel_frame() {
+        let inner = partial(
+            FrameSpec::udp(mac(1), mac(2), [10, 244, 1, 2].into(), [10, 244, 2, 2].into(), 5000, 53)
+                .payload(b"hello")
+                .build(),
+            34,
+            40,
+            IPPROTO_UDP,
+        );
+        let frame = in_tunnel(&inner);
+        // The inner UDP checksum left partial: the pod gets it flagged.
+        let off = decode_tunnel(&tunnel_hdr(F_NEEDS_CSUM, GSO_NONE, 0, 84, 6), &frame).unwrap();
+        let inner_off = decapsulated(&off, 50, &inner).unwrap();
+        assert_eq!((inner_off.flags, inner_off.csum_start, inner_off.csum_offset), (F_NEEDS_CSUM, 34, 6));
+        // Only the outer UDP checksum left: nothing for the inner packet.
+        assert_eq!(
+            decode_tunnel(&tunnel_hdr(F_NEEDS_CSUM, GSO_NONE, 0, 34, 6), &frame).unwrap(),
+            Offload::NONE
+        );
+        assert_eq!(decode_tunnel(&[0; TUNNEL_HDR_LEN], &frame).unwrap(), Offload::NONE);
+    }
+
+    #[test]
+    fn bad_tunnel_headers_are_rejected() {
+        let inner = tcp4_super(6000, 0x18);
+        let frame = in_tunnel(&inner);
+        let tunnel_tcp = GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4;
+        for (why, h) in [
+            ("checksum inside the outer headers", tunnel_hdr(F_NEEDS_CSUM, GSO_NONE, 0, 40, 6)),
+            ("past the frame", tunnel_hdr(F_NEEDS_CSUM, GSO_NONE, 0, 6100, 16)),
+            ("GSO without a partial checksum", tunnel_hdr(0, tunnel_tcp, 1400, 84, 16)),
+            ("GSO of size zero", tunnel_hdr(F_NEEDS_CSUM, tunnel_tcp, 0, 84, 16)),
+            ("an absurd segment count", tunnel_hdr(F_NEEDS_CSUM, tunnel_tcp, 1, 84, 16)),
+            ("an IPv6 tunnel", tunnel_hdr(F_NEEDS_CSUM, GSO_TCPV4 | GSO_UDP_TUNNEL_IPV6, 1400, 84, 16)),
+            ("plain GSO on a tunnel port", tunnel_hdr(F_NEEDS_CSUM, GSO_TCPV4, 1400, 84, 16)),
+            ("UDP GSO in a tunnel", tunnel_hdr(F_NEEDS_CSUM, GSO_UDP_L4 | GSO_UDP_TUNNEL_IPV4, 1400, 84, 6)),
+            ("unknown flags", tunnel_hdr(F_NEEDS_CSUM | 0x40, GSO_NONE, 0, 84, 16)),
+        ] {
+            assert_eq!(decode_tunnel(&h, &frame), Err(Error::BadOffloadHeader), "{why}");
+        }
+        // Accepted outside, but the inner checks fail: not the inner TCP header.
+        let off = decode_tunnel(&tunnel_hdr(F_NEEDS_CSUM, tunnel_tcp, 1400, 88, 16), &frame).unwrap();
+        let meta = parse(&inner).unwrap();
+        let inner_off = decapsulated(&off, 50, &inner).and_then(|o| matches_headers(&o, &meta).map(|()| o));
+        assert_eq!(inner_off, Err(Error::BadOffloadHeader));
+        assert_eq!(
+            decapsulated(&off, 90, &inner),
+            Err(Error::BadOffloadHeader),
+            "csum_start before the inner frame"
+        );
+    }
+
     proptest! {
         /// Any super-frame decode accepts is cut into segments that each parse, carry
         /// valid checksums, fit `segment_len`, and together hold the payload exactly.
