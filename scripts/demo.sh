@@ -69,6 +69,15 @@ trap cleanup EXIT
 for ns in "$NODE" "${PODS[@]/#/$P-}" "$NODE2" "$POD4"; do ip netns del "$ns" 2>/dev/null || true; done
 ip netns add "$NODE"
 ip -n "$NODE" link set lo up
+if [ "$nodes_existed" = no ]; then
+  # The underlay toward the second node exists before vswitchd starts: it is the node's
+  # one interface with an address, so VXLAN goes through the tunnel TAP on it.
+  ip netns add "$NODE2"
+  ip -n "$NODE2" link set lo up
+  ip link add ul0 netns "$NODE" type veth peer name ul0 netns "$NODE2"
+  ip -n "$NODE" addr add 192.168.77.1/24 dev ul0 && ip -n "$NODE" link set ul0 up
+  ip -n "$NODE2" addr add 192.168.77.2/24 dev ul0 && ip -n "$NODE2" link set ul0 up
+fi
 
 echo "== starting vswitchd in namespace $NODE (embedded default config)"
 ip netns exec "$NODE" "$VSWITCHD" >"$LOG" 2>&1 &
@@ -141,11 +150,6 @@ echo
 if [ "$nodes_existed" = no ]; then
   echo "== a second node: namespace $NODE2 with its own vswitchd (pod CIDR 10.244.2.0/24),"
   echo "   joined to $NODE by a veth pair as the underlay (192.168.77.1 <-> .2)"
-  ip netns add "$NODE2"
-  ip -n "$NODE2" link set lo up
-  ip link add ul0 netns "$NODE" type veth peer name ul0 netns "$NODE2"
-  ip -n "$NODE" addr add 192.168.77.1/24 dev ul0 && ip -n "$NODE" link set ul0 up
-  ip -n "$NODE2" addr add 192.168.77.2/24 dev ul0 && ip -n "$NODE2" link set ul0 up
   cat >"$NODE2_DIR/vswitchd.toml" <<EOF
 pod_cidr = "10.244.2.0/24"
 api_socket = "$NODE2_DIR/api.sock"
@@ -182,7 +186,9 @@ EOF
   run ip netns exec $P-pod1 ping -c 3 -i 0.2 10.244.2.2
   ip netns exec "$POD4" iperf3 -s -1 -D -p 5203
   sleep 0.3
-  echo "pod1 -> pod4, TCP across nodes (segmented and encapsulated by the switch):"
+  echo "how VXLAN meets the kernel on node 1:"
+  $CTL status | grep '^underlay'
+  echo "pod1 -> pod4, TCP across nodes (super-frames whole through the tunnel TAP):"
   ip netns exec $P-pod1 iperf3 -c 10.244.2.2 -p 5203 -t 3 | grep -E "sender|receiver"
 else
   echo "== skipping the second node: $NODES exists on this machine and is left alone"

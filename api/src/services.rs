@@ -184,6 +184,9 @@ pub struct NodesView {
     pub pod_mtu: u16,
     /// The underlay port VXLAN leaves by; `None` while it is not up (nothing is sent).
     pub underlay: Option<String>,
+    /// That port is the tunnel TAP (super-frames cross whole), not sockets.
+    #[serde(default)]
+    pub tunnel: bool,
     pub nodes_file: Option<PathBuf>,
     /// Why the nodes file's current content was not taken (the nodes before it stay).
     #[serde(default)]

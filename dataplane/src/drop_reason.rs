@@ -98,6 +98,8 @@ drop_reasons! {
     OverlayNoUnderlay => "overlay_no_underlay",
     /// Toward another node, too big for the underlay and fragmentation not allowed here.
     OverlayMtuExceeded => "overlay_mtu_exceeded",
+    /// From the tunnel TAP but not VXLAN to this node (the node writing into the TAP itself).
+    TunnelNotVxlan => "tunnel_not_vxlan",
     /// Longer than the ingress port's MTU allows (for a TSO/GSO super-frame: its segments).
     OversizedFrame => "oversized_frame",
     /// Virtio-net offload header inconsistent with its frame (offsets, GSO type, segment count).

@@ -227,6 +227,64 @@ impl Default for Topology {
     }
 }
 
+/// The whole-frame encapsulation and the coalescer, against the reference segmenter, on
+/// what a pod's TAP hands over (`hdr`, the virtio-net header, and `frame`). Panics when
+/// an invariant breaks: a super-frame the pipeline would take, once encapsulated whole,
+/// described to a tunnel port, read back and decapsulated, cuts into the very segments
+/// the other underlays carry; and those segments, coalesced toward a pod, cut again into
+/// the same segments.
+pub fn check_whole_encapsulation(hdr: &[u8; wire::offload::VNET_HDR_LEN], frame: &[u8]) {
+    use wire::offload;
+    use wire::vxlan::{OUTER_LEN, Outer};
+    let Ok(off) = offload::decode(hdr, frame) else { return };
+    let accepted = wire::parse(frame).is_ok_and(|m| offload::matches_headers(&off, &m).is_ok());
+    if !off.is_gso() || !accepted {
+        return;
+    }
+    let cut = crate::testing::segments_of(frame, &off);
+    if frame.len() - wire::ethernet::HEADER_LEN + OUTER_LEN <= usize::from(u16::MAX)
+        && matches!(off.gso_type & !offload::GSO_ECN, offload::GSO_TCPV4 | offload::GSO_TCPV6)
+    {
+        let mut outer = [0u8; OUTER_LEN];
+        let o = Outer {
+            src_mac: mac(1),
+            dst_mac: mac(2),
+            src_ip: NODE_IP,
+            dst_ip: REMOTE_NODE_IP,
+            src_port: 50000,
+            dst_port: wire::vxlan::DEFAULT_PORT,
+            vni: 1,
+            ttl: 64,
+        };
+        wire::vxlan::write_outer(&mut outer, &o, frame.len());
+        let whole = [&outer[..], frame].concat();
+        let tunnel = offload::encapsulated(&off, OUTER_LEN);
+        let read = offload::decode_tunnel(&offload::encode_tunnel(&tunnel, &whole), &whole);
+        assert_eq!(read, Ok(tunnel), "a tunnel header as written reads back");
+        let inner = offload::decapsulated(&tunnel, OUTER_LEN, frame).expect("the inner super-frame is valid");
+        assert_eq!(
+            crate::testing::segments_of(frame, &inner),
+            cut,
+            "whole, then cut by the kernel: the same segments"
+        );
+    }
+    let mut pool = crate::frame::FramePool::standalone(crate::frame::LARGE_BUF_SIZE);
+    let mut frames: Vec<crate::frame::Frame> = cut.iter().filter_map(|s| pool.copy_of(s)).collect();
+    let stats = crate::stats::WorkerStats::new(1);
+    crate::pipeline::coalesce_tcp(&mut frames, &mut Vec::new(), &mut pool, &stats);
+    let again: Vec<Vec<u8>> = frames
+        .iter()
+        .flat_map(|f| {
+            if f.offload.is_gso() {
+                crate::testing::segments_of(f.data(), &f.offload)
+            } else {
+                vec![f.data().to_vec()]
+            }
+        })
+        .collect();
+    assert_eq!(again, cut, "coalesced, then cut: the same segments");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,62 +389,4 @@ mod tests {
             }
         }
     }
-}
-
-/// The whole-frame encapsulation and the coalescer, against the reference segmenter, on
-/// what a pod's TAP hands over (`hdr`, the virtio-net header, and `frame`). Panics when
-/// an invariant breaks: a super-frame the pipeline would take, once encapsulated whole,
-/// described to a tunnel port, read back and decapsulated, cuts into the very segments
-/// the other underlays carry; and those segments, coalesced toward a pod, cut again into
-/// the same segments.
-pub fn check_whole_encapsulation(hdr: &[u8; wire::offload::VNET_HDR_LEN], frame: &[u8]) {
-    use wire::offload;
-    use wire::vxlan::{OUTER_LEN, Outer};
-    let Ok(off) = offload::decode(hdr, frame) else { return };
-    let accepted = wire::parse(frame).is_ok_and(|m| offload::matches_headers(&off, &m).is_ok());
-    if !off.is_gso() || !accepted {
-        return;
-    }
-    let cut = crate::testing::segments_of(frame, &off);
-    if frame.len() - wire::ethernet::HEADER_LEN + OUTER_LEN <= usize::from(u16::MAX)
-        && matches!(off.gso_type & !offload::GSO_ECN, offload::GSO_TCPV4 | offload::GSO_TCPV6)
-    {
-        let mut outer = [0u8; OUTER_LEN];
-        let o = Outer {
-            src_mac: mac(1),
-            dst_mac: mac(2),
-            src_ip: NODE_IP,
-            dst_ip: REMOTE_NODE_IP,
-            src_port: 50000,
-            dst_port: wire::vxlan::DEFAULT_PORT,
-            vni: 1,
-            ttl: 64,
-        };
-        wire::vxlan::write_outer(&mut outer, &o, frame.len());
-        let whole = [&outer[..], frame].concat();
-        let tunnel = offload::encapsulated(&off, OUTER_LEN);
-        let read = offload::decode_tunnel(&offload::encode_tunnel(&tunnel, &whole), &whole);
-        assert_eq!(read, Ok(tunnel), "a tunnel header as written reads back");
-        let inner = offload::decapsulated(&tunnel, OUTER_LEN, frame).expect("the inner super-frame is valid");
-        assert_eq!(
-            crate::testing::segments_of(frame, &inner),
-            cut,
-            "whole, then cut by the kernel: the same segments"
-        );
-    }
-    let mut pool = crate::frame::FramePool::standalone(crate::frame::LARGE_BUF_SIZE);
-    let mut frames: Vec<crate::frame::Frame> = cut.iter().filter_map(|s| pool.copy_of(s)).collect();
-    let stats = crate::stats::WorkerStats::new(1);
-    crate::pipeline::coalesce_tcp(&mut frames, &mut Vec::new(), &mut pool, &stats);
-    let again: Vec<Vec<u8>> = frames
-        .iter()
-        .flat_map(|f| {
-            if f.offload.is_gso() {
-                crate::testing::segments_of(f.data(), &f.offload)
-            } else {
-                vec![f.data().to_vec()]
-            }
-        })
-        .collect();
-    assert_eq!(again, cut, "coalesced, then cut: the same segments");
 }

@@ -181,7 +181,13 @@ impl NodeController {
 
     /// The nodes as the API shows them; `underlay` the socket port's name, `fast`
     /// whether the uplink's fast path exists.
-    pub(crate) fn view(&self, config: &Config, underlay: Option<String>, fast: bool) -> NodesView {
+    pub(crate) fn view(
+        &self,
+        config: &Config,
+        underlay: Option<String>,
+        tunnel: bool,
+        fast: bool,
+    ) -> NodesView {
         let ov = &config.overlay;
         let gateway_mac = config.gateway_mac;
         let view = |n: &NodeSpec, source| RemoteNode {
@@ -199,6 +205,7 @@ impl NodeController {
             underlay_mtu: ov.underlay_mtu,
             pod_mtu: config.mtu,
             underlay,
+            tunnel,
             nodes_file: ov.nodes_file.clone(),
             file_error: self.file_error.clone(),
             generation: self.generation,

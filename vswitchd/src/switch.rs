@@ -90,6 +90,51 @@ impl Switch {
         Ok(())
     }
 
+    /// The underlay interface when none is named: the one holding `services.node_ip`,
+    /// else the node's only interface with an IPv4 address (the loopback and the host
+    /// port aside). A guess among several could send VXLAN out of the wrong one: then
+    /// none, and the reason.
+    fn underlay_interface(&self) -> Result<String, String> {
+        let kernel = self.ports.kernel();
+        let links = kernel.links().map_err(|e| format!("listing interfaces: {e}"))?;
+        let mut candidates = Vec::new();
+        for link in links {
+            if link.name == "lo" || Some(&link.name) == self.config.host_port.as_ref() {
+                continue;
+            }
+            let addresses = kernel.addresses(link.index).map_err(|e| format!("{}: {e}", link.name))?;
+            let v4: Vec<Ipv4Addr> = addresses
+                .iter()
+                .filter_map(|a| match a.addr() {
+                    std::net::IpAddr::V4(v4) => Some(v4),
+                    std::net::IpAddr::V6(_) => None,
+                })
+                .collect();
+            if let Some(ip) = self.config.node_ip
+                && v4.contains(&ip)
+            {
+                return Ok(link.name);
+            }
+            if !v4.is_empty() {
+                candidates.push(link.name);
+            }
+        }
+        match (self.config.node_ip, candidates.as_slice()) {
+            (None, [only]) => Ok(only.clone()),
+            (Some(ip), _) => {
+                Err(format!("no interface holds services.node_ip {ip}; name one in overlay.interface"))
+            }
+            (None, []) => {
+                Err("no interface with an IPv4 address toward other nodes; name one in overlay.interface"
+                    .into())
+            }
+            (None, several) => Err(format!(
+                "several interfaces could lead to other nodes ({}); name one in overlay.interface",
+                several.join(", ")
+            )),
+        }
+    }
+
     /// Opens the underlay port: VXLAN to and from other nodes through the tunnel TAP
     /// or kernel sockets (`overlay.underlay_io`).
     pub(crate) fn start_underlay(&mut self) -> Result<(), AttachError> {
@@ -107,9 +152,9 @@ impl Switch {
     /// Where the tunnel TAP would link to: the underlay interface and the node's address
     /// there (the outer source of our VXLAN, and what the tc program takes VXLAN to).
     fn tunnel_spec(&self) -> Result<TunnelSpec, String> {
-        let Some(interface) = self.config.overlay.interface.clone().or_else(|| self.config.uplink.clone())
-        else {
-            return Err("no underlay interface named (overlay.interface or uplink.interface)".into());
+        let interface = match self.config.overlay.interface.clone().or_else(|| self.config.uplink.clone()) {
+            Some(named) => named,
+            None => self.underlay_interface()?,
         };
         let node_ip = match self.config.node_ip {
             Some(ip) => ip,
@@ -300,8 +345,9 @@ impl Switch {
     }
 
     pub(crate) fn nodes_view(&self) -> NodesView {
-        let fast = self.ports.uplink_name().is_some() && self.config.node_ip.is_some();
-        self.nodes.view(&self.config, self.ports.underlay_name().map(str::to_string), fast)
+        let tunnel = self.ports.underlay_tunnel().is_some();
+        let fast = !tunnel && self.ports.uplink_name().is_some() && self.config.node_ip.is_some();
+        self.nodes.view(&self.config, self.ports.underlay_name().map(str::to_string), tunnel, fast)
     }
 
     /// Stops the data plane, leaving every device in place for the next start: TAPs are
@@ -415,6 +461,26 @@ pod_cidr = "10.244.2.0/24"
         let tables = s.datapath().tables();
         assert!(tables.overlay().fast.is_none(), "no AF_XDP path for VXLAN");
         assert_eq!(tables.overlay().settings.local_ip, Ipv4Addr::new(192, 168, 50, 1));
+    }
+
+    #[test]
+    fn an_unnamed_underlay_interface_is_the_only_candidate_or_none() {
+        let dir = Scratch::new(&format!("switch-guess-{}", std::process::id()));
+        let (mut s, _) = switch_with(&dir, UnderlayIo::Auto);
+        s.config.uplink = None;
+        s.start_underlay().unwrap();
+        let summary = s.underlay_summary().unwrap();
+        assert!(summary.starts_with("tunnel TAP vswitch-vx on eth9"), "{summary}");
+
+        let dir = Scratch::new(&format!("switch-guess2-{}", std::process::id()));
+        let (mut s, kernel) = switch_with(&dir, UnderlayIo::Auto);
+        s.config.uplink = None;
+        let mut other = kernel.link(LinkKind::Other, MacAddr([2, 0xee, 0, 0, 0, 2]), 1500);
+        other.addresses = vec!["10.1.0.1/24".parse().unwrap()];
+        kernel.put_host_dev("eth8", other);
+        s.start_underlay().unwrap();
+        let summary = s.underlay_summary().unwrap();
+        assert!(summary.contains("several interfaces could lead to other nodes (eth8, eth9)"), "{summary}");
     }
 
     #[test]

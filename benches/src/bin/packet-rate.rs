@@ -301,8 +301,12 @@ impl Topology {
                     let (me, peer) = (i + 1, 2 - i);
                     let node_dir = dir.0.join(format!("n{me}"));
                     std::fs::create_dir_all(&node_dir).expect("node dir");
+                    // As on one node: the default (adaptive, unpinned) unless the
+                    // command line says otherwise.
+                    let extra = EXTRA_CONFIG.get().map_or("", String::as_str);
+                    let workers = if extra.contains("workers") { "" } else { "workers = 1" };
                     let config = format!(
-                        "workers = 1\npin_cpus = [1]\npod_cidr = \"10.244.{me}.0/24\"\n\
+                        "{workers}\n{extra}\npod_cidr = \"10.244.{me}.0/24\"\n\
                          [overlay]\nnodes_file = \"\"\n{io}\n[[overlay.node]]\nname = \"n{peer}\"\n\
                          ip = \"192.168.77.{peer}\"\npod_cidr = \"10.244.{peer}.0/24\"\n{uplink}"
                     );
@@ -990,8 +994,8 @@ fn plot_panels(rows: &[Row], latencies: &[LatencyRow]) -> Vec<Panel> {
     panels
 }
 
-/// Lines added to every single-node vswitchd contender's configuration (`--vswitchd-config`,
-/// for sweeping a knob such as `idle_poll_us`; `\n` separates lines).
+/// Lines added to every vswitchd contender's configuration (`--vswitchd-config`, for
+/// sweeping a knob such as `idle_poll_us`; `\n` separates lines).
 static EXTRA_CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn main() {

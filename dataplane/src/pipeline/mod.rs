@@ -51,6 +51,8 @@ pub(crate) fn stages<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -
     port_security::check(ctx, pkt)?;
     if overlay::is_vxlan(ctx.tables, pkt.port, pkt.meta) {
         overlay::decapsulate(ctx, pkt)?;
+    } else if pkt.port.tunnel {
+        return crate::stage::drop(DropReason::TunnelNotVxlan);
     } else {
         mac_learning::learn_source(ctx, pkt)?;
         arp_proxy::answer(ctx, pkt)?;

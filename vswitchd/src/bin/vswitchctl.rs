@@ -94,7 +94,11 @@ fn print_nodes(view: &vswitch_api::NodesView) {
                 n.ip.to_string(),
                 cidrs,
                 n.vtep_mac.clone(),
-                n.fast_path_next_hop.as_ref().map_or("socket".into(), |m| format!("af_xdp via {m}")),
+                match &n.fast_path_next_hop {
+                    Some(m) => format!("af_xdp via {m}"),
+                    None if view.tunnel => "tunnel".into(),
+                    None => "socket".into(),
+                },
                 format!("{:?}", n.source).to_lowercase(),
             ]
         })

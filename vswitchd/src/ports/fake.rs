@@ -252,6 +252,10 @@ impl Kernel for FakeKernel {
         Ok(self.state().host.get(name).map(|l| l.info(name)))
     }
 
+    fn links(&self) -> Result<Vec<LinkInfo>, SysError> {
+        Ok(self.state().host.iter().map(|(name, l)| l.info(name)).collect())
+    }
+
     fn index_of(&self, name: &str) -> Result<u32, SysError> {
         self.state().host.get(name).map(|l| l.index).ok_or_else(|| no_device(name))
     }
