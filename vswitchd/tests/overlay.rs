@@ -77,38 +77,31 @@ impl Underlay {
 /// VNI, outer DF, outer UDP source port and checksum, the IPv4 header checksum statuses
 /// (outer and inner) and the inner TCP checksum status (tshark: 1 good, 0 bad).
 fn wire_check_fields(pcap: &Path) -> Vec<String> {
-    let out = harness::testbed::ok(
-        "tshark",
+    tshark_fields(
+        pcap,
+        &["-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-Y", "vxlan && tcp"],
         &[
-            "-r",
-            &pcap.display().to_string(),
-            "-o",
-            "ip.check_checksum:TRUE",
-            "-o",
-            "tcp.check_checksum:TRUE",
-            "-Y",
-            "vxlan && tcp",
-            "-T",
-            "fields",
-            "-E",
-            "separator=|",
-            "-e",
             "frame.len",
-            "-e",
             "vxlan.vni",
-            "-e",
             "ip.flags.df",
-            "-e",
             "udp.srcport",
-            "-e",
             "udp.checksum",
-            "-e",
             "ip.checksum.status",
-            "-e",
             "tcp.checksum.status",
         ],
-    );
-    out.lines().map(str::to_string).collect()
+    )
+}
+
+/// tshark's reading of `pcap` with `options`: `fields`, `|`-separated, a line per packet.
+fn tshark_fields(pcap: &Path, options: &[&str], fields: &[&str]) -> Vec<String> {
+    let pcap = pcap.display().to_string();
+    let mut args = vec!["-r", pcap.as_str()];
+    args.extend_from_slice(options);
+    args.extend_from_slice(&["-T", "fields", "-E", "separator=|"]);
+    for f in fields {
+        args.extend_from_slice(&["-e", f]);
+    }
+    harness::testbed::ok("tshark", &args).lines().map(str::to_string).collect()
 }
 
 /// Config of a vswitchd node `index` (pod CIDR 10.244.`index`.0/24) with a nodes file
@@ -198,32 +191,11 @@ fn capture_vxlan(ns: &Netns, dir: &Path, traffic: impl FnOnce()) -> Vec<String> 
     std::thread::sleep(Duration::from_millis(500));
     cap.signal(harness::testbed::Signal::SIGINT);
     cap.wait_output(Duration::from_secs(10)).expect("tshark stops");
-    let out = harness::testbed::ok(
-        "tshark",
-        &[
-            "-r",
-            &pcap.display().to_string(),
-            "-Y",
-            "vxlan",
-            "-T",
-            "fields",
-            "-E",
-            "separator=|",
-            "-e",
-            "vxlan.vni",
-            "-e",
-            "ip.flags.df",
-            "-e",
-            "udp.srcport",
-            "-e",
-            "udp.checksum",
-            "-e",
-            "ip.src",
-            "-e",
-            "ip.dst",
-        ],
-    );
-    out.lines().map(str::to_string).collect()
+    tshark_fields(
+        &pcap,
+        &["-Y", "vxlan"],
+        &["vxlan.vni", "ip.flags.df", "udp.srcport", "udp.checksum", "ip.src", "ip.dst"],
+    )
 }
 
 #[test]

@@ -261,16 +261,10 @@ mod tests {
         }
 
         fn send_frame(&mut self, ingress: u16, frame: Frame) -> Vec<(u16, Vec<u8>)> {
-            let mut batch = vec![frame];
-            self.pipeline.process(
-                &self.tables,
-                PortId(ingress),
-                10,
-                &mut batch,
-                &mut self.pool,
-                &mut self.out,
-            );
-            self.out.take_sent(&mut self.pool)
+            self.send_keeping_offload(ingress, frame)
+                .into_iter()
+                .map(|(port, data, _)| (port, data))
+                .collect()
         }
 
         /// As [`Rig::send_frame`], with each sent frame's offload state.
