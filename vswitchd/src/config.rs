@@ -517,11 +517,21 @@ pub fn parse_with_pod_cidr(
         })?;
         nodes.push(node);
     }
+    let overlay_interface = interface(&ov.interface, "overlay.interface")?;
+    if overlay_interface.is_some()
+        && (overlay_interface == host_port || overlay_interface.as_deref() == Some(crate::ports::TUNNEL_TAP))
+    {
+        return Err(at(
+            ov.interface.span(),
+            "overlay.interface",
+            "the underlay interface cannot be the host port or the tunnel TAP".into(),
+        ));
+    }
     let overlay = OverlayConfig {
         vni,
         port: overlay_port,
         underlay_mtu,
-        interface: interface(&ov.interface, "overlay.interface")?,
+        interface: overlay_interface,
         underlay_io: ov.underlay_io,
         nodes_file: (!ov.nodes_file.as_os_str().is_empty()).then(|| ov.nodes_file.clone()),
         nodes,
@@ -763,6 +773,10 @@ mod tests {
             ("vni = 16777216", "overlay.vni"),
             ("port = 0", "overlay.port"),
             ("underlay_mtu = 100", "overlay.underlay_mtu"),
+            ("interface = \"vswitch0\"", "overlay.interface"),
+            ("interface = \"vswitch-vx\"", "overlay.interface"),
+            ("interface = \"bad/name\"", "overlay.interface"),
+            ("underlay_io = \"kernel\"", "overlay.underlay_io"),
         ] {
             let text = format!("[overlay]\n{text}");
             let e = err(&text);

@@ -217,10 +217,14 @@ pub fn decode_tunnel(hdr: &[u8; TUNNEL_HDR_LEN], frame: &[u8]) -> Result<Offload
                 usize::from(*frame.get(start + tcp::field::DATA_OFFSET).ok_or(Error::BadOffloadHeader)? >> 4)
                     * 4;
             let hdr_len = start + doff.max(tcp::MIN_HEADER_LEN);
-            if gso_size == 0 || hdr_len > frame.len() {
+            // The inner packet ends where its own IP length says (Ethernet padding or
+            // stray bytes after it belong to no segment).
+            let inner = frame.get(super::vxlan::OUTER_LEN..).unwrap_or_default();
+            let end = ip_end(inner).map_or(0, |e| super::vxlan::OUTER_LEN + e);
+            if gso_size == 0 || hdr_len > end || end > frame.len() {
                 return bad;
             }
-            let payload = frame.len() - hdr_len;
+            let payload = end - hdr_len;
             if payload.div_ceil(usize::from(gso_size)) > MAX_SEGMENTS {
                 return bad;
             }
