@@ -264,39 +264,9 @@ fn tcp_super_frames_cross_whole_between_two_nodes() {
     }
 
     // On a wire: the bridge's port toward b segments what a sends.
-    t._underlay.as_a_wire(&[2]);
-    let pcap = t.files.0.join("wire.pcap");
-    let mut cap = t._underlay.ns.spawn(&[
-        "tshark",
-        "-q",
-        "-i",
-        "n2",
-        "-f",
-        "udp port 4789 and src host 192.168.77.1",
-        "-w",
-        &pcap.display().to_string(),
-    ]);
-    assert!(wait_until(Duration::from_secs(15), || pcap.exists()), "tshark started capturing");
-    std::thread::sleep(Duration::from_millis(500));
-    tcp_transfer_is_exact(&t.files, a1, b1, 10_000_000);
-    std::thread::sleep(Duration::from_millis(500));
-    cap.signal(harness::testbed::Signal::SIGINT);
-    cap.wait_output(Duration::from_secs(10)).expect("tshark stops");
-    let lines = wire_check_fields(&pcap);
-    assert!(lines.len() > 5000, "10 MB in segments: {} packets", lines.len());
-    let mut ports = std::collections::BTreeSet::new();
-    for line in &lines {
-        let f: Vec<&str> = line.split('|').collect();
-        assert!(f[0].parse::<usize>().unwrap() <= 1514, "at most the underlay MTU: {line}");
-        assert_eq!(f[1], "1", "VNI: {line}");
-        assert!(f[2].starts_with('1') || f[2].starts_with("True"), "outer DF: {line}");
-        ports.insert(f[3].parse::<u16>().unwrap());
-        assert_eq!(f[4], "0x0000", "outer UDP checksum zero: {line}");
-        assert_eq!(f[5], "1,1", "outer and inner IPv4 header checksums good: {line}");
-        assert_eq!(f[6], "1", "inner TCP checksum good: {line}");
-    }
-    assert_eq!(ports.len(), 1, "one flow, one outer source port: {ports:?}");
-    assert!(*ports.first().unwrap() >= 49152, "in the dynamic range: {ports:?}");
+    let lines =
+        on_the_wire(&t._underlay, 2, &t.files.0, || tcp_transfer_is_exact(&t.files, a1, b1, 10_000_000));
+    assert_valid_vxlan_of_one_flow(&lines);
 }
 
 #[test]
@@ -474,7 +444,49 @@ fn interoperates_with_the_kernels_vxlan_device() {
     assert!(lines.iter().any(|l| l.split('|').nth(4) == Some(from_a.as_str())), "{lines:?}");
     assert!(lines.iter().any(|l| l.split('|').nth(4) == Some(from_k.as_str())), "{lines:?}");
     assert!(lines.iter().all(|l| l.starts_with("1|")), "VNI 1 both ways: {lines:?}");
+    // What vswitchd sends the kernel node, on a wire.
+    let lines = on_the_wire(&underlay, 3, &files.0, || tcp_transfer_is_exact(&files, &a1, &k1, 10_000_000));
+    assert_valid_vxlan_of_one_flow(&lines);
     drop(k.ns);
+}
+
+/// What node 1 sends toward node `to` while `traffic` runs, as a wire carries it (the
+/// underlay's port toward `to` made one: [`Underlay::as_a_wire`]), read by
+/// [`wire_check_fields`].
+fn on_the_wire(underlay: &Underlay, to: u8, dir: &Path, traffic: impl FnOnce()) -> Vec<String> {
+    underlay.as_a_wire(&[to]);
+    let pcap = dir.join(format!("wire-to-{to}.pcap"));
+    let filter = format!("udp port 4789 and src host {}", underlay_ip(1));
+    let port = format!("n{to}");
+    let pcap_arg = pcap.display().to_string();
+    let mut cap = underlay.ns.spawn(&["tshark", "-q", "-i", &port, "-f", &filter, "-w", &pcap_arg]);
+    assert!(wait_until(Duration::from_secs(15), || pcap.exists()), "tshark started capturing");
+    std::thread::sleep(Duration::from_millis(500));
+    traffic();
+    std::thread::sleep(Duration::from_millis(500));
+    cap.signal(harness::testbed::Signal::SIGINT);
+    cap.wait_output(Duration::from_secs(10)).expect("tshark stops");
+    wire_check_fields(&pcap)
+}
+
+/// Every packet of one TCP flow's 10 MB is valid VXLAN as vswitchd sends it: at most the
+/// underlay MTU, VNI 1, DF, outer UDP checksum zero, outer and inner IPv4 and inner TCP
+/// checksums good, one outer source port for the flow, in the dynamic range.
+fn assert_valid_vxlan_of_one_flow(lines: &[String]) {
+    assert!(lines.len() > 5000, "10 MB in segments: {} packets", lines.len());
+    let mut ports = std::collections::BTreeSet::new();
+    for line in lines {
+        let f: Vec<&str> = line.split('|').collect();
+        assert!(f[0].parse::<usize>().unwrap() <= 1514, "at most the underlay MTU: {line}");
+        assert_eq!(f[1], "1", "VNI: {line}");
+        assert!(f[2].starts_with('1') || f[2].starts_with("True"), "outer DF: {line}");
+        ports.insert(f[3].parse::<u16>().unwrap());
+        assert_eq!(f[4], "0x0000", "outer UDP checksum zero: {line}");
+        assert_eq!(f[5], "1,1", "outer and inner IPv4 header checksums good: {line}");
+        assert_eq!(f[6], "1", "inner TCP checksum good: {line}");
+    }
+    assert_eq!(ports.len(), 1, "one flow, one outer source port: {ports:?}");
+    assert!(*ports.first().unwrap() >= 49152, "in the dynamic range: {ports:?}");
 }
 
 /// A UDP datagram from `from` reaches `to` intact (and its stack accepts its checksum).
