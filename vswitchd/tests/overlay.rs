@@ -183,14 +183,7 @@ fn reply_ttl(out: &str) -> Option<u8> {
 /// IP source and destination.
 fn capture_vxlan(ns: &Netns, dir: &Path, traffic: impl FnOnce()) -> Vec<String> {
     let pcap = dir.join(format!("{}-vxlan.pcap", ns.name()));
-    let mut cap =
-        ns.spawn(&["tshark", "-q", "-i", "ul0", "-f", "udp port 4789", "-w", &pcap.display().to_string()]);
-    assert!(wait_until(Duration::from_secs(15), || pcap.exists()), "tshark started capturing");
-    std::thread::sleep(Duration::from_millis(500));
-    traffic();
-    std::thread::sleep(Duration::from_millis(500));
-    cap.signal(harness::testbed::Signal::SIGINT);
-    cap.wait_output(Duration::from_secs(10)).expect("tshark stops");
+    capture(ns, "ul0", "udp port 4789", &pcap, traffic);
     tshark_fields(
         &pcap,
         &["-Y", "vxlan"],
@@ -457,16 +450,20 @@ fn on_the_wire(underlay: &Underlay, to: u8, dir: &Path, traffic: impl FnOnce()) 
     underlay.as_a_wire(&[to]);
     let pcap = dir.join(format!("wire-to-{to}.pcap"));
     let filter = format!("udp port 4789 and src host {}", underlay_ip(1));
-    let port = format!("n{to}");
-    let pcap_arg = pcap.display().to_string();
-    let mut cap = underlay.ns.spawn(&["tshark", "-q", "-i", &port, "-f", &filter, "-w", &pcap_arg]);
+    capture(&underlay.ns, &format!("n{to}"), &filter, &pcap, traffic);
+    wire_check_fields(&pcap)
+}
+
+/// Captures what matches `filter` on `ns`'s `interface` into `pcap` while `traffic` runs.
+fn capture(ns: &Netns, interface: &str, filter: &str, pcap: &Path, traffic: impl FnOnce()) {
+    let mut cap =
+        ns.spawn(&["tshark", "-q", "-i", interface, "-f", filter, "-w", &pcap.display().to_string()]);
     assert!(wait_until(Duration::from_secs(15), || pcap.exists()), "tshark started capturing");
     std::thread::sleep(Duration::from_millis(500));
     traffic();
     std::thread::sleep(Duration::from_millis(500));
     cap.signal(harness::testbed::Signal::SIGINT);
     cap.wait_output(Duration::from_secs(10)).expect("tshark stops");
-    wire_check_fields(&pcap)
 }
 
 /// Every packet of one TCP flow's 10 MB is valid VXLAN as vswitchd sends it: at most the
