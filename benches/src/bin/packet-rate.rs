@@ -372,6 +372,10 @@ struct Sample {
     offered: f64,
     cpu_ns_per_packet: Option<f64>,
     softirq_ns_per_packet: f64,
+    /// TCP only: CPU milliseconds per gigabit delivered, (switch process + softirq,
+    /// every CPU's busy time). Per packet means nothing there: each contender hands
+    /// the receiving pod super-frames of its own size.
+    cpu_ms_per_gbit: Option<(f64, f64)>,
 }
 
 /// Writes the 64-byte UDP frame from pod A to pod B as a trafgen configuration.
@@ -437,6 +441,7 @@ fn udp64(t: &Topology, seconds: u64) -> Sample {
         offered: (tx1 - tx0) as f64 / elapsed,
         cpu_ns_per_packet,
         softirq_ns_per_packet,
+        cpu_ms_per_gbit: None,
     }
 }
 
@@ -482,10 +487,12 @@ fn fixed_load(t: &Topology, seconds: u64, pps: u32) -> LoadSample {
     }
 }
 
-fn tcp(t: &Topology, seconds: u64) -> Sample {
+/// `streams` parallel TCP streams (one iperf3 client, pinned to CPU 0).
+fn tcp(t: &Topology, seconds: u64, streams: usize) -> Sample {
     let _server = t.b.spawn(&["iperf3", "-s", "-1", "-p", "5201"]);
     assert!(wait_until(Duration::from_secs(5), || t.b.ok(&["ss", "-ltn"]).contains(":5201")));
     let (rx0, cpu) = (t.b.counter("eth0", "rx_packets"), CpuMeter::start(t));
+    let busy0 = busy_seconds();
     let out = t.a.ok(&[
         "iperf3",
         "-c",
@@ -496,14 +503,27 @@ fn tcp(t: &Topology, seconds: u64) -> Sample {
         &seconds.to_string(),
         "-A",
         "0",
+        "-P",
+        &streams.to_string(),
         "--json",
     ]);
+    let busy = busy_seconds() - busy0;
+    let (switch, softirq) = (t.switch_cpu(), softirq_seconds());
     let rx1 = t.b.counter("eth0", "rx_packets");
     let json: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
     let bps = json["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
     let sent = json["end"]["sum_sent"]["bits_per_second"].as_f64().unwrap_or(0.0);
+    let forwarding = switch.zip(cpu.switch).map_or(0.0, |(c1, c0)| c1 - c0) + (softirq - cpu.softirq);
+    let gigabits = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0) * 8.0 / 1e9;
+    let per_gbit = |secs: f64| secs.max(0.0) * 1e3 / gigabits.max(1e-9);
     let (cpu_ns_per_packet, softirq_ns_per_packet) = cpu.per_packet(t, (rx1 - rx0) as f64);
-    Sample { delivered: bps / 1e9, offered: sent / 1e9, cpu_ns_per_packet, softirq_ns_per_packet }
+    Sample {
+        delivered: bps / 1e9,
+        offered: sent / 1e9,
+        cpu_ns_per_packet,
+        softirq_ns_per_packet,
+        cpu_ms_per_gbit: Some((per_gbit(forwarding), per_gbit(busy))),
+    }
 }
 
 /// Requests per second of the latency probe: light, so the figure is the path's own
@@ -555,6 +575,8 @@ fn latency(t: &Topology, seconds: u64) -> EchoSample {
 enum Workload {
     Udp,
     Tcp,
+    /// Four TCP streams at once.
+    Tcp4,
 }
 
 impl Workload {
@@ -564,13 +586,24 @@ impl Workload {
             (Workload::Tcp, false) => "TCP stream, pod → pod (iperf3)",
             (Workload::Udp, true) => "UDP 64 B, pod → pod on another node",
             (Workload::Tcp, true) => "TCP stream, pod → pod on another node (iperf3)",
+            (Workload::Tcp4, false) => "4 TCP streams, pod → pod (iperf3 -P 4)",
+            (Workload::Tcp4, true) => "4 TCP streams, pod → pod on another node (iperf3 -P 4)",
+        }
+    }
+
+    /// The workload in a goal's words.
+    fn unit_name(self) -> &'static str {
+        match self {
+            Workload::Udp => "64 B UDP",
+            Workload::Tcp => "one TCP stream",
+            Workload::Tcp4 => "4 TCP streams",
         }
     }
 
     fn unit(self) -> &'static str {
         match self {
             Workload::Udp => "Mpps",
-            Workload::Tcp => "Gbit/s",
+            Workload::Tcp | Workload::Tcp4 => "Gbit/s",
         }
     }
 }
@@ -586,6 +619,8 @@ struct Row {
     offered: f64,
     cpu_ns: Option<f64>,
     softirq_ns: f64,
+    /// TCP: CPU ms per gigabit, (switch process + softirq, whole machine).
+    cpu_ms_per_gbit: Option<(f64, f64)>,
 }
 
 /// A contender's round-trip latency over the runs.
@@ -653,9 +688,14 @@ fn measure(
         eprintln!("{row:?}");
         idle.push(row);
     }
-    for workload in [Workload::Udp, Workload::Tcp] {
-        let f = if workload == Workload::Udp { udp64 } else { tcp };
-        let samples: Vec<Sample> = (0..runs).map(|_| f(&topo, seconds)).collect();
+    for workload in [Workload::Udp, Workload::Tcp, Workload::Tcp4] {
+        let samples: Vec<Sample> = (0..runs)
+            .map(|_| match workload {
+                Workload::Udp => udp64(&topo, seconds),
+                Workload::Tcp => tcp(&topo, seconds, 1),
+                Workload::Tcp4 => tcp(&topo, seconds, 4),
+            })
+            .collect();
         let scale = if workload == Workload::Udp { 1e-6 } else { 1.0 };
         let delivered: Vec<f64> = samples.iter().map(|s| s.delivered * scale).collect();
         let (median_, min, max) = spread(&delivered);
@@ -669,6 +709,12 @@ fn measure(
             offered: median(samples.iter().map(|s| s.offered * scale).collect()),
             cpu_ns: (!cpu.is_empty()).then(|| median(cpu)),
             softirq_ns: median(samples.iter().map(|s| s.softirq_ns_per_packet).collect()),
+            cpu_ms_per_gbit: samples.iter().all(|s| s.cpu_ms_per_gbit.is_some()).then(|| {
+                let of = |f: fn((f64, f64)) -> f64| {
+                    median(samples.iter().filter_map(|s| s.cpu_ms_per_gbit.map(f)).collect())
+                };
+                (of(|c| c.0), of(|c| c.1))
+            }),
         };
         eprintln!("{row:?}");
         rows.push(row);
@@ -767,6 +813,34 @@ fn report(
             r.offered,
             r.softirq_ns
         ));
+    }
+    let per_gbit = |r: &Row| r.cpu_ms_per_gbit.filter(|_| r.median > 0.0);
+    if rows.iter().any(|r| per_gbit(r).is_some()) {
+        line(String::new());
+        line(
+            "What TCP costs: CPU milliseconds per gigabit delivered (lower is better) — the switch process's \
+             and softirq's (where the kernel forwards and every receiving stack runs), and every CPU's busy \
+             time (iperf3's sending and receiving included):"
+                .into(),
+        );
+        line(String::new());
+        line("| workload | contender | Gbit/s | switch + softirq per Gbit | vs | whole machine per Gbit | vs |".into());
+        line("|---|---|---:|---:|---:|---:|---:|".into());
+        for r in rows {
+            let Some((forwarding, total)) = per_gbit(r) else { continue };
+            let base = find(rows, r.workload, r.contender.baseline()).and_then(per_gbit);
+            let vs = |f: fn((f64, f64)) -> f64, ours: f64| {
+                base.map_or("–".to_string(), |b| format!("{:.2}×", ours / f(b).max(1e-9)))
+            };
+            line(format!(
+                "| {} | {} | {:.2} | {forwarding:.0} ms | {} | {total:.0} ms | {} |",
+                r.workload.name(r.contender.cross_node()),
+                r.contender.name(),
+                r.median,
+                vs(|c| c.0, forwarding),
+                vs(|c| c.1, total),
+            ));
+        }
     }
     line(String::new());
     line(format!(
@@ -868,6 +942,19 @@ fn report(
     let latency_of = |c: Contender| latencies.iter().find(|l| l.contender == c);
     let load_of = |c: Contender| loads.iter().find(|l| l.contender == c);
     let mut lower_goals = Vec::new();
+    // Across nodes, the default path (the tunnel TAP) against the kernel's vxlan.
+    let (tunnel, kernel) = (Contender::VswitchVxlanTunnel, Contender::KernelVxlan);
+    if let (Some(o), Some(k)) = (latency_of(tunnel), latency_of(kernel)) {
+        lower_goals.push(at_most("request/response p50, vxlan-tunnel vs kernel vxlan", o.p50, k.p50, 1.5));
+    }
+    for w in [Workload::Tcp, Workload::Tcp4] {
+        let cost = |c| find(rows, w, c).and_then(per_gbit);
+        if let (Some(o), Some(k)) = (cost(tunnel), cost(kernel)) {
+            let what =
+                format!("switch + softirq CPU per Gbit, {}, vxlan-tunnel vs kernel vxlan", w.unit_name());
+            lower_goals.push(at_most(&what, o.0, k.0, 1.0));
+        }
+    }
     for ours in [Contender::VswitchTap, Contender::VswitchAfxdp] {
         if let (Some(o), Some(b)) = (latency_of(ours), latency_of(Contender::Bridge)) {
             let what = |p: &str| {
@@ -919,6 +1006,9 @@ fn report(
             Workload::Tcp,
             0.8,
         ),
+        goal("TCP Gbit/s, one stream, vxlan-tunnel vs kernel vxlan", tunnel, kernel, Workload::Tcp, 1.0),
+        goal("TCP Gbit/s, 4 streams, vxlan-tunnel vs kernel vxlan", tunnel, kernel, Workload::Tcp4, 1.0),
+        goal("64 B pps across nodes, vxlan-tunnel vs kernel vxlan", tunnel, kernel, Workload::Udp, 1.5),
     ]
     .into_iter()
     .flatten()
@@ -955,7 +1045,7 @@ fn report(
 fn plot_panels(rows: &[Row], latencies: &[LatencyRow]) -> Vec<Panel> {
     let mut panels = Vec::new();
     for (w, cross) in
-        [(Workload::Udp, false), (Workload::Tcp, false), (Workload::Udp, true), (Workload::Tcp, true)]
+        [Workload::Udp, Workload::Tcp, Workload::Tcp4].into_iter().flat_map(|w| [(w, false), (w, true)])
     {
         let bars: Vec<Bar> = rows
             .iter()
