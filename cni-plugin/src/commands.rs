@@ -70,6 +70,17 @@ pub fn add(conf: &NetConf, raw: &Value, env: &mut CniEnv) -> Result<Value, CniEr
     let api = client(conf);
     // Fail before allocating anything if the switch is not there.
     let status = rt.block_on(api.status()).map_err(|e| from_client("ADD", e))?;
+    // The spec forbids a second ADD of one attachment without a DEL between; say so,
+    // rather than let the IPAM plugin refuse a duplicate allocation in its own words.
+    if rt.block_on(api.port(&env.container_id, &env.ifname)).map_err(|e| from_client("ADD", e))?.is_some() {
+        return Err(CniError::new(
+            code::CONFLICT,
+            format!("ADD: container {} already has {} attached", env.container_id, env.ifname),
+        )
+        .with_details(
+            "a repeated ADD needs a DEL first (CNI spec: ADD is not called twice for one attachment)",
+        ));
+    }
     let ipam = Ipam::new(conf.ipam_type(), env, raw)?;
     let mut allocated = ipam.add()?;
     // The gateway is the switch's, whatever the IPAM section says.
@@ -218,8 +229,22 @@ pub fn check(conf: &NetConf, raw: &Value, env: &mut CniEnv) -> Result<(), CniErr
     Ipam::new(conf.ipam_type(), env, raw)?.check()
 }
 
+/// STATUS and GC exist from spec 1.1.0 on: for an older configuration they are unknown
+/// verbs, answered as CHECK is before 0.4.0.
+fn new_in_1_1(verb: &str, conf: &NetConf) -> Result<(), CniError> {
+    if version::at_least(conf.version(), "1.1.0") {
+        return Ok(());
+    }
+    Err(CniError::new(
+        code::INCOMPATIBLE_VERSION,
+        format!("{verb} does not exist in cniVersion {}", conf.version()),
+    )
+    .with_details(format!("{verb} is new in CNI 1.1.0")))
+}
+
 /// STATUS: ready when vswitchd answers (and the IPAM plugin, if it has STATUS).
 pub fn status(conf: &NetConf, raw: &Value, env: &CniEnv) -> Result<(), CniError> {
+    new_in_1_1("STATUS", conf)?;
     if let Err(e) = runtime().block_on(client(conf).status()) {
         return Err(
             CniError::new(code::NOT_AVAILABLE, "vswitchd is not available").with_details(e.to_string())
@@ -238,6 +263,7 @@ pub fn status(conf: &NetConf, raw: &Value, env: &CniEnv) -> Result<(), CniError>
 /// `cni.dev/valid-attachments`, releasing its addresses; then the IPAM plugin's GC if it
 /// has one. Carries on past errors and reports the first.
 pub fn gc(conf: &NetConf, raw: &Value, env: &CniEnv) -> Result<(), CniError> {
+    new_in_1_1("GC", conf)?;
     if env.path.is_empty() {
         return Err(CniError::new(code::INVALID_ENV, "CNI_PATH is required"));
     }

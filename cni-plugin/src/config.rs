@@ -188,6 +188,21 @@ impl CniEnv {
 const KNOWN_ARGS: &[&str] =
     &["IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"];
 
+/// `CNI_ARGS` as the IPAM plugin gets them: with `IgnoreUnknown=1`. Every key in them
+/// was accepted here (known, or let through by `IgnoreUnknown`), but kubelet's `K8S_*`
+/// keys are unknown to `host-local`, which refuses them otherwise; its own keys (`IP`)
+/// still reach it.
+pub fn args_for_ipam(text: &str) -> String {
+    let pairs: Vec<&str> = text
+        .split(';')
+        .filter(|p| !p.is_empty() && p.split_once('=').is_none_or(|(k, _)| k != "IgnoreUnknown"))
+        .collect();
+    if pairs.is_empty() {
+        return text.to_string();
+    }
+    std::iter::once("IgnoreUnknown=1").chain(pairs).collect::<Vec<_>>().join(";")
+}
+
 /// Parses `CNI_ARGS` (`K=V;K=V`). An unknown key is an error unless `IgnoreUnknown` is
 /// true, as in libcni.
 pub fn parse_args(text: &str) -> Result<BTreeMap<String, String>, CniError> {
@@ -212,6 +227,17 @@ pub fn parse_args(text: &str) -> Result<BTreeMap<String, String>, CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ipam_plugin_gets_the_args_with_ignore_unknown() {
+        assert_eq!(
+            args_for_ipam("K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0"),
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0"
+        );
+        assert_eq!(args_for_ipam("IgnoreUnknown=true;IP=10.244.1.9"), "IgnoreUnknown=1;IP=10.244.1.9");
+        assert_eq!(args_for_ipam(""), "");
+        assert_eq!(args_for_ipam("IgnoreUnknown=0"), "IgnoreUnknown=0", "nothing to let through");
+    }
 
     #[test]
     fn args_follow_libcni() {

@@ -5,7 +5,8 @@
 //! An IPAM plugin older than the configuration (Debian 12's `host-local` speaks up to
 //! 1.0.0) refuses a newer `cniVersion` with code 1; the call is then repeated once at the
 //! highest version both speak, learned from the plugin's VERSION. The addresses do not
-//! depend on the version.
+//! depend on the version. `CNI_ARGS` reach it with `IgnoreUnknown=1` (kubelet's `K8S_*`
+//! keys are ours, not the IPAM plugin's).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,7 +39,11 @@ fn exec(
     let mut cmd = Command::new(plugin);
     cmd.env_clear();
     for (k, v) in &env.vars {
-        cmd.env(k, v);
+        if k == "CNI_ARGS" {
+            cmd.env(k, crate::config::args_for_ipam(v));
+        } else {
+            cmd.env(k, v);
+        }
     }
     cmd.env("CNI_COMMAND", verb);
     if let Some((id, ifname)) = attachment {

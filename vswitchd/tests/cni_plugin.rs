@@ -170,6 +170,19 @@ fn every_verb_as_a_runtime_calls_it() {
     let addr_a: String = ip["address"].as_str().unwrap().split('/').next().unwrap().into();
     let addr_b: String = rb["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().into();
     assert_ne!(addr_a, addr_b);
+    // ADD again for the same attachment: a conflict in our words, and nothing changes.
+    let again = cni.call("ADD", "ca", &path(&a), &cni.conf("1.1.0"), &[]);
+    assert_eq!(again.code(), 100, "{}", again.out);
+    assert!(again.out["msg"].as_str().unwrap().contains("already has eth0"), "{}", again.out);
+    assert_eq!(cni.allocations(), BTreeSet::from([addr_a.clone(), addr_b.clone()]));
+    assert_eq!(cni.pod_ports().len(), 2);
+    // kubelet's keys without IgnoreUnknown: ours to read, not host-local's to refuse.
+    let c = pod(&node, "c");
+    let kubelet_args =
+        "K8S_POD_NAMESPACE=default;K8S_POD_NAME=cc;K8S_POD_INFRA_CONTAINER_ID=cc;K8S_POD_UID=u-1";
+    let rc = cni.call("ADD", "cc", &path(&c), &cni.conf("1.1.0"), &[("CNI_ARGS", kubelet_args)]);
+    assert!(rc.ok, "{}", rc.out);
+    assert!(cni.call("DEL", "cc", &path(&c), &cni.conf("1.1.0"), &[("CNI_ARGS", kubelet_args)]).ok);
     // The pod side is configured: it reaches the other pod and the gateway.
     assert!(a.run(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &addr_b]).status.success());
     assert!(a.run(&["ping", "-c", "1", "-W", "2", "10.244.1.1"]).status.success());
@@ -355,6 +368,13 @@ fn gc_removes_what_is_not_listed_and_only_that() {
     };
     node.api(|c| async move { c.attach(&req).await }).unwrap();
     assert_eq!(cni.allocations().len(), 3);
+
+    // GC and STATUS exist from 1.1.0 on: an older configuration gets code 1, nothing removed.
+    let mut old = cni.conf("1.0.0");
+    old["cni.dev/valid-attachments"] = json!([]);
+    assert_eq!(cni.call("GC", "", "", &old, &[]).code(), 1);
+    assert_eq!(cni.call("STATUS", "", "", &old, &[]).code(), 1);
+    assert_eq!(cni.pod_ports().len(), 4, "the old-version GC removed nothing");
 
     let mut conf = cni.conf("1.1.0");
     conf["cni.dev/valid-attachments"] = json!([{"containerID": "g0", "ifname": "eth0"}]);
