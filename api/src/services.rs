@@ -172,6 +172,10 @@ pub struct RemoteNode {
     /// the fast path. `None`: through the kernel socket.
     #[serde(default)]
     pub fast_path_next_hop: Option<String>,
+    /// How the node itself reaches each of its pod CIDRs ("10.244.2.0/24 via vswitch0",
+    /// or why it does not); empty without a host port.
+    #[serde(default)]
+    pub from_node: Vec<String>,
 }
 
 /// The overlay between nodes: its settings and the nodes it routes to.

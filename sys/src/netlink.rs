@@ -5,10 +5,10 @@
 //! that entered that namespace.
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage, LinkXdp};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -31,6 +31,16 @@ pub struct LinkInfo {
     /// `control::state::DeviceTag`).
     pub alias: Option<String>,
     pub kind: LinkKind,
+}
+
+/// A route of the main table as the control plane cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub dst: Ipv4Net,
+    /// The outgoing link (none for a multipath, blackhole or unreachable route).
+    pub oif: Option<u32>,
+    /// Who made it (`RTPROT_*`: 2 kernel, 3 boot, 4 static, … or an owner's own number).
+    pub protocol: u8,
 }
 
 /// The link types the control plane tells apart.
@@ -359,6 +369,104 @@ impl Netlink {
             }
         }
         Ok(oif.map(|i| (i, gateway.unwrap_or(dst))))
+    }
+
+    /// The routes of the main IPv4 table.
+    pub async fn routes_v4(&self) -> Result<Vec<RouteEntry>, SysError> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+        let mut out = Vec::new();
+        let mut stream = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(msg) =
+            stream.try_next().await.map_err(io_error).context(|| "listing IPv4 routes".to_string())?
+        {
+            if msg.header.table != 254 {
+                continue;
+            }
+            let mut dst = Ipv4Addr::UNSPECIFIED;
+            let mut oif = None;
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            if let Ok(dst) = Ipv4Net::new(dst, msg.header.destination_prefix_length) {
+                out.push(RouteEntry { dst, oif, protocol: u8::from(msg.header.protocol) });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds, or replaces, the route to `dst` out of link `index` via `gateway` taken as
+    /// on-link (no connected network needs to hold it), preferring source `src`, marked
+    /// with `protocol` (its owner's, to find it again).
+    pub async fn replace_onlink_route_v4(
+        &self,
+        dst: Ipv4Net,
+        index: u32,
+        gateway: Ipv4Addr,
+        src: Ipv4Addr,
+        protocol: u8,
+    ) -> Result<(), SysError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .output_interface(index)
+            .gateway(gateway)
+            .pref_source(src)
+            .onlink()
+            .protocol(protocol.into())
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(io_error)
+            .context(|| format!("adding route to {dst} via {gateway} on link {index}"))
+    }
+
+    /// Deletes the route to `dst` out of link `index` if it carries `protocol` (the
+    /// kernel matches it: a route of another owner is left alone); true if it existed.
+    pub async fn delete_route_v4(&self, dst: Ipv4Net, index: u32, protocol: u8) -> Result<bool, SysError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .output_interface(index)
+            .protocol(protocol.into())
+            .build();
+        match self.handle.route().del(msg).execute().await.map_err(io_error) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+            Err(e) => Err(SysError::new(format!("deleting route to {dst} on link {index}"), e)),
+        }
+    }
+
+    /// Sets a permanent neighbour entry: `ip` is at `mac` on link `index`.
+    pub async fn set_neighbour(&self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), SysError> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac)
+            .replace()
+            .execute()
+            .await
+            .map_err(io_error)
+            .context(|| format!("setting neighbour {ip} on link {index}"))
+    }
+
+    /// Deletes the neighbour entry of `ip` on link `index`; true if it existed.
+    pub async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<bool, SysError> {
+        use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = netlink_packet_route::AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.handle.neighbours().del(msg).execute().await.map_err(io_error) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(SysError::new(format!("deleting neighbour {ip} on link {index}"), e)),
+        }
     }
 
     /// The resolved IPv4 neighbours of link `index` (reachable, stale, being

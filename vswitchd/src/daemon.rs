@@ -327,6 +327,7 @@ async fn serve(
                 }
                 if round % NEXT_HOP_REFRESH_ROUNDS == 0 {
                     m.refresh_next_hops();
+                    m.sync_node_routes();
                 }
                 if round % VANISHED_POD_ROUNDS == 0 {
                     m.reap_vanished();

@@ -51,6 +51,11 @@ impl NodeController {
         config.overlay.nodes.iter().chain(&self.file_nodes).cloned().collect()
     }
 
+    /// The pod CIDRs of every remote node.
+    pub(crate) fn remote_pod_cidrs(&self, config: &Config) -> Vec<ipnet::Ipv4Net> {
+        self.all_nodes(config).iter().flat_map(|n| n.pod_cidrs.iter().copied()).collect()
+    }
+
     /// Whether any remote node is known.
     pub(crate) fn any(&self, config: &Config) -> bool {
         !config.overlay.nodes.is_empty() || !self.file_nodes.is_empty()
@@ -187,6 +192,7 @@ impl NodeController {
         underlay: Option<String>,
         tunnel: bool,
         fast: bool,
+        route_of: &dyn Fn(&ipnet::Ipv4Net) -> Option<String>,
     ) -> NodesView {
         let ov = &config.overlay;
         let gateway_mac = config.gateway_mac;
@@ -197,6 +203,7 @@ impl NodeController {
             vtep_mac: n.vtep_mac.unwrap_or(gateway_mac).to_string(),
             source,
             fast_path_next_hop: fast.then(|| self.next_hops.get(&n.ip).map(ToString::to_string)).flatten(),
+            from_node: n.pod_cidrs.iter().filter_map(|c| Some(format!("{c} {}", route_of(c)?))).collect(),
         };
         let source = if self.from_cluster { NodeSource::Cluster } else { NodeSource::File };
         NodesView {

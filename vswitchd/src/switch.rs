@@ -59,7 +59,16 @@ impl Switch {
     // ---- ports
 
     pub(crate) fn start_host_port(&mut self) -> Result<(), AttachError> {
-        self.ports.start_host_port(&mut self.plane)
+        self.ports.start_host_port(&mut self.plane)?;
+        self.sync_node_routes();
+        Ok(())
+    }
+
+    /// Routes from the node to every remote node's pods through the host port (again:
+    /// also puts back what someone removed).
+    pub(crate) fn sync_node_routes(&mut self) {
+        let wanted = self.nodes.remote_pod_cidrs(&self.config);
+        self.ports.sync_node_routes(&wanted);
     }
 
     /// The node's address for NodePorts: configured, else the uplink's first IPv4
@@ -310,6 +319,7 @@ impl Switch {
 
     fn nodes_changed(&mut self) {
         self.publish_overlay();
+        self.sync_node_routes();
         self.steer();
         tracing::info!(
             nodes = self.nodes.count(&self.config),
@@ -347,12 +357,16 @@ impl Switch {
     pub(crate) fn nodes_view(&self) -> NodesView {
         let tunnel = self.ports.underlay_tunnel().is_some();
         let fast = !tunnel && self.ports.uplink_name().is_some() && self.config.node_ip.is_some();
-        self.nodes.view(&self.config, self.ports.underlay_name().map(str::to_string), tunnel, fast)
+        self.nodes.view(&self.config, self.ports.underlay_name().map(str::to_string), tunnel, fast, &|c| {
+            self.ports.node_route(c)
+        })
     }
 
     /// Stops the data plane, leaving every device in place for the next start: TAPs are
-    /// persistent, veth pairs stay, and the state file lists them all.
-    pub(crate) fn shutdown(self) {
+    /// persistent, veth pairs stay, and the state file lists them all. The node's routes
+    /// to other nodes' pods go: nothing would carry them.
+    pub(crate) fn shutdown(mut self) {
+        self.ports.remove_node_routes();
         if let Err(e) = self.ports.save_state() {
             tracing::error!(error = %e, "saving state at shutdown");
         }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harness::testbed::{Netns, Process, unique_prefix, wait_until};
-use harness::{Node, Pod, Scratch, tcp_transfer_is_exact};
+use harness::{Node, Pod, Scratch, tcp_bytes_arrive, tcp_transfer_is_exact};
 use vswitch_api::Backend;
 
 const GATEWAY_MAC: &str = "02:76:73:00:00:01";
@@ -173,6 +173,16 @@ impl TwoNodes {
     }
 }
 
+/// The routes vswitchd made in `node`'s namespace (its own protocol number).
+fn node_routes(node: &Node) -> String {
+    node.ns.ok(&["ip", "route", "show", "proto", "118"])
+}
+
+/// Whether a process in `ns` pings `dst`.
+fn pings(ns: &Netns, dst: Ipv4Addr) -> bool {
+    ns.run(&["ping", "-c", "3", "-i", "0.2", "-W", "2", &dst.to_string()]).status.success()
+}
+
 /// The TTL of the first echo reply `ping` printed.
 fn reply_ttl(out: &str) -> Option<u8> {
     out.split_whitespace().find_map(|w| w.strip_prefix("ttl=")).and_then(|t| t.parse().ok())
@@ -260,6 +270,45 @@ fn tcp_super_frames_cross_whole_between_two_nodes() {
     let lines =
         on_the_wire(&t._underlay, 2, &t.files.0, || tcp_transfer_is_exact(&t.files, a1, b1, 10_000_000));
     assert_valid_vxlan_of_one_flow(&lines);
+}
+
+/// The node's own processes reach pods on other nodes (through the host port, from the
+/// gateway address: routes of vswitchd's own), those pods reach the node, and the routes
+/// go with the daemon and come back with it.
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn the_node_itself_reaches_pods_on_other_nodes() {
+    let mut t = TwoNodes::new("nrt", None, "tunnel");
+    let gateway_a = Ipv4Addr::new(10, 244, 1, 1);
+    let routed = |n: &Node| node_routes(n).contains("10.244.2.0/24 via 169.254.118.115 dev vswitch0");
+    assert!(wait_until(Duration::from_secs(5), || routed(&t.a)), "{}", node_routes(&t.a));
+    assert!(t.a.ctl(&["nodes"]).contains("10.244.2.0/24 via vswitch0"), "{}", t.a.ctl(&["nodes"]));
+    assert!(pings(&t.a.ns, t.b1.ip), "node a → pod on node b");
+    assert!(t.b1.ping(gateway_a, 3), "pod on node b → node a");
+    tcp_bytes_arrive(&t.files, &t.a.ns, &t.b1.ns, t.b1.ip, 10_000_000);
+    tcp_bytes_arrive(&t.files, &t.b1.ns, &t.a.ns, gateway_a, 10_000_000);
+    // A hostNetwork pod: mount and PID namespaces of its own, the node's network.
+    let host_network = t.a.ns.run(&[
+        "unshare",
+        "--mount",
+        "--pid",
+        "--fork",
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &t.b1.ip.to_string(),
+    ]);
+    assert!(host_network.status.success(), "{}", String::from_utf8_lossy(&host_network.stdout));
+    // Stopped: the routes go (nothing would carry them); started: they are back.
+    t.a.stop();
+    assert_eq!(node_routes(&t.a).trim(), "", "no route of vswitchd's left");
+    t.a.restart();
+    assert!(wait_until(Duration::from_secs(10), || routed(&t.a)), "{}", node_routes(&t.a));
+    assert!(pings(&t.a.ns, t.b1.ip), "again after the restart");
 }
 
 #[test]
@@ -418,6 +467,8 @@ fn interoperates_with_the_kernels_vxlan_device() {
 
     assert!(a1.ping(k1.ip, 3), "vswitchd → kernel vxlan");
     assert!(k1.ping(a1.ip, 3), "kernel vxlan → vswitchd");
+    assert!(pings(&a.ns, k1.ip), "node a itself → a pod of the kernel node");
+    assert!(k1.ping(Ipv4Addr::new(10, 244, 1, 1), 3), "a pod of the kernel node → node a's gateway address");
     // The kernel node is as flannel leaves it: its veth underlay hands partial inner
     // checksums and whole UDP-tunnel super-packets over; the tunnel TAP reads their
     // offload state and passes it on.

@@ -118,6 +118,10 @@ fn print_nodes(view: &vswitch_api::NodesView) {
     if let Some(e) = &view.file_error {
         println!("NOT APPLIED: {e}");
     }
+    let from_node: Vec<String> = view.nodes.iter().flat_map(|n| n.from_node.iter().cloned()).collect();
+    if !from_node.is_empty() {
+        println!("from the node itself: {}", from_node.join("; "));
+    }
 }
 
 fn print_services(view: &vswitch_api::ServicesView) {

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use vswitch_dataplane::port::afxdp::XdpMode;
 use vswitch_dataplane::port::memory::{MemoryPort, MemoryPortHandle};
 use vswitch_dataplane::port::tap::TapOptions;
@@ -18,7 +18,8 @@ use vswitch_sys::SysError;
 use vswitch_sys::netns::NetnsError;
 
 use super::kernel::{
-    Kernel, LinkInfo, LinkKind, Steering, TunnelDevice, TunnelLink, TunnelSpec, UplinkDevice,
+    Kernel, LinkInfo, LinkKind, ROUTE_PROTOCOL, RouteEntry, Steering, TunnelDevice, TunnelLink, TunnelSpec,
+    UplinkDevice,
 };
 
 /// A kernel operation a test can make fail.
@@ -39,6 +40,7 @@ pub(crate) enum Op {
     OpenUplink,
     OpenUnderlay,
     OpenTunnel,
+    ReplaceRoute,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +109,9 @@ struct State {
     next_hops: HashMap<Ipv4Addr, MacAddr>,
     /// What the uplink's program was told to steer, each time.
     steered: SteeringRecord,
+    /// The main IPv4 table.
+    routes: Vec<RouteEntry>,
+    neighbours: BTreeMap<(u32, Ipv4Addr), MacAddr>,
 }
 
 #[derive(Default)]
@@ -189,6 +194,20 @@ impl FakeKernel {
 
     pub(crate) fn set_next_hop(&self, node: Ipv4Addr, mac: MacAddr) {
         self.state().next_hops.insert(node, mac);
+    }
+
+    /// The main IPv4 table, as `ip route` would list it.
+    pub(crate) fn routes(&self) -> Vec<RouteEntry> {
+        self.state().routes.clone()
+    }
+
+    /// A route some other party made.
+    pub(crate) fn put_route(&self, route: RouteEntry) {
+        self.state().routes.push(route);
+    }
+
+    pub(crate) fn neighbour(&self, index: u32, ip: Ipv4Addr) -> Option<MacAddr> {
+        self.state().neighbours.get(&(index, ip)).copied()
     }
 
     /// What the uplink's program was told to steer, each time.
@@ -342,6 +361,41 @@ impl Kernel for FakeKernel {
     ) -> Result<HashMap<Ipv4Addr, MacAddr>, SysError> {
         let s = self.state();
         Ok(nodes.iter().filter_map(|ip| s.next_hops.get(ip).map(|m| (*ip, *m))).collect())
+    }
+
+    fn routes_v4(&self) -> Result<Vec<RouteEntry>, SysError> {
+        Ok(self.state().routes.clone())
+    }
+
+    fn replace_route(
+        &self,
+        dst: Ipv4Net,
+        index: u32,
+        gateway: Ipv4Addr,
+        src: Ipv4Addr,
+    ) -> Result<(), SysError> {
+        self.check(Op::ReplaceRoute, &format!("route {dst} via {gateway} dev {index} src {src}"))?;
+        let mut s = self.state();
+        s.routes.retain(|r| r.dst != dst);
+        s.routes.push(RouteEntry { dst, oif: Some(index), protocol: ROUTE_PROTOCOL });
+        Ok(())
+    }
+
+    fn delete_route(&self, dst: Ipv4Net, index: u32) -> Result<bool, SysError> {
+        let mut s = self.state();
+        s.log.push(format!("delete route {dst} dev {index}"));
+        let before = s.routes.len();
+        s.routes.retain(|r| !(r.dst == dst && r.oif == Some(index) && r.protocol == ROUTE_PROTOCOL));
+        Ok(s.routes.len() < before)
+    }
+
+    fn set_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), SysError> {
+        self.state().neighbours.insert((index, ip), mac);
+        Ok(())
+    }
+
+    fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<bool, SysError> {
+        Ok(self.state().neighbours.remove(&(index, ip)).is_some())
     }
 
     fn open_netns(&self, path: &Path) -> Result<(), NetnsError> {

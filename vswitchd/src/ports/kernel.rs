@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use vswitch_dataplane::ids::WorkerId;
 use vswitch_dataplane::port::afxdp::{XdpMode, XskGroup, XskQueue};
 use vswitch_dataplane::port::steer::SteeringProgram;
@@ -23,6 +23,7 @@ use vswitch_dataplane::port::underlay::UnderlayQueue;
 use vswitch_dataplane::queue::{PortError, PortQueue};
 use vswitch_dataplane::wire::MacAddr;
 use vswitch_sys::SysError;
+pub(crate) use vswitch_sys::netlink::RouteEntry;
 use vswitch_sys::netlink::{Netlink, in_netns};
 use vswitch_sys::netns::{Netns, NetnsError};
 
@@ -81,6 +82,11 @@ pub(crate) struct UplinkDevice {
     pub rx_queues: u32,
 }
 
+/// The routing protocol number marking the routes the daemon makes (`proto 118` in
+/// `ip route`; unassigned in `/etc/iproute2/rt_protos`): it finds them again by it, and
+/// the kernel deletes a route only when it matches.
+pub(crate) const ROUTE_PROTOCOL: u8 = 118;
+
 /// Every kernel operation the port manager makes. Links in the daemon's namespace are
 /// named by index (as rtnetlink names them); those in a pod's, by the namespace's path
 /// and the interface's name.
@@ -115,6 +121,23 @@ pub(crate) trait Kernel: Send + Sync {
     /// has resolved it; nodes reached another way, or not resolved yet, are left out.
     fn next_hop_macs(&self, uplink: &str, nodes: &[Ipv4Addr])
     -> Result<HashMap<Ipv4Addr, MacAddr>, SysError>;
+    /// The routes of the main IPv4 table.
+    fn routes_v4(&self) -> Result<Vec<RouteEntry>, SysError>;
+    /// Adds or replaces a route of ours ([`ROUTE_PROTOCOL`]): `dst` out of link `index`
+    /// via `gateway` on-link, preferring source `src`.
+    fn replace_route(
+        &self,
+        dst: Ipv4Net,
+        index: u32,
+        gateway: Ipv4Addr,
+        src: Ipv4Addr,
+    ) -> Result<(), SysError>;
+    /// Deletes a route of ours (another owner's is left alone); true if it existed.
+    fn delete_route(&self, dst: Ipv4Net, index: u32) -> Result<bool, SysError>;
+    /// A permanent neighbour entry: `ip` is at `mac` on link `index`.
+    fn set_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), SysError>;
+    /// Deletes the neighbour entry of `ip` on link `index`; true if it existed.
+    fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<bool, SysError>;
 
     // ---- pods' namespaces
 
@@ -337,6 +360,32 @@ impl Kernel for LinuxKernel {
             }
             Ok(found)
         })
+    }
+
+    fn routes_v4(&self) -> Result<Vec<RouteEntry>, SysError> {
+        self.run(self.netlink.routes_v4())
+    }
+
+    fn replace_route(
+        &self,
+        dst: Ipv4Net,
+        index: u32,
+        gateway: Ipv4Addr,
+        src: Ipv4Addr,
+    ) -> Result<(), SysError> {
+        self.run(self.netlink.replace_onlink_route_v4(dst, index, gateway, src, ROUTE_PROTOCOL))
+    }
+
+    fn delete_route(&self, dst: Ipv4Net, index: u32) -> Result<bool, SysError> {
+        self.run(self.netlink.delete_route_v4(dst, index, ROUTE_PROTOCOL))
+    }
+
+    fn set_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), SysError> {
+        self.run(self.netlink.set_neighbour(index, ip, mac.0))
+    }
+
+    fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<bool, SysError> {
+        self.run(self.netlink.delete_neighbour(index, ip))
     }
 
     fn open_netns(&self, path: &Path) -> Result<(), NetnsError> {

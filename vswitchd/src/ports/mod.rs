@@ -4,7 +4,8 @@
 //! Split as a device is (firecracker's `devices/virtio/net`): attaching and detaching
 //! pods ([`attach`]), the host port ([`host`]), what survives a restart — the state
 //! file and the tags on devices — ([`persist`]), the API's views ([`views`]), the
-//! uplink and the underlay ([`uplink`], [`underlay`]). Every kernel operation goes
+//! uplink and the underlay ([`uplink`], [`underlay`]), the node's routes to other
+//! nodes' pods through the host port ([`routes`]). Every kernel operation goes
 //! through [`Kernel`], so all of it is unit-tested against a fake (`fake`, `tests`).
 //!
 //! The manager owns what each port was attached with; the tables and the data path are
@@ -16,6 +17,7 @@ mod error;
 mod host;
 pub(crate) mod kernel;
 mod persist;
+mod routes;
 mod underlay;
 mod uplink;
 mod views;
@@ -75,6 +77,7 @@ pub(crate) struct PortManager {
     last_id: PortId,
     /// Whose device tags are ours (see [`state::DeviceTag`]).
     owner: String,
+    node_routes: routes::NodeRoutes,
 }
 
 impl PortManager {
@@ -90,6 +93,7 @@ impl PortManager {
             xsk_load: vec![0; workers],
             last_id: PortId(0),
             owner,
+            node_routes: Default::default(),
         }
     }
 

@@ -539,6 +539,57 @@ fn the_host_port_carries_the_gateway_and_is_reopened_after_a_restart() {
 }
 
 #[test]
+fn the_node_routes_to_other_nodes_pods_through_the_host_port_and_only_its_own_routes() {
+    use super::kernel::{ROUTE_PROTOCOL, RouteEntry};
+    let net = |s: &str| s.parse::<ipnet::Ipv4Net>().unwrap();
+    let mut r = Rig::with("routes", |c| c.host_port = Some("vswitch0".into()));
+    // No host port yet: nothing to route through.
+    r.ports.sync_node_routes(&[net("10.244.2.0/24")]);
+    assert!(r.kernel.routes().is_empty());
+    r.ports.start_host_port(&mut r.plane).unwrap();
+    let index = r.kernel.host_dev("vswitch0").unwrap().index;
+    // Someone else's routes: a default route (less specific: no conflict), one inside a
+    // remote CIDR (in the way), and a stale one of ours from a crashed run.
+    let foreign = [
+        RouteEntry { dst: net("0.0.0.0/0"), oif: Some(99), protocol: 3 },
+        RouteEntry { dst: net("10.244.3.128/25"), oif: Some(99), protocol: 4 },
+        RouteEntry { dst: net("10.244.9.0/24"), oif: Some(index), protocol: ROUTE_PROTOCOL },
+    ];
+    foreign.iter().for_each(|f| r.kernel.put_route(*f));
+
+    r.ports.sync_node_routes(&[net("10.244.2.0/24"), net("10.244.3.0/24")]);
+    let ours = |r: &Rig| -> Vec<ipnet::Ipv4Net> {
+        r.kernel.routes().iter().filter(|e| e.protocol == ROUTE_PROTOCOL).map(|e| e.dst).collect()
+    };
+    assert_eq!(ours(&r), vec![net("10.244.2.0/24")], "the stale one gone, the one in the way not made");
+    assert!(
+        r.kernel
+            .log()
+            .iter()
+            .any(|l| l == &format!("route 10.244.2.0/24 via 169.254.118.115 dev {index} src 10.244.1.1"))
+    );
+    assert_eq!(r.kernel.neighbour(index, routes::NEXT_HOP), Some(r.config.gateway_mac));
+    assert_eq!(r.ports.node_route(&net("10.244.2.0/24")).as_deref(), Some("via vswitch0"));
+    let refused = r.ports.node_route(&net("10.244.3.0/24")).unwrap();
+    assert!(refused.starts_with("not routed") && refused.contains("10.244.3.128/25"), "{refused}");
+    assert_eq!(r.kernel.routes().iter().filter(|e| e.protocol != ROUTE_PROTOCOL).count(), 2, "others' kept");
+
+    // Removed behind our back: put back; a node gone: its route goes.
+    r.kernel.fail(Op::ReplaceRoute);
+    r.ports.sync_node_routes(&[net("10.244.4.0/24")]);
+    assert!(ours(&r).is_empty(), "10.244.2.0/24 removed, 10.244.4.0/24 refused by the kernel");
+    assert!(r.ports.node_route(&net("10.244.4.0/24")).unwrap().starts_with("not routed"));
+    r.ports.sync_node_routes(&[net("10.244.4.0/24")]);
+    assert_eq!(ours(&r), vec![net("10.244.4.0/24")]);
+
+    // Shutdown: ours and the next hop go, the others stay.
+    r.ports.remove_node_routes();
+    assert!(ours(&r).is_empty());
+    assert_eq!(r.kernel.neighbour(index, routes::NEXT_HOP), None);
+    assert_eq!(r.kernel.routes().len(), 2);
+}
+
+#[test]
 fn the_uplink_and_underlay_take_ids_no_pod_gets() {
     let mut r = Rig::with("uplink", |c| c.uplink = Some("eth9".into()));
     r.kernel.put_host_dev("eth9", r.kernel.link(LinkKind::Other, MacAddr([2, 0xee, 0, 0, 0, 1]), 1500));

@@ -289,15 +289,18 @@ impl Pod {
 /// Sends `bytes` of random data from `from` to `to` over TCP with ncat; asserts the
 /// receiver got exactly the same bytes (sha256). Files go to `dir`.
 pub fn tcp_transfer_is_exact(dir: &Scratch, from: &Pod, to: &Pod, bytes: usize) {
-    let src = dir.0.join(format!("tcp-src-{}", from.ip));
-    let dst = dir.0.join(format!("tcp-dst-{}", to.ip));
+    tcp_bytes_arrive(dir, &from.ns, &to.ns, to.ip, bytes);
+}
+
+/// [`tcp_transfer_is_exact`] between any two namespaces (a node's too): `bytes` from
+/// `from` to `to`, listening on `to_ip`.
+pub fn tcp_bytes_arrive(dir: &Scratch, from: &Netns, to: &Netns, to_ip: Ipv4Addr, bytes: usize) {
+    let src = dir.0.join(format!("tcp-src-{}", from.name()));
+    let dst = dir.0.join(format!("tcp-dst-{}", to.name()));
     testbed::ok("sh", &["-c", &format!("head -c {bytes} /dev/urandom > {}", src.display())]);
-    let mut server = to.ns.spawn(&["sh", "-c", &format!("ncat -l 5001 --recv-only > {}", dst.display())]);
-    assert!(
-        wait_until(Duration::from_secs(5), || to.ns.ok(&["ss", "-ltn"]).contains(":5001")),
-        "ncat listens"
-    );
-    from.ns.ok(&["sh", "-c", &format!("ncat --send-only {} 5001 < {}", to.ip, src.display())]);
+    let mut server = to.spawn(&["sh", "-c", &format!("ncat -l 5001 --recv-only > {}", dst.display())]);
+    assert!(wait_until(Duration::from_secs(5), || to.ok(&["ss", "-ltn"]).contains(":5001")), "ncat listens");
+    from.ok(&["sh", "-c", &format!("ncat --send-only {to_ip} 5001 < {}", src.display())]);
     let done = server.wait_output(Duration::from_secs(60)).expect("the receiver finishes");
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     let sum = |p: &Path| testbed::ok("sha256sum", &[p]).split_whitespace().next().unwrap().to_string();
