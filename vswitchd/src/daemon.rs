@@ -142,6 +142,10 @@ const NEXT_HOP_REFRESH_ROUNDS: u64 = 2;
 
 /// Housekeeping rounds (seconds) between looks for pods gone without a detach.
 const VANISHED_POD_ROUNDS: u64 = 5;
+/// Housekeeping rounds between checks that the node's routes through the host port are
+/// all there (changes of nodes and Services sync them at once; this puts back what
+/// someone removed, at the cost of a route dump: 10 000 ClusterIPs are as many routes).
+const NODE_ROUTE_ROUNDS: u64 = 10;
 
 /// What a watched file feeds.
 type Apply = fn(&mut Switch, Option<String>) -> Result<bool, ConfigError>;
@@ -327,6 +331,8 @@ async fn serve(
                 }
                 if round % NEXT_HOP_REFRESH_ROUNDS == 0 {
                     m.refresh_next_hops();
+                }
+                if round % NODE_ROUTE_ROUNDS == 0 {
                     m.sync_node_routes();
                 }
                 if round % VANISHED_POD_ROUNDS == 0 {

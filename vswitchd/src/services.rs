@@ -97,6 +97,11 @@ impl ServiceController {
         }
     }
 
+    /// The ClusterIPs served (a headless Service has none).
+    pub(crate) fn cluster_ips(&self) -> BTreeSet<Ipv4Addr> {
+        self.catalog.services().iter().map(|s| s.cluster_ip).filter(|ip| !ip.is_unspecified()).collect()
+    }
+
     /// The (IP protocol, port) pairs of the NodePorts served.
     pub(crate) fn node_ports(&self) -> BTreeSet<(u8, u16)> {
         self.catalog.table().node_ports().map(|(port, proto)| (proto, port)).collect()

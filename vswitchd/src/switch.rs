@@ -64,10 +64,11 @@ impl Switch {
         Ok(())
     }
 
-    /// Routes from the node to every remote node's pods through the host port (again:
-    /// also puts back what someone removed).
+    /// Routes from the node through the host port to every remote node's pods and to
+    /// every Service's ClusterIP (again: also puts back what someone removed).
     pub(crate) fn sync_node_routes(&mut self) {
-        let wanted = self.nodes.remote_pod_cidrs(&self.config);
+        let mut wanted = self.nodes.remote_pod_cidrs(&self.config);
+        wanted.extend(self.services.cluster_ips().into_iter().map(ipnet::Ipv4Net::from));
         self.ports.sync_node_routes(&wanted);
     }
 
@@ -279,6 +280,7 @@ impl Switch {
         self.services.publish(&mut self.plane);
         self.steer();
         self.services.applied(&mut self.plane);
+        self.sync_node_routes();
     }
 
     /// After conntrack housekeeping: stops recognising VIPs and endpoints kept only for

@@ -339,8 +339,10 @@ fn a_service_with_its_endpoint_on_the_other_node() {
         format!(
             "[[service]]\nname = \"far\"\ncluster_ip = \"10.96.0.30\"\ntype = \"NodePort\"\n\
              ports = [{{ port = 80, target_port = 8080, node_port = 30080 }}]\n\
-             endpoints = [{{ ip = \"{}\", node = \"b\" }}]\n",
-            t.b1.ip
+             endpoints = [{{ ip = \"{}\", node = \"b\" }}]\n\
+             [[service]]\nname = \"near\"\ncluster_ip = \"10.96.0.31\"\n\
+             ports = [{{ port = 80, target_port = 8080 }}]\nendpoints = [{{ ip = \"{}\" }}]\n",
+            t.b1.ip, t.a1.ip
         ),
     )
     .unwrap();
@@ -365,6 +367,21 @@ fn a_service_with_its_endpoint_on_the_other_node() {
     }
     let ct = a.ctl(&["conntrack"]);
     assert!(ct.contains(&t.b1.ip.to_string()), "{ct}");
+    // From node a itself (a /32 route per ClusterIP through the host port, from the
+    // gateway address): to the endpoint on node b, and to one on node a.
+    let _near: Process = t.a1.ns.spawn(&["ncat", "-lk", "8080", "-c", "echo served by a1"]);
+    assert!(wait_until(Duration::from_secs(5), || t.a1.ns.ok(&["ss", "-ltn"]).contains(":8080")));
+    assert!(
+        wait_until(Duration::from_secs(5), || node_routes(&a).contains("10.96.0.31 via 169.254.118.115")),
+        "{}",
+        node_routes(&a)
+    );
+    for (vip, who) in [("10.96.0.30", "served by b1"), ("10.96.0.31", "served by a1")] {
+        for _ in 0..3 {
+            let got = a.ns.ok(&["ncat", "--recv-only", "-w", "3", vip, "80"]);
+            assert_eq!(got.trim(), who, "node a → {vip}");
+        }
+    }
     // From outside (a client on the underlay) to node a's NodePort: the endpoint on b
     // answers, its reply coming back over the overlay to a's gateway address.
     let underlay = &t._underlay.ns;

@@ -1,9 +1,11 @@
-//! Routes from the node itself to the pods of other nodes: every remote pod CIDR via the
-//! host port, so the node's own processes (kubelet, hostNetwork pods, the API server
-//! calling webhooks) reach them through the switch — flannel routes every node's pod
-//! CIDR on every node the same way. They leave from the gateway address (the host
-//! port's): every node routes this node's pod CIDR back here, so the replies come back
-//! without any address translation.
+//! Routes from the node itself through the switch: every remote pod CIDR and every
+//! Service's ClusterIP (a /32 each, as kube-proxy's IPVS mode puts each on a dummy
+//! device) via the host port, so the node's own processes (kubelet, hostNetwork pods,
+//! the API server calling webhooks) reach other nodes' pods and Services as pods do —
+//! flannel routes every node's pod CIDR on every node the same way, kube-proxy serves
+//! ClusterIPs to the node in its OUTPUT chains. They leave from the gateway address (the
+//! host port's): every node routes this node's pod CIDR back here, so the replies of
+//! remote pods and of remote Service endpoints come back without any source NAT.
 //!
 //! The kernel takes none of its own addresses as a gateway, so the routes go via a
 //! link-local next hop ([`NEXT_HOP`]) that exists only as a permanent neighbour entry on
@@ -36,16 +38,34 @@ pub(crate) struct NodeRoutes {
     index: Option<u32>,
 }
 
-/// The route of another owner that already covers `cidr` at least as specifically.
-fn covering<'a>(routes: &'a [RouteEntry], cidr: &Ipv4Net) -> Option<&'a RouteEntry> {
-    routes
-        .iter()
-        .filter(|r| r.protocol != ROUTE_PROTOCOL)
-        .find(|r| r.dst.prefix_len() >= cidr.prefix_len() && cidr.contains(&r.dst.network()))
+/// Other owners' routes, by destination: what a route of ours could shadow.
+struct Foreign(BTreeMap<(u32, u8), RouteEntry>);
+
+impl Foreign {
+    fn of(routes: &[RouteEntry]) -> Foreign {
+        Foreign(
+            routes
+                .iter()
+                .filter(|r| r.protocol != ROUTE_PROTOCOL)
+                .map(|r| ((u32::from(r.dst.network()), r.dst.prefix_len()), *r))
+                .collect(),
+        )
+    }
+
+    /// The route that already covers `cidr` at least as specifically: the same prefix
+    /// or a longer one inside it (a lookup, not a scan: 10 000 ClusterIPs are checked
+    /// every few seconds).
+    fn covering(&self, cidr: &Ipv4Net) -> Option<&RouteEntry> {
+        let (first, last) = (u32::from(cidr.network()), u32::from(cidr.broadcast()));
+        self.0
+            .range((first, cidr.prefix_len())..=(last, 32))
+            .map(|(_, r)| r)
+            .find(|r| r.dst.prefix_len() >= cidr.prefix_len())
+    }
 }
 
 impl PortManager {
-    /// Makes the node's routes to other nodes' pods exactly `wanted` (where no other
+    /// Makes the node's routes through the host port exactly `wanted` (where no other
     /// route is in the way): adds the missing ones, removes those of ours no longer
     /// wanted, and keeps what it could not do for the node listing. Without a host
     /// port there is nothing to route through.
@@ -66,17 +86,18 @@ impl PortManager {
                 return;
             }
         };
+        let foreign = Foreign::of(&routes);
         let mut refused = BTreeMap::new();
         let mut want = BTreeSet::new();
         for cidr in wanted {
-            match covering(&routes, cidr) {
+            match foreign.covering(cidr) {
                 Some(r) => {
                     let why = format!(
                         "the node already routes {} (protocol {}, not vswitchd's)",
                         r.dst, r.protocol
                     );
                     if self.node_routes.refused.get(cidr) != Some(&why) {
-                        tracing::warn!(%cidr, reason = %why, "pods of this CIDR not routed from the node");
+                        tracing::warn!(%cidr, reason = %why, "not routed from the node");
                     }
                     refused.insert(*cidr, why);
                 }
@@ -94,26 +115,31 @@ impl PortManager {
             });
             want.clear();
         }
-        let ours: Vec<&RouteEntry> = routes.iter().filter(|r| r.protocol == ROUTE_PROTOCOL).collect();
-        let mut routed = BTreeSet::new();
+        let ours: BTreeMap<Ipv4Net, Option<u32>> =
+            routes.iter().filter(|r| r.protocol == ROUTE_PROTOCOL).map(|r| (r.dst, r.oif)).collect();
+        let (mut routed, mut added, mut removed) = (BTreeSet::new(), 0, 0);
         for cidr in &want {
-            if ours.iter().any(|r| r.dst == *cidr && r.oif == Some(index)) {
+            if ours.get(cidr) == Some(&Some(index)) {
                 routed.insert(*cidr);
                 continue;
             }
             match kernel.replace_route(*cidr, index, NEXT_HOP, self.config.gateway_ip) {
                 Ok(()) => {
-                    tracing::info!(%cidr, via = %host.name, "node routes to pods of another node");
+                    tracing::debug!(%cidr, via = %host.name, "node route made");
                     routed.insert(*cidr);
+                    added += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(%cidr, error = %e, "pods of this CIDR not routed from the node");
+                    tracing::warn!(%cidr, error = %e, "not routed from the node");
                     refused.insert(*cidr, e.to_string());
                 }
             }
         }
-        for r in ours.iter().filter(|r| !routed.contains(&r.dst) || r.oif != Some(index)) {
-            Self::delete_route(kernel.as_ref(), r, index);
+        for (dst, oif) in ours.iter().filter(|(dst, oif)| !routed.contains(dst) || **oif != Some(index)) {
+            removed += usize::from(Self::delete_route(kernel.as_ref(), *dst, oif.unwrap_or(index)));
+        }
+        if added + removed > 0 {
+            tracing::info!(added, removed, routed = routed.len(), via = %host.name, "node routes through the host port");
         }
         if routed.is_empty() {
             let _ = kernel.delete_neighbour(index, NEXT_HOP);
@@ -133,20 +159,28 @@ impl PortManager {
             }
         };
         let host_index = self.host.as_ref().and_then(|h| kernel.index_of(&h.name).ok());
+        let mut removed = 0;
         for r in routes.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
-            Self::delete_route(kernel.as_ref(), r, host_index.unwrap_or(0));
+            removed += usize::from(Self::delete_route(
+                kernel.as_ref(),
+                r.dst,
+                r.oif.unwrap_or(host_index.unwrap_or(0)),
+            ));
         }
+        tracing::info!(removed, "node routes through the host port removed");
         if let Some(index) = host_index.or(self.node_routes.index) {
             let _ = kernel.delete_neighbour(index, NEXT_HOP);
         }
         self.node_routes = NodeRoutes::default();
     }
 
-    fn delete_route(kernel: &dyn super::Kernel, r: &RouteEntry, fallback_index: u32) {
-        match kernel.delete_route(r.dst, r.oif.unwrap_or(fallback_index)) {
-            Ok(_) => tracing::info!(cidr = %r.dst, "node route to another node's pods removed"),
+    /// Deletes a route of ours; true if it went.
+    fn delete_route(kernel: &dyn super::Kernel, dst: Ipv4Net, index: u32) -> bool {
+        match kernel.delete_route(dst, index) {
+            Ok(gone) => gone,
             Err(e) => {
-                tracing::warn!(cidr = %r.dst, error = %e, "node route to another node's pods not removed")
+                tracing::warn!(cidr = %dst, error = %e, "node route not removed");
+                false
             }
         }
     }

@@ -554,14 +554,20 @@ fn the_node_routes_to_other_nodes_pods_through_the_host_port_and_only_its_own_ro
         RouteEntry { dst: net("0.0.0.0/0"), oif: Some(99), protocol: 3 },
         RouteEntry { dst: net("10.244.3.128/25"), oif: Some(99), protocol: 4 },
         RouteEntry { dst: net("10.244.9.0/24"), oif: Some(index), protocol: ROUTE_PROTOCOL },
+        RouteEntry { dst: net("10.96.0.11/32"), oif: Some(99), protocol: 4 },
     ];
     foreign.iter().for_each(|f| r.kernel.put_route(*f));
 
-    r.ports.sync_node_routes(&[net("10.244.2.0/24"), net("10.244.3.0/24")]);
+    let wanted = ["10.244.2.0/24", "10.244.3.0/24", "10.96.0.10/32", "10.96.0.11/32"].map(net);
+    r.ports.sync_node_routes(&wanted);
     let ours = |r: &Rig| -> Vec<ipnet::Ipv4Net> {
         r.kernel.routes().iter().filter(|e| e.protocol == ROUTE_PROTOCOL).map(|e| e.dst).collect()
     };
-    assert_eq!(ours(&r), vec![net("10.244.2.0/24")], "the stale one gone, the one in the way not made");
+    assert_eq!(
+        ours(&r),
+        vec![net("10.96.0.10/32"), net("10.244.2.0/24")],
+        "the stale one gone, those in the way not made"
+    );
     assert!(
         r.kernel
             .log()
@@ -572,7 +578,7 @@ fn the_node_routes_to_other_nodes_pods_through_the_host_port_and_only_its_own_ro
     assert_eq!(r.ports.node_route(&net("10.244.2.0/24")).as_deref(), Some("via vswitch0"));
     let refused = r.ports.node_route(&net("10.244.3.0/24")).unwrap();
     assert!(refused.starts_with("not routed") && refused.contains("10.244.3.128/25"), "{refused}");
-    assert_eq!(r.kernel.routes().iter().filter(|e| e.protocol != ROUTE_PROTOCOL).count(), 2, "others' kept");
+    assert_eq!(r.kernel.routes().iter().filter(|e| e.protocol != ROUTE_PROTOCOL).count(), 3, "others' kept");
 
     // Removed behind our back: put back; a node gone: its route goes.
     r.kernel.fail(Op::ReplaceRoute);
@@ -586,7 +592,7 @@ fn the_node_routes_to_other_nodes_pods_through_the_host_port_and_only_its_own_ro
     r.ports.remove_node_routes();
     assert!(ours(&r).is_empty());
     assert_eq!(r.kernel.neighbour(index, routes::NEXT_HOP), None);
-    assert_eq!(r.kernel.routes().len(), 2);
+    assert_eq!(r.kernel.routes().len(), 3);
 }
 
 #[test]
