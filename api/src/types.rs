@@ -256,6 +256,9 @@ pub mod codes {
     pub const INVALID_NODES: &str = "invalid_nodes";
     /// 404: the network namespace path does not exist or is not a namespace.
     pub const NETNS_NOT_FOUND: &str = "netns_not_found";
+    /// 403: the daemon may not open that network namespace (permissions, a security
+    /// module).
+    pub const NETNS_REFUSED: &str = "netns_refused";
     /// 404: no such port or route.
     pub const NOT_FOUND: &str = "not_found";
     /// 405: the route exists, not with this method.

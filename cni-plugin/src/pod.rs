@@ -28,7 +28,7 @@ fn open(path: &Path) -> Result<Netns, CniError> {
         NetnsError::NotFound(_) | NetnsError::NotANamespace(_) => {
             CniError::new(code::INVALID_ENV, format!("CNI_NETNS: {e}"))
         }
-        NetnsError::Io { .. } => CniError::new(code::IO_FAILURE, e.to_string()),
+        NetnsError::Io { .. } | NetnsError::Denied { .. } => CniError::new(code::IO_FAILURE, e.to_string()),
     })
 }
 

@@ -30,6 +30,13 @@ pub enum NetnsError {
     NotFound(PathBuf),
     #[error("{} is not a network namespace (expected a bind mount of /proc/<pid>/ns/net)", .0.display())]
     NotANamespace(PathBuf),
+    /// The daemon may not open it (permissions, a security module).
+    #[error("network namespace {} refused: {source}", path.display())]
+    Denied {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("opening network namespace {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -48,6 +55,9 @@ impl Netns {
             .open(path)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => NetnsError::NotFound(path.to_path_buf()),
+                std::io::ErrorKind::PermissionDenied => {
+                    NetnsError::Denied { path: path.to_path_buf(), source: e }
+                }
                 _ => NetnsError::Io { path: path.to_path_buf(), source: e },
             })?;
         let fs = fstatfs(&file).map_err(|e| NetnsError::Io { path: path.to_path_buf(), source: e.into() })?;
@@ -70,6 +80,18 @@ impl Netns {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether `self` and `other` are the same namespace (however each was reached:
+    /// a bind mount, `/proc/<pid>/ns/net`), by the nsfs inode.
+    pub fn same_as(&self, other: &Netns) -> Result<bool, NetnsError> {
+        let id = |n: &Netns| {
+            n.file
+                .metadata()
+                .map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)))
+                .map_err(|source| NetnsError::Io { path: n.path.clone(), source })
+        };
+        Ok(id(self)? == id(other)?)
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -112,6 +134,12 @@ mod tests {
             "a namespace of another kind"
         );
         assert!(Netns::current().is_ok(), "our own is one");
+    }
+
+    #[test]
+    fn a_namespace_is_itself_by_any_path() {
+        let here = Netns::current().unwrap();
+        assert!(Netns::open(Path::new("/proc/self/ns/net")).unwrap().same_as(&here).unwrap());
     }
 
     #[test]

@@ -83,6 +83,15 @@ fn bad_requests_get_clear_errors_and_leave_nothing_behind() {
         let (status, code, msg) = refused(node.api(|c| async move { c.attach(&req).await }));
         assert_eq!((status, code.as_str()), (404, codes::NETNS_NOT_FOUND), "{not_netns}: {msg}");
     }
+    // The daemon's own namespace, the node's, by any path: a pod is never the node.
+    for own in [node.ns.path(), "/proc/self/ns/net".into()] {
+        let mut req = request(&node, &pod, "10.244.1.2/24");
+        req.netns = own.clone();
+        let (status, code, msg) = refused(node.api(|c| async move { c.attach(&req).await }));
+        assert_eq!((status, code.as_str()), (400, codes::INVALID_REQUEST), "{}: {msg}", own.display());
+        assert!(msg.contains("own network namespace"), "{msg}");
+    }
+    assert_eq!(node_links(&node), links_before, "no device made in the node");
 
     // Out of the node's pod CIDR, invalid names.
     let (status, code, msg) = refused(node.api(|c| {

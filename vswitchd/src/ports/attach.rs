@@ -63,7 +63,9 @@ impl PortManager {
         };
         // Conflicts (IP or MAC in use) are found before any device exists.
         plane.tables.clone().add_port(self.entry_for(&saved, &[]))?;
-        self.kernel.open_netns(&req.netns)?;
+        if self.kernel.is_daemon_netns(&req.netns)? {
+            return Err(AttachError::NodeNamespace(req.netns.clone()));
+        }
         if self.kernel.pod_link(&req.netns, &req.ifname)?.is_some() {
             return Err(AttachError::InterfaceExists {
                 netns: req.netns.clone(),

@@ -68,6 +68,8 @@ pub enum AttachError {
     GatewayMac(MacAddr),
     #[error("{} already has an interface {ifname}", netns.display())]
     InterfaceExists { netns: PathBuf, ifname: String },
+    #[error("{} is the daemon's own network namespace, the node's: a pod is never the node", .0.display())]
+    NodeNamespace(PathBuf),
     /// The tables refused the port: an address or MAC in use, or worse.
     #[error(transparent)]
     Tables(#[from] TablesError),
@@ -114,6 +116,8 @@ impl AttachError {
             AttachError::Netns(NetnsError::NotFound(_) | NetnsError::NotANamespace(_)) => {
                 (404, codes::NETNS_NOT_FOUND)
             }
+            AttachError::Netns(NetnsError::Denied { .. }) => (403, codes::NETNS_REFUSED),
+            AttachError::NodeNamespace(_) => (400, codes::INVALID_REQUEST),
             AttachError::AlreadyAttached { .. }
             | AttachError::GatewayIp(_)
             | AttachError::GatewayMac(_)
@@ -152,6 +156,12 @@ mod tests {
         assert_eq!(AttachError::Tables(TablesError::DuplicatePort(PortId(3))).code().0, 400);
         assert_eq!(AttachError::Request(RequestError::NoAddress).code().0, 400);
         assert_eq!(AttachError::Netns(NetnsError::NotFound("/x".into())).code().0, 404);
+        let denied = NetnsError::Denied {
+            path: "/proc/1/ns/net".into(),
+            source: std::io::Error::from_raw_os_error(13),
+        };
+        assert_eq!(AttachError::Netns(denied).code(), (403, vswitch_api::codes::NETNS_REFUSED));
+        assert_eq!(AttachError::NodeNamespace("/proc/self/ns/net".into()).code().0, 400);
         let exists = AttachError::InterfaceExists { netns: "/x".into(), ifname: "eth0".into() };
         assert_eq!(exists.code(), (409, vswitch_api::codes::INTERFACE_EXISTS));
         assert_eq!(exists.to_string(), "/x already has an interface eth0");

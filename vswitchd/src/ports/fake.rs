@@ -22,6 +22,9 @@ use super::kernel::{
     UplinkDevice,
 };
 
+/// The fake's name for the daemon's own namespace (add it with `add_netns` to use it).
+pub(crate) const DAEMON_NETNS: &str = "/proc/self/ns/net";
+
 /// A kernel operation a test can make fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Op {
@@ -396,6 +399,11 @@ impl Kernel for FakeKernel {
 
     fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<bool, SysError> {
         Ok(self.state().neighbours.remove(&(index, ip)).is_some())
+    }
+
+    fn is_daemon_netns(&self, path: &Path) -> Result<bool, NetnsError> {
+        self.open_netns(path)?;
+        Ok(path == Path::new(DAEMON_NETNS))
     }
 
     fn open_netns(&self, path: &Path) -> Result<(), NetnsError> {

@@ -143,6 +143,8 @@ pub(crate) trait Kernel: Send + Sync {
 
     /// Whether a network namespace is at `path`.
     fn open_netns(&self, path: &Path) -> Result<(), NetnsError>;
+    /// Whether the namespace at `path` is the daemon's own (the node's).
+    fn is_daemon_netns(&self, path: &Path) -> Result<bool, NetnsError>;
     fn pod_link(&self, netns: &Path, name: &str) -> Result<Option<LinkInfo>, SysError>;
     fn pod_links(&self, netns: &Path) -> Result<Vec<LinkInfo>, SysError>;
     /// Writes `alias` on the pod's interface (if given), then brings it up if `up`.
@@ -390,6 +392,12 @@ impl Kernel for LinuxKernel {
 
     fn open_netns(&self, path: &Path) -> Result<(), NetnsError> {
         Netns::open(path).map(drop)
+    }
+
+    fn is_daemon_netns(&self, path: &Path) -> Result<bool, NetnsError> {
+        // The daemon's threads all stay in its namespace (work in pods runs on threads
+        // of its own), so the caller's is the daemon's.
+        Netns::open(path)?.same_as(&Netns::current()?)
     }
 
     fn pod_link(&self, netns: &Path, name: &str) -> Result<Option<LinkInfo>, SysError> {

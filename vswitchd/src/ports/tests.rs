@@ -186,6 +186,16 @@ fn a_missing_namespace_is_not_found_and_changes_nothing() {
 }
 
 #[test]
+fn the_daemons_own_namespace_is_no_pod() {
+    let mut r = Rig::new("ownns");
+    r.kernel.add_netns(super::fake::DAEMON_NETNS);
+    let e = r.attach(&tap("c1", super::fake::DAEMON_NETNS, "10.244.1.5")).unwrap_err();
+    assert!(matches!(e, AttachError::NodeNamespace(_)), "{e}");
+    assert_eq!(e.code().0, 400);
+    r.assert_clean(super::fake::DAEMON_NETNS, "eth0");
+}
+
+#[test]
 fn an_existing_interface_in_the_pod_is_left_alone() {
     let mut r = Rig::new("exists");
     let theirs = r.kernel.link(LinkKind::Other, MacAddr([2, 1, 1, 1, 1, 1]), 9000);
