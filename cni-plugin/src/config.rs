@@ -188,8 +188,8 @@ impl CniEnv {
 const KNOWN_ARGS: &[&str] =
     &["IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"];
 
-/// `CNI_ARGS` as the IPAM plugin gets them: with `IgnoreUnknown=1`. Every key in them
-/// was accepted here (known, or let through by `IgnoreUnknown`), but kubelet's `K8S_*`
+/// `CNI_ARGS` as the IPAM plugin gets them: with `IgnoreUnknown=1`. ADD, CHECK and DEL
+/// accepted every key in them (known, or let through by `IgnoreUnknown`), but kubelet's `K8S_*`
 /// keys are unknown to `host-local`, which refuses them otherwise; its own keys (`IP`)
 /// still reach it.
 pub fn args_for_ipam(text: &str) -> String {

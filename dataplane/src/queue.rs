@@ -31,7 +31,9 @@ pub trait PortQueue: Send {
     /// Appends up to `max` received frames to `batch`, with buffers from `pool`.
     /// Returns how many were appended; zero when nothing is waiting. Fewer than `max`
     /// means the queue is empty now: a worker then waits for the readiness fd's next
-    /// edge before reading it again.
+    /// edge before reading it again. A queue whose one read can bring several frames
+    /// (the underlay's GRO trains) may append more than `max`, never fewer than it
+    /// could read.
     fn rx_batch(
         &mut self,
         pool: &mut FramePool,

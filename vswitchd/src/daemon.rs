@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, watch};
 use super::api::{self, ApiState};
 use super::config::{Config, ConfigError, IdleMode};
 use super::metrics;
-use super::ports::{AttachError, LinuxKernel, NETNS_DIRS};
+use super::ports::{AttachError, LinuxKernel, NETNS_DIRS, RouteSync};
 use super::state::{self, StateError};
 use super::switch::Switch;
 use vswitch_dataplane::datapath::IdlePolicy;
@@ -332,8 +332,8 @@ async fn serve(
                 if round % NEXT_HOP_REFRESH_ROUNDS == 0 {
                     m.refresh_next_hops();
                 }
-                if round % NODE_ROUTE_ROUNDS == 0 {
-                    m.sync_node_routes();
+                if round % NODE_ROUTE_ROUNDS == NODE_ROUTE_ROUNDS - 1 {
+                    m.sync_node_routes(RouteSync::Check);
                 }
                 if round % VANISHED_POD_ROUNDS == 0 {
                     m.reap_vanished();

@@ -21,7 +21,7 @@ use crate::config::{Config, ConfigError, UnderlayIo};
 use crate::nodes::{NodeController, Underlays};
 use crate::plane::Plane;
 use crate::ports::kernel::{Kernel, TunnelSpec, first_ipv4};
-use crate::ports::{AttachError, PortManager, RestoreReport, TUNNEL_TAP, UplinkError};
+use crate::ports::{AttachError, PortManager, RestoreReport, RouteSync, TUNNEL_TAP, UplinkError};
 use crate::services::ServiceController;
 use crate::state::StateFile;
 
@@ -60,16 +60,16 @@ impl Switch {
 
     pub(crate) fn start_host_port(&mut self) -> Result<(), AttachError> {
         self.ports.start_host_port(&mut self.plane)?;
-        self.sync_node_routes();
+        self.sync_node_routes(RouteSync::Start);
         Ok(())
     }
 
     /// Routes from the node through the host port to every remote node's pods and to
-    /// every Service's ClusterIP (again: also puts back what someone removed).
-    pub(crate) fn sync_node_routes(&mut self) {
+    /// every Service's ClusterIP.
+    pub(crate) fn sync_node_routes(&mut self, why: RouteSync) {
         let mut wanted = self.nodes.remote_pod_cidrs(&self.config);
         wanted.extend(self.services.cluster_ips().into_iter().map(ipnet::Ipv4Net::from));
-        self.ports.sync_node_routes(&wanted);
+        self.ports.sync_node_routes(&wanted, why);
     }
 
     /// The node's address for NodePorts: configured, else the uplink's first IPv4
@@ -280,7 +280,7 @@ impl Switch {
         self.services.publish(&mut self.plane);
         self.steer();
         self.services.applied(&mut self.plane);
-        self.sync_node_routes();
+        self.sync_node_routes(RouteSync::Changed);
     }
 
     /// After conntrack housekeeping: stops recognising VIPs and endpoints kept only for
@@ -321,7 +321,7 @@ impl Switch {
 
     fn nodes_changed(&mut self) {
         self.publish_overlay();
-        self.sync_node_routes();
+        self.sync_node_routes(RouteSync::Changed);
         self.steer();
         tracing::info!(
             nodes = self.nodes.count(&self.config),

@@ -37,9 +37,10 @@ use crate::wire::parse::{ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPPROTO_UDP};
 const SYNTHETIC_LEN: usize = 14 + 20 + 8;
 /// Datagrams per system call.
 const CHUNK: usize = 64;
-/// Datagrams per system call when each may be a GRO train of up to 64 KiB.
-const GRO_CHUNK: usize = 16;
-/// Room for one GRO train past the frame it starts in.
+/// Room for one GRO train past the frame it starts in: the kernel's GRO stops at 64 KiB
+/// (`gro_max_size`; a longer train, with BIG TCP's limits raised, is dropped as
+/// malformed). One per datagram of a call: 4 MiB of address space per queue, touched
+/// only where trains arrive.
 const GRO_SLOT: usize = 65_536;
 /// Socket buffers: several batches of full-size datagrams per queue.
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
@@ -176,9 +177,9 @@ impl UnderlayQueue {
             set_int(tx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, SOCKET_BUFFER, "SO_SNDBUF")
                 .map_err(fail)?;
         }
-        // Coalesced receive where the kernel has it (4.18 on); without, one datagram each.
+        // Coalesced receive where the kernel has it (5.0 on); without, one datagram each.
         let overflow = match set_int(rx.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1, "UDP_GRO") {
-            Ok(()) => Some(vec![0u8; GRO_CHUNK * GRO_SLOT].into_boxed_slice()),
+            Ok(()) => Some(vec![0u8; CHUNK * GRO_SLOT].into_boxed_slice()),
             Err((_, e)) => {
                 tracing::debug!(error = %e, "UDP_GRO refused: underlay datagrams read one by one");
                 None
@@ -211,14 +212,14 @@ impl UnderlayQueue {
     /// Receives up to `frames.len()` datagrams into `frames` (after room for the outer
     /// headers; a GRO train's bytes past the frame into its slot of the overflow).
     fn recv_chunk(&mut self, frames: &mut [Frame], got: &mut [Received]) -> io::Result<usize> {
-        let n = frames.len().min(if self.overflow.is_some() { GRO_CHUNK } else { CHUNK });
+        let n = frames.len().min(CHUNK);
         let mut iovs: [[MaybeUninit<libc::iovec>; 2]; CHUNK] = [[const { MaybeUninit::uninit() }; 2]; CHUNK];
         // SAFETY: all-zero is a valid sockaddr_in and mmsghdr (null pointers, zero lengths).
         let mut names: [libc::sockaddr_in; CHUNK] = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         let mut msgs: [libc::mmsghdr; CHUNK] = unsafe { std::mem::zeroed() };
         // u64 keeps the control buffers aligned for cmsghdr.
-        let mut control = [[0u64; CONTROL_LEN / 8]; GRO_CHUNK];
+        let mut control = [[0u64; CONTROL_LEN / 8]; CHUNK];
         let mut overflow = self.overflow.as_deref_mut().map(|o| o.chunks_exact_mut(GRO_SLOT));
         for i in 0..n {
             let spare = frames[i].spare_from_mut(SYNTHETIC_LEN);
@@ -384,9 +385,8 @@ impl PortQueue for UnderlayQueue {
     ) -> Result<usize, PortError> {
         let mut total = 0;
         let mut got = [Received::NONE; CHUNK];
-        let chunk = if self.overflow.is_some() { GRO_CHUNK } else { CHUNK };
         while total < max {
-            let want = (max - total).min(chunk);
+            let want = (max - total).min(CHUNK);
             let mut landed = std::mem::take(&mut self.landed);
             landed.extend((0..want).map(|_| pool.get_fitting(SYNTHETIC_LEN + self.mtu)));
             let received = match self.recv_chunk(&mut landed, &mut got) {
@@ -567,7 +567,7 @@ mod tests {
     fn a_gro_train_is_cut_back_into_its_datagrams() {
         let mut q = UnderlayQueue::open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1500)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(q.receives_coalesced(), "Linux 4.18 and later take UDP_GRO");
+        assert!(q.receives_coalesced(), "Linux 5.0 and later take UDP_GRO");
         let port = bound_port(&q);
         q.local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -588,6 +588,18 @@ mod tests {
             let want = &train[i * 1000..((i + 1) * 1000).min(train.len())];
             assert_eq!(&frame.data()[SYNTHETIC_LEN..], want, "datagram {i}");
         }
+        // Trains and lone datagrams in one read: each in its place.
+        let lone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.send_to(&train[..2500], ("127.0.0.1", port)).unwrap();
+        lone.send_to(b"alone", ("127.0.0.1", port)).unwrap();
+        sender.send_to(&train[..1000], ("127.0.0.1", port)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut batch = Vec::new();
+        q.rx_batch(&mut pool, &mut batch, 64).unwrap();
+        let lens: Vec<usize> = batch.iter().map(|f| f.len() - SYNTHETIC_LEN).collect();
+        assert_eq!(lens, [1000, 1000, 500, 5, 1000], "a train of 3, one datagram, a train of 1");
+        assert_eq!(&batch[3].data()[SYNTHETIC_LEN..], b"alone");
+        assert_eq!(&batch[2].data()[SYNTHETIC_LEN..], &train[2000..2500]);
     }
 
     /// Loopback only (root for the raw socket): a datagram to the queue's port comes

@@ -41,6 +41,7 @@ use vswitch_dataplane::wire::MacAddr;
 pub(crate) use error::{AttachError, RequestError, UplinkError};
 pub(crate) use kernel::{Kernel, LinuxKernel};
 pub(crate) use persist::{NETNS_DIRS, RestoreReport};
+pub(crate) use routes::RouteSync;
 pub(crate) use underlay::TUNNEL_TAP;
 pub(crate) use uplink::UPLINK_SEGMENT;
 

@@ -28,14 +28,31 @@ use super::kernel::{ROUTE_PROTOCOL, RouteEntry};
 /// (the host port's neighbour entry gives it the gateway's MAC).
 pub(crate) const NEXT_HOP: Ipv4Addr = Ipv4Addr::new(169, 254, 118, 115);
 
-/// What the node routes to other nodes' pods, as last made.
+/// What the node routes through the host port, as last made.
 #[derive(Debug, Default)]
 pub(crate) struct NodeRoutes {
+    /// What was asked for last.
+    wanted: BTreeSet<Ipv4Net>,
     routed: BTreeSet<Ipv4Net>,
-    /// Remote CIDRs not routed from the node, and why.
+    /// Destinations not routed from the node, and why.
     refused: BTreeMap<Ipv4Net, String>,
     /// The host port's index they were made on.
     index: Option<u32>,
+    /// Without a host port: whether routes of an earlier run were looked for.
+    swept: bool,
+}
+
+/// Why the routes are synced, which says how far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RouteSync {
+    /// At start, before the Services and the nodes of files or the cluster are known:
+    /// only adds (a crashed run's routes stay until they are known to be stale).
+    Start,
+    /// Nodes or Services changed: nothing to do when the destinations did not (an
+    /// endpoint change keeps every ClusterIP).
+    Changed,
+    /// The periodic check: puts back what someone removed, removes what is stale.
+    Check,
 }
 
 /// Other owners' routes, by destination: what a route of ours could shadow.
@@ -69,8 +86,19 @@ impl PortManager {
     /// route is in the way): adds the missing ones, removes those of ours no longer
     /// wanted, and keeps what it could not do for the node listing. Without a host
     /// port there is nothing to route through.
-    pub(crate) fn sync_node_routes(&mut self, wanted: &[Ipv4Net]) {
-        let Some(host) = &self.host else { return };
+    pub(crate) fn sync_node_routes(&mut self, wanted: &[Ipv4Net], why: RouteSync) {
+        let wanted_set: BTreeSet<Ipv4Net> = wanted.iter().copied().collect();
+        if why == RouteSync::Changed && wanted_set == self.node_routes.wanted {
+            return;
+        }
+        let Some(host) = &self.host else {
+            // A host port an earlier run had may have left routes that lead nowhere now.
+            if !self.node_routes.swept {
+                self.remove_node_routes();
+                self.node_routes.swept = true;
+            }
+            return;
+        };
         let kernel = self.kernel.clone();
         let index = match kernel.index_of(&host.name) {
             Ok(i) => i,
@@ -135,16 +163,18 @@ impl PortManager {
                 }
             }
         }
-        for (dst, oif) in ours.iter().filter(|(dst, oif)| !routed.contains(dst) || **oif != Some(index)) {
+        let stale = ours.iter().filter(|(dst, oif)| !routed.contains(dst) || **oif != Some(index));
+        for (dst, oif) in stale.filter(|_| why != RouteSync::Start) {
             removed += usize::from(Self::delete_route(kernel.as_ref(), *dst, oif.unwrap_or(index)));
         }
         if added + removed > 0 {
             tracing::info!(added, removed, routed = routed.len(), via = %host.name, "node routes through the host port");
         }
-        if routed.is_empty() {
+        if routed.is_empty() && why != RouteSync::Start {
             let _ = kernel.delete_neighbour(index, NEXT_HOP);
         }
-        self.node_routes = NodeRoutes { routed, refused, index: Some(index) };
+        self.node_routes =
+            NodeRoutes { wanted: wanted_set, routed, refused, index: Some(index), swept: true };
     }
 
     /// Removes every route of ours and the next hop's neighbour entry (at shutdown: the
@@ -167,11 +197,13 @@ impl PortManager {
                 r.oif.unwrap_or(host_index.unwrap_or(0)),
             ));
         }
-        tracing::info!(removed, "node routes through the host port removed");
+        if removed > 0 {
+            tracing::info!(removed, "node routes through the host port removed");
+        }
         if let Some(index) = host_index.or(self.node_routes.index) {
             let _ = kernel.delete_neighbour(index, NEXT_HOP);
         }
-        self.node_routes = NodeRoutes::default();
+        self.node_routes = NodeRoutes { swept: true, ..NodeRoutes::default() };
     }
 
     /// Deletes a route of ours; true if it went.

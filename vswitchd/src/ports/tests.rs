@@ -554,7 +554,7 @@ fn the_node_routes_to_other_nodes_pods_through_the_host_port_and_only_its_own_ro
     let net = |s: &str| s.parse::<ipnet::Ipv4Net>().unwrap();
     let mut r = Rig::with("routes", |c| c.host_port = Some("vswitch0".into()));
     // No host port yet: nothing to route through.
-    r.ports.sync_node_routes(&[net("10.244.2.0/24")]);
+    r.ports.sync_node_routes(&[net("10.244.2.0/24")], RouteSync::Check);
     assert!(r.kernel.routes().is_empty());
     r.ports.start_host_port(&mut r.plane).unwrap();
     let index = r.kernel.host_dev("vswitch0").unwrap().index;
@@ -569,7 +569,7 @@ fn the_node_routes_to_other_nodes_pods_through_the_host_port_and_only_its_own_ro
     foreign.iter().for_each(|f| r.kernel.put_route(*f));
 
     let wanted = ["10.244.2.0/24", "10.244.3.0/24", "10.96.0.10/32", "10.96.0.11/32"].map(net);
-    r.ports.sync_node_routes(&wanted);
+    r.ports.sync_node_routes(&wanted, RouteSync::Check);
     let ours = |r: &Rig| -> Vec<ipnet::Ipv4Net> {
         r.kernel.routes().iter().filter(|e| e.protocol == ROUTE_PROTOCOL).map(|e| e.dst).collect()
     };
@@ -592,17 +592,35 @@ fn the_node_routes_to_other_nodes_pods_through_the_host_port_and_only_its_own_ro
 
     // Removed behind our back: put back; a node gone: its route goes.
     r.kernel.fail(Op::ReplaceRoute);
-    r.ports.sync_node_routes(&[net("10.244.4.0/24")]);
+    r.ports.sync_node_routes(&[net("10.244.4.0/24")], RouteSync::Changed);
     assert!(ours(&r).is_empty(), "10.244.2.0/24 removed, 10.244.4.0/24 refused by the kernel");
     assert!(r.ports.node_route(&net("10.244.4.0/24")).unwrap().starts_with("not routed"));
-    r.ports.sync_node_routes(&[net("10.244.4.0/24")]);
+    r.ports.sync_node_routes(&[net("10.244.4.0/24")], RouteSync::Changed);
+    assert!(ours(&r).is_empty(), "the same destinations: a change of something else, no work");
+    r.ports.sync_node_routes(&[net("10.244.4.0/24")], RouteSync::Check);
     assert_eq!(ours(&r), vec![net("10.244.4.0/24")]);
+    // At the next start, before everything is known: only adds, removes nothing.
+    r.ports.sync_node_routes(&[net("10.244.5.0/24")], RouteSync::Start);
+    assert_eq!(ours(&r), vec![net("10.244.4.0/24"), net("10.244.5.0/24")]);
 
     // Shutdown: ours and the next hop go, the others stay.
     r.ports.remove_node_routes();
     assert!(ours(&r).is_empty());
     assert_eq!(r.kernel.neighbour(index, routes::NEXT_HOP), None);
     assert_eq!(r.kernel.routes().len(), 3);
+}
+
+#[test]
+fn without_a_host_port_an_earlier_runs_routes_are_removed_once() {
+    use super::kernel::{ROUTE_PROTOCOL, RouteEntry};
+    let mut r = Rig::new("noroutes");
+    let dst = "10.244.2.0/24".parse().unwrap();
+    r.kernel.put_route(RouteEntry { dst, oif: Some(5), protocol: ROUTE_PROTOCOL });
+    r.ports.sync_node_routes(&[dst], RouteSync::Start);
+    assert!(r.kernel.routes().is_empty(), "nothing carries them now");
+    r.ports.sync_node_routes(&[dst], RouteSync::Check);
+    assert_eq!(r.kernel.log().iter().filter(|l| l.starts_with("delete route")).count(), 1, "looked for once");
+    assert_eq!(r.ports.node_route(&dst), None, "no host port: nothing to say");
 }
 
 #[test]
