@@ -19,7 +19,9 @@ use vswitch_dataplane::tables::overlay::{NodeSpec, OverlaySettings, OverlayTable
 use vswitch_dataplane::tables::services::{
     BuildMemory, DEFAULT_HAIRPIN_IP, EndpointSpec, ServicePortSpec, ServiceTable,
 };
-use vswitch_dataplane::tables::{Gateway, PortEntry, PortKind, SegmentConfig, TablesBuilder, UnknownArp};
+use vswitch_dataplane::tables::{
+    Gateway, PortEntry, PortKind, SegmentConfig, TablesBuilder, UnknownArp, UnknownUnicast,
+};
 use vswitch_dataplane::testing::{FrameSpec, SoloSwitch, arp_request, mac};
 use vswitch_dataplane::wire::parse::IPPROTO_UDP;
 use vswitch_dataplane::wire::{MacAddr, vxlan};
@@ -278,6 +280,7 @@ pub fn rig(workload: Workload, batch: usize) -> Rig {
         id: SegmentId(0),
         gateway: Some(Gateway { ip: Ipv4Addr::new(10, 244, 1, 1), mac: mac(0xfffe) }),
         unknown_arp: UnknownArp::Drop,
+        unknown_unicast: UnknownUnicast::Flood,
     })
     .expect("fresh builder");
     let (kind, ports): (PortKind, u16) = match workload {
@@ -297,8 +300,13 @@ pub fn rig(workload: Workload, batch: usize) -> Rig {
         // The underlay port in a segment of its own, 100 other nodes.
         let underlay_id = if workload == Workload::VxlanEncap { 2 } else { 1 };
         b.remove_port(PortId(underlay_id));
-        b.add_segment(SegmentConfig { id: SegmentId(1), gateway: None, unknown_arp: UnknownArp::Drop })
-            .expect("new segment");
+        b.add_segment(SegmentConfig {
+            id: SegmentId(1),
+            gateway: None,
+            unknown_arp: UnknownArp::Drop,
+            unknown_unicast: UnknownUnicast::Flood,
+        })
+        .expect("new segment");
         let mut underlay = port(underlay_id, PortKind::Uplink);
         underlay.segment = SegmentId(1);
         b.add_port(underlay).expect("distinct ports");

@@ -122,6 +122,8 @@ drop_reasons! {
     DestinationIsIngress => "destination_is_ingress",
     /// Broadcast, multicast or unknown unicast with no other port in the segment.
     NoFloodTargets => "no_flood_targets",
+    /// Unicast to a MAC the segment neither registered nor learned (policy: drop).
+    UnknownUnicast => "unknown_unicast",
     /// Longer than the egress port's MTU allows.
     EgressMtuExceeded => "egress_mtu_exceeded",
     /// The egress port was removed while the frame was in flight.

@@ -8,7 +8,9 @@ use crate::ids::{PortId, SegmentId, WorkerSet};
 use crate::port::memory::{MemoryPort, MemoryPortHandle};
 use crate::tables::fdb::FdbConfig;
 use crate::tables::services::{BuildMemory, DEFAULT_HAIRPIN_IP, EndpointSpec, ServicePortSpec, ServiceTable};
-use crate::tables::{Gateway, PortEntry, PortKind, SegmentConfig, Tables, TablesBuilder, UnknownArp};
+use crate::tables::{
+    Gateway, PortEntry, PortKind, SegmentConfig, Tables, TablesBuilder, UnknownArp, UnknownUnicast,
+};
 use crate::testing::{SoloSwitch, mac};
 use crate::wire;
 use crate::wire::parse::{IPPROTO_TCP, IPPROTO_UDP};
@@ -121,7 +123,9 @@ fn entry(id: u16, kind: PortKind, segment: u16, mtu: u16) -> PortEntry {
 impl Topology {
     pub fn new() -> Topology {
         let mut b = TablesBuilder::default();
-        for (segment, unknown_arp) in [(0u16, UnknownArp::Drop), (1, UnknownArp::Flood)] {
+        for (segment, unknown_arp, unknown_unicast) in
+            [(0u16, UnknownArp::Drop, UnknownUnicast::Drop), (1, UnknownArp::Flood, UnknownUnicast::Flood)]
+        {
             b.add_segment(SegmentConfig {
                 id: SegmentId(segment),
                 gateway: Some(Gateway {
@@ -129,6 +133,7 @@ impl Topology {
                     mac: mac(0xff00 + u32::from(segment)),
                 }),
                 unknown_arp,
+                unknown_unicast,
             })
             .expect("fresh builder");
         }

@@ -62,6 +62,14 @@ pub enum UnknownArpPolicy {
     Flood,
 }
 
+/// What the pods' segment does with unicast to a MAC nobody registered (`fdb.unknown_unicast`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownUnicastPolicy {
+    Drop,
+    Flood,
+}
+
 /// The configuration, validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -92,6 +100,7 @@ pub struct Config {
     pub fdb_aging_secs: u32,
     pub fdb_max_entries: u32,
     pub unknown_arp: UnknownArpPolicy,
+    pub unknown_unicast: UnknownUnicastPolicy,
     pub conntrack: vswitch_dataplane::tables::conntrack::ConntrackConfig,
     /// The node's underlay interface, where NodePort traffic is taken from.
     pub uplink: Option<String>,
@@ -235,6 +244,7 @@ section!(RawUplink, CompleteRawUplink, {
 section!(RawFdb, CompleteRawFdb, {
     aging_seconds: Spanned<u32> => Spanned<u32>,
     max_entries: Spanned<u32> => Spanned<u32>,
+    unknown_unicast: UnknownUnicastPolicy => UnknownUnicastPolicy,
 }, |c: CompleteRawConfig| c.fdb.into());
 
 section!(RawArp, CompleteRawArp, {
@@ -571,6 +581,7 @@ pub fn parse_with_pod_cidr(
         fdb_aging_secs,
         fdb_max_entries,
         unknown_arp: raw.arp.unknown_target,
+        unknown_unicast: raw.fdb.unknown_unicast,
         conntrack,
         uplink,
         services_file,

@@ -8,9 +8,11 @@
 
 use vswitch_dataplane::datapath::Datapath;
 use vswitch_dataplane::ids::SegmentId;
-use vswitch_dataplane::tables::{Gateway, SegmentConfig, TablesBuilder, TablesError, UnknownArp};
+use vswitch_dataplane::tables::{
+    Gateway, SegmentConfig, TablesBuilder, TablesError, UnknownArp, UnknownUnicast,
+};
 
-use crate::config::{Config, UnknownArpPolicy};
+use crate::config::{Config, UnknownArpPolicy, UnknownUnicastPolicy};
 
 /// The segment of this node's pods, its host port and its gateway.
 pub(crate) const POD_SEGMENT: SegmentId = SegmentId(0);
@@ -30,6 +32,10 @@ impl Plane {
             unknown_arp: match config.unknown_arp {
                 UnknownArpPolicy::Drop => UnknownArp::Drop,
                 UnknownArpPolicy::Flood => UnknownArp::Flood,
+            },
+            unknown_unicast: match config.unknown_unicast {
+                UnknownUnicastPolicy::Drop => UnknownUnicast::Drop,
+                UnknownUnicastPolicy::Flood => UnknownUnicast::Flood,
             },
         })?;
         Ok(Plane { datapath, tables })

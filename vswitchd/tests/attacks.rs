@@ -70,6 +70,47 @@ fn a_mac_flood_from_a_pod_changes_nothing() {
     assert!(a.ping(b.ip, 2), "the attacker's own port still works");
 }
 
+/// A pod sending to a MAC nobody has: every frame dropped and counted at its port
+/// (`fdb.unknown_unicast = "drop"`, the default), none copied to another pod.
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn unknown_unicast_from_a_pod_reaches_no_one() {
+    let node = Node::start("uuc", "");
+    let a = node.pod("a", ip(2), Backend::Tap);
+    let b = node.pod("b", ip(3), Backend::Tap);
+    let c = node.pod("c", ip(4), Backend::Tap);
+    assert!(b.ping(c.ip, 1));
+    let tx = |stats: &vswitch_api::Stats, id: u16| {
+        stats.ports.iter().find(|p| p.id == id).map_or(0, |p| p.tx_packets)
+    };
+    let before = node.stats();
+    let out = a.ns.ok(&[
+        "/usr/bin/python3",
+        &tool("flood_tool.py"),
+        "to-mac",
+        "eth0",
+        &a.port.mac,
+        "02:de:ad:00:00:01",
+        &a.ip.to_string(),
+        &b.ip.to_string(),
+        "20000",
+    ]);
+    let n = sent(&out);
+    std::thread::sleep(Duration::from_millis(300)); // the switch drains a's queue
+    let after = node.stats();
+    let port =
+        |s: &vswitch_api::Stats| s.ports.iter().find(|p| p.id == a.port.id).cloned().expect("a's port");
+    let received = port(&after).rx_packets - port(&before).rx_packets;
+    let dropped = port(&after).drops.get("unknown_unicast").copied().unwrap_or(0);
+    assert!(received > 1000, "the frames reached the switch: {received} of {n} sent");
+    assert!(dropped * 100 >= received * 99, "dropped and counted: {dropped} of {received} received");
+    for other in [&b, &c] {
+        let copies = tx(&after, other.port.id) - tx(&before, other.port.id);
+        assert!(copies < 100, "{} got {copies} frames meanwhile (its own chatter only)", other.ns.name());
+    }
+    assert!(a.ping(b.ip, 2), "the sender's port still works");
+}
+
 /// A pod opens flows to a Service as fast as it can: conntrack fills to its cap, the
 /// surplus is dropped and counted, and another pod's established connection through the
 /// same Service keeps working.

@@ -99,13 +99,15 @@ fn pod_and_endpoint_churn_under_traffic() {
     assert!(grown < 48 * 1024, "RSS {rss0} → {rss1} KiB, samples {rss:?}");
     let stats = node.stats();
     // Explained: floods with no one to reach, frames in flight to a port being detached
-    // (its queue refusing them, or the port gone from the tables) — a few per detach.
+    // (its queue refusing them, the port gone from the tables, its MAC no longer
+    // anyone's) — a few per detach.
     let detached = u64::from(made) - live.len() as u64;
     let unexplained: Vec<(String, u64)> = stats
         .drops
         .iter()
         .filter(|(r, n)| {
-            let churn = ["unknown_ingress_port", "egress_port_gone", "tx_failed"].contains(&r.as_str());
+            let churn = ["unknown_ingress_port", "egress_port_gone", "tx_failed", "unknown_unicast"]
+                .contains(&r.as_str());
             **n > 0 && r.as_str() != "no_flood_targets" && !(churn && **n <= detached * 4)
         })
         .map(|(r, n)| (r.clone(), *n))

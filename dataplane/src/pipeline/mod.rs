@@ -219,8 +219,15 @@ mod tests {
         }
 
         fn with(edit: impl FnOnce(&mut TablesBuilder)) -> Harness {
+            Self::with_segment(segment0(), edit)
+        }
+
+        fn with_segment(
+            segment: crate::tables::SegmentConfig,
+            edit: impl FnOnce(&mut TablesBuilder),
+        ) -> Harness {
             let mut b = TablesBuilder::default();
-            b.add_segment(segment0()).unwrap();
+            b.add_segment(segment).unwrap();
             for i in 1..=3u8 {
                 b.add_port(pod(u16::from(i), [10, 244, 1, i + 1])).unwrap();
             }
@@ -283,6 +290,21 @@ mod tests {
         assert_eq!(h.send(1, &[unknown]).len(), 4);
         let s = &h.pipeline.stats.events;
         assert_eq!((s.flooded.get(), s.flood_copies.get()), (2, 8));
+    }
+
+    #[test]
+    fn unknown_unicast_is_dropped_where_every_mac_is_registered() {
+        let segment = crate::tables::SegmentConfig {
+            unknown_unicast: crate::tables::UnknownUnicast::Drop,
+            ..segment0()
+        };
+        let mut h = Harness::with_segment(segment, |_| {});
+        assert!(h.send(1, &[udp(1, 0x777, ip(2), ip(99))]).is_empty());
+        assert_eq!(h.drops(1, DropReason::UnknownUnicast), 1);
+        assert_eq!(h.pipeline.stats.events.flooded.get(), 0, "copied to no one");
+        let bcast = FrameSpec::udp(mac(1), MacAddr::BROADCAST, ip(2), Ipv4Addr::BROADCAST, 68, 67).build();
+        assert_eq!(h.send(1, &[bcast]).len(), 4, "broadcast still reaches the segment");
+        assert_eq!(h.send(1, &[udp(1, 3, ip(2), ip(4))]).len(), 1, "known unicast unchanged");
     }
 
     #[test]

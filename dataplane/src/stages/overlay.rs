@@ -186,7 +186,7 @@ mod tests {
     use crate::tables::overlay::tests::{GW, node, settings};
     use crate::tables::services::{BuildMemory, EndpointSpec, ServicePortSpec, ServiceTable};
     use crate::tables::tests::{pod, segment0};
-    use crate::tables::{SegmentConfig, TablesBuilder, UnknownArp};
+    use crate::tables::{SegmentConfig, TablesBuilder, UnknownArp, UnknownUnicast};
     use crate::testing::{FrameSpec, mac};
     use crate::wire::parse::{IPPROTO_TCP, TCP_ACK, TCP_SYN};
     use crate::wire::{Ipv4Meta, parse};
@@ -226,8 +226,13 @@ mod tests {
         fn build(services: Vec<ServicePortSpec>, tunnel: bool) -> Rig {
             let mut b = TablesBuilder::default();
             b.add_segment(segment0()).unwrap();
-            b.add_segment(SegmentConfig { id: SegmentId(1), gateway: None, unknown_arp: UnknownArp::Drop })
-                .unwrap();
+            b.add_segment(SegmentConfig {
+                id: SegmentId(1),
+                gateway: None,
+                unknown_arp: UnknownArp::Drop,
+                unknown_unicast: UnknownUnicast::Flood,
+            })
+            .unwrap();
             for i in 1..=3u8 {
                 let mut p = pod(u16::from(i), [10, 244, 1, i + 1]);
                 p.offloads = tunnel;
@@ -391,8 +396,13 @@ mod tests {
         let mut with_host = Rig::new(vec![]);
         let mut b = TablesBuilder::default();
         b.add_segment(segment0()).unwrap();
-        b.add_segment(SegmentConfig { id: SegmentId(1), gateway: None, unknown_arp: UnknownArp::Drop })
-            .unwrap();
+        b.add_segment(SegmentConfig {
+            id: SegmentId(1),
+            gateway: None,
+            unknown_arp: UnknownArp::Drop,
+            unknown_unicast: UnknownUnicast::Flood,
+        })
+        .unwrap();
         let mut host = pod(5, [10, 244, 1, 200]);
         host.kind = PortKind::Host;
         host.mac = Some(mac(GW));

@@ -392,6 +392,7 @@ mod tests {
                 id: SegmentId(1),
                 gateway: None,
                 unknown_arp: crate::tables::UnknownArp::Drop,
+                unknown_unicast: crate::tables::UnknownUnicast::Flood,
             })
             .unwrap();
             for i in 1..=3u8 {

@@ -21,7 +21,9 @@ mod ports;
 pub mod services;
 mod snapshot;
 
-pub use ports::{ArpAnswer, Gateway, PortEntry, PortKind, Segment, SegmentConfig, UnknownArp};
+pub use ports::{
+    ArpAnswer, Gateway, PortEntry, PortKind, Segment, SegmentConfig, UnknownArp, UnknownUnicast,
+};
 pub use snapshot::{Tables, TablesBuilder, TablesError};
 
 /// Tables for tests: pods and the segment they live in.
@@ -55,6 +57,7 @@ pub(crate) mod tests {
             id: SegmentId(0),
             gateway: Some(Gateway { ip: Ipv4Addr::new(10, 244, 1, 1), mac: mac(0xffff) }),
             unknown_arp: UnknownArp::Drop,
+            unknown_unicast: UnknownUnicast::Flood,
         }
     }
 }

@@ -90,6 +90,20 @@ pub enum UnknownArp {
     Flood,
 }
 
+/// What to do with a unicast frame to a MAC the segment neither has registered nor
+/// learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UnknownUnicast {
+    /// Drop and count (default): every pod's MAC and the gateway's are registered, so
+    /// such a frame has no legitimate destination — and flooding it would copy whatever
+    /// one pod sends to every other.
+    #[default]
+    Drop,
+    /// Flood to the segment, like a plain bridge (where MACs are learned, not
+    /// registered).
+    Flood,
+}
+
 /// The virtual router address pods use as their default gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gateway {
@@ -102,6 +116,7 @@ pub struct SegmentConfig {
     pub id: SegmentId,
     pub gateway: Option<Gateway>,
     pub unknown_arp: UnknownArp,
+    pub unknown_unicast: UnknownUnicast,
 }
 
 /// A segment with its derived flood list.

@@ -288,8 +288,8 @@ impl TablesBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tables::UnknownArp;
     use crate::tables::tests::{pod, segment0};
+    use crate::tables::{UnknownArp, UnknownUnicast};
     use crate::testing::mac;
 
     #[test]
@@ -372,7 +372,8 @@ mod tests {
             b.add_segment(SegmentConfig {
                 id: SegmentId(5000),
                 gateway: None,
-                unknown_arp: UnknownArp::Drop
+                unknown_arp: UnknownArp::Drop,
+                unknown_unicast: UnknownUnicast::Flood,
             }),
             Err(TablesError::SegmentOutOfRange(SegmentId(5000)))
         );

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use vswitch_dataplane::ids::{PortId, SegmentId, WorkerId, WorkerSet};
-use vswitch_dataplane::tables::{PortEntry, SegmentConfig, UnknownArp};
+use vswitch_dataplane::tables::{PortEntry, SegmentConfig, UnknownArp, UnknownUnicast};
 use vswitch_dataplane::wire::MacAddr;
 
 use super::kernel::Steering;
@@ -42,6 +42,7 @@ impl PortManager {
                 id: UPLINK_SEGMENT,
                 gateway: None,
                 unknown_arp: UnknownArp::Drop,
+                unknown_unicast: UnknownUnicast::Flood,
             })?;
         }
         Ok(())

@@ -4,6 +4,8 @@ prebuilt frames, for speed).
 
   flood_tool.py macs IFACE DST_MAC SRC_IP DST_IP COUNT
       COUNT UDP frames, each from another random source MAC; prints {"sent": n}.
+  flood_tool.py to-mac IFACE SRC_MAC DST_MAC SRC_IP DST_IP COUNT
+      COUNT UDP frames from SRC_MAC (the pod's own) to DST_MAC; prints {"sent": n}.
   flood_tool.py flows VIP PORT COUNT
       COUNT UDP datagrams to VIP:PORT, each from a new source port (a new flow each);
       prints {"sent": n}.
@@ -31,8 +33,9 @@ def checksum(data):
     return ~s & 0xFFFF
 
 
-def macs(iface, dst_mac, src_ip, dst_ip, count):
+def macs(iface, dst_mac, src_ip, dst_ip, count, src_mac=None):
     dst = bytes.fromhex(dst_mac.replace(":", ""))
+    fixed = bytes.fromhex(src_mac.replace(":", "")) if src_mac else None
     ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + 18, 0, 0, 64, 17, 0,
                                socket.inet_aton(src_ip), socket.inet_aton(dst_ip)))
     ip[10:12] = struct.pack("!H", checksum(bytes(ip)))
@@ -43,7 +46,7 @@ def macs(iface, dst_mac, src_ip, dst_ip, count):
     rnd = random.Random(7)
     sent = 0
     for _ in range(count):
-        src = bytes([0x02]) + rnd.randbytes(5)
+        src = fixed or bytes([0x02]) + rnd.randbytes(5)
         try:
             s.send(dst + src + tail)
             sent += 1
@@ -90,6 +93,8 @@ def main():
     cmd = sys.argv[1]
     if cmd == "macs":
         macs(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]))
+    elif cmd == "to-mac":
+        macs(sys.argv[2], sys.argv[4], sys.argv[5], sys.argv[6], int(sys.argv[7]), src_mac=sys.argv[3])
     elif cmd == "flows":
         flows(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "hold":
