@@ -281,6 +281,7 @@ pub fn rig(workload: Workload, batch: usize) -> Rig {
         gateway: Some(Gateway { ip: Ipv4Addr::new(10, 244, 1, 1), mac: mac(0xfffe) }),
         unknown_arp: UnknownArp::Drop,
         unknown_unicast: UnknownUnicast::Flood,
+        storm_control: None,
     })
     .expect("fresh builder");
     let (kind, ports): (PortKind, u16) = match workload {
@@ -305,6 +306,7 @@ pub fn rig(workload: Workload, batch: usize) -> Rig {
             gateway: None,
             unknown_arp: UnknownArp::Drop,
             unknown_unicast: UnknownUnicast::Flood,
+            storm_control: None,
         })
         .expect("new segment");
         let mut underlay = port(underlay_id, PortKind::Uplink);

@@ -124,6 +124,8 @@ drop_reasons! {
     NoFloodTargets => "no_flood_targets",
     /// Unicast to a MAC the segment neither registered nor learned (policy: drop).
     UnknownUnicast => "unknown_unicast",
+    /// Over the ingress port's flood budget (storm control).
+    StormControl => "storm_control",
     /// Longer than the egress port's MTU allows.
     EgressMtuExceeded => "egress_mtu_exceeded",
     /// The egress port was removed while the frame was in flight.

@@ -134,6 +134,7 @@ impl Topology {
                 }),
                 unknown_arp,
                 unknown_unicast,
+                storm_control: None,
             })
             .expect("fresh builder");
         }

@@ -101,6 +101,9 @@ pub struct Config {
     pub fdb_max_entries: u32,
     pub unknown_arp: UnknownArpPolicy,
     pub unknown_unicast: UnknownUnicastPolicy,
+    /// Frames a port may have flooded per second (0: no limit), and at once.
+    pub storm_control_pps: u32,
+    pub storm_control_burst: u32,
     pub conntrack: vswitch_dataplane::tables::conntrack::ConntrackConfig,
     /// The node's underlay interface, where NodePort traffic is taken from.
     pub uplink: Option<String>,
@@ -245,6 +248,8 @@ section!(RawFdb, CompleteRawFdb, {
     aging_seconds: Spanned<u32> => Spanned<u32>,
     max_entries: Spanned<u32> => Spanned<u32>,
     unknown_unicast: UnknownUnicastPolicy => UnknownUnicastPolicy,
+    storm_control_pps: Spanned<u32> => Spanned<u32>,
+    storm_control_burst: Spanned<u32> => Spanned<u32>,
 }, |c: CompleteRawConfig| c.fdb.into());
 
 section!(RawArp, CompleteRawArp, {
@@ -469,6 +474,15 @@ pub fn parse_with_pod_cidr(
     if fdb_max_entries == 0 {
         return Err(at(raw.fdb.max_entries.span(), "fdb.max_entries", "must be at least 1".into()));
     }
+    let storm_control_pps = *raw.fdb.storm_control_pps.get_ref();
+    let storm_control_burst = *raw.fdb.storm_control_burst.get_ref();
+    if storm_control_pps > 0 && storm_control_burst == 0 {
+        return Err(at(
+            raw.fdb.storm_control_burst.span(),
+            "fdb.storm_control_burst",
+            "must be at least 1 when fdb.storm_control_pps is set".into(),
+        ));
+    }
     let fdb_aging_secs = *raw.fdb.aging_seconds.get_ref();
     if fdb_aging_secs == 0 {
         return Err(at(raw.fdb.aging_seconds.span(), "fdb.aging_seconds", "must be at least 1".into()));
@@ -582,6 +596,8 @@ pub fn parse_with_pod_cidr(
         fdb_max_entries,
         unknown_arp: raw.arp.unknown_target,
         unknown_unicast: raw.fdb.unknown_unicast,
+        storm_control_pps,
+        storm_control_burst,
         conntrack,
         uplink,
         services_file,

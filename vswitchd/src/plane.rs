@@ -9,7 +9,7 @@
 use vswitch_dataplane::datapath::Datapath;
 use vswitch_dataplane::ids::SegmentId;
 use vswitch_dataplane::tables::{
-    Gateway, SegmentConfig, TablesBuilder, TablesError, UnknownArp, UnknownUnicast,
+    Gateway, SegmentConfig, StormControl, TablesBuilder, TablesError, UnknownArp, UnknownUnicast,
 };
 
 use crate::config::{Config, UnknownArpPolicy, UnknownUnicastPolicy};
@@ -37,6 +37,10 @@ impl Plane {
                 UnknownUnicastPolicy::Drop => UnknownUnicast::Drop,
                 UnknownUnicastPolicy::Flood => UnknownUnicast::Flood,
             },
+            storm_control: (config.storm_control_pps > 0).then_some(StormControl {
+                rate_pps: config.storm_control_pps,
+                burst: config.storm_control_burst,
+            }),
         })?;
         Ok(Plane { datapath, tables })
     }

@@ -9,7 +9,7 @@ use crate::stage::Verdict;
 use crate::stages::overlay;
 use crate::stats::WorkerStats;
 use crate::tables::overlay::{OverlayTable, RemoteNode};
-use crate::tables::{PortEntry, Tables, UnknownUnicast};
+use crate::tables::{PortEntry, Tables};
 use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
 use crate::wire::{offload, vxlan};
 
@@ -258,10 +258,6 @@ fn flood(
     let Some(segment) = tables.segment(ingress.segment) else {
         return Err((frame, DropReason::NoFloodTargets));
     };
-    let unicast = frame.data().first().is_some_and(|b| b & 1 == 0);
-    if unicast && segment.config.unknown_unicast == UnknownUnicast::Drop {
-        return Err((frame, DropReason::UnknownUnicast));
-    }
     let len = frame.wire_len();
     let mut others = segment.ports.iter().copied().filter(|p| *p != ingress.id).peekable();
     if others.peek().is_none() {

@@ -9,6 +9,7 @@
 
 mod coalesce;
 mod dispatch;
+mod flood;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -92,6 +93,8 @@ pub(crate) struct Pipeline {
     affinity: Arc<Affinity>,
     stats: Arc<WorkerStats>,
     cache: MacCache,
+    /// What frames no stage decided may cost their segment.
+    flood: flood::FloodLimits,
 }
 
 impl Pipeline {
@@ -100,6 +103,7 @@ impl Pipeline {
             fdb: shared.fdb.clone(),
             conntrack: shared.conntrack.clone(),
             affinity: shared.affinity.clone(),
+            flood: flood::FloodLimits::new(stats.max_ports()),
             stats,
             cache: MacCache::default(),
         }
@@ -136,6 +140,7 @@ impl Pipeline {
             return;
         };
         let max_len = port.max_frame_len();
+        let segment = tables.segment(port.segment).map(|s| &s.config);
         let fdb = self.fdb.batch();
         let ct = self.conntrack.batch();
         self.cache.validate(tables.generation(), self.fdb.epoch());
@@ -171,9 +176,12 @@ impl Pipeline {
                 Err(reason) => Verdict::Drop(reason),
                 Ok(()) => {
                     let mut pkt = Packet { port, frame: &mut frame, meta: &mut meta };
-                    match stages(&mut ctx, &mut pkt) {
-                        ControlFlow::Break(v) => v,
-                        ControlFlow::Continue(()) => Verdict::Flood,
+                    match (stages(&mut ctx, &mut pkt), segment) {
+                        (ControlFlow::Break(v), _) => v,
+                        (ControlFlow::Continue(()), Some(segment)) => {
+                            self.flood.verdict(segment, ingress, &frame)
+                        }
+                        (ControlFlow::Continue(()), None) => Verdict::Flood,
                     }
                 }
             };

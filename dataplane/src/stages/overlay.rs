@@ -231,6 +231,7 @@ mod tests {
                 gateway: None,
                 unknown_arp: UnknownArp::Drop,
                 unknown_unicast: UnknownUnicast::Flood,
+                storm_control: None,
             })
             .unwrap();
             for i in 1..=3u8 {
@@ -401,6 +402,7 @@ mod tests {
             gateway: None,
             unknown_arp: UnknownArp::Drop,
             unknown_unicast: UnknownUnicast::Flood,
+            storm_control: None,
         })
         .unwrap();
         let mut host = pod(5, [10, 244, 1, 200]);

@@ -393,6 +393,7 @@ mod tests {
                 gateway: None,
                 unknown_arp: crate::tables::UnknownArp::Drop,
                 unknown_unicast: crate::tables::UnknownUnicast::Flood,
+                storm_control: None,
             })
             .unwrap();
             for i in 1..=3u8 {

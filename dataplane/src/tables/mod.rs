@@ -22,7 +22,7 @@ pub mod services;
 mod snapshot;
 
 pub use ports::{
-    ArpAnswer, Gateway, PortEntry, PortKind, Segment, SegmentConfig, UnknownArp, UnknownUnicast,
+    ArpAnswer, Gateway, PortEntry, PortKind, Segment, SegmentConfig, StormControl, UnknownArp, UnknownUnicast,
 };
 pub use snapshot::{Tables, TablesBuilder, TablesError};
 
@@ -58,6 +58,7 @@ pub(crate) mod tests {
             gateway: Some(Gateway { ip: Ipv4Addr::new(10, 244, 1, 1), mac: mac(0xffff) }),
             unknown_arp: UnknownArp::Drop,
             unknown_unicast: UnknownUnicast::Flood,
+            storm_control: None,
         }
     }
 }

@@ -104,6 +104,14 @@ pub enum UnknownUnicast {
     Flood,
 }
 
+/// How many frames one port may have flooded (broadcast, multicast, unknown unicast):
+/// a token bucket of `burst` frames refilled at `rate_pps`, per port and worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StormControl {
+    pub rate_pps: u32,
+    pub burst: u32,
+}
+
 /// The virtual router address pods use as their default gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gateway {
@@ -117,6 +125,8 @@ pub struct SegmentConfig {
     pub gateway: Option<Gateway>,
     pub unknown_arp: UnknownArp,
     pub unknown_unicast: UnknownUnicast,
+    /// Each port's flood budget; `None`: unlimited.
+    pub storm_control: Option<StormControl>,
 }
 
 /// A segment with its derived flood list.

@@ -374,6 +374,7 @@ mod tests {
                 gateway: None,
                 unknown_arp: UnknownArp::Drop,
                 unknown_unicast: UnknownUnicast::Flood,
+                storm_control: None,
             }),
             Err(TablesError::SegmentOutOfRange(SegmentId(5000)))
         );

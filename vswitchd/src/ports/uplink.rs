@@ -43,6 +43,7 @@ impl PortManager {
                 gateway: None,
                 unknown_arp: UnknownArp::Drop,
                 unknown_unicast: UnknownUnicast::Flood,
+                storm_control: None,
             })?;
         }
         Ok(())
