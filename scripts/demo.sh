@@ -184,6 +184,9 @@ EOF
   echo
   echo "pod1 (node 1) -> pod4 (node 2) over VXLAN; ttl=62: each node is one routed hop"
   run ip netns exec $P-pod1 ping -c 3 -i 0.2 10.244.2.2
+  echo "node 1 itself -> pod4: its route to node 2's pods goes through the host port"
+  run ip -n "$NODE" route show proto 118
+  run ip netns exec "$NODE" ping -c 3 -i 0.2 10.244.2.2
   ip netns exec "$POD4" iperf3 -s -1 -D -p 5203
   sleep 0.3
   echo "how VXLAN meets the kernel on node 1:"
