@@ -280,11 +280,12 @@ async fn serve(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let api_server = tokio::spawn(
-        axum::serve(listener, api::router(shared.clone()))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-    );
+    let api_server = tokio::spawn(super::api_connections::serve(
+        listener,
+        api::router(shared.clone()),
+        stop_rx.clone(),
+        super::api_connections::ConnLimits::DEFAULT,
+    ));
     tracing::info!(socket = %config.api_socket.display(), "API listening");
 
     // Metrics are for people; a port in use there must not stop the switching.

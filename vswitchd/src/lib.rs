@@ -14,6 +14,7 @@
 #![warn(unreachable_pub)]
 
 mod api;
+mod api_connections;
 mod catalog;
 pub mod cluster;
 pub mod config;
