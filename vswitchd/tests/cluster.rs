@@ -66,6 +66,14 @@ fn services_and_nodes_come_from_the_cluster() {
     assert!(nodes.contains("node-b") && nodes.contains("cluster") && !nodes.contains("node-c"), "{nodes}");
     let status = node.ctl(&["status"]);
     assert!(status.contains("endpointslices"), "watchers in vswitchctl status: {status}");
+    // Every metric the dashboard and the alerting rules in deploy/monitoring use is one
+    // this daemon exposes (cluster mode: the watcher metrics too).
+    let metrics = node.ns.ok(&["curl", "-s", "http://127.0.0.1:9479/metrics"]);
+    let exposed: std::collections::BTreeSet<&str> =
+        metrics.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
+    for name in harness::metric_names(&harness::monitoring_expressions()) {
+        assert!(exposed.contains(name.as_str()), "{name} is used in deploy/monitoring but not exposed");
+    }
 
     // A Service created through the API serves real connections.
     let ep = node.pod("ep", Ipv4Addr::new(10, 244, 1, 44), Backend::Tap);
@@ -85,13 +93,21 @@ fn services_and_nodes_come_from_the_cluster() {
             "endpoints": [{"addresses": ["10.244.1.44"], "conditions": {"ready": true}, "nodeName": "node-a"}],
             "ports": [{"name": "tcp", "port": 7007, "protocol": "TCP"}]}),
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || node.ctl(&["services"]).contains("10.96.7.7")),
-        "the new Service applied"
-    );
+    // The Service and its EndpointSlice are two objects, possibly applied in two
+    // snapshots: a Service without its endpoint refuses connections meanwhile.
+    let served = || node.ctl(&["services"]).lines().any(|l| l.contains("10.96.7.7") && l.contains(" 1/1 "));
+    assert!(wait_until(Duration::from_secs(10), served), "the new Service applied with its endpoint");
     for _ in 0..3 {
-        let got = client.ns.ok(&["ncat", "--recv-only", "-w", "3", "10.96.7.7", "7"]);
-        assert_eq!(got.trim(), "served by ep");
+        let out = client.ns.run(&["ncat", "--recv-only", "-w", "3", "10.96.7.7", "7"]);
+        let got = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            got.trim(),
+            "served by ep",
+            "{}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            node.ctl(&["services"]),
+            node.ctl(&["stats"])
+        );
     }
     api.delete("services", echo);
     assert!(

@@ -218,3 +218,22 @@ fn the_install_step_installs_atomically() {
         .unwrap();
     assert!(again.status.success());
 }
+
+/// The dashboard and the alerting rules parse as Grafana and the Prometheus Operator
+/// read them, and every expression names a metric of ours (which
+/// `cluster.rs` finds in a running daemon's /metrics).
+#[test]
+fn the_monitoring_files_parse_and_query_our_metrics() {
+    let exprs = harness::monitoring_expressions();
+    assert!(exprs.len() >= 10, "panels and rules: {exprs:?}");
+    let names = harness::metric_names(&exprs);
+    for wanted in [
+        "vswitch_drops_total",
+        "vswitch_conntrack_entries",
+        "vswitch_worker_busy_ratio",
+        "vswitch_cluster_watch_errors_total",
+    ] {
+        assert!(names.contains(wanted), "{wanted} used: {names:?}");
+    }
+    assert!(exprs.iter().all(|e| e.contains("vswitch_")), "every expression queries vswitchd");
+}

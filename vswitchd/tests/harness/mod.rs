@@ -307,3 +307,50 @@ pub fn tcp_bytes_arrive(dir: &Scratch, from: &Netns, to: &Netns, to_ip: Ipv4Addr
     assert_eq!(std::fs::metadata(&dst).unwrap().len() as usize, bytes, "every byte arrived");
     assert_eq!(sum(&src), sum(&dst), "byte-exact");
 }
+
+/// The monitoring files in deploy/: the Grafana dashboard and the alerting rules.
+pub fn monitoring_files() -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring");
+    (dir.join("vswitch-dashboard.json"), dir.join("vswitch-rules.yaml"))
+}
+
+/// Every PromQL expression of the dashboard's panels and of the rules, parsed as
+/// Grafana and the Prometheus Operator would read the files (JSON, YAML).
+pub fn monitoring_expressions() -> Vec<String> {
+    let (dashboard, rules) = monitoring_files();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dashboard).expect("dashboard"))
+            .expect("dashboard is JSON");
+    let rules: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(rules).expect("rules")).expect("rules are YAML");
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    for group in rules["spec"]["groups"].as_sequence().expect("rule groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            exprs.push(rule["expr"].as_str().expect("every rule has an expr").to_string());
+        }
+    }
+    exprs
+}
+
+/// The `vswitch_*` metric names `exprs` use.
+pub fn metric_names(exprs: &[String]) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for e in exprs {
+        let mut rest = e.as_str();
+        while let Some(at) = rest.find("vswitch_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            names.insert(name);
+        }
+    }
+    names
+}
