@@ -370,26 +370,36 @@ impl Kernel for FakeKernel {
         Ok(self.state().routes.clone())
     }
 
-    fn replace_route(
+    fn replace_routes(
         &self,
-        dst: Ipv4Net,
+        dsts: &[Ipv4Net],
         index: u32,
         gateway: Ipv4Addr,
         src: Ipv4Addr,
-    ) -> Result<(), SysError> {
-        self.check(Op::ReplaceRoute, &format!("route {dst} via {gateway} dev {index} src {src}"))?;
-        let mut s = self.state();
-        s.routes.retain(|r| r.dst != dst);
-        s.routes.push(RouteEntry { dst, oif: Some(index), protocol: ROUTE_PROTOCOL });
-        Ok(())
+    ) -> Vec<Result<(), SysError>> {
+        dsts.iter()
+            .map(|dst| {
+                self.check(Op::ReplaceRoute, &format!("route {dst} via {gateway} dev {index} src {src}"))?;
+                let mut s = self.state();
+                s.routes.retain(|r| r.dst != *dst);
+                s.routes.push(RouteEntry { dst: *dst, oif: Some(index), protocol: ROUTE_PROTOCOL });
+                Ok(())
+            })
+            .collect()
     }
 
-    fn delete_route(&self, dst: Ipv4Net, index: u32) -> Result<bool, SysError> {
+    fn delete_routes(&self, routes: &[(Ipv4Net, u32)]) -> Vec<Result<bool, SysError>> {
         let mut s = self.state();
-        s.log.push(format!("delete route {dst} dev {index}"));
-        let before = s.routes.len();
-        s.routes.retain(|r| !(r.dst == dst && r.oif == Some(index) && r.protocol == ROUTE_PROTOCOL));
-        Ok(s.routes.len() < before)
+        routes
+            .iter()
+            .map(|(dst, index)| {
+                s.log.push(format!("delete route {dst} dev {index}"));
+                let before = s.routes.len();
+                s.routes
+                    .retain(|r| !(r.dst == *dst && r.oif == Some(*index) && r.protocol == ROUTE_PROTOCOL));
+                Ok(s.routes.len() < before)
+            })
+            .collect()
     }
 
     fn set_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), SysError> {

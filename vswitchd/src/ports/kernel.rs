@@ -87,6 +87,9 @@ pub(crate) struct UplinkDevice {
 /// the kernel deletes a route only when it matches.
 pub(crate) const ROUTE_PROTOCOL: u8 = 118;
 
+/// Route requests sent before the first answer is awaited.
+const ROUTES_IN_FLIGHT: usize = 64;
+
 /// Every kernel operation the port manager makes. Links in the daemon's namespace are
 /// named by index (as rtnetlink names them); those in a pod's, by the namespace's path
 /// and the interface's name.
@@ -123,17 +126,19 @@ pub(crate) trait Kernel: Send + Sync {
     -> Result<HashMap<Ipv4Addr, MacAddr>, SysError>;
     /// The routes of the main IPv4 table.
     fn routes_v4(&self) -> Result<Vec<RouteEntry>, SysError>;
-    /// Adds or replaces a route of ours ([`ROUTE_PROTOCOL`]): `dst` out of link `index`
-    /// via `gateway` on-link, preferring source `src`.
-    fn replace_route(
+    /// Adds or replaces routes of ours ([`ROUTE_PROTOCOL`]): each of `dsts` out of link
+    /// `index` via `gateway` on-link, preferring source `src`. One result per route, in
+    /// order.
+    fn replace_routes(
         &self,
-        dst: Ipv4Net,
+        dsts: &[Ipv4Net],
         index: u32,
         gateway: Ipv4Addr,
         src: Ipv4Addr,
-    ) -> Result<(), SysError>;
-    /// Deletes a route of ours (another owner's is left alone); true if it existed.
-    fn delete_route(&self, dst: Ipv4Net, index: u32) -> Result<bool, SysError>;
+    ) -> Vec<Result<(), SysError>>;
+    /// Deletes routes of ours, each a destination and its link (another owner's is left
+    /// alone); per route, true if it existed.
+    fn delete_routes(&self, routes: &[(Ipv4Net, u32)]) -> Vec<Result<bool, SysError>>;
     /// A permanent neighbour entry: `ip` is at `mac` on link `index`.
     fn set_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), SysError>;
     /// Deletes the neighbour entry of `ip` on link `index`; true if it existed.
@@ -368,18 +373,28 @@ impl Kernel for LinuxKernel {
         self.run(self.netlink.routes_v4())
     }
 
-    fn replace_route(
+    fn replace_routes(
         &self,
-        dst: Ipv4Net,
+        dsts: &[Ipv4Net],
         index: u32,
         gateway: Ipv4Addr,
         src: Ipv4Addr,
-    ) -> Result<(), SysError> {
-        self.run(self.netlink.replace_onlink_route_v4(dst, index, gateway, src, ROUTE_PROTOCOL))
+    ) -> Vec<Result<(), SysError>> {
+        use futures::StreamExt;
+        // Requests in flight together on the one netlink socket: 10 000 ClusterIPs are as
+        // many routes.
+        let requests = futures::stream::iter(dsts)
+            .map(|dst| self.netlink.replace_onlink_route_v4(*dst, index, gateway, src, ROUTE_PROTOCOL))
+            .buffered(ROUTES_IN_FLIGHT);
+        self.run(requests.collect())
     }
 
-    fn delete_route(&self, dst: Ipv4Net, index: u32) -> Result<bool, SysError> {
-        self.run(self.netlink.delete_route_v4(dst, index, ROUTE_PROTOCOL))
+    fn delete_routes(&self, routes: &[(Ipv4Net, u32)]) -> Vec<Result<bool, SysError>> {
+        use futures::StreamExt;
+        let requests = futures::stream::iter(routes)
+            .map(|(dst, index)| self.netlink.delete_route_v4(*dst, *index, ROUTE_PROTOCOL))
+            .buffered(ROUTES_IN_FLIGHT);
+        self.run(requests.collect())
     }
 
     fn set_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), SysError> {

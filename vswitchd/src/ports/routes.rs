@@ -145,15 +145,14 @@ impl PortManager {
         }
         let ours: BTreeMap<Ipv4Net, Option<u32>> =
             routes.iter().filter(|r| r.protocol == ROUTE_PROTOCOL).map(|r| (r.dst, r.oif)).collect();
-        let (mut routed, mut added, mut removed) = (BTreeSet::new(), 0, 0);
-        for cidr in &want {
-            if ours.get(cidr) == Some(&Some(index)) {
-                routed.insert(*cidr);
-                continue;
-            }
-            match kernel.replace_route(*cidr, index, NEXT_HOP, self.config.gateway_ip) {
+        let (mut routed, mut added) = (BTreeSet::new(), 0);
+        let missing: Vec<Ipv4Net> =
+            want.iter().filter(|cidr| ours.get(*cidr) != Some(&Some(index))).copied().collect();
+        routed.extend(want.iter().filter(|cidr| ours.get(*cidr) == Some(&Some(index))));
+        let made = kernel.replace_routes(&missing, index, NEXT_HOP, self.config.gateway_ip);
+        for (cidr, result) in missing.iter().zip(made) {
+            match result {
                 Ok(()) => {
-                    tracing::debug!(%cidr, via = %host.name, "node route made");
                     routed.insert(*cidr);
                     added += 1;
                 }
@@ -163,10 +162,13 @@ impl PortManager {
                 }
             }
         }
-        let stale = ours.iter().filter(|(dst, oif)| !routed.contains(dst) || **oif != Some(index));
-        for (dst, oif) in stale.filter(|_| why != RouteSync::Start) {
-            removed += usize::from(Self::delete_route(kernel.as_ref(), *dst, oif.unwrap_or(index)));
-        }
+        let stale: Vec<(Ipv4Net, u32)> = ours
+            .iter()
+            .filter(|(dst, oif)| !routed.contains(dst) || **oif != Some(index))
+            .map(|(dst, oif)| (*dst, oif.unwrap_or(index)))
+            .filter(|_| why != RouteSync::Start)
+            .collect();
+        let removed = Self::delete_routes(kernel.as_ref(), &stale);
         if added + removed > 0 {
             tracing::info!(added, removed, routed = routed.len(), via = %host.name, "node routes through the host port");
         }
@@ -189,14 +191,12 @@ impl PortManager {
             }
         };
         let host_index = self.host.as_ref().and_then(|h| kernel.index_of(&h.name).ok());
-        let mut removed = 0;
-        for r in routes.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
-            removed += usize::from(Self::delete_route(
-                kernel.as_ref(),
-                r.dst,
-                r.oif.unwrap_or(host_index.unwrap_or(0)),
-            ));
-        }
+        let ours: Vec<(Ipv4Net, u32)> = routes
+            .iter()
+            .filter(|r| r.protocol == ROUTE_PROTOCOL)
+            .map(|r| (r.dst, r.oif.unwrap_or(host_index.unwrap_or(0))))
+            .collect();
+        let removed = Self::delete_routes(kernel.as_ref(), &ours);
         if removed > 0 {
             tracing::info!(removed, "node routes through the host port removed");
         }
@@ -206,15 +206,16 @@ impl PortManager {
         self.node_routes = NodeRoutes { swept: true, ..NodeRoutes::default() };
     }
 
-    /// Deletes a route of ours; true if it went.
-    fn delete_route(kernel: &dyn super::Kernel, dst: Ipv4Net, index: u32) -> bool {
-        match kernel.delete_route(dst, index) {
-            Ok(gone) => gone,
-            Err(e) => {
-                tracing::warn!(cidr = %dst, error = %e, "node route not removed");
-                false
+    /// Deletes routes of ours; returns how many went.
+    fn delete_routes(kernel: &dyn super::Kernel, routes: &[(Ipv4Net, u32)]) -> usize {
+        let mut gone = 0;
+        for ((dst, _), result) in routes.iter().zip(kernel.delete_routes(routes)) {
+            match result {
+                Ok(existed) => gone += usize::from(existed),
+                Err(e) => tracing::warn!(cidr = %dst, error = %e, "node route not removed"),
             }
         }
+        gone
     }
 
     /// How the node reaches the pods of `cidr`, for the node listing: through the host
