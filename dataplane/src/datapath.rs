@@ -301,6 +301,12 @@ impl Datapath {
         self.stop_and_join();
     }
 
+    /// Stops and joins every worker, keeping the tables readable (and still): what they
+    /// learned can then be saved whole. Nothing is forwarded any more.
+    pub fn stop_workers(&mut self) {
+        self.stop_and_join();
+    }
+
     fn stop_and_join(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for w in &self.workers {

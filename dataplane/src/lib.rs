@@ -25,7 +25,7 @@
 
 pub mod wire;
 
-mod clock;
+pub mod clock;
 pub mod drop_reason;
 pub mod ids;
 

@@ -113,6 +113,11 @@ pub enum State {
 }
 
 impl State {
+    /// The state numbered `raw` (as `State as u8` gives it), if there is one.
+    pub fn from_u8(raw: u8) -> Option<State> {
+        [State::New, State::Established, State::Closing, State::Reset].into_iter().find(|s| *s as u8 == raw)
+    }
+
     fn from_raw(raw: u8) -> State {
         match raw {
             0 => State::New,
@@ -134,6 +139,20 @@ pub struct Conn {
     state: AtomicU8,
     replied: AtomicU8,
     last_seen: AtomicU32,
+}
+
+/// A flow as it is carried over a restart: its tuples, Service, return path and TCP
+/// progress, and how long it had been idle (a time, not a timestamp: the next
+/// process's clock is another).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub orig: Tuple,
+    pub reply: Tuple,
+    pub service: u32,
+    pub return_path: Option<ReturnPath>,
+    pub state: State,
+    pub replied: bool,
+    pub idle_secs: u32,
 }
 
 /// Which of a flow's tuples a packet matched.
@@ -299,6 +318,22 @@ impl Conntrack {
         doomed.len()
     }
 
+    /// Every flow as carried over a restart (see [`ConntrackBatch::restore`]).
+    pub fn records(&self, now: u32) -> Vec<FlowRecord> {
+        self.snapshot()
+            .iter()
+            .map(|c| FlowRecord {
+                orig: c.orig,
+                reply: c.reply,
+                service: c.service,
+                return_path: c.return_path,
+                state: c.state(),
+                replied: c.replied(),
+                idle_secs: now.saturating_sub(c.last_seen()),
+            })
+            .collect()
+    }
+
     /// Every flow, for the API.
     pub fn snapshot(&self) -> Vec<Arc<Conn>> {
         let guard = self.map.guard();
@@ -336,12 +371,7 @@ impl<'a> ConntrackBatch<'a> {
         return_path: Option<ReturnPath>,
         now: u32,
     ) -> Result<&Conn, InsertError> {
-        let entries = &self.ct.entries;
-        if entries.fetch_add(1, Ordering::Relaxed) >= self.ct.config.max_entries {
-            entries.fetch_sub(1, Ordering::Relaxed);
-            return Err(InsertError::Full);
-        }
-        let conn = Arc::new(Conn {
+        self.insert_conn(Conn {
             orig,
             reply,
             service,
@@ -349,7 +379,17 @@ impl<'a> ConntrackBatch<'a> {
             state: AtomicU8::new(State::New as u8),
             replied: AtomicU8::new(0),
             last_seen: AtomicU32::new(now),
-        });
+        })
+    }
+
+    fn insert_conn(&self, conn: Conn) -> Result<&Conn, InsertError> {
+        let entries = &self.ct.entries;
+        if entries.fetch_add(1, Ordering::Relaxed) >= self.ct.config.max_entries {
+            entries.fetch_sub(1, Ordering::Relaxed);
+            return Err(InsertError::Full);
+        }
+        let (orig, reply) = (conn.orig, conn.reply);
+        let conn = Arc::new(conn);
         // The reply key first: the flow is reachable only once both exist, and no
         // reply can come before the first translated packet leaves.
         if self.ct.map.try_insert(reply.key(), conn.clone(), &self.guard).is_err() {
@@ -366,6 +406,24 @@ impl<'a> ConntrackBatch<'a> {
                 Err(InsertError::Clash)
             }
         }
+    }
+
+    /// Puts back a flow carried over a restart, as idle as it was plus `away_secs` (the
+    /// time no daemon watched it). `Ok(false)`: it expired meanwhile and is left out.
+    pub fn restore(&self, r: &FlowRecord, away_secs: u32, now: u32) -> Result<bool, InsertError> {
+        let conn = Conn {
+            orig: r.orig,
+            reply: r.reply,
+            service: r.service,
+            return_path: r.return_path,
+            state: AtomicU8::new(r.state as u8),
+            replied: AtomicU8::new(u8::from(r.replied)),
+            last_seen: AtomicU32::new(now.saturating_sub(r.idle_secs.saturating_add(away_secs))),
+        };
+        if conn.expired(now, &self.ct.config.timeouts) {
+            return Ok(false);
+        }
+        self.insert_conn(conn).map(|_| true)
     }
 }
 
@@ -486,6 +544,51 @@ mod tests {
         for (orig, reply) in &flows {
             assert_eq!(b.lookup(orig).is_some(), b.lookup(reply).is_some(), "both keys or neither");
         }
+    }
+
+    /// A flow carried over a restart comes back in the state it was in, as idle as it
+    /// was plus the time away, on another clock; one that expired while away does not.
+    #[test]
+    fn flows_carried_over_a_restart_keep_their_state_and_age() {
+        let old = Conntrack::new(ConntrackConfig::default());
+        let to = old.config().timeouts;
+        let (orig, reply) = flow(&old, 40000, 1000).unwrap();
+        old.batch().lookup(&reply).unwrap().0.observe(Direction::Reply, TCP_SYN | TCP_ACK, 1010);
+        let (syn_only, _) = flow(&old, 40001, 1000).unwrap();
+        let records = old.records(1020);
+        assert_eq!(records.len(), 2);
+        let record_of = |o: Tuple| records.iter().find(|r| r.orig == o).unwrap();
+
+        let new = Conntrack::new(ConntrackConfig::default());
+        // 30 s away, on a clock that reads 5 at the new start.
+        let restored: Vec<bool> = records.iter().map(|r| new.batch().restore(r, 30, 5).unwrap()).collect();
+        assert_eq!(new.len(), 2, "{restored:?}");
+        let b = new.batch();
+        let (c, dir) = b.lookup(&reply).unwrap();
+        assert_eq!((c.orig, dir, c.state(), c.replied()), (orig, Direction::Reply, State::Established, true));
+        assert!(b.lookup(&syn_only).is_some());
+        // Idle 10 s before, 30 s away: 40 s; a clock of 5 cannot go back that far, so it
+        // reads as seen at 0 (an entry restored early in a run may live a little longer).
+        assert_eq!(c.last_seen(), 0);
+
+        let later = Conntrack::new(ConntrackConfig::default());
+        let now = 100_000;
+        for r in &records {
+            later.batch().restore(r, 30, now).unwrap();
+        }
+        let b = later.batch();
+        assert_eq!(b.lookup(&orig).unwrap().0.last_seen(), now - 40);
+        // The SYN, idle 20 s: back while 20 s plus the time away is within tcp_syn.
+        let syn_record = record_of(syn_only);
+        assert_eq!(syn_record.idle_secs, 20);
+        later.batch().remove(b.lookup(&syn_only).unwrap().0);
+        assert!(!later.batch().restore(syn_record, to.tcp_syn - 20 + 1, now).unwrap());
+        assert!(later.batch().restore(syn_record, to.tcp_syn - 20, now).unwrap());
+        assert_eq!(
+            later.batch().restore(record_of(orig), 0, now).err(),
+            Some(InsertError::Clash),
+            "a flow restored twice is one flow"
+        );
     }
 
     #[test]

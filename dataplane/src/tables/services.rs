@@ -125,6 +125,56 @@ fn vip_key(ip: Ipv4Addr, port: u16, proto: u8) -> u64 {
 pub struct BuildMemory {
     ports: FastMap<String, Remembered>,
     next_id: u32,
+    /// What a previous run remembered ([`BuildMemory::carried_over`]), taken by a port
+    /// of the same name when it first comes: the Services reach a restarted daemon
+    /// later than its flows, and a build before they do must not forget these.
+    carried: FastMap<String, Remembered>,
+}
+
+/// A Service port's identity in one run, as carried over a restart so that its flows,
+/// pinned clients and Maglev table stay the same across it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RememberedPort {
+    /// `namespace/name:port-name`.
+    pub name: String,
+    pub id: u32,
+    pub maglev_size: usize,
+    pub local_maglev_size: usize,
+}
+
+impl BuildMemory {
+    /// What this memory holds, to carry over a restart, with the last id given out.
+    pub fn records(&self) -> (Vec<RememberedPort>, u32) {
+        let mut ports: Vec<RememberedPort> = self
+            .ports
+            .iter()
+            .chain(self.carried.iter().filter(|(name, _)| !self.ports.contains_key(*name)))
+            .map(|(name, r)| RememberedPort {
+                name: name.clone(),
+                id: r.id,
+                maglev_size: r.size,
+                local_maglev_size: r.local_size,
+            })
+            .collect();
+        ports.sort_by_key(|p| p.id);
+        (ports, self.next_id)
+    }
+
+    /// A memory that gives each port named in `ports` its id and Maglev sizes of the
+    /// previous run when it comes, and new ports ids after `last_id`.
+    pub fn carried_over(ports: &[RememberedPort], last_id: u32) -> BuildMemory {
+        let next_id = ports.iter().map(|p| p.id).fold(last_id, u32::max);
+        let carried = ports
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    Remembered { id: p.id, size: p.maglev_size, local_size: p.local_maglev_size },
+                )
+            })
+            .collect();
+        BuildMemory { ports: FastMap::default(), next_id, carried }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -237,10 +287,11 @@ impl ServiceTable {
     }
 
     fn insert_port(&mut self, spec: &ServicePortSpec, memory: &mut BuildMemory) {
-        let before = memory.ports.get(&spec.name).copied();
-        if let Some(r) = before {
+        let known = memory.ports.get(&spec.name).copied();
+        if let Some(r) = known {
             self.remove_port(r.id);
         }
+        let before = known.or_else(|| memory.carried.remove(&spec.name));
         let id = before.map_or_else(
             || {
                 memory.next_id = memory.next_id.wrapping_add(1);
@@ -464,6 +515,49 @@ impl Affinity {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+
+    /// Every pinned client, as carried over a restart.
+    pub fn records(&self, now: u32) -> Vec<AffinityRecord> {
+        let guard = self.map.guard();
+        self.map
+            .iter(&guard)
+            .map(|(k, e)| AffinityRecord {
+                service: (k >> 32) as u32,
+                client: Ipv4Addr::from(*k as u32),
+                backend: e.backend,
+                timeout: e.timeout,
+                idle_secs: now.saturating_sub(e.last_used.load(Ordering::Relaxed)),
+            })
+            .collect()
+    }
+
+    /// Puts back a pinned client carried over a restart, as idle as it was plus
+    /// `away_secs`; false if its timeout passed meanwhile (or the table is full).
+    pub fn restore(&self, r: &AffinityRecord, away_secs: u32, now: u32) -> bool {
+        let idle = r.idle_secs.saturating_add(away_secs);
+        if idle > r.timeout || self.map.len() >= self.max_entries {
+            return false;
+        }
+        let guard = self.map.guard();
+        let entry = AffinityEntry {
+            backend: r.backend,
+            last_used: AtomicU32::new(now.saturating_sub(idle)),
+            timeout: r.timeout,
+        };
+        self.map.insert(affinity_key(r.service, r.client), entry, &guard);
+        true
+    }
+}
+
+/// A client pinned to a backend, as carried over a restart (see [`Affinity::restore`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityRecord {
+    pub service: u32,
+    pub client: Ipv4Addr,
+    /// [`Backend::key`] of the endpoint.
+    pub backend: u64,
+    pub timeout: u32,
+    pub idle_secs: u32,
 }
 
 #[cfg(test)]
@@ -567,6 +661,55 @@ mod tests {
         let other3 = t3.ports().next().unwrap().id;
         assert_ne!(other3, other_id);
         assert_ne!(other3, web_id);
+    }
+
+    /// A restarted daemon gives each Service port the id and Maglev size it had, though
+    /// the Services come in another order and after builds without them; a new port
+    /// takes an id no carried one has.
+    #[test]
+    fn ids_and_table_sizes_carry_over_a_restart() {
+        let hairpin = Ipv4Addr::new(169, 254, 1, 1);
+        let mut memory = BuildMemory::default();
+        let mut other = named("default/other:http", 11, 80, vec![ep(9, true, true, false)]);
+        let many: Vec<EndpointSpec> = (2..6).map(|i| ep(i, true, true, false)).collect();
+        let before = ServiceTable::build(&[other.clone(), spec(many)], None, hairpin, &mut memory);
+        let (ports, last_id) = memory.records();
+        assert_eq!(ports.len(), 2);
+
+        let mut carried = BuildMemory::carried_over(&ports, last_id);
+        ServiceTable::build(&[], None, hairpin, &mut carried);
+        other.endpoints.push(ep(10, true, true, false));
+        let fresh = named("default/fresh:http", 12, 80, vec![ep(7, true, true, false)]);
+        let after = ServiceTable::build(
+            &[fresh, spec(vec![ep(2, true, true, false)]), other],
+            None,
+            hairpin,
+            &mut carried,
+        );
+        for p in before.ports() {
+            let q = after.by_id(p.id).unwrap_or_else(|| panic!("{} lost its id", p.name));
+            assert_eq!(q.name, p.name);
+            assert_eq!(q.maglev.as_ref().unwrap().len(), p.maglev.as_ref().unwrap().len(), "{}", p.name);
+        }
+        let fresh_id = after.by_vip(Ipv4Addr::new(10, 96, 0, 12), 80, IPPROTO_TCP).unwrap().id;
+        assert!(ports.iter().all(|p| p.id < fresh_id));
+        assert_eq!(carried.records().0.len(), 3);
+    }
+
+    #[test]
+    fn pinned_clients_carry_over_a_restart() {
+        let a = Affinity::default();
+        let client = Ipv4Addr::new(10, 244, 1, 9);
+        a.set(1, client, 42, 100, 1000);
+        a.set(2, client, 43, 100, 1050);
+        let records = a.records(1060);
+        let b = Affinity::default();
+        let back: Vec<bool> = records.iter().map(|r| b.restore(r, 50, 5000)).collect();
+        // Service 1: idle 60 + 50 s away > 100 s: gone. Service 2: 10 + 50 s.
+        assert_eq!(back.iter().filter(|x| **x).count(), 1);
+        assert_eq!((b.get(1, client, 5000), b.get(2, client, 5000)), (None, Some(43)));
+        assert_eq!(b.get(2, client, 5040), Some(43));
+        assert_eq!(b.get(2, client, 5041), None, "the timeout counts from before the restart");
     }
 
     fn named(name: &str, vip_last: u8, port: u16, endpoints: Vec<EndpointSpec>) -> ServicePortSpec {
