@@ -20,7 +20,7 @@ use crate::cluster::translate::ServiceKey;
 use super::config::{Config, ConfigError};
 use super::services_file::{self, NodeView};
 use vswitch_dataplane::tables::conntrack::{Conn, Conntrack};
-use vswitch_dataplane::tables::services::{BuildMemory, ServiceTable};
+use vswitch_dataplane::tables::services::{BuildMemory, RememberedPort, ServiceTable};
 use vswitch_dataplane::wire::parse::IPPROTO_UDP;
 
 pub(crate) struct ServiceCatalog {
@@ -216,6 +216,24 @@ impl ServiceCatalog {
             generation: self.generation,
             services: self.services.clone(),
         }
+    }
+
+    /// Takes the previous run's Service port ids and Maglev sizes (from a tables
+    /// snapshot), for the ports of those names when they come: before any Services do.
+    pub(crate) fn carry_over(&mut self, ports: &[RememberedPort], last_id: u32) {
+        self.memory = BuildMemory::carried_over(ports, last_id);
+    }
+
+    /// The Service port ids and Maglev sizes to carry over a restart, with the last id.
+    pub(crate) fn remembered(&self) -> (Vec<RememberedPort>, u32) {
+        self.memory.records()
+    }
+
+    /// Flows were put back into conntrack (a restart): the table to publish recognises
+    /// their VIPs and endpoints, whether or not their Services have come yet.
+    pub(crate) fn flows_restored(&mut self, ct: &Conntrack) -> Arc<ServiceTable> {
+        self.published = Arc::new(self.base.keep_for_flows(ct.snapshot().iter().map(|c| &**c)));
+        self.published.clone()
     }
 
     /// `namespace/name:port` of a Service port by its stable id.

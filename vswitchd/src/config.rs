@@ -93,6 +93,9 @@ pub struct Config {
     pub api_socket: PathBuf,
     pub metrics_address: Option<SocketAddr>,
     pub state_file: PathBuf,
+    /// How old the tables snapshot written at a clean stop may be to be taken at the
+    /// next start; zero: no snapshot is written or taken.
+    pub snapshot_max_age_secs: u32,
     /// Name of the host port (the TAP in the node's namespace carrying the gateway IP);
     /// `None` disables it.
     pub host_port: Option<String>,
@@ -220,6 +223,7 @@ section!(RawConfig, CompleteRawConfig, {
     api_socket: PathBuf => PathBuf,
     metrics_address: Spanned<String> => Spanned<String>,
     state_file: PathBuf => PathBuf,
+    snapshot_max_age_seconds: Spanned<u32> => Spanned<u32>,
     host_port: Spanned<String> => Spanned<String>,
     max_ports: Spanned<usize> => Spanned<usize>,
     fdb: RawFdb => CompleteRawFdb,
@@ -590,6 +594,7 @@ pub fn parse_with_pod_cidr(
         api_socket: raw.api_socket,
         metrics_address,
         state_file: raw.state_file,
+        snapshot_max_age_secs: *raw.snapshot_max_age_seconds.get_ref(),
         host_port,
         max_ports,
         fdb_aging_secs,

@@ -15,6 +15,7 @@ use super::api::{self, ApiState};
 use super::config::{Config, ConfigError, IdleMode};
 use super::metrics;
 use super::ports::{AttachError, LinuxKernel, NETNS_DIRS, RouteSync};
+use super::snapshot::{self, Restored, TablesSnapshot};
 use super::state::{self, StateError};
 use super::switch::Switch;
 use vswitch_dataplane::datapath::IdlePolicy;
@@ -235,6 +236,9 @@ async fn start(config: &Config) -> Result<Switch, DaemonError> {
     let kernel = Arc::new(LinuxKernel::connect().map_err(AttachError::from)?);
     let mut switch = Switch::new(config.clone(), datapath, kernel)?;
     switch.start_host_port()?;
+    let mut carried = load_snapshot(config);
+    let away_secs = carried.as_ref().map_or(0, TablesSnapshot::age_secs);
+    let mut restored = Restored::default();
     let previous = match state::load(&config.state_file) {
         Ok(saved) => saved,
         // Not a crash loop: the kept file is there for the operator, and the ports whose
@@ -247,6 +251,12 @@ async fn start(config: &Config) -> Result<Switch, DaemonError> {
         }
         Err(e) => return Err(e.into()),
     };
+    // The flows of the pods go back before the pods do: the first packet a restored pod
+    // sends may be an endpoint's, speaking first on a Service connection.
+    if let Some(snapshot) = &mut carried {
+        let names = previous.as_ref().map(|saved| switch.port_names_of(saved)).unwrap_or_default();
+        switch.carry_over(snapshot, &names, away_secs, &mut restored);
+    }
     if let Some(saved) = previous {
         let report = switch.restore(saved);
         for port in &report.restored {
@@ -263,7 +273,38 @@ async fn start(config: &Config) -> Result<Switch, DaemonError> {
     if let Err(e) = switch.start_underlay() {
         tracing::error!(error = %e, "underlay not started: pods on other nodes are not reachable");
     }
+    if let Some(mut snapshot) = carried {
+        let names = switch.port_names();
+        switch.carry_over(&mut snapshot, &names, away_secs, &mut restored);
+        snapshot.finish(&mut restored);
+        tracing::info!(
+            flows = restored.flows,
+            affinities = restored.affinity,
+            learned_macs = restored.fdb,
+            expired = restored.expired,
+            dropped = restored.dropped,
+            away_secs,
+            "tables snapshot taken back"
+        );
+    }
     Ok(switch)
+}
+
+/// The tables snapshot of the last clean stop, if there is a usable one (it is removed
+/// as it is read: a later crash does not bring it back).
+fn load_snapshot(config: &Config) -> Option<TablesSnapshot> {
+    if config.snapshot_max_age_secs == 0 {
+        return None;
+    }
+    let path = snapshot::path_for(&config.state_file);
+    let max_age = Duration::from_secs(u64::from(config.snapshot_max_age_secs));
+    match snapshot::load(&path, max_age) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "starting with empty tables: flows to Services resume when their clients speak");
+            None
+        }
+    }
 }
 
 /// Serves the API and metrics until a signal, then stops cleanly.

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use vswitch_api::{ConntrackView, Flow, Protocol, Service, ServicesView};
 use vswitch_dataplane::datapath::Datapath;
+use vswitch_dataplane::tables::services::RememberedPort;
 use vswitch_dataplane::wire::parse::IPPROTO_UDP;
 
 use crate::catalog::{FileOutcome, ServiceCatalog};
@@ -86,6 +87,22 @@ impl ServiceController {
         if cut > 0 {
             self.housekeeping(plane);
         }
+    }
+
+    /// Takes the previous run's Service port ids and Maglev sizes: before any Services.
+    pub(crate) fn carry_over(&mut self, ports: &[RememberedPort], last_id: u32) {
+        self.catalog.carry_over(ports, last_id);
+    }
+
+    /// The Service port ids and Maglev sizes to carry over a restart.
+    pub(crate) fn remembered(&self) -> (Vec<RememberedPort>, u32) {
+        self.catalog.remembered()
+    }
+
+    /// Flows were put back into conntrack: publishes a table that recognises them.
+    pub(crate) fn flows_restored(&mut self, plane: &mut Plane) {
+        plane.tables.set_services(self.catalog.flows_restored(plane.datapath.conntrack()));
+        plane.publish_or_log();
     }
 
     /// After conntrack housekeeping: stops recognising VIPs and endpoints kept only for

@@ -202,21 +202,25 @@ pub(crate) fn load(path: &Path) -> Result<Option<StateFile>, StateError> {
 
 /// Replaces the state file atomically.
 pub(crate) fn save(path: &Path, state: &StateFile) -> Result<(), StateError> {
-    let err = |source| StateError::Write { path: path.to_path_buf(), source };
+    let body = serde_json::to_vec_pretty(state).expect("state serializes");
+    write_atomically(path, &body).map_err(|source| StateError::Write { path: path.to_path_buf(), source })
+}
+
+/// Replaces the file at `path` with `body`: written to a temporary file, synced, renamed
+/// over it, and the directory synced, so a crash leaves the old file or the new one.
+pub(crate) fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::create_dir_all(dir)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let body = serde_json::to_vec_pretty(state).expect("state serializes");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&body).map_err(err)?;
-    f.sync_all().map_err(err)?;
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(body)?;
+    f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(err)?;
+    std::fs::rename(&tmp, path)?;
     // The rename is durable only once the directory entry is.
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-    Ok(())
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 #[cfg(test)]

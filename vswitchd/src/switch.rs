@@ -23,6 +23,7 @@ use crate::plane::Plane;
 use crate::ports::kernel::{Kernel, TunnelSpec, first_ipv4};
 use crate::ports::{AttachError, PortManager, RestoreReport, RouteSync, TUNNEL_TAP, UplinkError};
 use crate::services::ServiceController;
+use crate::snapshot::{self, Restored, TablesSnapshot};
 use crate::state::StateFile;
 
 pub(crate) struct Switch {
@@ -297,6 +298,35 @@ impl Switch {
         self.services.conntrack_view(&self.plane.datapath, limit)
     }
 
+    // ---- the tables carried over a restart
+
+    /// Puts back what `snapshot` carries for the ports existing now (`ports`: the host
+    /// port and the pods about to be restored, then every port once the uplink and the
+    /// underlay are up); the rest waits for the next call. The first call also gives the
+    /// Service ports their previous ids, before any Services come.
+    pub(crate) fn carry_over(
+        &mut self,
+        snapshot: &mut TablesSnapshot,
+        ports: &BTreeMap<PortId, String>,
+        away_secs: u32,
+        restored: &mut Restored,
+    ) {
+        let service_ports = std::mem::take(&mut snapshot.service_ports);
+        if !service_ports.is_empty() {
+            self.services.carry_over(&service_ports, snapshot.last_service_id);
+        }
+        let flows_before = restored.flows;
+        snapshot.restore_into(&self.plane.datapath, ports, away_secs, restored);
+        if restored.flows > flows_before {
+            self.services.flows_restored(&mut self.plane);
+        }
+    }
+
+    /// The names the host port and the pods of `state` will have once restored.
+    pub(crate) fn port_names_of(&self, state: &StateFile) -> BTreeMap<PortId, String> {
+        self.ports.port_names_of(&state.ports)
+    }
+
     // ---- other nodes
 
     pub(crate) fn nodes_file(&self) -> Option<&Path> {
@@ -371,6 +401,29 @@ impl Switch {
         self.ports.remove_node_routes();
         if let Err(e) = self.ports.save_state() {
             tracing::error!(error = %e, "saving state at shutdown");
+        }
+        let now = self.plane.datapath.now();
+        self.plane.datapath.stop_workers();
+        if self.config.snapshot_max_age_secs > 0 {
+            let path = snapshot::path_for(&self.config.state_file);
+            let taken = TablesSnapshot::take(
+                &self.plane.datapath,
+                now,
+                self.ports.port_names(),
+                self.services.remembered(),
+            );
+            match snapshot::save(&path, &taken) {
+                Ok(()) => tracing::info!(
+                    file = %path.display(),
+                    flows = taken.flows.len(),
+                    affinities = taken.affinity.len(),
+                    learned_macs = taken.fdb.len(),
+                    "tables snapshot written"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "tables snapshot not written: the next start begins with empty tables")
+                }
+            }
         }
         self.plane.datapath.shutdown();
     }
@@ -497,6 +550,117 @@ pod_cidr = "10.244.2.0/24"
         s.start_underlay().unwrap();
         let summary = s.underlay_summary().unwrap();
         assert!(summary.contains("several interfaces could lead to other nodes (eth8, eth9)"), "{summary}");
+    }
+
+    /// What a clean stop saves comes back in the next run, before its Services do: the
+    /// flows (a NodePort flow's return path on the uplink, whose id changed), the pinned
+    /// clients and learned MACs; the Services, once they come in another order, keep
+    /// their ids, so no UDP flow is cut as if its Service were another.
+    #[test]
+    fn the_tables_carry_over_a_restart_before_the_services_come() {
+        use vswitch_dataplane::tables::conntrack::{ReturnPath, Tuple};
+        use vswitch_dataplane::wire::parse::IPPROTO_TCP;
+
+        const TWO: &str = r#"
+[[service]]
+name = "web"
+cluster_ip = "10.96.0.10"
+ports = [{ name = "http", port = 80, target_port = 8080 }]
+endpoints = [{ ip = "10.244.1.5" }]
+
+[[service]]
+name = "dns"
+cluster_ip = "10.96.0.53"
+type = "NodePort"
+ports = [{ name = "dns", port = 53, protocol = "UDP", node_port = 30053 }]
+endpoints = [{ ip = "10.244.1.7" }]
+"#;
+        let dir = Scratch::new(&format!("switch-carry-{}", std::process::id()));
+        let (mut old, _) = switch(&dir);
+        old.start_uplink().unwrap();
+        // An earlier Service takes the first ids: fresh ids in the next run would differ.
+        old.services_file_read(Some(SERVICES.replace("\"web\"", "\"aaa\"")), false).unwrap();
+        old.services_file_read(Some(TWO.into()), false).unwrap();
+        let table = old.datapath().tables().services().clone();
+        let web = table.by_vip(Ipv4Addr::new(10, 96, 0, 10), 80, IPPROTO_TCP).unwrap().id;
+        let dns = table.by_vip(Ipv4Addr::new(10, 96, 0, 53), 53, IPPROTO_UDP).unwrap().id;
+        let uplink = *old.port_names().iter().find(|(_, n)| n.starts_with("uplink")).unwrap().0;
+        let t = |proto, a: [u8; 4], ap, b: [u8; 4], bp| Tuple {
+            proto,
+            src: a.into(),
+            src_port: ap,
+            dst: b.into(),
+            dst_port: bp,
+        };
+        let pod_flow = (
+            t(IPPROTO_TCP, [10, 244, 1, 2], 40000, [10, 96, 0, 10], 80),
+            t(IPPROTO_TCP, [10, 244, 1, 5], 8080, [10, 244, 1, 2], 40000),
+        );
+        let node_port_flow = (
+            t(IPPROTO_UDP, [192, 168, 50, 9], 5000, [192, 168, 50, 1], 30053),
+            t(IPPROTO_UDP, [10, 244, 1, 7], 53, [192, 168, 50, 1], 61000),
+        );
+        let path = ReturnPath {
+            port: uplink,
+            client_mac: MacAddr([2, 0, 0, 0, 0, 9]),
+            local_mac: MacAddr([2, 0xee, 0, 0, 0, 1]),
+        };
+        let (now, dp) = (old.datapath().now(), old.datapath());
+        dp.conntrack().batch().insert(pod_flow.0, pod_flow.1, web, None, now).unwrap();
+        dp.conntrack().batch().insert(node_port_flow.0, node_port_flow.1, dns, Some(path), now).unwrap();
+        dp.affinity().set(web, Ipv4Addr::new(10, 244, 1, 2), 42, 10800, now);
+        dp.fdb().batch().learn(crate::ports::UPLINK_SEGMENT, MacAddr([2, 0, 0, 0, 0, 9]), uplink, now);
+        let mut snap = TablesSnapshot::take(dp, now, old.port_names(), old.services.remembered());
+        // As if the uplink had had another id in the old run.
+        let old_uplink = PortId(uplink.0 + 5);
+        let name = snap.ports.remove(&uplink).unwrap();
+        snap.ports.insert(old_uplink, name);
+        snap.flows.iter_mut().filter_map(|f| f.return_path.as_mut()).for_each(|p| p.port = old_uplink);
+        snap.fdb.iter_mut().for_each(|e| e.port = old_uplink);
+        drop(old);
+
+        let dir = Scratch::new(&format!("switch-carry2-{}", std::process::id()));
+        let (mut new, _) = switch(&dir);
+        let mut restored = Restored::default();
+        let before_ports = new.port_names_of(&StateFile { version: 1, ports: vec![] });
+        new.carry_over(&mut snap, &before_ports, 3, &mut restored);
+        assert_eq!((restored.flows, restored.affinity, restored.fdb), (1, 1, 0), "the uplink's wait for it");
+        let ct = new.datapath().conntrack().clone();
+        assert!(ct.batch().lookup(&pod_flow.1).is_some());
+        let services = new.datapath().tables().services().clone();
+        assert!(
+            services.ports().next().is_none()
+                && services.is_endpoint(Ipv4Addr::new(10, 244, 1, 5), 8080, IPPROTO_TCP),
+            "an endpoint's packet is looked up before its Service comes"
+        );
+        new.start_uplink().unwrap();
+        let names = new.port_names();
+        new.carry_over(&mut snap, &names, 3, &mut restored);
+        snap.finish(&mut restored);
+        assert_eq!((restored.flows, restored.fdb, restored.dropped, restored.expired), (2, 1, 0, 0));
+        let new_uplink = *names.iter().find(|(_, n)| n.starts_with("uplink")).unwrap().0;
+        let b = ct.batch();
+        assert_eq!(b.lookup(&node_port_flow.1).unwrap().0.return_path.unwrap().port, new_uplink);
+        assert_eq!(
+            new.datapath().fdb().batch().lookup(crate::ports::UPLINK_SEGMENT, MacAddr([2, 0, 0, 0, 0, 9])),
+            Some(new_uplink)
+        );
+        drop(b);
+
+        let reordered = format!(
+            "{}\n{}",
+            &TWO[TWO.find("[[service]]\nname = \"dns\"").unwrap()..],
+            &TWO[..TWO.find("[[service]]\nname = \"dns\"").unwrap()]
+        );
+        new.services_file_read(Some(reordered), false).unwrap();
+        let table = new.datapath().tables().services().clone();
+        assert_eq!(table.by_vip(Ipv4Addr::new(10, 96, 0, 10), 80, IPPROTO_TCP).unwrap().id, web);
+        assert_eq!(table.by_vip(Ipv4Addr::new(10, 96, 0, 53), 53, IPPROTO_UDP).unwrap().id, dns);
+        assert_eq!(ct.len(), 2, "no flow cut: each still belongs to its Service");
+        assert_eq!(
+            new.datapath().affinity().get(web, Ipv4Addr::new(10, 244, 1, 2), new.datapath().now()),
+            Some(42)
+        );
     }
 
     #[test]

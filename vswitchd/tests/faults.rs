@@ -115,6 +115,91 @@ fn a_connection_through_a_service_survives_a_sigkill() {
     assert_eq!(node.stats().conntrack_entries, 1, "the flow's entry rebuilt from its next packet");
 }
 
+/// A clean restart (SIGTERM, then start: a DaemonSet's rolling update) under a Service
+/// connection whose endpoint speaks first afterwards: the tables snapshot brings the flow
+/// back before the pods, so the endpoint's packet is translated back from the VIP and the
+/// connection goes on. A crash writes no snapshot: the same exchange then fails (the
+/// client's stack resets the endpoint's untranslated packet) — what the snapshot fixes.
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn a_service_connection_where_the_endpoint_speaks_first_survives_a_clean_restart() {
+    let files = harness::Scratch::new(&testbed::unique_prefix("esf"));
+    let services = files.0.join("services.toml");
+    std::fs::write(
+        &services,
+        format!("[[service]]\nname = \"push\"\ncluster_ip = \"10.96.0.62\"\nports = [{{ port = 80, target_port = 8080 }}]\nendpoints = [{{ ip = \"{}\" }}]\n", ip(11)),
+    )
+    .unwrap();
+    let mut node = Node::start("esf", &format!("[services]\nfile = {:?}\n", services.display().to_string()));
+    let tool = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/tools/svc_tool.py")
+        .display()
+        .to_string();
+    let endpoint = node.pod("e", ip(11), Backend::Tap);
+    let push_dir = files.0.join("push");
+    std::fs::create_dir_all(&push_dir).unwrap();
+    let _server = endpoint.ns.spawn(&[
+        "/usr/bin/python3",
+        &tool,
+        "serve",
+        "e11",
+        "8080",
+        "5353",
+        &push_dir.display().to_string(),
+    ]);
+    assert!(wait_until(Duration::from_secs(5), || endpoint.ns.ok(&["ss", "-ltn"]).contains(":8080")));
+    assert!(wait_until(Duration::from_secs(10), || node.ctl(&["services"]).contains("10.96.0.62")));
+    let client = node.pod("cl", ip(20), Backend::Afxdp);
+    let read = |dir: &std::path::Path, name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
+    };
+    let connect = |name: &str| {
+        let dir = files.0.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = client.ns.spawn(&[
+            "/usr/bin/python3",
+            &tool,
+            "await_push",
+            "10.96.0.62",
+            "80",
+            &dir.display().to_string(),
+        ]);
+        assert!(wait_until(Duration::from_secs(10), || dir.join("held").exists()), "{name}: no greeting");
+        assert_eq!(read(&dir, "held")["greeting"], format!("e11 {}", ip(20)));
+        let port = read(&dir, "held")["port"].as_u64().unwrap();
+        (p, dir, port)
+    };
+
+    let (mut held, dir, port) = connect("clean");
+    node.stop();
+    assert!(node.log().contains("tables snapshot written"), "{}", node.log());
+    node.restart();
+    assert_eq!(node.stats().conntrack_entries, 1, "the flow is back before anyone speaks\n{}", node.log());
+    assert!(node.log().contains("tables snapshot taken back"));
+    std::fs::write(dir.join("listen"), "").unwrap();
+    std::fs::write(push_dir.join(format!("push-{port}")), "").unwrap();
+    held.wait_output(Duration::from_secs(15)).expect("the client finishes");
+    assert_eq!(
+        read(&dir, "pushed"),
+        "e11 pushed",
+        "the endpoint's first word after the restart arrives from the VIP"
+    );
+    assert_eq!(read(&dir, "answer"), "e11 after", "and the connection goes on");
+
+    let (mut held, dir, port) = connect("crash");
+    node.crash();
+    node.restart();
+    assert_eq!(node.stats().conntrack_entries, 0, "no snapshot after a crash");
+    std::fs::write(dir.join("listen"), "").unwrap();
+    std::fs::write(push_dir.join(format!("push-{port}")), "").unwrap();
+    held.wait_output(Duration::from_secs(15)).expect("the client finishes");
+    let pushed = read(&dir, "pushed");
+    assert!(
+        pushed.as_str().unwrap().starts_with("error"),
+        "without the flow the endpoint's word is lost: {pushed}"
+    );
+}
+
 /// A state file that does not parse (here: torn by hand) is no crash loop: it is kept
 /// aside, and the ports whose devices still exist are found by the tags attach wrote on
 /// them and re-attached with their ids and addresses. Another daemon's pods on the same

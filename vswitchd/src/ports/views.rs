@@ -9,6 +9,7 @@ use vswitch_api::{Backend, PortInfo, PortKind as ApiPortKind};
 use vswitch_dataplane::ids::PortId;
 
 use super::{HOST_PORT_ID, PodPort, PortManager, short};
+use crate::state::SavedPort;
 
 impl PortManager {
     pub(super) fn pod_info(&self, p: &PodPort) -> PortInfo {
@@ -78,21 +79,28 @@ impl PortManager {
         self.find(container_id, ifname).map(|p| self.pod_info(p))
     }
 
-    /// Port names by id, for stats and FDB dumps.
+    /// Port names by id, for stats and FDB dumps; a port keeps its name across
+    /// restarts (not always its id).
     pub(crate) fn port_names(&self) -> BTreeMap<PortId, String> {
-        let mut names: BTreeMap<PortId, String> = self
-            .pods
-            .values()
-            .map(|p| (p.saved.id, format!("{}/{}", short(&p.saved.container_id), p.saved.ifname)))
-            .collect();
-        if let Some(h) = &self.host {
-            names.insert(HOST_PORT_ID, h.name.clone());
-        }
+        let mut names = self.port_names_of(self.pods.values().map(|p| &p.saved));
         if let Some(u) = &self.uplink {
             names.insert(u.id, format!("uplink {}", u.name));
         }
         if let Some(u) = &self.underlay {
             names.insert(u.id, format!("underlay {}", u.name));
+        }
+        names
+    }
+
+    /// The names the host port and the pods `saved` have or will have once attached.
+    pub(crate) fn port_names_of<'a>(
+        &self,
+        saved: impl IntoIterator<Item = &'a SavedPort>,
+    ) -> BTreeMap<PortId, String> {
+        let mut names: BTreeMap<PortId, String> =
+            saved.into_iter().map(|p| (p.id, format!("{}/{}", short(&p.container_id), p.ifname))).collect();
+        if let Some(h) = &self.host {
+            names.insert(HOST_PORT_ID, h.name.clone());
         }
         names
     }

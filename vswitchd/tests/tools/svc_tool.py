@@ -1,8 +1,11 @@
 #!/usr/bin/python3
 """Servers and clients for the Service end-to-end tests, run inside pod namespaces.
 
-  serve NAME TCP_PORT UDP_PORT   TCP: greet each connection with "NAME PEER_IP", then
-                                 answer each line with "NAME LINE". UDP: answer each
+  serve NAME TCP_PORT UDP_PORT [PUSH_DIR]
+                                 TCP: greet each connection with "NAME PEER_IP", then
+                                 answer each line with "NAME LINE"; with PUSH_DIR, send
+                                 "NAME pushed" unasked once PUSH_DIR/push-PEER_PORT
+                                 exists (the server speaks first). UDP: answer each
                                  datagram with "NAME PEER_IP".
   connect IP PORT N              N TCP connections one after another; prints a JSON
                                  list of the greetings' names.
@@ -12,6 +15,11 @@
   udp_refused IP PORT            a datagram on a connected UDP socket, then a receive;
                                  prints JSON {"error": errno name} (ECONNREFUSED when
                                  an ICMP port unreachable came back).
+  await_push IP PORT DIR         one TCP connection: writes {"greeting", "port"} (its
+                                 own port) to DIR/held; once DIR/listen exists, waits up to 5 s for a line
+                                 the server sends unasked, writes it (or the error) to
+                                 DIR/pushed, sends "after", writes the answer to
+                                 DIR/answer.
   hold IP PORT N DIR             N TCP connections kept open; writes their greetings to
                                  DIR/held, waits for DIR/go, sends a line on each and
                                  writes the answers (or errors) to DIR/answers.
@@ -26,10 +34,21 @@ import threading
 import time
 
 
-def serve(name, tcp_port, udp_port):
+def serve(name, tcp_port, udp_port, push_dir=None):
+    def push_when_asked(conn, peer):
+        flag = os.path.join(push_dir, f"push-{peer[1]}")
+        while not os.path.exists(flag):
+            time.sleep(0.02)
+        try:
+            conn.sendall(f"{name} pushed\n".encode())
+        except OSError:
+            pass
+
     def tcp_client(conn, peer):
         with conn:
             conn.sendall(f"{name} {peer[0]}\n".encode())
+            if push_dir:
+                threading.Thread(target=push_when_asked, args=(conn, peer), daemon=True).start()
             f = conn.makefile("rb")
             for line in f:
                 conn.sendall(f"{name} {line.decode().strip()}\n".encode())
@@ -114,6 +133,33 @@ def udp_refused(ip, port):
         print(json.dumps({"error": errno.errorcode.get(e.errno, str(e.errno))}))
 
 
+def write_json(directory, name, value):
+    with open(os.path.join(directory, name + ".tmp"), "w") as f:
+        json.dump(value, f)
+    os.rename(os.path.join(directory, name + ".tmp"), os.path.join(directory, name))
+
+
+def await_push(ip, port, directory):
+    s = socket.create_connection((ip, port), timeout=5)
+    write_json(directory, "held", {"greeting": greeting(s), "port": s.getsockname()[1]})
+    while not os.path.exists(os.path.join(directory, "listen")):
+        time.sleep(0.02)
+    s.settimeout(5)
+    try:
+        pushed = greeting(s)
+    except socket.timeout:
+        pushed = "error timeout"
+    except OSError as e:
+        pushed = f"error {errno.errorcode.get(e.errno, e.errno)}"
+    write_json(directory, "pushed", pushed)
+    try:
+        s.sendall(b"after\n")
+        answer = greeting(s)
+    except OSError as e:
+        answer = f"error {errno.errorcode.get(e.errno, e.errno)}"
+    write_json(directory, "answer", answer)
+
+
 def hold(ip, port, n, directory):
     conns = [socket.create_connection((ip, port), timeout=5) for _ in range(n)]
     held = [greeting(s) for s in conns]
@@ -137,7 +183,7 @@ def hold(ip, port, n, directory):
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "serve":
-        serve(args[0], int(args[1]), int(args[2]))
+        serve(args[0], int(args[1]), int(args[2]), args[3] if len(args) > 3 else None)
     elif cmd == "connect":
         connect(args[0], int(args[1]), int(args[2]))
     elif cmd == "greet":
@@ -148,6 +194,8 @@ def main():
         refused(args[0], int(args[1]))
     elif cmd == "udp_refused":
         udp_refused(args[0], int(args[1]))
+    elif cmd == "await_push":
+        await_push(args[0], int(args[1]), args[2])
     elif cmd == "hold":
         hold(args[0], int(args[1]), int(args[2]), args[3])
     else:
