@@ -43,6 +43,30 @@ pub struct RouteEntry {
     pub protocol: u8,
 }
 
+/// An IPv4 routing policy rule (`ip rule`) as the control plane cares: what it selects
+/// by, the table it looks up, and who made it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RuleEntry {
+    pub priority: u32,
+    pub table: u32,
+    pub dst: Option<Ipv4Net>,
+    /// The IP protocol selected (`ipproto`).
+    pub ip_protocol: Option<u8>,
+    /// The one destination port selected (`dport`).
+    pub dst_port: Option<u16>,
+    /// The interface packets come in on (`iif`; `lo` for the node's own).
+    pub iif: Option<String>,
+    /// Who made it (`RTPROT_*`, as for routes: 2 for the kernel's own rules).
+    pub protocol: u8,
+    /// Whether it selects by anything else (source, interfaces, mark, a port range,
+    /// ...) or does anything but look a table up: such a rule is never taken for one
+    /// of the plain ones above.
+    pub other: bool,
+}
+
+/// The kernel's table of local addresses (`ip rule`'s `lookup local`).
+pub const TABLE_LOCAL: u32 = 255;
+
 /// The link types the control plane tells apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkKind {
@@ -439,6 +463,148 @@ impl Netlink {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
             Err(e) => Err(SysError::new(format!("deleting route to {dst} on link {index}"), e)),
+        }
+    }
+
+    /// Adds, or replaces, the route to `dst` in table `table` (not the main one) out
+    /// of link `index` via `gateway` on-link, preferring source `src`, marked with
+    /// `protocol`.
+    pub async fn replace_table_route_v4(
+        &self,
+        table: u32,
+        dst: Ipv4Net,
+        index: u32,
+        gateway: Ipv4Addr,
+        src: Ipv4Addr,
+        protocol: u8,
+    ) -> Result<(), SysError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(table)
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .output_interface(index)
+            .gateway(gateway)
+            .pref_source(src)
+            .onlink()
+            .protocol(protocol.into())
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(io_error)
+            .context(|| format!("adding route to {dst} via {gateway} on link {index} in table {table}"))
+    }
+
+    /// Deletes the route to `dst` in table `table` if it carries `protocol`; true if
+    /// it existed.
+    pub async fn delete_table_route_v4(
+        &self,
+        table: u32,
+        dst: Ipv4Net,
+        protocol: u8,
+    ) -> Result<bool, SysError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(table)
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .protocol(protocol.into())
+            .build();
+        match self.handle.route().del(msg).execute().await.map_err(io_error) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+            Err(e) => Err(SysError::new(format!("deleting route to {dst} in table {table}"), e)),
+        }
+    }
+
+    /// The IPv4 routing policy rules, in the kernel's order.
+    pub async fn rules_v4(&self) -> Result<Vec<RuleEntry>, SysError> {
+        use netlink_packet_route::rule::{RuleAction, RuleAttribute};
+        let mut out = Vec::new();
+        let mut stream = self.handle.rule().get(rtnetlink::IpVersion::V4).execute();
+        while let Some(msg) =
+            stream.try_next().await.map_err(io_error).context(|| "listing IPv4 rules".to_string())?
+        {
+            let h = &msg.header;
+            let mut rule = RuleEntry {
+                priority: 0,
+                table: u32::from(h.table),
+                dst: None,
+                ip_protocol: None,
+                dst_port: None,
+                iif: None,
+                protocol: 0,
+                other: h.src_len != 0 || h.tos != 0 || h.action != RuleAction::ToTable,
+            };
+            for attr in &msg.attributes {
+                match attr {
+                    RuleAttribute::Priority(p) => rule.priority = *p,
+                    RuleAttribute::Table(t) => rule.table = *t,
+                    RuleAttribute::Destination(IpAddr::V4(a)) => {
+                        rule.dst = Ipv4Net::new(*a, h.dst_len).ok();
+                    }
+                    RuleAttribute::IpProtocol(p) => rule.ip_protocol = Some(u8::from(*p)),
+                    RuleAttribute::DestinationPortRange(r) if r.start == r.end => {
+                        rule.dst_port = Some(r.start)
+                    }
+                    RuleAttribute::Protocol(p) => rule.protocol = u8::from(*p),
+                    RuleAttribute::Iifname(name) => rule.iif = Some(name.clone()),
+                    // What `ip rule` itself sends on every rule it lists.
+                    RuleAttribute::SuppressPrefixLen(_) | RuleAttribute::SuppressIfGroup(_) => {}
+                    _ => rule.other = true,
+                }
+            }
+            out.push(rule);
+        }
+        Ok(out)
+    }
+
+    fn rule_message(rule: &RuleEntry) -> netlink_packet_route::rule::RuleMessage {
+        use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage, RulePortRange};
+        let mut msg = RuleMessage::default();
+        msg.header.family = netlink_packet_route::AddressFamily::Inet;
+        msg.header.action = RuleAction::ToTable;
+        msg.header.table = u8::try_from(rule.table).unwrap_or(0);
+        msg.attributes.push(RuleAttribute::Table(rule.table));
+        msg.attributes.push(RuleAttribute::Priority(rule.priority));
+        if let Some(dst) = rule.dst {
+            msg.header.dst_len = dst.prefix_len();
+            msg.attributes.push(RuleAttribute::Destination(IpAddr::V4(dst.addr())));
+        }
+        if let Some(p) = rule.ip_protocol {
+            msg.attributes.push(RuleAttribute::IpProtocol(p.into()));
+        }
+        if let Some(port) = rule.dst_port {
+            msg.attributes
+                .push(RuleAttribute::DestinationPortRange(RulePortRange { start: port, end: port }));
+        }
+        if let Some(name) = &rule.iif {
+            msg.attributes.push(RuleAttribute::Iifname(name.clone()));
+        }
+        if rule.protocol != 0 {
+            msg.attributes.push(RuleAttribute::Protocol(rule.protocol.into()));
+        }
+        msg
+    }
+
+    /// Adds a rule (an identical one already there is not an error).
+    pub async fn add_rule_v4(&self, rule: &RuleEntry) -> Result<(), SysError> {
+        let mut req = self.handle.rule().add();
+        *req.message_mut() = Self::rule_message(rule);
+        match req.execute().await.map_err(io_error) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(SysError::new(format!("adding rule {rule:?}"), e)),
+        }
+    }
+
+    /// Deletes the rule matching `rule` (its protocol included, so another owner's is
+    /// left alone); true if it existed.
+    pub async fn delete_rule_v4(&self, rule: &RuleEntry) -> Result<bool, SysError> {
+        match self.handle.rule().del(Self::rule_message(rule)).execute().await.map_err(io_error) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(SysError::new(format!("deleting rule {rule:?}"), e)),
         }
     }
 

@@ -66,11 +66,12 @@ impl Switch {
     }
 
     /// Routes from the node through the host port to every remote node's pods and to
-    /// every Service's ClusterIP.
+    /// every Service's ClusterIP, and rules for its NodePorts at its own address.
     pub(crate) fn sync_node_routes(&mut self, why: RouteSync) {
         let mut wanted = self.nodes.remote_pod_cidrs(&self.config);
         wanted.extend(self.services.cluster_ips().into_iter().map(ipnet::Ipv4Net::from));
         self.ports.sync_node_routes(&wanted, why);
+        self.ports.sync_node_port_rules(self.config.node_ip, &self.services.node_ports(), why);
     }
 
     /// The node's address for NodePorts: configured, else the uplink's first IPv4
@@ -98,6 +99,7 @@ impl Switch {
         let Some(node_ip) = self.resolve_node_ip()? else { return Ok(()) };
         self.ports.start_uplink(&mut self.plane, node_ip)?;
         self.steer();
+        self.sync_node_routes(RouteSync::Changed);
         Ok(())
     }
 
@@ -398,6 +400,7 @@ impl Switch {
     /// persistent, veth pairs stay, and the state file lists them all. The node's routes
     /// to other nodes' pods go: nothing would carry them.
     pub(crate) fn shutdown(mut self) {
+        self.ports.remove_node_port_rules();
         self.ports.remove_node_routes();
         if let Err(e) = self.ports.save_state() {
             tracing::error!(error = %e, "saving state at shutdown");

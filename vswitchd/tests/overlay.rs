@@ -340,8 +340,9 @@ fn a_service_with_its_endpoint_on_the_other_node() {
             "[[service]]\nname = \"far\"\ncluster_ip = \"10.96.0.30\"\ntype = \"NodePort\"\n\
              ports = [{{ port = 80, target_port = 8080, node_port = 30080 }}]\n\
              endpoints = [{{ ip = \"{}\", node = \"b\" }}]\n\
-             [[service]]\nname = \"near\"\ncluster_ip = \"10.96.0.31\"\n\
-             ports = [{{ port = 80, target_port = 8080 }}]\nendpoints = [{{ ip = \"{}\" }}]\n",
+             [[service]]\nname = \"near\"\ncluster_ip = \"10.96.0.31\"\ntype = \"NodePort\"\n\
+             ports = [{{ port = 80, target_port = 8080, node_port = 30081 }}]\n\
+             endpoints = [{{ ip = \"{}\" }}]\n",
             t.b1.ip, t.a1.ip
         ),
     )
@@ -382,6 +383,21 @@ fn a_service_with_its_endpoint_on_the_other_node() {
             assert_eq!(got.trim(), who, "node a → {vip}");
         }
     }
+    // From node a itself to the NodePorts at its own address (rules ahead of the
+    // kernel's local table send them through the host port): the remote endpoint and
+    // the local one, each reply from the node's address and NodePort.
+    let node_a = underlay_ip(1).to_string();
+    assert!(
+        wait_until(Duration::from_secs(5), || a.ns.ok(&["ip", "rule"]).contains("dport 30081")),
+        "{}",
+        a.ns.ok(&["ip", "rule"])
+    );
+    for (port, who) in [("30080", "served by b1"), ("30081", "served by a1")] {
+        for _ in 0..3 {
+            let got = a.ns.ok(&["ncat", "--recv-only", "-w", "3", &node_a, port]);
+            assert_eq!(got.trim(), who, "node a → its own NodePort {port}");
+        }
+    }
     // From outside (a client on the underlay) to node a's NodePort: the endpoint on b
     // answers, its reply coming back over the overlay to a's gateway address.
     let underlay = &t._underlay.ns;
@@ -395,6 +411,17 @@ fn a_service_with_its_endpoint_on_the_other_node() {
     }
     let ct = a.ctl(&["conntrack"]);
     assert!(ct.contains("192.168.77.100") && ct.contains("10.244.1.1"), "SNAT to the gateway address: {ct}");
+    // From node b itself to node a's NodePort: out of b's underlay interface as from
+    // any client (its checksums finished as a real NIC would, see above).
+    t.b.ns.ok(&["ethtool", "-K", "ul0", "tx", "off"]);
+    for _ in 0..3 {
+        let got = t.b.ns.ok(&["ncat", "--recv-only", "-w", "3", &node_a, "30080"]);
+        assert_eq!(got.trim(), "served by b1", "node b → node a's NodePort");
+    }
+    // Stopped, node a leaves its rules as it found them: the local table first again.
+    a.stop();
+    let rules = a.ns.ok(&["ip", "rule"]);
+    assert!(rules.starts_with("0:\tfrom all lookup local") && !rules.contains("30080"), "{rules}");
 }
 
 /// Node a takes its underlay interface over with AF_XDP: VXLAN from b arrives through

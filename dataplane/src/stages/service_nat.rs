@@ -98,9 +98,10 @@ pub(crate) fn translate<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>
         // A packet from an endpoint that belongs to no translated flow: ordinary traffic.
         None => return ControlFlow::Continue(()),
     };
-    // Pods reaching a NodePort are cluster traffic, as under kube-proxy: internal
-    // policy, no source NAT.
-    let external = to_node_port && pkt.port.kind != PortKind::Pod;
+    // Pods and the node's own processes (through the host port) reaching a NodePort
+    // are cluster traffic, as under kube-proxy (which sends the node's own to any
+    // endpoint): internal policy, no source NAT.
+    let external = to_node_port && !matches!(pkt.port.kind, PortKind::Pod | PortKind::Host);
     new_flow(ctx, pkt, &ip, NewFlow { tuple: t, tcp_flags: flags, service, external })
 }
 
@@ -350,6 +351,7 @@ mod tests {
     const GW: u32 = 0xffff;
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
     const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+    const HOST: u16 = 5;
 
     fn ip(last: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 244, 1, last)
@@ -399,6 +401,13 @@ mod tests {
             for i in 1..=3u8 {
                 b.add_port(pod(u16::from(i), [10, 244, 1, i + 1])).unwrap();
             }
+            // The host port, as the daemon makes it: the node's stack behind the gateway.
+            let mut host = pod(HOST, [10, 244, 1, 1]);
+            host.kind = crate::tables::PortKind::Host;
+            host.mac = Some(mac(GW));
+            host.ipv4.clear();
+            host.port_security = false;
+            b.add_port(host).unwrap();
             b.add_port(PortEntry::uplink(
                 PortId(8),
                 "uplink".into(),
@@ -577,6 +586,32 @@ mod tests {
             (v4.src, v4.l4),
             (NODE, L4::Tcp { src_port: 30080, dst_port: 40000, flags: TCP_SYN | TCP_ACK })
         );
+    }
+
+    /// The node's own process reaching its NodePort (a rule sends it through the host
+    /// port, from the gateway address): cluster traffic, as a pod's — any endpoint even
+    /// under a Local policy, no source NAT — and the reply goes back to the host port
+    /// from the node's address and NodePort.
+    #[test]
+    fn node_port_from_the_node_itself_is_cluster_traffic() {
+        let mut remote = endpoint(3);
+        remote.local = false;
+        let mut spec = web(vec![remote]);
+        spec.external_local = true;
+        let mut r = Rig::new(vec![spec], ConntrackConfig::default());
+        let gateway = ip(1);
+        let syn = FrameSpec::tcp(mac(GW), mac(GW), gateway, NODE, 45000, 30080, TCP_SYN).build();
+        let out = r.send(HOST, syn);
+        let [(2, f)] = out.as_slice() else { panic!("{out:?}") };
+        let v4 = assert_valid(f);
+        assert_eq!((v4.src, v4.dst), (gateway, ip(3)), "not source-NATed");
+        let reply = FrameSpec::tcp(mac(2), mac(GW), ip(3), gateway, 8080, 45000, TCP_SYN | TCP_ACK).build();
+        let back = r.send(2, reply);
+        let [(HOST, f)] = back.as_slice() else { panic!("{back:?}") };
+        let v4 = assert_valid(f);
+        assert_eq!((v4.src, v4.dst), (NODE, gateway));
+        assert_eq!(v4.l4, L4::Tcp { src_port: 30080, dst_port: 45000, flags: TCP_SYN | TCP_ACK });
+        assert_eq!(r.drops(HOST, DropReason::ServiceNoLocalEndpoints), 0);
     }
 
     #[test]

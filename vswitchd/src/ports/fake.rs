@@ -18,8 +18,8 @@ use vswitch_sys::SysError;
 use vswitch_sys::netns::NetnsError;
 
 use super::kernel::{
-    Kernel, LinkInfo, LinkKind, ROUTE_PROTOCOL, RouteEntry, Steering, TunnelDevice, TunnelLink, TunnelSpec,
-    UplinkDevice,
+    Kernel, LinkInfo, LinkKind, ROUTE_PROTOCOL, RouteEntry, RuleEntry, Steering, TABLE_LOCAL, TunnelDevice,
+    TunnelLink, TunnelSpec, UplinkDevice,
 };
 
 /// The fake's name for the daemon's own namespace (add it with `add_netns` to use it).
@@ -44,6 +44,7 @@ pub(crate) enum Op {
     OpenUnderlay,
     OpenTunnel,
     ReplaceRoute,
+    AddRule,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +116,25 @@ struct State {
     /// The main IPv4 table.
     routes: Vec<RouteEntry>,
     neighbours: BTreeMap<(u32, Ipv4Addr), MacAddr>,
+    /// Routes of other tables: (table, destination) → link.
+    table_routes: BTreeMap<(u32, Ipv4Net), u32>,
+    /// The routing policy rules; `None`: the kernel's three.
+    rules: Option<Vec<RuleEntry>>,
+}
+
+/// The rules a new network namespace has: local, main, default.
+fn kernel_rules() -> Vec<RuleEntry> {
+    let plain = |priority, table| RuleEntry {
+        priority,
+        table,
+        dst: None,
+        ip_protocol: None,
+        dst_port: None,
+        iif: None,
+        protocol: 2,
+        other: false,
+    };
+    vec![plain(0, TABLE_LOCAL), plain(32766, 254), plain(32767, 253)]
 }
 
 #[derive(Default)]
@@ -207,6 +227,24 @@ impl FakeKernel {
     /// A route some other party made.
     pub(crate) fn put_route(&self, route: RouteEntry) {
         self.state().routes.push(route);
+    }
+
+    /// The routing policy rules, in the kernel's order.
+    pub(crate) fn rules(&self) -> Vec<RuleEntry> {
+        self.state().rules.clone().unwrap_or_else(kernel_rules)
+    }
+
+    /// A rule some other party made.
+    pub(crate) fn put_rule(&self, rule: RuleEntry) {
+        let mut s = self.state();
+        let rules = s.rules.get_or_insert_with(kernel_rules);
+        rules.push(rule);
+        rules.sort_by_key(|r| r.priority);
+    }
+
+    /// Routes of tables other than the main one: (table, destination) → link.
+    pub(crate) fn table_routes(&self) -> BTreeMap<(u32, Ipv4Net), u32> {
+        self.state().table_routes.clone()
     }
 
     pub(crate) fn neighbour(&self, index: u32, ip: Ipv4Addr) -> Option<MacAddr> {
@@ -409,6 +447,52 @@ impl Kernel for FakeKernel {
 
     fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<bool, SysError> {
         Ok(self.state().neighbours.remove(&(index, ip)).is_some())
+    }
+
+    fn replace_table_route(
+        &self,
+        table: u32,
+        dst: Ipv4Net,
+        index: u32,
+        gateway: Ipv4Addr,
+        src: Ipv4Addr,
+    ) -> Result<(), SysError> {
+        self.check(
+            Op::ReplaceRoute,
+            &format!("route {dst} via {gateway} dev {index} src {src} table {table}"),
+        )?;
+        self.state().table_routes.insert((table, dst), index);
+        Ok(())
+    }
+
+    fn delete_table_route(&self, table: u32, dst: Ipv4Net) -> Result<bool, SysError> {
+        Ok(self.state().table_routes.remove(&(table, dst)).is_some())
+    }
+
+    fn rules_v4(&self) -> Result<Vec<RuleEntry>, SysError> {
+        Ok(self.rules())
+    }
+
+    fn add_rule(&self, rule: &RuleEntry) -> Result<(), SysError> {
+        self.check(Op::AddRule, &format!("rule {rule:?}"))?;
+        let mut s = self.state();
+        let rules = s.rules.get_or_insert_with(kernel_rules);
+        if !rules.contains(rule) {
+            rules.push(rule.clone());
+            rules.sort_by_key(|r| r.priority);
+        }
+        Ok(())
+    }
+
+    fn delete_rule(&self, rule: &RuleEntry) -> Result<bool, SysError> {
+        let mut s = self.state();
+        s.log.push(format!("delete rule {} table {}", rule.priority, rule.table));
+        let rules = s.rules.get_or_insert_with(kernel_rules);
+        let before = rules.len();
+        if let Some(i) = rules.iter().position(|r| r == rule) {
+            rules.remove(i);
+        }
+        Ok(rules.len() < before)
     }
 
     fn is_daemon_netns(&self, path: &Path) -> Result<bool, NetnsError> {

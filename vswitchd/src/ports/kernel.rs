@@ -23,8 +23,8 @@ use vswitch_dataplane::port::underlay::UnderlayQueue;
 use vswitch_dataplane::queue::{PortError, PortQueue};
 use vswitch_dataplane::wire::MacAddr;
 use vswitch_sys::SysError;
-pub(crate) use vswitch_sys::netlink::RouteEntry;
 use vswitch_sys::netlink::{Netlink, in_netns};
+pub(crate) use vswitch_sys::netlink::{RouteEntry, RuleEntry, TABLE_LOCAL};
 use vswitch_sys::netns::{Netns, NetnsError};
 
 pub(crate) use vswitch_sys::netlink::{LinkInfo, LinkKind};
@@ -143,6 +143,23 @@ pub(crate) trait Kernel: Send + Sync {
     fn set_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), SysError>;
     /// Deletes the neighbour entry of `ip` on link `index`; true if it existed.
     fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<bool, SysError>;
+    /// Adds or replaces a route of ours in `table` (not the main one): `dst` out of
+    /// link `index` via `gateway` on-link, preferring source `src`.
+    fn replace_table_route(
+        &self,
+        table: u32,
+        dst: Ipv4Net,
+        index: u32,
+        gateway: Ipv4Addr,
+        src: Ipv4Addr,
+    ) -> Result<(), SysError>;
+    /// Deletes our route to `dst` in `table`; true if it existed.
+    fn delete_table_route(&self, table: u32, dst: Ipv4Net) -> Result<bool, SysError>;
+    /// The IPv4 routing policy rules, in order.
+    fn rules_v4(&self) -> Result<Vec<RuleEntry>, SysError>;
+    fn add_rule(&self, rule: &RuleEntry) -> Result<(), SysError>;
+    /// Deletes the rule matching `rule`, its protocol included; true if it existed.
+    fn delete_rule(&self, rule: &RuleEntry) -> Result<bool, SysError>;
 
     // ---- pods' namespaces
 
@@ -403,6 +420,33 @@ impl Kernel for LinuxKernel {
 
     fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<bool, SysError> {
         self.run(self.netlink.delete_neighbour(index, ip))
+    }
+
+    fn replace_table_route(
+        &self,
+        table: u32,
+        dst: Ipv4Net,
+        index: u32,
+        gateway: Ipv4Addr,
+        src: Ipv4Addr,
+    ) -> Result<(), SysError> {
+        self.run(self.netlink.replace_table_route_v4(table, dst, index, gateway, src, ROUTE_PROTOCOL))
+    }
+
+    fn delete_table_route(&self, table: u32, dst: Ipv4Net) -> Result<bool, SysError> {
+        self.run(self.netlink.delete_table_route_v4(table, dst, ROUTE_PROTOCOL))
+    }
+
+    fn rules_v4(&self) -> Result<Vec<RuleEntry>, SysError> {
+        self.run(self.netlink.rules_v4())
+    }
+
+    fn add_rule(&self, rule: &RuleEntry) -> Result<(), SysError> {
+        self.run(self.netlink.add_rule_v4(rule))
+    }
+
+    fn delete_rule(&self, rule: &RuleEntry) -> Result<bool, SysError> {
+        self.run(self.netlink.delete_rule_v4(rule))
     }
 
     fn open_netns(&self, path: &Path) -> Result<(), NetnsError> {

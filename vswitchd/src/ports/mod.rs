@@ -16,6 +16,7 @@ mod attach;
 mod error;
 mod host;
 pub(crate) mod kernel;
+mod node_port_rules;
 mod persist;
 mod routes;
 mod underlay;
@@ -79,6 +80,7 @@ pub(crate) struct PortManager {
     /// Whose device tags are ours (see [`state::DeviceTag`]).
     owner: String,
     node_routes: routes::NodeRoutes,
+    node_port_rules: node_port_rules::NodePortRules,
 }
 
 impl PortManager {
@@ -95,6 +97,7 @@ impl PortManager {
             last_id: PortId(0),
             owner,
             node_routes: Default::default(),
+            node_port_rules: Default::default(),
         }
     }
 

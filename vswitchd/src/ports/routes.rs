@@ -172,7 +172,7 @@ impl PortManager {
         if added + removed > 0 {
             tracing::info!(added, removed, routed = routed.len(), via = %host.name, "node routes through the host port");
         }
-        if routed.is_empty() && why != RouteSync::Start {
+        if routed.is_empty() && why != RouteSync::Start && !self.has_node_port_rules() {
             let _ = kernel.delete_neighbour(index, NEXT_HOP);
         }
         self.node_routes =

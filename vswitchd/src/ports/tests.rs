@@ -700,3 +700,68 @@ fn an_uplink_that_is_missing_or_fails_refuses_to_start_and_leaves_no_port() {
     assert!(r.ports.uplink_port().is_none());
     assert!(r.plane.datapath.tables().ports().next().is_none());
 }
+
+/// NodePorts at the node's own address reach the switch from the node: the kernel's
+/// `local` rule moves behind two rules per NodePort (the node's connections, and the
+/// source check of the switch's replies), a table of ours routes the address through
+/// the host port; the rules follow the NodePorts, and the node is left as found.
+#[test]
+fn node_ports_at_the_nodes_address_are_ruled_through_the_host_port_and_put_back() {
+    use super::kernel::{ROUTE_PROTOCOL, TABLE_LOCAL};
+    use super::node_port_rules::{LOCAL_RULE_PRIORITY, RULE_PRIORITY, RULE_TABLE};
+    use std::collections::BTreeSet;
+    let node_ip = Ipv4Addr::new(192, 168, 50, 1);
+    let ports = |p: &[(u8, u16)]| p.iter().copied().collect::<BTreeSet<_>>();
+    let mut r = Rig::with("np-rules", |c| c.host_port = Some("vswitch0".into()));
+    let pristine = r.kernel.rules();
+    r.ports.sync_node_port_rules(Some(node_ip), &ports(&[(6, 30080)]), RouteSync::Check);
+    assert_eq!(r.kernel.rules(), pristine, "no host port: nothing");
+    r.ports.start_host_port(&mut r.plane).unwrap();
+    let index = r.kernel.host_dev("vswitch0").unwrap().index;
+
+    r.ports.sync_node_port_rules(Some(node_ip), &ports(&[(6, 30080), (17, 30053)]), RouteSync::Changed);
+    let rules = r.kernel.rules();
+    type Selects = (u32, u32, Option<u8>, Option<u16>, Option<String>);
+    let summary: Vec<Selects> =
+        rules.iter().map(|r| (r.priority, r.table, r.ip_protocol, r.dst_port, r.iif.clone())).collect();
+    let np =
+        |proto, port, iif: &str| (RULE_PRIORITY, RULE_TABLE, Some(proto), Some(port), Some(iif.to_string()));
+    assert_eq!(
+        summary,
+        vec![
+            np(6, 30080, "lo"),
+            np(6, 30080, "vswitch0"),
+            np(17, 30053, "lo"),
+            np(17, 30053, "vswitch0"),
+            (LOCAL_RULE_PRIORITY, TABLE_LOCAL, None, None, None),
+            (32766, 254, None, None, None),
+            (32767, 253, None, None, None),
+        ],
+        "local moved behind ours"
+    );
+    assert!(rules.iter().all(|r| r.priority == 32766 || r.priority == 32767 || r.protocol == ROUTE_PROTOCOL));
+    assert_eq!(
+        r.kernel.table_routes(),
+        [((RULE_TABLE, ipnet::Ipv4Net::from(node_ip)), index)].into_iter().collect(),
+        "the node's address through the host port, in our table"
+    );
+    assert_eq!(r.kernel.neighbour(index, routes::NEXT_HOP), Some(r.config.gateway_mac));
+
+    // One NodePort gone: its two rules go, the others stay.
+    r.ports.sync_node_port_rules(Some(node_ip), &ports(&[(6, 30080)]), RouteSync::Changed);
+    assert_eq!(r.kernel.rules().iter().filter(|r| r.priority == RULE_PRIORITY).count(), 2);
+    // Shutdown: nothing of ours, the local rule back at 0 as the kernel had it.
+    r.ports.remove_node_port_rules();
+    assert_eq!(r.kernel.rules(), pristine);
+    assert!(r.kernel.table_routes().is_empty());
+
+    // A local rule someone else moved before our place: ours would never be reached,
+    // so none are made, and the kernel's rules are not touched.
+    let mut foreign = pristine[0].clone();
+    foreign.priority = 50;
+    foreign.protocol = 4;
+    r.kernel.put_rule(foreign);
+    let before = r.kernel.rules();
+    r.ports.sync_node_port_rules(Some(node_ip), &ports(&[(6, 30080)]), RouteSync::Check);
+    assert_eq!(r.kernel.rules(), before);
+}
