@@ -66,6 +66,8 @@ pub struct RuleEntry {
 
 /// The kernel's table of local addresses (`ip rule`'s `lookup local`).
 pub const TABLE_LOCAL: u32 = 255;
+/// The main routing table.
+pub const TABLE_MAIN: u32 = 254;
 
 /// The link types the control plane tells apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -345,7 +347,7 @@ impl Netlink {
                         _ => {}
                     }
                 }
-                if oif != Some(index) || msg.header.table != 254 {
+                if oif != Some(index) || u32::from(msg.header.table) != TABLE_MAIN {
                     continue;
                 }
                 let unspecified = if msg.header.address_family == netlink_packet_route::AddressFamily::Inet6 {
@@ -403,7 +405,7 @@ impl Netlink {
         while let Some(msg) =
             stream.try_next().await.map_err(io_error).context(|| "listing IPv4 routes".to_string())?
         {
-            if msg.header.table != 254 {
+            if u32::from(msg.header.table) != TABLE_MAIN {
                 continue;
             }
             let mut dst = Ipv4Addr::UNSPECIFIED;
@@ -422,54 +424,11 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Adds, or replaces, the route to `dst` out of link `index` via `gateway` taken as
-    /// on-link (no connected network needs to hold it), preferring source `src`, marked
-    /// with `protocol` (its owner's, to find it again).
+    /// Adds, or replaces, the route to `dst` in `table` ([`TABLE_MAIN`] for the main
+    /// one) out of link `index` via `gateway` taken as on-link (no connected network
+    /// needs to hold it), preferring source `src`, marked with `protocol` (its owner's,
+    /// to find it again).
     pub async fn replace_onlink_route_v4(
-        &self,
-        dst: Ipv4Net,
-        index: u32,
-        gateway: Ipv4Addr,
-        src: Ipv4Addr,
-        protocol: u8,
-    ) -> Result<(), SysError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.addr(), dst.prefix_len())
-            .output_interface(index)
-            .gateway(gateway)
-            .pref_source(src)
-            .onlink()
-            .protocol(protocol.into())
-            .build();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(io_error)
-            .context(|| format!("adding route to {dst} via {gateway} on link {index}"))
-    }
-
-    /// Deletes the route to `dst` out of link `index` if it carries `protocol` (the
-    /// kernel matches it: a route of another owner is left alone); true if it existed.
-    pub async fn delete_route_v4(&self, dst: Ipv4Net, index: u32, protocol: u8) -> Result<bool, SysError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.addr(), dst.prefix_len())
-            .output_interface(index)
-            .protocol(protocol.into())
-            .build();
-        match self.handle.route().del(msg).execute().await.map_err(io_error) {
-            Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
-            Err(e) => Err(SysError::new(format!("deleting route to {dst} on link {index}"), e)),
-        }
-    }
-
-    /// Adds, or replaces, the route to `dst` in table `table` (not the main one) out
-    /// of link `index` via `gateway` on-link, preferring source `src`, marked with
-    /// `protocol`.
-    pub async fn replace_table_route_v4(
         &self,
         table: u32,
         dst: Ipv4Net,
@@ -497,20 +456,24 @@ impl Netlink {
             .context(|| format!("adding route to {dst} via {gateway} on link {index} in table {table}"))
     }
 
-    /// Deletes the route to `dst` in table `table` if it carries `protocol`; true if
-    /// it existed.
-    pub async fn delete_table_route_v4(
+    /// Deletes the route to `dst` in `table` (out of link `index`, if given) if it
+    /// carries `protocol` (the kernel matches it: a route of another owner is left
+    /// alone); true if it existed.
+    pub async fn delete_route_v4(
         &self,
         table: u32,
         dst: Ipv4Net,
+        index: Option<u32>,
         protocol: u8,
     ) -> Result<bool, SysError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .table_id(table)
             .destination_prefix(dst.addr(), dst.prefix_len())
-            .protocol(protocol.into())
-            .build();
-        match self.handle.route().del(msg).execute().await.map_err(io_error) {
+            .protocol(protocol.into());
+        if let Some(index) = index {
+            msg = msg.output_interface(index);
+        }
+        match self.handle.route().del(msg.build()).execute().await.map_err(io_error) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
             Err(e) => Err(SysError::new(format!("deleting route to {dst} in table {table}"), e)),

@@ -23,6 +23,7 @@ use vswitch_dataplane::port::underlay::UnderlayQueue;
 use vswitch_dataplane::queue::{PortError, PortQueue};
 use vswitch_dataplane::wire::MacAddr;
 use vswitch_sys::SysError;
+use vswitch_sys::netlink::TABLE_MAIN;
 use vswitch_sys::netlink::{Netlink, in_netns};
 pub(crate) use vswitch_sys::netlink::{RouteEntry, RuleEntry, TABLE_LOCAL};
 use vswitch_sys::netns::{Netns, NetnsError};
@@ -401,7 +402,9 @@ impl Kernel for LinuxKernel {
         // Requests in flight together on the one netlink socket: 10 000 ClusterIPs are as
         // many routes.
         let requests = futures::stream::iter(dsts)
-            .map(|dst| self.netlink.replace_onlink_route_v4(*dst, index, gateway, src, ROUTE_PROTOCOL))
+            .map(|dst| {
+                self.netlink.replace_onlink_route_v4(TABLE_MAIN, *dst, index, gateway, src, ROUTE_PROTOCOL)
+            })
             .buffered(ROUTES_IN_FLIGHT);
         self.run(requests.collect())
     }
@@ -409,7 +412,7 @@ impl Kernel for LinuxKernel {
     fn delete_routes(&self, routes: &[(Ipv4Net, u32)]) -> Vec<Result<bool, SysError>> {
         use futures::StreamExt;
         let requests = futures::stream::iter(routes)
-            .map(|(dst, index)| self.netlink.delete_route_v4(*dst, *index, ROUTE_PROTOCOL))
+            .map(|(dst, index)| self.netlink.delete_route_v4(TABLE_MAIN, *dst, Some(*index), ROUTE_PROTOCOL))
             .buffered(ROUTES_IN_FLIGHT);
         self.run(requests.collect())
     }
@@ -430,11 +433,11 @@ impl Kernel for LinuxKernel {
         gateway: Ipv4Addr,
         src: Ipv4Addr,
     ) -> Result<(), SysError> {
-        self.run(self.netlink.replace_table_route_v4(table, dst, index, gateway, src, ROUTE_PROTOCOL))
+        self.run(self.netlink.replace_onlink_route_v4(table, dst, index, gateway, src, ROUTE_PROTOCOL))
     }
 
     fn delete_table_route(&self, table: u32, dst: Ipv4Net) -> Result<bool, SysError> {
-        self.run(self.netlink.delete_table_route_v4(table, dst, ROUTE_PROTOCOL))
+        self.run(self.netlink.delete_route_v4(table, dst, None, ROUTE_PROTOCOL))
     }
 
     fn rules_v4(&self) -> Result<Vec<RuleEntry>, SysError> {
