@@ -251,10 +251,7 @@ pub(crate) fn load(path: &Path, max_age: Duration) -> Result<Option<TablesSnapsh
         }
         Err(reason) => {
             let what = if matches!(reason, DecodeError::Newer(_)) { "unsupported" } else { "corrupt" };
-            let mut kept = path.as_os_str().to_owned();
-            kept.push(format!(".{what}-{}", unix_now()));
-            let kept = PathBuf::from(kept);
-            std::fs::rename(path, &kept).map_err(io)?;
+            let kept = crate::state::set_aside(path, what).map_err(io)?;
             Err(SnapshotError::Unusable { path: path.to_path_buf(), reason, kept })
         }
     }

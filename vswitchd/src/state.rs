@@ -188,12 +188,7 @@ pub(crate) fn load(path: &Path) -> Result<Option<StateFile>, StateError> {
     match parsed {
         Ok(s) => Ok(Some(s)),
         Err(reason) => {
-            let secs =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let mut kept = path.as_os_str().to_owned();
-            kept.push(format!(".corrupt-{secs}"));
-            let kept = PathBuf::from(kept);
-            std::fs::rename(path, &kept)
+            let kept = set_aside(path, "corrupt")
                 .map_err(|source| StateError::Read { path: path.to_path_buf(), source })?;
             Err(StateError::Corrupt { path: path.to_path_buf(), reason, kept })
         }
@@ -204,6 +199,17 @@ pub(crate) fn load(path: &Path) -> Result<Option<StateFile>, StateError> {
 pub(crate) fn save(path: &Path, state: &StateFile) -> Result<(), StateError> {
     let body = serde_json::to_vec_pretty(state).expect("state serializes");
     write_atomically(path, &body).map_err(|source| StateError::Write { path: path.to_path_buf(), source })
+}
+
+/// Renames a file the daemon will not use to `<path>.<why>-<unix seconds>`, kept for
+/// the operator; returns the new path.
+pub(crate) fn set_aside(path: &Path, why: &str) -> std::io::Result<PathBuf> {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut kept = path.as_os_str().to_owned();
+    kept.push(format!(".{why}-{secs}"));
+    let kept = PathBuf::from(kept);
+    std::fs::rename(path, &kept)?;
+    Ok(kept)
 }
 
 /// Replaces the file at `path` with `body`: written to a temporary file, synced, renamed
