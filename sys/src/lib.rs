@@ -10,6 +10,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod ethtool;
+pub mod fd_passing;
 #[cfg(feature = "netlink")]
 pub mod netlink;
 pub mod netns;
