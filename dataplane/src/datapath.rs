@@ -99,6 +99,9 @@ struct WorkerHandle {
     thread: Option<JoinHandle<()>>,
 }
 
+/// One worker's queues, each with its port, as [`Datapath::take_queues`] hands them back.
+pub type TakenQueues = Vec<(PortId, Box<dyn PortQueue>)>;
+
 pub struct Datapath {
     config: DatapathConfig,
     tables: Arc<ArcSwap<Tables>>,
@@ -107,6 +110,7 @@ pub struct Datapath {
     clock: Clock,
     workers: Vec<WorkerHandle>,
     stop: Arc<AtomicBool>,
+    held: Arc<AtomicBool>,
 }
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,6 +138,7 @@ impl Datapath {
         let shared = SharedState::new(config.fdb, config.conntrack);
         let clock = Clock::new();
         let stop = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicBool::new(false));
         // Enough spare buffers for every worker's rings and batches in flight.
         let local = LOCAL_BUFFERS_PER_BATCH_FRAME * config.batch_size;
         let shared_pool = SharedPool::new(config.buf_size, n * (config.handoff_capacity + local));
@@ -169,6 +174,7 @@ impl Datapath {
                 batch_size: config.batch_size,
                 idle: config.idle,
                 waker: wakers[id].clone(),
+                held: held.clone(),
             })
             .map_err(DatapathError::Spawn)?;
             let stop = stop.clone();
@@ -198,7 +204,7 @@ impl Datapath {
                 thread: Some(thread),
             });
         }
-        Ok(Datapath { config, tables, shared, shared_pool, clock, workers, stop })
+        Ok(Datapath { config, tables, shared, shared_pool, clock, workers, stop, held })
     }
 
     pub fn config(&self) -> &DatapathConfig {
@@ -256,6 +262,39 @@ impl Datapath {
         let (done, ack) = crossbeam_channel::bounded(1);
         self.command(id, Command::RemoveQueue { port, done })?;
         ack.recv_timeout(ACK_TIMEOUT).map_err(|_| DatapathError::WorkerUnresponsive(id, ACK_TIMEOUT))
+    }
+
+    /// Stops every worker reading its queues (commands still apply): queues added now
+    /// are read only after [`Datapath::read_again`].
+    pub fn hold_reading(&self) {
+        self.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets the workers read their queues again, at once.
+    pub fn read_again(&self) {
+        self.held.store(false, Ordering::SeqCst);
+        for w in &self.workers {
+            w.waker.wake();
+        }
+    }
+
+    /// Takes every queue back from every worker (a takeover's pause): nothing is read
+    /// or sent any more, the frames wait in the kernel's queues. Per worker, in order.
+    pub fn take_queues(&self) -> Result<Vec<TakenQueues>, DatapathError> {
+        // All workers asked first, then all answers: one pause, not one per worker.
+        let mut answers = Vec::with_capacity(self.workers.len());
+        for id in 0..self.workers.len() {
+            let (done, ack) = crossbeam_channel::bounded(1);
+            self.command(id, Command::TakeAll { done })?;
+            answers.push(ack);
+        }
+        answers
+            .into_iter()
+            .enumerate()
+            .map(|(id, ack)| {
+                ack.recv_timeout(ACK_TIMEOUT).map_err(|_| DatapathError::WorkerUnresponsive(id, ACK_TIMEOUT))
+            })
+            .collect()
     }
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -479,6 +518,36 @@ mod tests {
             Err(DatapathError::PortOutOfRange(PortId(999)))
         ));
         let _ = DropReason::ALL;
+    }
+
+    /// A takeover's pause: every queue comes back, frames arriving meanwhile wait in
+    /// the queue (none read, none lost), and a queue given back is read again.
+    #[test]
+    fn taken_queues_wait_with_their_frames_until_given_back() {
+        let (dp, handles) = start(2);
+        handles[0].inject(frame(0, 3, 0));
+        wait_for(|| handles[3].sent_count() == 1);
+        let taken = dp.take_queues().unwrap();
+        let ports: Vec<Vec<u16>> =
+            taken.iter().map(|w| w.iter().map(|(p, _)| p.0).collect::<Vec<_>>()).collect();
+        assert_eq!(ports.iter().map(Vec::len).sum::<usize>(), usize::from(PORTS));
+        assert!(ports[0].contains(&0) && ports[0].contains(&1) && ports[1].contains(&2));
+        handles[0].inject(frame(0, 3, 1));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(handles[0].pending_rx(), 1, "not read while taken");
+        assert_eq!(handles[3].sent_count(), 1);
+        // The taking side: every queue in place before any is read.
+        dp.hold_reading();
+        for (worker, queues) in taken.into_iter().enumerate() {
+            for (port, q) in queues {
+                dp.add_queue(worker, port, q).unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(handles[0].pending_rx(), 1, "not read while held");
+        dp.read_again();
+        wait_for(|| handles[3].sent_count() == 2);
+        assert_eq!(dp.stats().total_drops(), 0);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! implement [`PortQueue`]; the worker and the pipeline never know which backend a
 //! frame came from.
 
+use std::os::fd::BorrowedFd;
+
 use crate::frame::{Frame, FramePool};
 
 /// What a transmit call achieved.
@@ -24,6 +26,15 @@ pub struct PortError {
     pub op: &'static str,
     #[source]
     pub source: std::io::Error,
+}
+
+/// What a queue is made of in the kernel, for the next daemon to adopt it.
+#[derive(Clone, Copy, Debug)]
+pub enum Handover<'a> {
+    /// A TAP queue and how it was set up (the device keeps its offload settings).
+    Tap { fd: BorrowedFd<'a>, offloads: bool, tunnel: bool },
+    /// The underlay's receiving UDP and sending raw sockets.
+    Sockets { rx: BorrowedFd<'a>, tx: BorrowedFd<'a> },
 }
 
 /// One queue of a port.
@@ -51,6 +62,13 @@ pub trait PortQueue: Send {
     /// A file descriptor that becomes readable when frames arrive, for a worker that
     /// sleeps in epoll between rounds. `None`: the queue must be polled.
     fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    /// The kernel objects behind the queue, for a takeover that hands them to the next
+    /// daemon (`SCM_RIGHTS`). `None`: the queue cannot outlive this process (an AF_XDP
+    /// socket's frames are this process's memory; an in-memory queue).
+    fn handover(&self) -> Option<Handover<'_>> {
         None
     }
 

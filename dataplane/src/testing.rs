@@ -388,6 +388,7 @@ impl SoloSwitch {
             batch_size,
             idle: crate::worker::IdlePolicy::BusyPoll,
             waker: Default::default(),
+            held: Default::default(),
         })
         .expect("epoll and eventfd are available");
         SoloSwitch { worker, commands, tables, shared: state, stats }

@@ -78,6 +78,9 @@ pub(crate) enum Command {
     AddQueue { port: PortId, queue: Box<dyn PortQueue>, done: Sender<std::io::Result<()>> },
     /// Hands the queue back (or `None` if the worker had none for the port).
     RemoveQueue { port: PortId, done: Sender<Option<Box<dyn PortQueue>>> },
+    /// Hands every queue back: the worker idles, its ports' frames waiting in the
+    /// kernel (a takeover).
+    TakeAll { done: Sender<Vec<(PortId, Box<dyn PortQueue>)>> },
 }
 
 /// What a worker does when a round finds no work.
@@ -162,6 +165,7 @@ pub(crate) struct Worker {
     batch_size: usize,
     idle: IdlePolicy,
     waker: Arc<Waker>,
+    held: Arc<AtomicBool>,
     epoll: mio::Poll,
     events: mio::Events,
     born: Instant,
@@ -181,6 +185,9 @@ pub(crate) struct WorkerParts {
     pub batch_size: usize,
     pub idle: IdlePolicy,
     pub waker: Arc<Waker>,
+    /// While set, no queue is read (commands are still applied): a takeover's new
+    /// daemon takes every port before it reads any.
+    pub held: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -209,6 +216,7 @@ impl Worker {
             batch_size: p.batch_size,
             idle: p.idle,
             waker: p.waker,
+            held: p.held,
             epoll,
             events: mio::Events::with_capacity(64),
             born: Instant::now(),
@@ -234,6 +242,17 @@ impl Worker {
                         let _ = self.epoll.registry().deregister(&mut mio::unix::SourceFd(&fd));
                     }
                     let _ = done.send(removed);
+                }
+                Command::TakeAll { done } => {
+                    let mut taken = Vec::with_capacity(self.queues.len());
+                    for owned in self.queues.drain(..) {
+                        self.local_queue[owned.port.index()] = None;
+                        if let Some(fd) = owned.queue.readiness_fd() {
+                            let _ = self.epoll.registry().deregister(&mut mio::unix::SourceFd(&fd));
+                        }
+                        taken.push((owned.port, owned.queue));
+                    }
+                    let _ = done.send(taken);
                 }
             }
         }
@@ -266,6 +285,9 @@ impl Worker {
     pub(crate) fn poll(&mut self) -> usize {
         let started = Instant::now();
         self.apply_commands();
+        if self.held.load(Ordering::Relaxed) {
+            return 0;
+        }
         let read_all = self.idle == IdlePolicy::BusyPoll;
         if !read_all && self.queues.iter().any(|q| q.on_readiness && !q.ready) {
             // The queues that became readable since the last look, in one system call.
@@ -480,6 +502,7 @@ mod tests {
                     batch_size: 32,
                     idle: IdlePolicy::BusyPoll,
                     waker,
+                    held: Arc::new(AtomicBool::new(false)),
                 })
                 .unwrap();
                 (w, tx)
@@ -723,6 +746,7 @@ mod tests {
             batch_size: 32,
             idle,
             waker: Arc::new(Waker::default()),
+            held: Default::default(),
         })
         .unwrap();
         let (ours, peer) = std::os::unix::net::UnixDatagram::pair().unwrap();

@@ -19,12 +19,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
 use crate::frame::{Frame, FramePool, Offload};
-use crate::queue::{PortError, PortQueue, TxOutcome};
+use crate::queue::{Handover, PortError, PortQueue, TxOutcome};
 use crate::wire::offload::{self, VNET_HDR_LEN};
 use vswitch_sys::{Context, SysError};
 
@@ -32,6 +32,12 @@ use vswitch_sys::{Context, SysError};
 nix::ioctl_write_int!(tun_set_persist, b'T', 203);
 nix::ioctl_write_int!(tun_set_offload, b'T', 208);
 nix::ioctl_write_ptr!(tun_set_vnet_hdr_sz, b'T', 216, libc::c_int);
+// TUNGETIFF is declared as reading an unsigned int but writes a whole struct ifreq.
+nix::ioctl_read_bad!(
+    tun_get_iff,
+    nix::request_code_read!(b'T', 210, std::mem::size_of::<libc::c_uint>()),
+    libc::ifreq
+);
 
 // TUNSETOFFLOAD flags (<linux/if_tun.h>; the UDP-tunnel ones since Linux 6.17).
 const TUN_F_CSUM: u64 = 0x01;
@@ -53,7 +59,9 @@ pub struct TapOptions {
 
 /// One queue of a TAP device.
 pub struct TapQueue {
-    dev: SyncDevice,
+    /// Ours alone from creation on (tun-rs opens the device; it cannot adopt a queue
+    /// with a virtio-net header, which a takeover needs: [`adopt`]).
+    dev: OwnedFd,
     label: String,
     offloads: bool,
     /// A tunnel port's queue: the 32-byte header describing UDP-tunnel super-frames
@@ -69,7 +77,7 @@ fn builder(name: &str) -> DeviceBuilder {
     DeviceBuilder::new().name(name).layer(Layer::L2).multi_queue(true).offload(true)
 }
 
-fn set_persist(dev: &SyncDevice, on: bool) -> std::io::Result<()> {
+fn set_persist(dev: &impl AsRawFd, on: bool) -> std::io::Result<()> {
     // SAFETY: TUNSETPERSIST takes the flag by value; the fd is a TAP device we own.
     unsafe { tun_set_persist(dev.as_raw_fd(), u64::from(on)) }.map(|_| ()).map_err(std::io::Error::from)
 }
@@ -109,7 +117,8 @@ fn finish_queues(
     Ok(devs
         .into_iter()
         .map(|dev| TapQueue {
-            dev,
+            // SAFETY: into_raw_fd gives up the device's ownership of its open fd.
+            dev: unsafe { OwnedFd::from_raw_fd(dev.into_raw_fd()) },
             label: name.to_string(),
             offloads: opts.offloads,
             tunnel: false,
@@ -177,6 +186,39 @@ pub fn enable_tunnel_offloads(queues: &mut [TapQueue]) -> Result<(), SysError> {
     Ok(())
 }
 
+/// Takes a queue a previous daemon handed over ([`Handover::Tap`]) if it is one: a
+/// multi-queue TAP with a virtio-net header, named `name`. Anything else is closed.
+pub fn adopt(fd: OwnedFd, name: &str, offloads: bool, tunnel: bool) -> Result<TapQueue, SysError> {
+    let ctx = || format!("adopting a queue of TAP {name}");
+    // SAFETY: ifreq is plain C data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: TUNGETIFF writes one struct ifreq through the pointer, live for the call;
+    // on anything but a TUN/TAP fd it fails (EBADFD, ENOTTY) without writing.
+    unsafe { tun_get_iff(fd.as_raw_fd(), &mut req) }.map_err(std::io::Error::from).context(ctx)?;
+    // SAFETY: a successful TUNGETIFF leaves a NUL-terminated name in ifr_name.
+    let found = unsafe { std::ffi::CStr::from_ptr(req.ifr_name.as_ptr()) }.to_string_lossy().into_owned();
+    // SAFETY: TUNGETIFF filled the flags member of the union.
+    let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags });
+    let wanted = libc::IFF_TAP | libc::IFF_MULTI_QUEUE | libc::IFF_VNET_HDR;
+    if found != name || flags & wanted != wanted {
+        return Err(SysError::new(
+            ctx(),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "the fd is a queue of {found:?} (flags {flags:#x}), not a multi-queue TAP {name} with a virtio-net header"
+                ),
+            ),
+        ));
+    }
+    // The previous daemon made it non-blocking; the flag belongs to the open file,
+    // which is shared, but setting it again costs nothing and assumes nothing.
+    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+        .map_err(std::io::Error::from)
+        .context(ctx)?;
+    Ok(TapQueue { dev: fd, label: name.to_string(), offloads, tunnel, spill: None })
+}
+
 impl TapQueue {
     /// The name used in errors and logs (e.g. the pod and interface it serves).
     pub fn set_label(&mut self, label: String) {
@@ -213,7 +255,7 @@ impl PortQueue for TapQueue {
                     IoSliceMut::new(frame.spare_mut()),
                     IoSliceMut::new(spill.spare_from_mut(small_cap)),
                 ];
-                self.dev.recv_vectored(&mut iov)
+                nix::sys::uio::readv(self.dev.as_fd(), &mut iov).map_err(std::io::Error::from)
             };
             let len = match read {
                 Ok(len) if len > hdr_len => len - hdr_len,
@@ -282,7 +324,9 @@ impl PortQueue for TapQueue {
                 }
                 &hdr[..VNET_HDR_LEN]
             };
-            match self.dev.send_vectored(&[IoSlice::new(hdr), IoSlice::new(frame.data())]) {
+            match nix::sys::uio::writev(self.dev.as_fd(), &[IoSlice::new(hdr), IoSlice::new(frame.data())])
+                .map_err(std::io::Error::from)
+            {
                 Ok(_) => {
                     out.sent += 1;
                     out.sent_bytes += frame.len() as u64;
@@ -302,6 +346,10 @@ impl PortQueue for TapQueue {
 
     fn readiness_fd(&self) -> Option<RawFd> {
         Some(self.dev.as_raw_fd())
+    }
+
+    fn handover(&self) -> Option<Handover<'_>> {
+        Some(Handover::Tap { fd: self.dev.as_fd(), offloads: self.offloads, tunnel: self.tunnel })
     }
 
     fn release(&mut self) -> Result<(), PortError> {
@@ -379,6 +427,40 @@ mod tests {
             .status
             .code()
             != Some(0)));
+    }
+
+    /// A takeover's queue: frames the kernel queued before the hand-over are read by
+    /// the adopter, which sends through it too; an fd of another device, or no TAP at
+    /// all, is refused (and closed).
+    #[test]
+    #[ignore = "needs root: scripts/test.sh runs it"]
+    fn a_handed_over_queue_keeps_its_frames() {
+        let ns = Netns::new(&unique_prefix("vttap"));
+        let handle = NsHandle::open(&ns.path()).unwrap();
+        let opts = TapOptions { queues: 1, offloads: true, mac: Some(mac(0x10).0), mtu: None };
+        let queues = handle.run(|| create("vt0", &opts)).unwrap().unwrap();
+        ns.ok(&["ip", "addr", "add", "10.9.0.1/24", "dev", "vt0"]);
+        ns.ok(&["ip", "link", "set", "vt0", "up"]);
+        // Queued while nobody reads: the ARP requests of a ping.
+        let _ping = ns.spawn(&["ping", "-c", "2", "-W", "1", "10.9.0.2"]);
+        std::thread::sleep(Duration::from_millis(300));
+        let Some(Handover::Tap { fd, offloads: true, tunnel: false }) = queues[0].handover() else {
+            panic!("a TAP queue hands over its fd and settings")
+        };
+        let fd = fd.try_clone_to_owned().unwrap();
+        assert!(adopt(fd.try_clone().unwrap(), "vt1", true, false).is_err(), "another name");
+        let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let refused = adopt(null, "vt0", true, false).err().unwrap().to_string();
+        assert!(refused.contains("adopting a queue of TAP vt0"), "{refused}");
+        let adopted = adopt(fd, "vt0", true, false).unwrap();
+        drop(queues);
+        let mut pool = FramePool::standalone(crate::frame::DEFAULT_BUF_SIZE);
+        let mut adopted = [adopted];
+        receive_until(&mut adopted, &mut pool, |f| matches!(parse(f.data()).map(|m| m.net), Ok(Net::Arp(_))));
+        let reply = arp_reply(mac(0x20), Ipv4Addr::new(10, 9, 0, 2), mac(0x10), Ipv4Addr::new(10, 9, 0, 1));
+        let mut out = vec![pool.copy_of(&reply).unwrap()];
+        assert_eq!(adopted[0].tx_batch(&mut out, &mut pool).sent, 1);
+        adopted[0].release_device().unwrap();
     }
 
     #[test]

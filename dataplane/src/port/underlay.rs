@@ -26,10 +26,10 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::frame::{Frame, FramePool};
-use crate::queue::{PortError, PortQueue, TxOutcome};
+use crate::queue::{Handover, PortError, PortQueue, TxOutcome};
 use crate::wire::checksum;
 use crate::wire::parse::{ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPPROTO_UDP};
 
@@ -110,6 +110,18 @@ fn set_int(
     check(ret, op).map(|_| ())
 }
 
+fn get_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> Result<libc::c_int, (&'static str, io::Error)> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live and sized for one c_int, which the kernel writes.
+    let ret = unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut libc::c_int).cast(), &mut len) };
+    check(ret, "getsockopt").map(|_| value)
+}
+
 fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -177,6 +189,10 @@ impl UnderlayQueue {
             set_int(tx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, SOCKET_BUFFER, "SO_SNDBUF")
                 .map_err(fail)?;
         }
+        Ok(UnderlayQueue::with_sockets(rx, tx, mtu, local))
+    }
+
+    fn with_sockets(rx: OwnedFd, tx: OwnedFd, mtu: u16, local: SocketAddrV4) -> UnderlayQueue {
         // Coalesced receive where the kernel has it (5.0 on); without, one datagram each.
         let overflow = match set_int(rx.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1, "UDP_GRO") {
             Ok(()) => Some(vec![0u8; CHUNK * GRO_SLOT].into_boxed_slice()),
@@ -185,7 +201,7 @@ impl UnderlayQueue {
                 None
             }
         };
-        Ok(UnderlayQueue {
+        UnderlayQueue {
             rx,
             tx,
             mtu: usize::from(mtu),
@@ -193,7 +209,44 @@ impl UnderlayQueue {
             label: format!("underlay {local}"),
             overflow,
             landed: Vec::new(),
-        })
+        }
+    }
+
+    /// Takes the sockets of a queue a previous daemon handed over
+    /// ([`Handover::Sockets`]) if they are what [`UnderlayQueue::open`] makes: a UDP
+    /// socket bound to `local`'s port and a raw IP socket. Anything else is closed.
+    pub fn adopt(
+        rx: OwnedFd,
+        tx: OwnedFd,
+        local: SocketAddrV4,
+        mtu: u16,
+    ) -> Result<UnderlayQueue, PortError> {
+        use nix::sys::socket::{SockaddrIn, getsockname, getsockopt, sockopt};
+        let fail = |op, source| PortError { port: format!("underlay {local}"), op, source };
+        let mismatch = |what: String| fail("adopting", io::Error::new(io::ErrorKind::InvalidInput, what));
+        let kind = |fd: &OwnedFd| -> io::Result<(nix::sys::socket::SockType, i32)> {
+            let protocol =
+                get_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL).map_err(|(_, e)| e)?;
+            Ok((getsockopt(fd, sockopt::SockType)?, protocol))
+        };
+        let (rx_type, rx_proto) = kind(&rx).map_err(|e| fail("inspecting the handed UDP socket", e))?;
+        let bound: SockaddrIn =
+            getsockname(rx.as_raw_fd()).map_err(|e| fail("inspecting the handed UDP socket", e.into()))?;
+        if rx_type != nix::sys::socket::SockType::Datagram
+            || rx_proto != libc::IPPROTO_UDP
+            || bound.port() != local.port()
+        {
+            return Err(mismatch(format!("the receiving fd is not a UDP socket on port {}", local.port())));
+        }
+        let (tx_type, tx_proto) = kind(&tx).map_err(|e| fail("inspecting the handed raw socket", e))?;
+        if tx_type != nix::sys::socket::SockType::Raw || tx_proto != libc::IPPROTO_RAW {
+            return Err(mismatch("the sending fd is not a raw IP socket".into()));
+        }
+        for fd in [&rx, &tx] {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+                .map_err(|e| fail("making the handed socket non-blocking", e.into()))?;
+        }
+        Ok(UnderlayQueue::with_sockets(rx, tx, mtu, local))
     }
 
     /// Whether the kernel may hand over a flow's datagrams coalesced (`UDP_GRO`).
@@ -500,6 +553,10 @@ impl PortQueue for UnderlayQueue {
 
     fn readiness_fd(&self) -> Option<RawFd> {
         Some(self.rx.as_raw_fd())
+    }
+
+    fn handover(&self) -> Option<Handover<'_>> {
+        Some(Handover::Sockets { rx: self.rx.as_fd(), tx: self.tx.as_fd() })
     }
 }
 
