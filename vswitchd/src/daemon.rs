@@ -2,6 +2,7 @@
 //! the previous run, serve the API and metrics, age the FDB, and on SIGTERM or SIGINT
 //! stop cleanly, leaving every pod's device and the state file for the next start.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, mpsc, watch};
 
 use super::api::{self, ApiState};
 use super::config::{Config, ConfigError, IdleMode};
@@ -18,6 +19,9 @@ use super::ports::{AttachError, LinuxKernel, NETNS_DIRS, RouteSync};
 use super::snapshot::{self, Restored, TablesSnapshot};
 use super::state::{self, StateError};
 use super::switch::Switch;
+use super::takeover::giving::Passed;
+use super::takeover::taking::{Taken, Took, take_over};
+use super::takeover::{self, Retire, Retiring, TakeoverError};
 use vswitch_dataplane::datapath::IdlePolicy;
 use vswitch_dataplane::datapath::{Datapath, DatapathConfig, DatapathError};
 use vswitch_dataplane::frame::DEFAULT_BUF_SIZE;
@@ -44,6 +48,10 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Takeover(#[from] TakeoverError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// The data plane's settings from the daemon's configuration.
@@ -71,8 +79,24 @@ pub fn datapath_config(config: &Config) -> DatapathConfig {
     }
 }
 
-/// Takes an exclusive lock on `<state_file>.lock`, held while the daemon runs.
-fn lock_state(state_file: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+/// Takes an exclusive lock on `<state_file>.lock`, held while the daemon runs; waits
+/// up to `wait` for another daemon to let it go.
+fn lock_state(state_file: &Path, wait: Duration) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match try_lock_state(state_file) {
+            Err(DaemonError::Lock { source, .. })
+                if source.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn try_lock_state(state_file: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
     let mut path = state_file.as_os_str().to_owned();
     path.push(".lock");
     let path = std::path::PathBuf::from(path);
@@ -195,18 +219,50 @@ pub struct ClusterMode {
     pub client: kube::Client,
 }
 
-/// Runs the daemon until SIGTERM or SIGINT. Must run on a multi-threaded runtime.
-/// With `cluster`, Services and other nodes come from the Kubernetes API (the services
-/// and nodes files are not read).
+/// Runs the daemon until SIGTERM or SIGINT, or until a newer one takes over. Must run
+/// on a multi-threaded runtime. With `cluster`, Services and other nodes come from the
+/// Kubernetes API (the services and nodes files are not read). With `takeover`, it
+/// first takes the place of the daemon running on the same sockets, if one is
+/// ([`crate::takeover`]), which then retires as asked.
 pub async fn run(
     config: Config,
     version: &'static str,
     cluster: Option<ClusterMode>,
+    takeover: Option<Retire>,
 ) -> Result<(), DaemonError> {
+    let mut wait_for_lock = Duration::ZERO;
+    if let Some(retire) = takeover {
+        match take_over(&config, version, cluster.is_some(), retire).await? {
+            Took::Over(taken) => {
+                let Taken { switch, lock, api, metrics } = *taken;
+                let listener = match api {
+                    Some(l) => UnixListener::from_std(l).map_err(|source| DaemonError::Socket {
+                        path: config.api_socket.display().to_string(),
+                        source,
+                    })?,
+                    None => bind_api_socket(&config.api_socket).await?,
+                };
+                let metrics = match metrics {
+                    Some(l) => Some(TcpListener::from_std(l).map_err(|source| DaemonError::Socket {
+                        path: format!("metrics {:?}", config.metrics_address),
+                        source,
+                    })?),
+                    None => bind_metrics(&config).await,
+                };
+                return serve(config, version, Listeners { api: listener, metrics }, switch, cluster, lock)
+                    .await;
+            }
+            Took::NothingRunning => tracing::info!("no running vswitchd to take over: starting"),
+            Took::Restart(reason) => {
+                tracing::warn!(%reason, "takeover refused: the running vswitchd stops; starting as after a restart");
+                wait_for_lock = TAKEOVER_RESTART_WAIT;
+            }
+        }
+    }
     // First, before touching any port: another daemon on the same state means this one
     // must not start (it would reopen the other's TAP queues and split their traffic,
     // and take its XDP programs away). The lock lives as long as this call.
-    let _lock = lock_state(&config.state_file)?;
+    let lock = tokio::task::block_in_place(|| lock_state(&config.state_file, wait_for_lock))?;
     let listener = bind_api_socket(&config.api_socket).await?;
     let started = start(&config).await;
     let switch = match started {
@@ -216,7 +272,35 @@ pub async fn run(
             return Err(e);
         }
     };
-    serve(config, version, listener, switch, cluster).await
+    let metrics = bind_metrics(&config).await;
+    let lock_fd = lock.as_fd().try_clone_to_owned().map_err(|source| DaemonError::Lock {
+        path: format!("{}.lock", config.state_file.display()),
+        source,
+    })?;
+    let served = serve(config, version, Listeners { api: listener, metrics }, switch, cluster, lock_fd).await;
+    drop(lock);
+    served
+}
+
+/// How long a daemon whose takeover was refused waits for the running one to stop.
+const TAKEOVER_RESTART_WAIT: Duration = Duration::from_secs(60);
+
+/// The metrics listener. Metrics are for people; a port in use there must not stop
+/// the switching.
+async fn bind_metrics(config: &Config) -> Option<TcpListener> {
+    let addr = config.metrics_address?;
+    match TcpListener::bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "metrics endpoint not available; switching goes on without it");
+            None
+        }
+    }
+}
+
+struct Listeners {
+    api: UnixListener,
+    metrics: Option<TcpListener>,
 }
 
 /// The data plane, the host port and the ports of the previous run.
@@ -307,13 +391,15 @@ fn load_snapshot(config: &Config) -> Option<TablesSnapshot> {
     }
 }
 
-/// Serves the API and metrics until a signal, then stops cleanly.
+/// Serves the API and metrics until a signal, then stops cleanly. `lock` is the state
+/// lock's descriptor (a copy of it goes to a daemon taking over).
 async fn serve(
     config: Config,
     version: &'static str,
-    listener: UnixListener,
+    listeners: Listeners,
     switch: Switch,
     cluster: Option<ClusterMode>,
+    lock: OwnedFd,
 ) -> Result<(), DaemonError> {
     let status = cluster.as_ref().map(|_| super::cluster::StatusHandle::new(&config.node_name));
     let shared = Arc::new(ApiState { switch: Mutex::new(switch), version, cluster: status.clone() });
@@ -321,44 +407,59 @@ async fn serve(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let socket_err = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| DaemonError::Socket { path, source }
+    };
+    let passed = Passed {
+        lock,
+        api: listeners.api.as_fd().try_clone_to_owned().map_err(socket_err(&config.api_socket))?,
+        metrics: match &listeners.metrics {
+            Some(l) => Some((
+                l.as_fd().try_clone_to_owned().map_err(socket_err(&config.api_socket))?,
+                l.local_addr().map_err(socket_err(&config.api_socket))?,
+            )),
+            None => None,
+        },
+        cluster: cluster.is_some(),
+    };
     let api_server = tokio::spawn(super::api_connections::serve(
-        listener,
+        listeners.api,
         api::router(shared.clone()),
         stop_rx.clone(),
         super::api_connections::ConnLimits::DEFAULT,
     ));
     tracing::info!(socket = %config.api_socket.display(), "API listening");
+    let takeover_socket = takeover::socket_path(&config.api_socket);
+    let (retiring_tx, mut retiring_rx) = mpsc::channel(1);
+    let takeovers = tokio::spawn(takeover::giving::serve(
+        takeover::giving::bind(&takeover_socket)?,
+        shared.clone(),
+        passed,
+        retiring_tx,
+    ));
 
-    // Metrics are for people; a port in use there must not stop the switching.
-    let metrics_server = match config.metrics_address {
-        Some(addr) => match TcpListener::bind(addr).await {
-            Ok(listener) => {
-                let state = shared.clone();
-                let app = axum::Router::new().route(
-                    "/metrics",
-                    axum::routing::get(move || {
-                        let state = state.clone();
-                        async move {
-                            let m = state.switch.lock().await;
-                            let stats = api::api_stats(&m);
-                            let cluster = state.cluster.as_ref().map(|c| c.get());
-                            let body = metrics::render_with(&stats, m.pod_count(), cluster.as_ref());
-                            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
-                        }
-                    }),
-                );
-                tracing::info!(%addr, "metrics listening");
-                Some(tokio::spawn(
-                    axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone())).into_future(),
-                ))
-            }
-            Err(e) => {
-                tracing::error!(%addr, error = %e, "metrics endpoint not available; switching goes on without it");
-                None
-            }
-        },
-        None => None,
-    };
+    let metrics_server = listeners.metrics.map(|listener| {
+        let state = shared.clone();
+        let addr = listener.local_addr().ok();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let state = state.clone();
+                async move {
+                    let m = state.switch.lock().await;
+                    let stats = api::api_stats(&m);
+                    let cluster = state.cluster.as_ref().map(|c| c.get());
+                    let body = metrics::render_with(&stats, m.pod_count(), cluster.as_ref());
+                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+                }
+            }),
+        );
+        tracing::info!(addr = ?addr, "metrics listening");
+        tokio::spawn(
+            axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone())).into_future(),
+        )
+    });
 
     let housekeeping = {
         let state = shared.clone();
@@ -426,7 +527,34 @@ async fn serve(
         }
     }
 
-    terminated().await;
+    let mut then_wait = false;
+    tokio::select! {
+        _ = terminated() => {}
+        Some(retiring) = retiring_rx.recv() => match retiring {
+            Retiring::Restart { reason, retire } => {
+                tracing::info!(%reason, "stopping for the new vswitchd to start in this one's place");
+                then_wait = retire == Retire::Wait;
+            }
+            Retiring::HandedOver => {
+                // Nothing here is this process's any more: stop taking connections on
+                // the listeners the new daemon shares, and wait to be told to go.
+                let _ = stop_tx.send(true);
+                takeovers.abort();
+                housekeeping.abort();
+                for w in watches {
+                    w.abort();
+                }
+                terminated().await;
+                tracing::info!("handed over earlier: exiting");
+                // As after a takeover that exits at once: no destructor may undo what the
+                // new daemon runs on.
+                std::process::exit(0)
+            }
+        },
+    }
+    takeovers.abort();
+    let _ = takeovers.await;
+    let _ = std::fs::remove_file(&takeover_socket);
     let _ = stop_tx.send(true);
     housekeeping.abort();
     let _ = housekeeping.await;
@@ -444,5 +572,9 @@ async fn serve(
         None => tracing::error!("API state still referenced at shutdown; state file not rewritten"),
     }
     tracing::info!("stopped; pods keep their interfaces until the next start");
+    if then_wait {
+        tracing::info!("waiting for SIGTERM (a DaemonSet's old pod: its container must not restart)");
+        terminated().await;
+    }
     Ok(())
 }

@@ -30,3 +30,4 @@ mod services_file;
 mod snapshot;
 mod state;
 mod switch;
+pub mod takeover;

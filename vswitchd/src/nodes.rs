@@ -51,6 +51,11 @@ impl NodeController {
         config.overlay.nodes.iter().chain(&self.file_nodes).cloned().collect()
     }
 
+    /// The nodes from the nodes file or the cluster.
+    pub(crate) fn learned(&self) -> &[NodeSpec] {
+        &self.file_nodes
+    }
+
     /// The pod CIDRs of every remote node.
     pub(crate) fn remote_pod_cidrs(&self, config: &Config) -> Vec<ipnet::Ipv4Net> {
         self.all_nodes(config).iter().flat_map(|n| n.pod_cidrs.iter().copied()).collect()

@@ -20,11 +20,13 @@ use crate::cluster::translate::ServiceKey;
 use crate::config::{Config, ConfigError, UnderlayIo};
 use crate::nodes::{NodeController, Underlays};
 use crate::plane::Plane;
+use crate::ports::handover::{HandedUnderlay, Paused, QueueFd};
 use crate::ports::kernel::{Kernel, TunnelSpec, first_ipv4};
 use crate::ports::{AttachError, PortManager, RestoreReport, RouteSync, TUNNEL_TAP, UplinkError};
 use crate::services::ServiceController;
 use crate::snapshot::{self, Restored, TablesSnapshot};
 use crate::state::StateFile;
+use crate::takeover::{ClusterServed, HandedNode};
 
 pub(crate) struct Switch {
     config: Config,
@@ -32,6 +34,18 @@ pub(crate) struct Switch {
     ports: PortManager,
     services: ServiceController,
     nodes: NodeController,
+    /// A takeover's new daemon, before it has the host port: the node's routes and
+    /// rules are the running daemon's, and syncing them now would remove them.
+    routes_held: bool,
+}
+
+/// What a paused daemon hands over besides the queues' descriptors.
+pub(crate) struct Handing {
+    pub paused: Paused,
+    pub tables: Vec<u8>,
+    pub state: String,
+    pub underlay: Option<HandedUnderlay>,
+    pub cluster: Option<ClusterServed>,
 }
 
 impl Switch {
@@ -46,7 +60,7 @@ impl Switch {
         plane.tables.set_overlay(Arc::new(NodeController::initial(&config)?));
         plane.publish()?;
         let ports = PortManager::new(config.clone(), kernel, plane.datapath.workers());
-        Ok(Switch { config, plane, ports, services, nodes: NodeController::default() })
+        Ok(Switch { config, plane, ports, services, nodes: NodeController::default(), routes_held: false })
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -60,7 +74,7 @@ impl Switch {
     // ---- ports
 
     pub(crate) fn start_host_port(&mut self) -> Result<(), AttachError> {
-        self.ports.start_host_port(&mut self.plane)?;
+        self.ports.start_host_port(&mut self.plane, None)?;
         self.sync_node_routes(RouteSync::Start);
         Ok(())
     }
@@ -68,6 +82,9 @@ impl Switch {
     /// Routes from the node through the host port to every remote node's pods and to
     /// every Service's ClusterIP, and rules for its NodePorts at its own address.
     pub(crate) fn sync_node_routes(&mut self, why: RouteSync) {
+        if self.routes_held {
+            return;
+        }
         let mut wanted = self.nodes.remote_pod_cidrs(&self.config);
         wanted.extend(self.services.cluster_ips().into_iter().map(ipnet::Ipv4Net::from));
         self.ports.sync_node_routes(&wanted, why);
@@ -394,6 +411,102 @@ impl Switch {
         self.nodes.view(&self.config, self.ports.underlay_name().map(str::to_string), tunnel, fast, &|c| {
             self.ports.node_route(c)
         })
+    }
+
+    // ---- a takeover: the running daemon's side
+
+    /// Why this daemon cannot hand its ports over, if it cannot.
+    pub(crate) fn handover_blocker(&self) -> Option<String> {
+        self.ports.handover_blocker()
+    }
+
+    /// The pause: every queue taken from the workers, the tables taken (as a clean stop
+    /// takes them), the uplink closed; with `cluster`, the Services and nodes the
+    /// cluster gave. Until [`Switch::resume_after_takeover`] or the exit, nothing moves.
+    pub(crate) fn pause_for_takeover(&mut self, cluster: bool) -> Result<Handing, AttachError> {
+        let mut paused = self.ports.pause(&self.plane)?;
+        let now = self.plane.datapath.now();
+        let tables = TablesSnapshot::take(
+            &self.plane.datapath,
+            now,
+            self.ports.port_names(),
+            self.services.remembered(),
+        );
+        self.ports.close_uplink(&mut self.plane, &mut paused);
+        let state = serde_json::to_string(&self.ports.state()).expect("the state file serializes");
+        let cluster = cluster.then(|| ClusterServed {
+            services: serde_json::to_string(self.services.all()).expect("Services serialize"),
+            nodes: self
+                .nodes
+                .learned()
+                .iter()
+                .map(|n| HandedNode {
+                    name: n.name.clone(),
+                    ip: n.ip,
+                    pod_cidrs: n.pod_cidrs.clone(),
+                    vtep_mac: n.vtep_mac.map(|m| m.0),
+                })
+                .collect(),
+        });
+        Ok(Handing {
+            paused,
+            tables: tables.encode(),
+            state,
+            underlay: self.ports.handed_underlay(),
+            cluster,
+        })
+    }
+
+    /// After a takeover that did not happen: forwarding again, the uplink reopened.
+    pub(crate) fn resume_after_takeover(&mut self, paused: Paused) {
+        self.ports.resume(&mut self.plane, paused);
+        self.publish_overlay();
+        self.steer();
+    }
+
+    // ---- a takeover: the new daemon's side
+
+    /// Holds the node's routes and rules as they are until [`Switch::release_routes`].
+    pub(crate) fn hold_routes(&mut self) {
+        self.routes_held = true;
+    }
+
+    /// Makes the node's routes and rules this daemon's again, and syncs them whole.
+    pub(crate) fn release_routes(&mut self) {
+        self.routes_held = false;
+        self.sync_node_routes(RouteSync::Check);
+    }
+
+    /// Serves what the previous daemon had from the cluster, until the watchers speak.
+    pub(crate) fn serve_handed(&mut self, served: ClusterServed) -> Result<(), String> {
+        let services: Vec<Service> = serde_json::from_str(&served.services).map_err(|e| e.to_string())?;
+        self.cluster_services(services);
+        let nodes = served
+            .nodes
+            .into_iter()
+            .map(|n| NodeSpec {
+                name: n.name,
+                ip: n.ip,
+                pod_cidrs: n.pod_cidrs,
+                vtep_mac: n.vtep_mac.map(vswitch_dataplane::wire::MacAddr),
+            })
+            .collect();
+        self.cluster_nodes(nodes);
+        Ok(())
+    }
+
+    /// Takes the previous daemon's ports: the host port, the pods of `state` and the
+    /// underlay, from the queues in `fds`.
+    pub(crate) fn adopt(
+        &mut self,
+        state: StateFile,
+        underlay: Option<HandedUnderlay>,
+        fds: Vec<(QueueFd, std::os::fd::OwnedFd)>,
+    ) -> Result<RestoreReport, AttachError> {
+        let report = self.ports.adopt(&mut self.plane, state, underlay, fds)?;
+        self.publish_overlay();
+        self.steer();
+        Ok(report)
     }
 
     /// Stops the data plane, leaving every device in place for the next start: TAPs are

@@ -101,6 +101,27 @@ fn the_daemonset_runs_vswitchd_in_cluster_mode_with_what_it_uses() {
     let c = &spec["containers"][0];
     let command = strings(&c["command"]);
     assert!(command.contains(&"--in-cluster".to_string()) && command[0].ends_with("vswitchd"), "{command:?}");
+    // Upgrades are takeovers: the new pod beside the old one, the old one waiting for
+    // its SIGTERM. A surge needs pods that declare no hostPort.
+    assert!(command.contains(&"--takeover=wait".to_string()), "{command:?}");
+    let rolling = &ds["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!((rolling["maxSurge"].as_u64(), rolling["maxUnavailable"].as_u64()), (Some(1), Some(0)));
+    assert!(!serde_json::to_string(spec).unwrap().contains("hostPort"));
+    // The arguments as this vswitchd takes them (the config file is the image's).
+    let mut args = command[1..].to_vec();
+    if let Some(i) = args.iter().position(|a| a == "--config") {
+        args.drain(i..i + 2);
+    }
+    let parsed = std::process::Command::new(harness::vswitchd())
+        .args(&args)
+        .arg("--print-default-config")
+        .output()
+        .expect("vswitchd runs");
+    assert!(
+        parsed.status.success(),
+        "vswitchd takes the DaemonSet's arguments: {}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
     let node_name =
         c["env"].as_array().expect("env").iter().find(|e| e["name"] == "NODE_NAME").expect("NODE_NAME");
     assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use vswitchd::takeover::Retire;
 use vswitchd::{cluster, config, daemon};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -38,6 +39,14 @@ struct Args {
     /// Cluster mode, with the pod's service account (as the DaemonSet runs it).
     #[arg(long)]
     in_cluster: bool,
+    /// Take the place of the vswitchd running on the same sockets and state, if one
+    /// is: its ports' queues, tables and sockets are handed over and the pods' traffic
+    /// pauses for milliseconds. Without a running one, start as usual; where it cannot
+    /// hand over (AF_XDP pod ports, another worker count), it stops cleanly and this one
+    /// starts as after a restart. The old one then exits, or with `wait` waits for its
+    /// SIGTERM (a DaemonSet's old pod, whose container would otherwise be restarted).
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "exit", value_name = "OLD")]
+    takeover: Option<Retire>,
     /// This node's name (its Node object's), overriding the config's `node_name`.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
@@ -161,7 +170,9 @@ fn main() -> ExitCode {
     };
     let run = async {
         let (config, cluster) = configure(&text, &file, validated, args.node_name.clone(), source).await?;
-        daemon::run(config, env!("CARGO_PKG_VERSION"), cluster).await.map_err(|e| e.to_string())
+        daemon::run(config, env!("CARGO_PKG_VERSION"), cluster, args.takeover)
+            .await
+            .map_err(|e| e.to_string())
     };
     match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,

@@ -82,6 +82,9 @@ pub enum AttachError {
     UnusableId(PortId),
     #[error("AF_XDP port {0} has no host end recorded")]
     NoHostEnd(PortId),
+    /// A takeover's port whose queues did not come, or came wrong.
+    #[error("port {0}: not handed over as announced")]
+    NotHandedOver(PortId),
     #[error(transparent)]
     Uplink(#[from] UplinkError),
     #[error(transparent)]
@@ -108,6 +111,7 @@ impl AttachError {
             AttachError::Request(_)
             | AttachError::UnusableId(_)
             | AttachError::NoHostEnd(_)
+            | AttachError::NotHandedOver(_)
             | AttachError::Uplink(_)
             | AttachError::Overlay(_)
             | AttachError::TunnelUnavailable(_) => (400, codes::INVALID_REQUEST),

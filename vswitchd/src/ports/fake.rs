@@ -18,8 +18,8 @@ use vswitch_sys::SysError;
 use vswitch_sys::netns::NetnsError;
 
 use super::kernel::{
-    Kernel, LinkInfo, LinkKind, ROUTE_PROTOCOL, RouteEntry, RuleEntry, Steering, TABLE_LOCAL, TunnelDevice,
-    TunnelLink, TunnelSpec, UplinkDevice,
+    HandedQueue, Kernel, LinkInfo, LinkKind, ROUTE_PROTOCOL, RouteEntry, RuleEntry, Steering, TABLE_LOCAL,
+    TunnelDevice, TunnelLink, TunnelSpec, UplinkDevice,
 };
 
 /// The fake's name for the daemon's own namespace (add it with `add_netns` to use it).
@@ -45,6 +45,7 @@ pub(crate) enum Op {
     OpenTunnel,
     ReplaceRoute,
     AddRule,
+    AdoptQueue,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -638,6 +639,20 @@ impl Kernel for FakeKernel {
             source: e.source,
         })?;
         Ok(self.queues(None, label, 1, label).pop().expect("one queue"))
+    }
+
+    fn adopt_queue(&self, handed: HandedQueue, label: &str) -> Result<Box<dyn PortQueue>, SysError> {
+        let name = match &handed {
+            HandedQueue::Tap { name, .. } => name.clone(),
+            HandedQueue::Sockets { local, .. } => local.to_string(),
+        };
+        self.check(Op::AdoptQueue, &format!("adopt a queue of {name}"))?;
+        Ok(self.queues(None, label, 1, label).pop().expect("one queue"))
+    }
+
+    fn relink_tunnel(&self, spec: &TunnelSpec) -> Result<Box<dyn TunnelLink>, SysError> {
+        self.check(Op::OpenTunnel, &format!("relink tunnel {} on {}", spec.tap, spec.underlay))?;
+        Ok(Box::new(NoTraffic))
     }
 }
 

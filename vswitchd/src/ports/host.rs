@@ -5,21 +5,28 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use vswitch_dataplane::ids::{WorkerId, WorkerSet};
+use vswitch_dataplane::queue::PortQueue;
 use vswitch_dataplane::tables::{PortEntry, PortKind};
 
 use super::{AttachError, HOST_PORT_ID, HostPort, PortManager};
 use crate::plane::{POD_SEGMENT, Plane};
 
 impl PortManager {
-    /// Creates (or, after a restart, re-opens) the host port.
-    pub(crate) fn start_host_port(&mut self, plane: &mut Plane) -> Result<(), AttachError> {
+    /// Creates (or, after a restart, re-opens) the host port; with `adopted`, a
+    /// takeover's, it takes those queues instead.
+    pub(crate) fn start_host_port(
+        &mut self,
+        plane: &mut Plane,
+        adopted: Option<Vec<Box<dyn PortQueue>>>,
+    ) -> Result<(), AttachError> {
         let Some(name) = self.config.host_port.clone() else { return Ok(()) };
         let opts = self.tap_options(plane, Some(self.config.gateway_mac), self.config.mtu);
         let label = format!("host port {name}");
         let existing = self.kernel.link(&name)?;
-        let queues = match existing {
-            Some(_) => self.kernel.reopen_tap(None, &name, &opts, &label)?,
-            None => self.kernel.create_tap(None, &name, &opts, &label)?,
+        let queues = match (adopted, &existing) {
+            (Some(queues), _) => queues,
+            (None, Some(_)) => self.kernel.reopen_tap(None, &name, &opts, &label)?,
+            (None, None) => self.kernel.create_tap(None, &name, &opts, &label)?,
         };
         let index = self.kernel.index_of(&name)?;
         if existing.is_some() {

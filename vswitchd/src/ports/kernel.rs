@@ -49,7 +49,7 @@ impl Steering for SteeringProgram {
 }
 
 /// Where the tunnel port goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TunnelSpec {
     pub tap: String,
     pub underlay: String,
@@ -224,6 +224,21 @@ pub(crate) trait Kernel: Send + Sync {
         mtu: u16,
         label: &str,
     ) -> Result<Box<dyn PortQueue>, PortError>;
+
+    // ---- a takeover: what the previous daemon handed over
+
+    /// A queue the previous daemon handed over, if it is what it was announced as
+    /// (else it is closed and the error says what it was).
+    fn adopt_queue(&self, handed: HandedQueue, label: &str) -> Result<Box<dyn PortQueue>, SysError>;
+    /// The tunnel's tc programs, attached anew in place of the previous daemon's (which
+    /// it leaves attached as it goes): the TAP itself came with its queues.
+    fn relink_tunnel(&self, spec: &TunnelSpec) -> Result<Box<dyn TunnelLink>, SysError>;
+}
+
+/// A queue's kernel objects as received in a takeover, with what they must be.
+pub(crate) enum HandedQueue {
+    Tap { fd: std::os::fd::OwnedFd, name: String, offloads: bool, tunnel: bool },
+    Sockets { rx: std::os::fd::OwnedFd, tx: std::os::fd::OwnedFd, local: SocketAddrV4, mtu: u16 },
 }
 
 /// Runs blocking kernel work off the async runtime's workers when on a multi-threaded
@@ -627,6 +642,28 @@ impl Kernel for LinuxKernel {
         let mut q = blocking(|| UnderlayQueue::open(bind, mtu))?;
         q.set_label(label.to_string());
         Ok(Box::new(q))
+    }
+
+    fn adopt_queue(&self, handed: HandedQueue, label: &str) -> Result<Box<dyn PortQueue>, SysError> {
+        Ok(match handed {
+            HandedQueue::Tap { fd, name, offloads, tunnel } => {
+                let mut q = tap::adopt(fd, &name, offloads, tunnel)?;
+                q.set_label(label.to_string());
+                Box::new(q)
+            }
+            HandedQueue::Sockets { rx, tx, local, mtu } => {
+                let mut q = UnderlayQueue::adopt(rx, tx, local, mtu)
+                    .map_err(|e| SysError::new(format!("{}: {}", e.port, e.op), e.source))?;
+                q.set_label(label.to_string());
+                Box::new(q)
+            }
+        })
+    }
+
+    fn relink_tunnel(&self, spec: &TunnelSpec) -> Result<Box<dyn TunnelLink>, SysError> {
+        let programs =
+            blocking(|| TunnelPrograms::attach(&spec.underlay, &spec.tap, spec.node_ip, spec.port))?;
+        Ok(Box::new(programs))
     }
 }
 

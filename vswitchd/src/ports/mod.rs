@@ -14,6 +14,7 @@
 
 mod attach;
 mod error;
+pub(crate) mod handover;
 mod host;
 pub(crate) mod kernel;
 mod node_port_rules;

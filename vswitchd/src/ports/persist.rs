@@ -7,6 +7,7 @@ use std::path::Path;
 
 use vswitch_api::Backend;
 use vswitch_dataplane::ids::{PortId, WorkerId};
+use vswitch_dataplane::queue::PortQueue;
 use vswitch_dataplane::wire::MacAddr;
 use vswitch_sys::SysError;
 
@@ -28,12 +29,14 @@ pub(crate) struct RestoreReport {
 }
 
 impl PortManager {
+    /// Every pod port as attached, as the state file lists them.
+    pub(crate) fn state(&self) -> StateFile {
+        StateFile { version: state::VERSION, ports: self.pods.values().map(|p| p.saved.clone()).collect() }
+    }
+
     /// Writes the state file: every pod port as attached.
     pub(crate) fn save_state(&self) -> Result<(), AttachError> {
-        let state = StateFile {
-            version: state::VERSION,
-            ports: self.pods.values().map(|p| p.saved.clone()).collect(),
-        };
+        let state = self.state();
         super::blocking(|| state::save(&self.config.state_file, &state))?;
         Ok(())
     }
@@ -44,7 +47,7 @@ impl PortManager {
         let mut report = RestoreReport::default();
         for saved in state.ports {
             let what = describe(&saved);
-            match self.restore_one(plane, &saved) {
+            match self.restore_one(plane, &saved, None) {
                 Ok(workers) => {
                     if saved.backend == Backend::Afxdp {
                         self.xsk_load[workers[0]] += 1;
@@ -66,7 +69,13 @@ impl PortManager {
         report
     }
 
-    fn restore_one(&mut self, plane: &mut Plane, saved: &SavedPort) -> Result<Vec<WorkerId>, AttachError> {
+    /// Re-attaches one port: its queues opened again, or `adopted` (a takeover's).
+    pub(super) fn restore_one(
+        &mut self,
+        plane: &mut Plane,
+        saved: &SavedPort,
+        adopted: Option<Vec<Box<dyn PortQueue>>>,
+    ) -> Result<Vec<WorkerId>, AttachError> {
         if saved.id == HOST_PORT_ID
             || saved.id.index() >= self.config.max_ports
             || self.pods.contains_key(&saved.id)
@@ -74,25 +83,34 @@ impl PortManager {
             return Err(AttachError::UnusableId(saved.id));
         }
         plane.tables.clone().add_port(self.entry_for(saved, &[]))?;
-        self.kernel.open_netns(&saved.netns)?;
+        // A takeover's queues are the device itself, tagged already: nothing to look up
+        // in the pod (the pause lasts as long as this takes).
+        let handed = adopted.is_some();
         let workers = match saved.backend {
             Backend::Tap => {
-                // Only the interface we made: same name and MAC.
-                let link = self.kernel.pod_link(&saved.netns, &saved.ifname)?;
-                if link.as_ref().and_then(|l| l.mac) != Some(saved.mac.0) {
-                    return Err(AttachError::Gone(format!(
-                        "{} with MAC {} is gone from the pod",
-                        saved.ifname, saved.mac
-                    )));
-                }
-                let opts = self.tap_options(plane, None, saved.mtu);
-                let queues =
-                    self.kernel.reopen_tap(Some(&saved.netns), &saved.ifname, &opts, &label(saved))?;
+                let queues = match adopted {
+                    Some(queues) => queues,
+                    None => {
+                        self.kernel.open_netns(&saved.netns)?;
+                        // Only the interface we made: same name and MAC.
+                        let link = self.kernel.pod_link(&saved.netns, &saved.ifname)?;
+                        if link.as_ref().and_then(|l| l.mac) != Some(saved.mac.0) {
+                            return Err(AttachError::Gone(format!(
+                                "{} with MAC {} is gone from the pod",
+                                saved.ifname, saved.mac
+                            )));
+                        }
+                        let opts = self.tap_options(plane, None, saved.mtu);
+                        self.kernel.reopen_tap(Some(&saved.netns), &saved.ifname, &opts, &label(saved))?
+                    }
+                };
                 let workers: Vec<WorkerId> = (0..plane.datapath.workers()).collect();
                 Self::add_queues(plane, saved.id, queues, &workers)?;
                 workers
             }
+            Backend::Afxdp if adopted.is_some() => return Err(AttachError::NotHandedOver(saved.id)),
             Backend::Afxdp => {
+                self.kernel.open_netns(&saved.netns)?;
                 let host = saved.host_ifname.as_deref().ok_or(AttachError::NoHostEnd(saved.id))?;
                 let index = self
                     .kernel
@@ -111,7 +129,7 @@ impl PortManager {
             return Err(e.into());
         }
         // Ports attached by an older daemon get their tags now.
-        if let Err(e) = self.write_tags(saved) {
+        if !handed && let Err(e) = self.write_tags(saved) {
             tracing::warn!(port = %saved.id, error = %e, "tagging the port's devices");
         }
         Ok(workers)

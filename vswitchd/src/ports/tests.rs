@@ -531,7 +531,7 @@ fn recovery_keeps_the_first_of_two_devices_claiming_one_id() {
 #[test]
 fn the_host_port_carries_the_gateway_and_is_reopened_after_a_restart() {
     let mut r = Rig::with("host", |c| c.host_port = Some("vswitch0".into()));
-    r.ports.start_host_port(&mut r.plane).unwrap();
+    r.ports.start_host_port(&mut r.plane, None).unwrap();
     let dev = r.kernel.host_dev("vswitch0").unwrap();
     assert_eq!((dev.kind, dev.mac, dev.up), (LinkKind::Tun, Some(r.config.gateway_mac), true));
     assert_eq!(dev.addresses, vec!["10.244.1.1/24".parse::<ipnet::IpNet>().unwrap()]);
@@ -542,7 +542,7 @@ fn the_host_port_carries_the_gateway_and_is_reopened_after_a_restart() {
     changed.mtu = 1400;
     r.kernel.put_host_dev("vswitch0", changed);
     let (mut r, _) = r.restart();
-    r.ports.start_host_port(&mut r.plane).unwrap();
+    r.ports.start_host_port(&mut r.plane, None).unwrap();
     let dev = r.kernel.host_dev("vswitch0").unwrap();
     assert_eq!((dev.mac, dev.mtu, dev.addresses.len()), (Some(r.config.gateway_mac), r.config.mtu, 1));
     assert!(r.kernel.log().iter().any(|l| l == "reopen tap vswitch0"));
@@ -556,7 +556,7 @@ fn the_node_routes_to_other_nodes_pods_through_the_host_port_and_only_its_own_ro
     // No host port yet: nothing to route through.
     r.ports.sync_node_routes(&[net("10.244.2.0/24")], RouteSync::Check);
     assert!(r.kernel.routes().is_empty());
-    r.ports.start_host_port(&mut r.plane).unwrap();
+    r.ports.start_host_port(&mut r.plane, None).unwrap();
     let index = r.kernel.host_dev("vswitch0").unwrap().index;
     // Someone else's routes: a default route (less specific: no conflict), one inside a
     // remote CIDR (in the way), and a stale one of ours from a crashed run.
@@ -716,7 +716,7 @@ fn node_ports_at_the_nodes_address_are_ruled_through_the_host_port_and_put_back(
     let pristine = r.kernel.rules();
     r.ports.sync_node_port_rules(Some(node_ip), &ports(&[(6, 30080)]), RouteSync::Check);
     assert_eq!(r.kernel.rules(), pristine, "no host port: nothing");
-    r.ports.start_host_port(&mut r.plane).unwrap();
+    r.ports.start_host_port(&mut r.plane, None).unwrap();
     let index = r.kernel.host_dev("vswitch0").unwrap().index;
 
     r.ports.sync_node_port_rules(Some(node_ip), &ports(&[(6, 30080), (17, 30053)]), RouteSync::Changed);
@@ -764,4 +764,34 @@ fn node_ports_at_the_nodes_address_are_ruled_through_the_host_port_and_put_back(
     let before = r.kernel.rules();
     r.ports.sync_node_port_rules(Some(node_ip), &ports(&[(6, 30080)]), RouteSync::Check);
     assert_eq!(r.kernel.rules(), before);
+}
+
+/// A takeover's new daemon: the ports of the state file taken from the queues handed
+/// over, under their ids, nothing asked of the pod's namespace; a port whose queues
+/// did not all come fails the takeover; descriptors for ports not announced are closed.
+#[test]
+fn a_takeover_adopts_the_ports_handed_over_and_refuses_half_a_port() {
+    use handover::{QueueFd, QueueFdKind};
+    let mut old = Rig::new("adopt-old");
+    old.attach(&tap("c1", POD_NS, "10.244.1.5")).unwrap();
+    let state = old.state();
+    let id = state.ports[0].id;
+    let fd = || std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+    let tap_fd = |port: u16, worker: u32| {
+        (QueueFd { port, worker, kind: QueueFdKind::Tap { offloads: true, tunnel: false } }, fd())
+    };
+
+    let mut half = Rig::new("adopt-half");
+    let refused = half.ports.adopt(&mut half.plane, state.clone(), None, vec![tap_fd(id.0, 0)]);
+    assert!(matches!(refused, Err(AttachError::NotHandedOver(p)) if p == id), "{refused:?}");
+
+    let mut new = Rig::new("adopt-new");
+    let before = new.kernel.log();
+    let fds = vec![tap_fd(id.0, 0), tap_fd(id.0, 1), tap_fd(7, 0)];
+    let report = new.ports.adopt(&mut new.plane, state.clone(), None, fds).unwrap();
+    assert_eq!(report.restored.len(), 1);
+    assert!(new.in_tables(id.0));
+    let calls = new.kernel.log()[before.len()..].to_vec();
+    assert!(calls.iter().all(|c| c.starts_with("adopt")), "nothing but the adoption: {calls:?}");
+    assert_eq!(new.ports.ports().len(), 1);
 }

@@ -53,8 +53,7 @@ impl PortManager {
         required: bool,
     ) -> Result<(), AttachError> {
         let workers: Vec<WorkerId> = (0..plane.datapath.workers()).collect();
-        let mtu = self.config.overlay.underlay_mtu;
-        let Opened { queues, path, name } = match tunnel {
+        let opened = match tunnel {
             Ok(spec) => match self.kernel.open_tunnel(&spec, workers.len()) {
                 Ok(device) => Opened {
                     queues: device.queues,
@@ -75,6 +74,36 @@ impl PortManager {
                 self.socket_queues(&workers, Some(reason))?
             }
         };
+        self.underlay_up(plane, opened)
+    }
+
+    /// A takeover's underlay: `queues` handed over, through the tunnel TAP `tunnel` (its
+    /// programs attached anew) or sockets.
+    pub(super) fn adopt_underlay(
+        &mut self,
+        plane: &mut Plane,
+        queues: Vec<Box<dyn PortQueue>>,
+        tunnel: Option<TunnelSpec>,
+    ) -> Result<(), AttachError> {
+        let opened = match tunnel {
+            Some(spec) => Opened {
+                queues,
+                name: format!("vxlan/{} via {}", self.config.overlay.port, spec.tap),
+                path: UnderlayPath::Tunnel { link: self.kernel.relink_tunnel(&spec)?, spec },
+            },
+            None => Opened {
+                queues,
+                path: UnderlayPath::Sockets { not_tunnel: None },
+                name: format!("vxlan/{}", self.config.overlay.port),
+            },
+        };
+        self.underlay_up(plane, opened)
+    }
+
+    fn underlay_up(&mut self, plane: &mut Plane, opened: Opened) -> Result<(), AttachError> {
+        let Opened { queues, path, name } = opened;
+        let workers: Vec<WorkerId> = (0..plane.datapath.workers()).collect();
+        let mtu = self.config.overlay.underlay_mtu;
         let tunnel = matches!(path, UnderlayPath::Tunnel { .. });
         Self::ensure_uplink_segment(plane)?;
         let id = self.free_id()?;

@@ -128,7 +128,8 @@ impl Node {
         self.dir.0.join("vswitchd.log")
     }
 
-    fn launch(&mut self) {
+    /// A vswitchd on this node's configuration and namespace, logging to its log.
+    fn spawn_daemon(&self, extra: &[&str]) -> Process {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
         let mut cmd = Command::new("ip");
@@ -137,14 +138,53 @@ impl Node {
             .arg("--config")
             .arg(&self.config)
             .args(&self.args)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
-        self.daemon = Some(Process::spawn(&mut cmd).expect("vswitchd starts"));
+        Process::spawn(&mut cmd).expect("vswitchd starts")
+    }
+
+    fn launch(&mut self) {
+        self.daemon = Some(self.spawn_daemon(&[]));
+        self.wait_for_api();
+    }
+
+    fn wait_for_api(&self) {
         let client = self.client();
         let up = wait_until(Duration::from_secs(20), || self.runtime.block_on(client.status()).is_ok());
         assert!(up, "vswitchd did not answer on {}:\n{}", self.socket.display(), self.log());
+    }
+
+    /// Starts a new vswitchd with `--takeover` beside the running one, not waiting.
+    pub fn spawn_takeover(&self) -> Process {
+        self.spawn_daemon(&["--takeover"])
+    }
+
+    /// Hands the node over to a new vswitchd told to leave the old one waiting for its
+    /// SIGTERM (`--takeover=wait`, as the DaemonSet does); returns the old one.
+    pub fn take_over_leaving_old(&mut self) -> Process {
+        let new = self.spawn_daemon(&["--takeover=wait"]);
+        let old = self.daemon.replace(new).expect("a daemon to take over from");
+        let waiting = wait_until(Duration::from_secs(30), || {
+            self.log().contains("handed over to the new vswitchd: waiting for SIGTERM")
+        });
+        assert!(waiting, "the old vswitchd did not hand over:\n{}", self.log());
+        self.wait_for_api();
+        old
+    }
+
+    /// Hands the node over to a new vswitchd (`vswitchd --takeover`, as an upgrade
+    /// does): the old one must exit successfully and the new one answer.
+    pub fn take_over(&mut self) {
+        let new = self.spawn_takeover();
+        let mut old = self.daemon.take().expect("a daemon to take over from");
+        let out =
+            old.wait_output(Duration::from_secs(30)).expect("the old vswitchd exits after the takeover");
+        assert!(out.status.success(), "old vswitchd exit status {}:\n{}", out.status, self.log());
+        self.daemon = Some(new);
+        self.wait_for_api();
     }
 
     pub fn client(&self) -> Client {

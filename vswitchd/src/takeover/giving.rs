@@ -1,0 +1,190 @@
+//! The running daemon's side of a takeover: it listens on the takeover socket, answers
+//! one new daemon at a time, pauses, hands everything over and exits, or resumes.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+use super::{
+    ADOPT_TIMEOUT, Answer, Bye, Done, FORMAT, FdRole, Hello, Offer, REPLY_TIMEOUT, Retire, Retiring,
+    TakeoverError, receive, refusal, send, send_fds,
+};
+use crate::api::ApiState;
+use crate::daemon::DaemonError;
+
+/// What the daemon passes besides its ports: its own descriptors of the state lock and
+/// the listeners (the new daemon gets copies; the old ones close with this process).
+pub(crate) struct Passed {
+    pub lock: OwnedFd,
+    pub api: OwnedFd,
+    pub metrics: Option<(OwnedFd, SocketAddr)>,
+    pub cluster: bool,
+}
+
+/// Binds the takeover socket at `path` (mode 0600, a stale one replaced: only one
+/// daemon holds the state lock, and it is this one).
+pub(crate) fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+    let err = |source| DaemonError::Socket { path: path.display().to_string(), source };
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Serves takeovers on `listener` until one succeeds (the process exits, or `retiring`
+/// hears it) or one is refused with a restart (`retiring` hears that).
+pub(crate) async fn serve(
+    listener: UnixListener,
+    state: Arc<ApiState>,
+    passed: Passed,
+    retiring: mpsc::Sender<Retiring>,
+) {
+    let passed = Arc::new(passed);
+    let busy = Arc::new(AtomicBool::new(false));
+    loop {
+        let conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "takeover socket: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if busy.swap(true, Ordering::SeqCst) {
+            tokio::spawn(answer_busy(conn));
+            continue;
+        }
+        let (state, passed, busy, retiring) = (state.clone(), passed.clone(), busy.clone(), retiring.clone());
+        tokio::spawn(async move {
+            match hand_over(conn, &state, &passed, &retiring).await {
+                Ok(Some(restart)) => {
+                    let _ = retiring.send(restart).await;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "takeover did not happen; forwarding on"),
+            }
+            busy.store(false, Ordering::SeqCst);
+        });
+    }
+}
+
+async fn answer_busy(conn: UnixStream) {
+    let Ok(conn) = conn.into_std() else { return };
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = conn.set_nonblocking(false);
+        // Its hello first: closing on a new daemon still writing would leave it a
+        // broken pipe rather than the reason.
+        if receive::<Hello>(&conn, REPLY_TIMEOUT).is_ok() {
+            let _ = send(&conn, &Answer::Busy);
+        }
+    })
+    .await;
+}
+
+/// One takeover. `Ok(Some(_))`: refused, this daemon should stop for a plain restart.
+/// Success never returns: the process exits, or waits for its end holding the switch
+/// (nothing of which is its own any more) with `retiring` told.
+async fn hand_over(
+    conn: UnixStream,
+    state: &ApiState,
+    passed: &Passed,
+    retiring: &mpsc::Sender<Retiring>,
+) -> Result<Option<Retiring>, TakeoverError> {
+    let conn = conn.into_std()?;
+    conn.set_nonblocking(false)?;
+    let hello: Hello = tokio::task::block_in_place(|| receive(&conn, REPLY_TIMEOUT))?;
+    tracing::info!(version = %hello.version, "a new vswitchd asks to take over");
+    // Held until the process exits (success) or the ports are back (failure): no API
+    // call changes a port in between.
+    let mut switch = state.switch.lock().await;
+    let workers = switch.datapath().workers();
+    let refused = refusal(&hello, workers, &switch.config().state_file)
+        .or_else(|| switch.handover_blocker().map(|reason| (reason, true)));
+    if let Some((reason, restarting)) = refused {
+        tracing::warn!(%reason, restarting, "takeover refused");
+        send(&conn, &Answer::Refused { reason: reason.clone(), restarting })?;
+        return Ok(restarting.then_some(Retiring::Restart { reason, retire: hello.retire }));
+    }
+    let handed = tokio::task::block_in_place(|| {
+        let paused_at = Instant::now();
+        let handing =
+            switch.pause_for_takeover(passed.cluster).map_err(|e| TakeoverError::Message(e.to_string()));
+        let handing = match handing {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = send(&conn, &Answer::Refused { reason: e.to_string(), restarting: false });
+                return Err(e);
+            }
+        };
+        let sent = (|| {
+            let queues = handing.paused.fds().map_err(TakeoverError::Message)?;
+            let mut roles = vec![FdRole::StateLock, FdRole::Api];
+            let mut fds: Vec<BorrowedFd<'_>> = vec![passed.lock.as_fd(), passed.api.as_fd()];
+            if let Some((fd, _)) = &passed.metrics {
+                roles.push(FdRole::Metrics);
+                fds.push(fd.as_fd());
+            }
+            for (role, fd) in queues {
+                roles.push(FdRole::Queue(role));
+                fds.push(fd);
+            }
+            let offer = Offer {
+                format: FORMAT,
+                version: env!("CARGO_PKG_VERSION").into(),
+                state: handing.state.clone(),
+                tables: handing.tables.clone(),
+                underlay: handing.underlay.clone(),
+                cluster: handing.cluster.clone(),
+                api_socket: switch.config().api_socket.clone(),
+                metrics: passed.metrics.as_ref().map(|(_, addr)| *addr),
+                fds: roles,
+            };
+            send(&conn, &Answer::Offer(Box::new(offer)))?;
+            send_fds(&conn, &fds)?;
+            match receive::<Done>(&conn, ADOPT_TIMEOUT)? {
+                Done::Adopted => send(&conn, &Bye),
+                Done::Abort(why) => Err(TakeoverError::Message(format!("the new vswitchd gave up: {why}"))),
+            }
+        })();
+        match sent {
+            Ok(()) if hello.retire == Retire::Exit => {
+                tracing::info!(
+                    paused_ms = paused_at.elapsed().as_secs_f64() * 1000.0,
+                    "handed over to the new vswitchd: exiting"
+                );
+                // Destructors would undo what the new daemon now runs on (the tunnel's tc
+                // program, the API socket's file, the node's routes): none run.
+                std::process::exit(0)
+            }
+            Ok(()) => {
+                tracing::info!(
+                    paused_ms = paused_at.elapsed().as_secs_f64() * 1000.0,
+                    "handed over to the new vswitchd: waiting for SIGTERM"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                switch.resume_after_takeover(handing.paused);
+                tracing::warn!(
+                    paused_ms = paused_at.elapsed().as_secs_f64() * 1000.0,
+                    "takeover failed: every queue back with its worker"
+                );
+                Err(e)
+            }
+        }
+    });
+    handed?;
+    let _ = retiring.send(Retiring::HandedOver).await;
+    // The switch stays locked: nothing may change what is the new daemon's now.
+    std::future::pending().await
+}

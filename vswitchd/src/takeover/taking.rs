@@ -1,0 +1,225 @@
+//! The new daemon's side of a takeover (`vswitchd --takeover`): start the data plane,
+//! ask the running daemon for its place, adopt what it hands over, and go on only once
+//! it has said goodbye.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{
+    Answer, Bye, Done, FORMAT, FdRole, Hello, OFFER_TIMEOUT, OLDEST_FORMAT, Offer, REPLY_TIMEOUT, Retire,
+    TakeoverError, receive, receive_fds, send, socket_path,
+};
+use crate::config::Config;
+use crate::daemon::{DaemonError, datapath_config, read_watched_file};
+use crate::ports::handover::QueueFd;
+use crate::ports::{AttachError, LinuxKernel};
+use crate::snapshot::{Restored, TablesSnapshot};
+use crate::state::StateFile;
+use crate::switch::Switch;
+use vswitch_dataplane::datapath::Datapath;
+use vswitch_dataplane::tables::Tables;
+
+pub(crate) enum Took {
+    /// Nothing answers on the takeover socket: start as usual.
+    NothingRunning,
+    /// The running daemon cannot hand over and stops cleanly: start as after a restart
+    /// once it has (its tables snapshot carries the flows).
+    Restart(String),
+    Over(Box<Taken>),
+}
+
+/// A daemon that has taken over: its switch forwarding, the lock and the listeners.
+pub(crate) struct Taken {
+    pub switch: Switch,
+    pub lock: OwnedFd,
+    /// The API listener, when this daemon's API socket is where the old one's was.
+    pub api: Option<std::os::unix::net::UnixListener>,
+    pub metrics: Option<std::net::TcpListener>,
+}
+
+/// What the files give, read before the pause (in cluster mode the old daemon hands
+/// over what the cluster gave).
+struct Files {
+    services: Option<Option<String>>,
+    nodes: Option<Option<String>>,
+}
+
+/// Takes the place of the daemon running on `config`'s sockets, if there is one.
+pub(crate) async fn take_over(
+    config: &Config,
+    version: &str,
+    cluster: bool,
+    retire: Retire,
+) -> Result<Took, DaemonError> {
+    let path = socket_path(&config.api_socket);
+    let conn = match UnixStream::connect(&path) {
+        Ok(conn) => conn,
+        Err(e)
+            if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            return Ok(Took::NothingRunning);
+        }
+        Err(e) => return Err(TakeoverError::Io(e).into()),
+    };
+    // What takes time comes before the pause: the data plane, the files.
+    let datapath = Datapath::start(datapath_config(config), Tables::empty())?;
+    let kernel = Arc::new(LinuxKernel::connect().map_err(AttachError::from)?);
+    let mut switch = Switch::new(config.clone(), datapath, kernel)?;
+    // Every port is in the tables before any is read: a frame from the first pod taken
+    // must find the last one.
+    switch.datapath().hold_reading();
+    switch.hold_routes();
+    let files = Files {
+        services: (!cluster).then(|| switch.services_file().map(read_watched_file)).flatten().transpose()?,
+        nodes: (!cluster).then(|| switch.nodes_file().map(read_watched_file)).flatten().transpose()?,
+    };
+    let hello = Hello {
+        oldest_format: OLDEST_FORMAT,
+        newest_format: FORMAT,
+        version: version.to_string(),
+        workers: switch.datapath().workers() as u32,
+        state_file: config.state_file.clone(),
+        retire,
+    };
+    let offer = tokio::task::block_in_place(|| -> Result<Result<Offer, Took>, TakeoverError> {
+        send(&conn, &hello)?;
+        match receive::<Answer>(&conn, OFFER_TIMEOUT)? {
+            Answer::Busy => Err(TakeoverError::Busy),
+            Answer::Refused { reason, restarting: true } => Ok(Err(Took::Restart(reason))),
+            Answer::Refused { reason, restarting: false } => Err(TakeoverError::Refused(reason)),
+            Answer::Offer(offer) => Ok(Ok(*offer)),
+        }
+    })?;
+    let offer = match offer {
+        Ok(offer) => offer,
+        Err(took) => return Ok(took),
+    };
+    let started = Instant::now();
+    if !(OLDEST_FORMAT..=FORMAT).contains(&offer.format) {
+        let _ = send(&conn, &Done::Abort(format!("format {} is not read here", offer.format)));
+        return Err(TakeoverError::Format(offer.format).into());
+    }
+    // Nothing is ours before every descriptor has come: a failure here leaves the old
+    // daemon waiting for `Done`, then resuming.
+    let fds = tokio::task::block_in_place(|| receive_fds(&conn, &offer))?;
+    let from = offer.version.clone();
+    let adopted = tokio::task::block_in_place(|| adopt(&mut switch, offer, fds, files));
+    let (lock, api, metrics, mut carried, mut restored) = match adopted {
+        Ok(parts) => parts,
+        Err(e) => {
+            let _ = send(&conn, &Done::Abort(e.to_string()));
+            leave(&e.to_string())
+        }
+    };
+    let confirmed = tokio::task::block_in_place(|| -> Result<(), TakeoverError> {
+        send(&conn, &Done::Adopted)?;
+        receive::<Bye>(&conn, REPLY_TIMEOUT).map_err(|_| TakeoverError::Resumed)?;
+        Ok(())
+    });
+    if let Err(e) = confirmed {
+        leave(&e.to_string());
+    }
+    switch.datapath().read_again();
+    tracing::info!(
+        from_version = %from,
+        pause_ms = started.elapsed().as_secs_f64() * 1000.0,
+        ports = switch.ports().len(),
+        "took over: forwarding"
+    );
+    // Then what may take longer, with traffic flowing: the node's routes, the uplink.
+    switch.release_routes();
+    if let Err(e) = switch.start_uplink() {
+        tracing::error!(error = %e, "uplink not started: NodePorts are not reachable from outside the node");
+    }
+    let names = switch.port_names();
+    let away = carried.age_secs();
+    switch.carry_over(&mut carried, &names, away, &mut restored);
+    carried.finish(&mut restored);
+    tracing::info!(
+        flows = restored.flows,
+        affinities = restored.affinity,
+        learned_macs = restored.fdb,
+        dropped = restored.dropped,
+        "tables taken over"
+    );
+    Ok(Took::Over(Box::new(Taken { switch, lock, api, metrics })))
+}
+
+type Adopted = (
+    OwnedFd,
+    Option<std::os::unix::net::UnixListener>,
+    Option<std::net::TcpListener>,
+    TablesSnapshot,
+    Restored,
+);
+
+/// The pause, on this side: the tables and the Services first (so that the first frame
+/// read finds its flow), then the ports.
+fn adopt(
+    switch: &mut Switch,
+    offer: Offer,
+    fds: Vec<(FdRole, OwnedFd)>,
+    files: Files,
+) -> Result<Adopted, String> {
+    let mut carried = TablesSnapshot::decode(&offer.tables).map_err(|e| format!("tables: {e}"))?;
+    let state: StateFile = serde_json::from_str(&offer.state).map_err(|e| format!("ports: {e}"))?;
+    let mut restored = Restored::default();
+    let away = carried.age_secs();
+    let names = switch.port_names_of(&state);
+    switch.carry_over(&mut carried, &names, away, &mut restored);
+    if let Some(served) = offer.cluster {
+        switch.serve_handed(served).map_err(|e| format!("Services handed over: {e}"))?;
+    }
+    if let Some(text) = files.services {
+        switch.services_file_read(text, false).map_err(|e| e.to_string())?;
+    }
+    if let Some(text) = files.nodes {
+        switch.nodes_file_read(text, false).map_err(|e| e.to_string())?;
+    }
+    let (mut lock, mut api, mut metrics, mut queues) = (None, None, None, Vec::<(QueueFd, OwnedFd)>::new());
+    for (role, fd) in fds {
+        match role {
+            FdRole::StateLock => lock = Some(fd),
+            FdRole::Api => api = Some(fd),
+            FdRole::Metrics => metrics = Some(fd),
+            FdRole::Queue(at) => queues.push((at, fd)),
+        }
+    }
+    let lock = lock.ok_or("the state lock was not handed over")?;
+    let config = switch.config();
+    let api = api
+        .filter(|_| offer.api_socket == config.api_socket)
+        .map(|fd| -> std::io::Result<_> {
+            let listener = std::os::unix::net::UnixListener::from(fd);
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })
+        .transpose()
+        .map_err(|e| format!("API listener: {e}"))?;
+    let metrics = metrics
+        .filter(|_| offer.metrics.is_some() && offer.metrics == config.metrics_address)
+        .map(|fd| -> std::io::Result<_> {
+            let listener = std::net::TcpListener::from(fd);
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })
+        .transpose()
+        .map_err(|e| format!("metrics listener: {e}"))?;
+    let report = switch.adopt(state, offer.underlay, queues).map_err(|e| e.to_string())?;
+    for port in &report.restored {
+        tracing::info!(port = %port, "taken over");
+    }
+    let names = switch.port_names();
+    switch.carry_over(&mut carried, &names, away, &mut restored);
+    Ok((lock, api, metrics, carried, restored))
+}
+
+/// Exits without running a destructor: the ports, programs and routes taken so far
+/// are the old daemon's again (it resumes), and dropping them here would undo them.
+fn leave(why: &str) -> ! {
+    tracing::error!(reason = %why, "takeover failed: the running vswitchd keeps forwarding; exiting");
+    eprintln!("vswitchd: takeover failed: {why}");
+    std::process::exit(1)
+}
