@@ -21,6 +21,8 @@ pub fn sibling_binary(name: &str) -> PathBuf {
 pub struct Vswitchd {
     process: Process,
     socket: String,
+    config: PathBuf,
+    node: String,
 }
 
 impl Vswitchd {
@@ -37,23 +39,41 @@ impl Vswitchd {
             ),
         )
         .expect("config");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", node.name()])
-            .arg(sibling_binary("vswitchd"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn");
-        let process = Process::spawn(&mut cmd).expect("vswitchd starts");
-        let d = Vswitchd { process, socket };
+        let process = spawn(node.name(), &config, &[]);
+        let d = Vswitchd { process, socket, config, node: node.name().to_string() };
+        d.wait_for_api();
+        d
+    }
+
+    fn wait_for_api(&self) {
         let ctl = sibling_binary("vswitchctl");
         assert!(
             wait_until(Duration::from_secs(20), || Command::new(&ctl)
-                .args(["--socket", &d.socket, "status"])
+                .args(["--socket", &self.socket, "status"])
                 .output()
                 .is_ok_and(|o| o.status.success())),
             "vswitchd answers"
         );
-        d
+    }
+
+    /// A new vswitchd takes this one's place (`--takeover`); returns the old one's log
+    /// (warnings, and the takeover's lines with the pause).
+    pub fn take_over(&mut self) -> String {
+        let new = spawn(&self.node, &self.config, &["--takeover"]);
+        let mut old = std::mem::replace(&mut self.process, new);
+        let out = old.wait_output(Duration::from_secs(30)).expect("the old vswitchd exits");
+        assert!(out.status.success(), "old vswitchd: {}", String::from_utf8_lossy(&out.stderr));
+        self.wait_for_api();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// SIGTERM, then a new start on the same configuration and state.
+    pub fn restart(&mut self) {
+        self.process.signal(vswitch_testbed::Signal::SIGTERM);
+        let out = self.process.wait_output(Duration::from_secs(30)).expect("vswitchd stops");
+        assert!(out.status.success(), "vswitchd: {}", String::from_utf8_lossy(&out.stderr));
+        self.process = spawn(&self.node, &self.config, &[]);
+        self.wait_for_api();
     }
 
     /// Runs `vswitchctl` against the daemon; panics unless it succeeds.
@@ -85,6 +105,20 @@ impl Vswitchd {
     pub fn cpu_seconds(&self) -> Option<f64> {
         process_cpu_seconds(self.process.pid())
     }
+}
+
+fn spawn(node: &str, config: &Path, extra: &[&str]) -> Process {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", node])
+        .arg(sibling_binary("vswitchd"))
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .env("RUST_LOG", "warn,vswitchd::takeover=info")
+        .stdout(std::process::Stdio::null())
+        // Read when the process is gone (a takeover's pause is in it); a few lines.
+        .stderr(std::process::Stdio::piped());
+    Process::spawn(&mut cmd).expect("vswitchd starts")
 }
 
 /// A veth pair from `node` (end `host_end`) into `pod` (end `eth0`, still down).

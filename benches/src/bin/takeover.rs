@@ -1,0 +1,178 @@
+//! Upgrades under traffic: what two TAP pods on one node lose while vswitchd is
+//! replaced, by a takeover (`vswitchd --takeover`) and by a clean restart (SIGTERM, then
+//! a start), against the same run with no interruption (the noise floor of the machine).
+//!
+//! Workloads, each `--runs` times for `--seconds` seconds, the interruption at 40% of
+//! the run: 64-byte UDP frames at 100 000 a second (`iperf3 -u -l 22`; what the receiver
+//! missed, by iperf3's sequence numbers), and a TCP stream (`iperf3`, 100 ms intervals:
+//! the slowest interval, and how long the stream ran below half its median rate). The
+//! takeover's pause is the old daemon's own measure (from taking its queues to its
+//! goodbye). The release build (the tests' debug build forwards 20 000 frames a second).
+//!
+//! Usage (root): `cargo run --release -p vswitch-benches --bin takeover -- [--runs N]
+//! [--seconds S] [--write docs/BENCHMARKS.md]`; prints a markdown table, and with
+//! `--write` puts it between the file's `<!-- takeover:begin -->` and
+//! `<!-- takeover:end -->` markers.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use vswitch_benches::node::{Vswitchd, median};
+use vswitch_benches::report;
+use vswitch_testbed::{Netns, Process, Scratch, unique_prefix, wait_until};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Interruption {
+    None,
+    Restart,
+    Takeover,
+}
+
+impl Interruption {
+    fn name(self) -> &'static str {
+        match self {
+            Interruption::None => "none (noise floor)",
+            Interruption::Restart => "clean restart (SIGTERM, start)",
+            Interruption::Takeover => "takeover (`--takeover`)",
+        }
+    }
+}
+
+struct Rig {
+    _dir: Scratch,
+    daemon: Vswitchd,
+    a: Netns,
+    b: Netns,
+}
+
+fn rig() -> Rig {
+    let prefix = unique_prefix("btk");
+    let dir = Scratch::new(&prefix);
+    let node = Netns::new(&format!("{prefix}n"));
+    let daemon = Vswitchd::start(&node, &dir.0, "workers = 2\nidle = \"adaptive\"");
+    let pod = |name: &str, ip: Ipv4Addr| {
+        let ns = Netns::new(&format!("{prefix}{name}"));
+        daemon.attach(&ns, ip, "tap");
+        ns.ok(&["ip", "link", "set", "lo", "up"]);
+        ns.ok(&["ip", "link", "set", "eth0", "up"]);
+        ns
+    };
+    let a = pod("a", Ipv4Addr::new(10, 244, 1, 2));
+    let b = pod("b", Ipv4Addr::new(10, 244, 1, 3));
+    assert!(
+        wait_until(Duration::from_secs(10), || a
+            .run(&["ping", "-c", "1", "-W", "1", "10.244.1.3"])
+            .status
+            .success()),
+        "pods reach each other"
+    );
+    // The node namespace lives as long as the daemon in it: leak it into the rig.
+    std::mem::forget(node);
+    Rig { _dir: dir, daemon, a, b }
+}
+
+/// Runs iperf3 from a to b with `args` for `seconds`, interrupting the switch at 40%
+/// of it; returns the client's JSON and the pause the old daemon logged (ms).
+fn run(r: &mut Rig, seconds: u32, args: &[&str], how: Interruption) -> (serde_json::Value, Option<f64>) {
+    let _server = r.b.spawn(&["iperf3", "-s", "-1", "-p", "5201"]);
+    assert!(wait_until(Duration::from_secs(5), || r.b.ok(&["ss", "-ltn"]).contains(":5201")));
+    let time = seconds.to_string();
+    let mut cmd = vec!["iperf3", "-c", "10.244.1.3", "-p", "5201", "-t", time.as_str(), "--json"];
+    cmd.extend(args);
+    let mut client: Process = r.a.spawn(&cmd);
+    std::thread::sleep(Duration::from_millis(u64::from(seconds) * 400));
+    let pause = match how {
+        Interruption::None => None,
+        Interruption::Restart => {
+            r.daemon.restart();
+            None
+        }
+        Interruption::Takeover => {
+            let log = r.daemon.take_over();
+            log.split("paused_ms=").nth(1).and_then(|t| t.split_whitespace().next()?.parse().ok())
+        }
+    };
+    let out = client.wait_output(Duration::from_secs(u64::from(seconds) + 30)).expect("iperf3 finishes");
+    let text = String::from_utf8_lossy(&out.stdout);
+    (serde_json::from_str(&text).unwrap_or_else(|e| panic!("iperf3 JSON ({e}): {text}")), pause)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let runs: usize = value("--runs").map_or(3, |v| v.parse().expect("--runs N"));
+    let seconds: u32 = value("--seconds").map_or(5, |v| v.parse().expect("--seconds S"));
+    let write = value("--write");
+
+    let mut udp_rows = Vec::new();
+    let mut tcp_rows = Vec::new();
+    let mut pauses = Vec::new();
+    let mut r = rig();
+    for how in [Interruption::None, Interruption::Restart, Interruption::Takeover] {
+        let (mut lost, mut sent) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let (json, pause) = run(&mut r, seconds, &["-u", "-l", "22", "-b", "17.6M", "-w", "4M"], how);
+            let sum = &json["end"]["sum"];
+            lost.push(sum["lost_packets"].as_f64().expect("lost_packets"));
+            sent.push(sum["packets"].as_f64().expect("packets"));
+            pauses.extend(pause);
+        }
+        let (lost_max, sent_median) = (lost.iter().copied().fold(0.0, f64::max), median(sent.clone()));
+        udp_rows.push(format!(
+            "| {} | {:.0} | {:.0} (max {:.0}) | {:.3}% |",
+            how.name(),
+            sent_median,
+            median(lost.clone()),
+            lost_max,
+            100.0 * median(lost) / sent_median
+        ));
+        let (mut slowest, mut below, mut retransmits) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let (json, pause) = run(&mut r, seconds, &["-i", "0.1"], how);
+            pauses.extend(pause);
+            let rates: Vec<f64> = json["intervals"]
+                .as_array()
+                .expect("intervals")
+                .iter()
+                .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0))
+                .collect();
+            let typical = median(rates.clone());
+            slowest.push(rates.iter().copied().fold(f64::INFINITY, f64::min) / 1e9);
+            below.push(rates.iter().filter(|r| **r < typical / 2.0).count() as f64 * 100.0);
+            retransmits.push(json["end"]["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0));
+        }
+        tcp_rows.push(format!(
+            "| {} | {:.2} | {:.0} (max {:.0}) | {:.0} |",
+            how.name(),
+            median(slowest),
+            median(below.clone()),
+            below.iter().copied().fold(0.0, f64::max),
+            median(retransmits)
+        ));
+    }
+    let pause = if pauses.is_empty() {
+        "not logged".to_string()
+    } else {
+        format!(
+            "median {:.1} ms, max {:.1} ms over {} takeovers",
+            median(pauses.clone()),
+            pauses.iter().copied().fold(0.0, f64::max),
+            pauses.len()
+        )
+    };
+    let body = format!(
+        "Machine: {}, {}. `cargo run --release -p vswitch-benches --bin takeover -- --runs {runs} --seconds {seconds}` \
+         (medians of {runs} runs of {seconds} s; the interruption at 40% of each run). Takeover pause (old \
+         daemon's queues taken to its goodbye): {pause}.\n\n\
+         | UDP 64 B at 100 000 frames/s, pod → pod | sent | lost | lost share |\n|---|---:|---:|---:|\n{}\n\n\
+         | TCP stream, pod → pod (100 ms intervals) | slowest interval, Gbit/s | time below half the median rate, ms | retransmits |\n|---|---:|---:|---:|\n{}\n",
+        report::machine(),
+        report::today(),
+        udp_rows.join("\n"),
+        tcp_rows.join("\n"),
+    );
+    print!("{body}");
+    if let Some(path) = write {
+        report::write_between_markers(&path, "takeover", &body);
+    }
+}
