@@ -255,7 +255,46 @@ async fn stats(State(s): State<Shared>) -> axum::Json<Stats> {
 /// counted something (a port detached since).
 pub(crate) fn api_stats(m: &Switch) -> Stats {
     let dp = m.datapath();
-    stats_of(&dp.stats(), &m.port_names(), dp)
+    let mut stats = stats_of(&dp.stats(), &m.port_names(), dp);
+    if let Some(before) = m.counted_before() {
+        add_counts(&mut stats, before);
+    }
+    stats
+}
+
+/// Adds what a previous daemon counted (a takeover's) to this one's counts: ports by
+/// name (ids of the uplink and the underlay change), drops and events by name, workers
+/// by index. Table sizes are this daemon's alone.
+fn add_counts(stats: &mut Stats, before: &Stats) {
+    for old in &before.ports {
+        match stats.ports.iter().position(|p| p.name == old.name) {
+            Some(i) => {
+                let p = &mut stats.ports[i];
+                p.rx_packets += old.rx_packets;
+                p.rx_bytes += old.rx_bytes;
+                p.tx_packets += old.tx_packets;
+                p.tx_bytes += old.tx_bytes;
+                for (reason, n) in &old.drops {
+                    *p.drops.entry(reason.clone()).or_default() += n;
+                }
+            }
+            // A port gone before the takeover keeps its line while its id is free.
+            None if !stats.ports.iter().any(|p| p.id == old.id) => stats.ports.push(old.clone()),
+            None => {}
+        }
+    }
+    stats.ports.sort_by_key(|p| p.id);
+    for (reason, n) in &before.drops {
+        *stats.drops.entry(reason.clone()).or_default() += n;
+    }
+    for (event, n) in &before.events {
+        *stats.events.entry(event.clone()).or_default() += n;
+    }
+    for (w, old) in stats.workers.iter_mut().zip(&before.workers) {
+        w.polls += old.polls;
+        w.busy_polls += old.busy_polls;
+        w.sleeps += old.sleeps;
+    }
 }
 
 fn stats_of(snap: &StatsSnapshot, names: &BTreeMap<PortId, String>, dp: &Datapath) -> Stats {
@@ -328,5 +367,53 @@ fn stats_of(snap: &StatsSnapshot, names: &BTreeMap<PortId, String>, dp: &Datapat
                 busy_ratio: w.busy_ratio,
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vswitch_api::PortStats;
+
+    fn port(id: u16, name: &str, rx: u64, drops: &[(&str, u64)]) -> PortStats {
+        PortStats {
+            id,
+            name: name.into(),
+            rx_packets: rx,
+            rx_bytes: rx * 100,
+            tx_packets: 0,
+            tx_bytes: 0,
+            drops: drops.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+        }
+    }
+
+    /// After a takeover the counts go on: ports by name (the underlay's id changed), a
+    /// port gone earlier kept while its id is free, totals and events summed.
+    #[test]
+    fn a_takeovers_counts_go_on_from_the_previous_daemons() {
+        let before = Stats {
+            ports: vec![
+                port(2, "pod a", 10, &[("port_security", 1)]),
+                port(3, "gone pod", 5, &[]),
+                port(4, "underlay vxlan/4789", 7, &[]),
+                port(5, "gone too", 1, &[]),
+            ],
+            drops: [("port_security".to_string(), 1)].into(),
+            events: [("flooded".to_string(), 4)].into(),
+            ..Default::default()
+        };
+        let mut now = Stats {
+            ports: vec![port(2, "pod a", 1, &[("port_security", 2)]), port(5, "underlay vxlan/4789", 2, &[])],
+            drops: [("port_security".to_string(), 2), ("no_route".to_string(), 1)].into(),
+            events: [("flooded".to_string(), 1)].into(),
+            ..Default::default()
+        };
+        add_counts(&mut now, &before);
+        let rx: Vec<(u16, &str, u64)> =
+            now.ports.iter().map(|p| (p.id, p.name.as_str(), p.rx_packets)).collect();
+        assert_eq!(rx, [(2, "pod a", 11), (3, "gone pod", 5), (5, "underlay vxlan/4789", 9)]);
+        assert_eq!(now.ports[0].drops["port_security"], 3);
+        assert_eq!((now.drops["port_security"], now.drops["no_route"]), (3, 1));
+        assert_eq!(now.events["flooded"], 5);
     }
 }

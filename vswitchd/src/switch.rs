@@ -37,6 +37,8 @@ pub(crate) struct Switch {
     /// A takeover's new daemon, before it has the host port: the node's routes and
     /// rules are the running daemon's, and syncing them now would remove them.
     routes_held: bool,
+    /// What the daemons before a takeover counted, added to this one's counts.
+    counted_before: Option<vswitch_api::Stats>,
 }
 
 /// What a paused daemon hands over besides the queues' descriptors.
@@ -60,7 +62,15 @@ impl Switch {
         plane.tables.set_overlay(Arc::new(NodeController::initial(&config)?));
         plane.publish()?;
         let ports = PortManager::new(config.clone(), kernel, plane.datapath.workers());
-        Ok(Switch { config, plane, ports, services, nodes: NodeController::default(), routes_held: false })
+        Ok(Switch {
+            config,
+            plane,
+            ports,
+            services,
+            nodes: NodeController::default(),
+            routes_held: false,
+            counted_before: None,
+        })
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -465,6 +475,16 @@ impl Switch {
     }
 
     // ---- a takeover: the new daemon's side
+
+    /// What the daemons before a takeover counted.
+    pub(crate) fn counted_before(&self) -> Option<&vswitch_api::Stats> {
+        self.counted_before.as_ref()
+    }
+
+    /// Counts on from where the previous daemon's counts stood.
+    pub(crate) fn count_on_from(&mut self, before: vswitch_api::Stats) {
+        self.counted_before = Some(before);
+    }
 
     /// Holds the node's routes and rules as they are until [`Switch::release_routes`].
     pub(crate) fn hold_routes(&mut self) {

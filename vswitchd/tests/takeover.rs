@@ -54,8 +54,12 @@ fn traffic_goes_on_through_a_takeover() {
     // 22 bytes of iperf3 payload make a 64-byte frame; 20 kpps is 3.52 Mbit/s of it.
     let (udp, _udp_server) = iperf3(&a, &b, "5201", 6, &["-u", "-l", "22", "-b", "3.52M"]);
     std::thread::sleep(Duration::from_secs(2));
+    let received =
+        |node: &Node| node.stats().ports.iter().find(|p| p.name.contains("-a/")).unwrap().rx_packets;
+    let counted = received(&node);
     let handed = Instant::now();
     node.take_over();
+    assert!(received(&node) >= counted, "the counters go on from the old daemon's");
     eprintln!("takeover took {:?} (new daemon started to old one gone and new API up)", handed.elapsed());
     let udp = json_of(udp, 6);
     let sum = &udp["end"]["sum"];

@@ -16,7 +16,7 @@ use super::{
     ADOPT_TIMEOUT, Answer, Bye, Done, FORMAT, FdRole, Hello, Offer, REPLY_TIMEOUT, Retire, Retiring,
     TakeoverError, receive, refusal, send, send_fds,
 };
-use crate::api::ApiState;
+use crate::api::{ApiState, api_stats};
 use crate::daemon::DaemonError;
 
 /// What the daemon passes besides its ports: its own descriptors of the state lock and
@@ -145,6 +145,7 @@ async fn hand_over(
                 tables: handing.tables.clone(),
                 underlay: handing.underlay.clone(),
                 cluster: handing.cluster.clone(),
+                counters: serde_json::to_string(&api_stats(&switch)).expect("stats serialize"),
                 api_socket: switch.config().api_socket.clone(),
                 metrics: passed.metrics.as_ref().map(|(_, addr)| *addr),
                 fds: roles,

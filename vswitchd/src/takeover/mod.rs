@@ -109,6 +109,9 @@ pub(crate) struct Offer {
     /// The tables snapshot's bytes (as in `<state_file>.tables`).
     pub tables: Vec<u8>,
     pub underlay: Option<HandedUnderlay>,
+    /// Its counters at the pause (the API's stats, JSON), which the new daemon counts
+    /// on from.
+    pub counters: String,
     /// In cluster mode, the Services (JSON) and nodes it served: the new daemon serves
     /// them until its own watchers have caught up. (From files, it reads the files.)
     pub cluster: Option<ClusterServed>,

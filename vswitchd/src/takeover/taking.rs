@@ -169,6 +169,10 @@ fn adopt(
     let away = carried.age_secs();
     let names = switch.port_names_of(&state);
     switch.carry_over(&mut carried, &names, away, &mut restored);
+    match serde_json::from_str(&offer.counters) {
+        Ok(before) => switch.count_on_from(before),
+        Err(e) => tracing::warn!(error = %e, "counters handed over not read: counting from zero"),
+    }
     if let Some(served) = offer.cluster {
         switch.serve_handed(served).map_err(|e| format!("Services handed over: {e}"))?;
     }
