@@ -117,3 +117,57 @@ fn services_and_nodes_come_from_the_cluster() {
     drop(node);
     drop(rt);
 }
+
+/// A takeover while the API server is away: the new daemon serves the Services and
+/// nodes the old one had from the cluster (they came with the handover) until its own
+/// watchers can list again.
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn a_takeover_serves_the_clusters_services_while_the_api_server_is_away() {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let files = Scratch::new(&unique_prefix("clut"));
+    let kc = files.0.join("kubeconfig");
+    let mut api = None;
+    let args = ["--kubeconfig".to_string(), kc.display().to_string(), "--node-name".into(), "node-a".into()];
+    let mut node = Node::start_with_args("clt", "", &args, |ns, _| {
+        let netns = vswitch_sys::netns::Netns::open(&ns.path()).expect("node namespace");
+        let listener =
+            netns.run(|| std::net::TcpListener::bind("127.0.0.1:0")).expect("in the node").expect("bind");
+        let mock = rt.block_on(MockApi::start_on(
+            listener,
+            &[
+                ("nodes", fixtures::NODES),
+                ("services", fixtures::SERVICES),
+                ("endpointslices", fixtures::ENDPOINT_SLICES),
+            ],
+        ));
+        std::fs::write(&kc, kubeconfig(&mock.url())).expect("kubeconfig");
+        api = Some(mock);
+    });
+    let api = api.expect("mock started");
+    let synced = |node: &Node| {
+        node.api(|c| async move { c.status().await })
+            .ok()
+            .and_then(|s| s.cluster)
+            .is_some_and(|c| c.applied > 0 && c.watchers.iter().all(|w| w.synced))
+    };
+    assert!(wait_until(Duration::from_secs(20), || synced(&node)), "watchers synced:\n{}", node.log());
+    let served = |node: &Node| {
+        let (services, nodes) = (node.ctl(&["services"]), node.ctl(&["nodes"]));
+        services.contains("kube-system/kube-dns")
+            && services.contains("10.96.0.10")
+            && nodes.contains("node-b")
+    };
+    assert!(served(&node));
+
+    api.set_down(true);
+    node.take_over();
+    assert!(!synced(&node), "the new daemon's watchers cannot list");
+    assert!(served(&node), "Services and nodes from the handover:\n{}", node.ctl(&["services"]));
+    api.set_down(false);
+    assert!(wait_until(Duration::from_secs(30), || synced(&node)), "watchers synced again:\n{}", node.log());
+    assert!(served(&node));
+    drop(node);
+    drop(rt);
+}
