@@ -72,12 +72,13 @@ fn a_mac_flood_from_a_pod_changes_nothing() {
 
 /// A pod sending to a MAC nobody has: every frame dropped and counted at its port
 /// (`fdb.unknown_unicast = "drop"`, the default), none copied to another pod. Its
-/// broadcasts: flooded within the port's storm-control budget (the default 1000 per
-/// second, 1000 at once), the rest dropped and counted.
+/// broadcasts: flooded within the port's storm-control budget (here 200 per second,
+/// 200 at once: a budget the sender outruns even when the machine is busy and a
+/// Python sender slow), the rest dropped and counted.
 #[test]
 #[ignore = "needs root: scripts/test.sh runs it"]
 fn unknown_unicast_and_broadcast_storms_from_a_pod_are_contained() {
-    let node = Node::start("uuc", "");
+    let node = Node::start("uuc", "[fdb]\nstorm_control_pps = 200\nstorm_control_burst = 200\n");
     let a = node.pod("a", ip(2), Backend::Tap);
     let b = node.pod("b", ip(3), Backend::Tap);
     let c = node.pod("c", ip(4), Backend::Tap);
@@ -126,17 +127,17 @@ fn unknown_unicast_and_broadcast_storms_from_a_pod_are_contained() {
     ]);
     let n = sent(&out);
     std::thread::sleep(Duration::from_millis(300));
-    let budget = 1000 + (started.elapsed().as_secs_f64() * 1000.0) as u64;
+    let budget = 200 + (started.elapsed().as_secs_f64() * 200.0) as u64;
     let after = node.stats();
     let received = port(&after).rx_packets - port(&before).rx_packets;
     let stormed = port(&after).drops.get("storm_control").copied().unwrap_or(0)
         - port(&before).drops.get("storm_control").copied().unwrap_or(0);
-    assert!(received > budget + 1000, "more reached the switch than the budget: {received} of {n} sent");
+    assert!(received > budget + 500, "more reached the switch than the budget: {received} of {n} sent");
     assert!(stormed + budget >= received, "over the budget, dropped and counted: {stormed} of {received}");
     for other in [&b, &c] {
         let copies = tx(&after, other.port.id) - tx(&before, other.port.id);
         assert!(copies <= budget + 100, "{} got {copies} broadcasts, budget {budget}", other.ns.name());
-        assert!(copies >= 900, "the burst was flooded: {copies}");
+        assert!(copies >= 180, "the burst was flooded: {copies}");
     }
     assert!(a.ping(b.ip, 2), "the sender's port still works");
 }

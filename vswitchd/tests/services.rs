@@ -369,7 +369,7 @@ const OUTSIDE_IP: &str = "192.168.77.2";
 #[ignore = "needs root: scripts/test.sh runs it"]
 fn node_ports_from_outside_through_the_uplink() {
     let mut outside: Option<Netns> = None;
-    let s = setup_prepared("sve", "[uplink]\ninterface = \"upl0\"", Backend::Tap, |node, prefix| {
+    let mut s = setup_prepared("sve", "[uplink]\ninterface = \"upl0\"", Backend::Tap, |node, prefix| {
         let x = Netns::new(&format!("{prefix}x"));
         node.ok(&["ip", "link", "add", "upl0", "type", "veth", "peer", "name", "ext0"]);
         node.ok(&["ip", "link", "set", "ext0", "netns", x.name()]);
@@ -432,6 +432,13 @@ endpoints = [{{ ip = "{a}" }}, {{ ip = "10.244.2.9", node = "elsewhere" }}]
         let g = tool_json_in(&x, &["greet", NODE_IP, "30081"]);
         assert_eq!(g["greeting"], format!("a {OUTSIDE_IP}"), "{g}");
     }
+
+    // A takeover closes the uplink's AF_XDP sockets at its pause and the new daemon
+    // opens them again: NodePorts from outside work on.
+    s.node.take_over();
+    let names = counts(&tool_json_in(&x, &["connect", NODE_IP, "30080", "30"]));
+    assert_eq!(names.values().sum::<usize>(), 30, "NodePorts after a takeover: {names:?}");
+    assert!(s.node.ctl(&["status"]).contains("uplink:    upl0"), "the uplink reopened");
 
     // The node's own traffic on the uplink is the kernel's: ping, and a TCP service of
     // the node itself.
