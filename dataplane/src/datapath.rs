@@ -283,18 +283,37 @@ impl Datapath {
     pub fn take_queues(&self) -> Result<Vec<TakenQueues>, DatapathError> {
         // All workers asked first, then all answers: one pause, not one per worker.
         let mut answers = Vec::with_capacity(self.workers.len());
+        let mut failed = None;
         for id in 0..self.workers.len() {
             let (done, ack) = crossbeam_channel::bounded(1);
-            self.command(id, Command::TakeAll { done })?;
-            answers.push(ack);
+            match self.command(id, Command::TakeAll { done }) {
+                Ok(()) => answers.push(Some(ack)),
+                Err(e) => {
+                    answers.push(None);
+                    failed.get_or_insert(e);
+                }
+            }
         }
-        answers
-            .into_iter()
-            .enumerate()
-            .map(|(id, ack)| {
-                ack.recv_timeout(ACK_TIMEOUT).map_err(|_| DatapathError::WorkerUnresponsive(id, ACK_TIMEOUT))
-            })
-            .collect()
+        let mut taken = Vec::with_capacity(answers.len());
+        for (id, ack) in answers.into_iter().enumerate() {
+            match ack.map(|ack| ack.recv_timeout(ACK_TIMEOUT)) {
+                Some(Ok(queues)) => taken.push(queues),
+                _ => {
+                    taken.push(Vec::new());
+                    failed.get_or_insert(DatapathError::WorkerUnresponsive(id, ACK_TIMEOUT));
+                }
+            }
+        }
+        if let Some(e) = failed {
+            // Whatever came back goes back: a failed pause loses no queue.
+            for (id, queues) in taken.into_iter().enumerate() {
+                for (port, q) in queues {
+                    let _ = self.add_queue(id, port, q);
+                }
+            }
+            return Err(e);
+        }
+        Ok(taken)
     }
 
     pub fn stats(&self) -> StatsSnapshot {

@@ -43,36 +43,51 @@ pub fn recv_fds(socket: &UnixStream, expected: usize) -> std::io::Result<Vec<Own
     while fds.len() < expected {
         let mut count = [0u8; 4];
         let mut space = nix::cmsg_space!([RawFd; PER_MESSAGE]);
-        let (read, truncated, raw) = {
+        let (read, raw) = {
             let mut iov = [IoSliceMut::new(&mut count)];
-            let msg =
-                recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+            let msg = loop {
+                match recvmsg::<()>(
+                    socket.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut space),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                ) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    other => break other?,
+                }
+            };
+            if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+                // The kernel installed what it could (the receiver's open-file limit,
+                // most likely) and nix will not walk a cut-off buffer: those close when
+                // this process, whose takeover fails, exits.
+                return Err(invalid(
+                    "descriptors cut off in transit (MSG_CTRUNC): the open-file limit?".into(),
+                ));
+            }
             let mut raw = Vec::new();
             for cmsg in msg.cmsgs()? {
                 if let ControlMessageOwned::ScmRights(got) = cmsg {
                     raw.extend(got);
                 }
             }
-            (msg.bytes, msg.flags.contains(MsgFlags::MSG_CTRUNC), raw)
+            (msg.bytes, raw)
         };
         // SAFETY: SCM_RIGHTS installed these descriptors in this process for us alone;
         // each is wrapped once, so each is closed once.
-        fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        let group: Vec<OwnedFd> = raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect();
         if read == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                format!("the sender closed after {} of {expected} descriptors", fds.len()),
+                format!("the sender closed after {} of {expected} descriptors", fds.len() + group.len()),
             ));
         }
         // The rest of a split count carries no descriptors.
         (&*socket).read_exact(&mut count[read..])?;
-        if truncated {
-            return Err(invalid("descriptors cut off in transit (MSG_CTRUNC)".into()));
-        }
         let announced = u32::from_be_bytes(count) as usize;
-        if announced > PER_MESSAGE {
-            return Err(invalid(format!("a group of {announced} descriptors announced")));
+        if announced != group.len() {
+            return Err(invalid(format!("{} descriptors came with a count of {announced}", group.len())));
         }
+        fds.extend(group);
         if fds.len() > expected {
             return Err(invalid(format!("more descriptors than the {expected} announced")));
         }

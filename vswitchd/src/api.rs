@@ -267,7 +267,11 @@ pub(crate) fn api_stats(m: &Switch) -> Stats {
 /// by index. Table sizes are this daemon's alone.
 fn add_counts(stats: &mut Stats, before: &Stats) {
     for old in &before.ports {
-        match stats.ports.iter().position(|p| p.name == old.name) {
+        // A port without a name (gone, but with counts) is matched by its id alone.
+        let same = |p: &PortStats| {
+            if old.name.is_empty() { p.id == old.id && p.name.is_empty() } else { p.name == old.name }
+        };
+        match stats.ports.iter().position(same) {
             Some(i) => {
                 let p = &mut stats.ports[i];
                 p.rx_packets += old.rx_packets;

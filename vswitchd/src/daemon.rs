@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
@@ -249,8 +250,14 @@ pub async fn run(
                     })?),
                     None => bind_metrics(&config).await,
                 };
-                return serve(config, version, Listeners { api: listener, metrics }, switch, cluster, lock)
-                    .await;
+                let passed = duplicate_lock(&config, &lock)?;
+                let ending =
+                    serve(config, version, Listeners { api: listener, metrics }, switch, cluster, passed)
+                        .await;
+                // The lock goes last: a successor waiting for it must find everything
+                // of this daemon's undone or handed on.
+                drop(lock);
+                return retire_after(ending?).await;
             }
             Took::NothingRunning => tracing::info!("no running vswitchd to take over: starting"),
             Took::Restart(reason) => {
@@ -273,13 +280,34 @@ pub async fn run(
         }
     };
     let metrics = bind_metrics(&config).await;
-    let lock_fd = lock.as_fd().try_clone_to_owned().map_err(|source| DaemonError::Lock {
-        path: format!("{}.lock", config.state_file.display()),
-        source,
-    })?;
-    let served = serve(config, version, Listeners { api: listener, metrics }, switch, cluster, lock_fd).await;
+    let passed = duplicate_lock(&config, &*lock)?;
+    let ending = serve(config, version, Listeners { api: listener, metrics }, switch, cluster, passed).await;
     drop(lock);
-    served
+    retire_after(ending?).await
+}
+
+/// A copy of the state lock's descriptor, for a daemon taking over (the lock is the
+/// open file's: it holds while any copy is open).
+fn duplicate_lock(config: &Config, lock: &impl AsFd) -> Result<OwnedFd, DaemonError> {
+    lock.as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DaemonError::Lock { path: format!("{}.lock", config.state_file.display()), source })
+}
+
+/// How [`serve`] ended.
+enum Ending {
+    Stopped,
+    /// Stopped for a successor, which asked this daemon to wait for its SIGTERM then.
+    StoppedThenWait,
+}
+
+/// After the lock is let go: exit, or wait for SIGTERM first.
+async fn retire_after(ending: Ending) -> Result<(), DaemonError> {
+    if let Ending::StoppedThenWait = ending {
+        tracing::info!("waiting for SIGTERM (a DaemonSet's old pod: its container must not restart)");
+        terminated().await;
+    }
+    Ok(())
 }
 
 /// How long a daemon whose takeover was refused waits for the running one to stop.
@@ -391,8 +419,8 @@ fn load_snapshot(config: &Config) -> Option<TablesSnapshot> {
     }
 }
 
-/// Serves the API and metrics until a signal, then stops cleanly. `lock` is the state
-/// lock's descriptor (a copy of it goes to a daemon taking over).
+/// Serves the API and metrics until a signal, then stops cleanly. `lock` is a copy of
+/// the state lock's descriptor, for a daemon taking over.
 async fn serve(
     config: Config,
     version: &'static str,
@@ -400,7 +428,7 @@ async fn serve(
     switch: Switch,
     cluster: Option<ClusterMode>,
     lock: OwnedFd,
-) -> Result<(), DaemonError> {
+) -> Result<Ending, DaemonError> {
     let status = cluster.as_ref().map(|_| super::cluster::StatusHandle::new(&config.node_name));
     let shared = Arc::new(ApiState { switch: Mutex::new(switch), version, cluster: status.clone() });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -416,8 +444,8 @@ async fn serve(
         api: listeners.api.as_fd().try_clone_to_owned().map_err(socket_err(&config.api_socket))?,
         metrics: match &listeners.metrics {
             Some(l) => Some((
-                l.as_fd().try_clone_to_owned().map_err(socket_err(&config.api_socket))?,
-                l.local_addr().map_err(socket_err(&config.api_socket))?,
+                l.as_fd().try_clone_to_owned().map_err(socket_err(Path::new("metrics listener")))?,
+                l.local_addr().map_err(socket_err(Path::new("metrics listener")))?,
             )),
             None => None,
         },
@@ -432,10 +460,12 @@ async fn serve(
     tracing::info!(socket = %config.api_socket.display(), "API listening");
     let takeover_socket = takeover::socket_path(&config.api_socket);
     let (retiring_tx, mut retiring_rx) = mpsc::channel(1);
+    let takeover_busy = Arc::new(AtomicBool::new(false));
     let takeovers = tokio::spawn(takeover::giving::serve(
         takeover::giving::bind(&takeover_socket)?,
         shared.clone(),
         passed,
+        takeover_busy.clone(),
         retiring_tx,
     ));
 
@@ -528,29 +558,40 @@ async fn serve(
     }
 
     let mut then_wait = false;
-    tokio::select! {
-        _ = terminated() => {}
-        Some(retiring) = retiring_rx.recv() => match retiring {
-            Retiring::Restart { reason, retire } => {
-                tracing::info!(%reason, "stopping for the new vswitchd to start in this one's place");
-                then_wait = retire == Retire::Wait;
+    let mut retiring = tokio::select! {
+        _ = terminated() => None,
+        r = retiring_rx.recv() => r,
+    };
+    let signalled = retiring.is_none();
+    // A signal in the middle of a takeover: its outcome first (a clean stop now would
+    // undo what the new daemon is adopting).
+    while retiring.is_none() && takeover_busy.load(Ordering::SeqCst) {
+        tracing::info!("stopping once the takeover under way has ended");
+        retiring = tokio::select! {
+            r = retiring_rx.recv() => r,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => None,
+        };
+    }
+    match retiring {
+        Some(Retiring::Restart { reason, retire }) => {
+            tracing::info!(%reason, "stopping for the new vswitchd to start in this one's place");
+            then_wait = retire == Retire::Wait;
+        }
+        Some(Retiring::HandedOver) => {
+            // Nothing here is this process's any more: stop taking connections on the
+            // listeners the new daemon shares, and wait to be told to go.
+            let _ = stop_tx.send(true);
+            takeovers.abort();
+            housekeeping.abort();
+            for w in watches {
+                w.abort();
             }
-            Retiring::HandedOver => {
-                // Nothing here is this process's any more: stop taking connections on
-                // the listeners the new daemon shares, and wait to be told to go.
-                let _ = stop_tx.send(true);
-                takeovers.abort();
-                housekeeping.abort();
-                for w in watches {
-                    w.abort();
-                }
+            if !signalled {
                 terminated().await;
-                tracing::info!("handed over earlier: exiting");
-                // As after a takeover that exits at once: no destructor may undo what the
-                // new daemon runs on.
-                std::process::exit(0)
             }
-        },
+            takeover::giving::retire_now("handed over earlier: exiting")
+        }
+        None => {}
     }
     takeovers.abort();
     let _ = takeovers.await;
@@ -572,9 +613,5 @@ async fn serve(
         None => tracing::error!("API state still referenced at shutdown; state file not rewritten"),
     }
     tracing::info!("stopped; pods keep their interfaces until the next start");
-    if then_wait {
-        tracing::info!("waiting for SIGTERM (a DaemonSet's old pod: its container must not restart)");
-        terminated().await;
-    }
-    Ok(())
+    Ok(if then_wait { Ending::StoppedThenWait } else { Ending::Stopped })
 }

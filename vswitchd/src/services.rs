@@ -114,12 +114,12 @@ impl ServiceController {
         }
     }
 
-    /// The ClusterIPs served (a headless Service has none).
     /// Every Service served.
     pub(crate) fn all(&self) -> &[Service] {
         self.catalog.services()
     }
 
+    /// The ClusterIPs served (a headless Service has none).
     pub(crate) fn cluster_ips(&self) -> BTreeSet<Ipv4Addr> {
         self.catalog.services().iter().map(|s| s.cluster_ip).filter(|ip| !ip.is_unspecified()).collect()
     }

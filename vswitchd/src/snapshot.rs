@@ -87,6 +87,20 @@ impl TablesSnapshot {
         }
     }
 
+    /// Only the Service ports' ids and sizes: what a takeover's new daemon builds its
+    /// Services with before the pause.
+    pub(crate) fn service_ids(service_ports: (Vec<RememberedPort>, u32)) -> TablesSnapshot {
+        TablesSnapshot {
+            taken_at: unix_now(),
+            ports: BTreeMap::new(),
+            service_ports: service_ports.0,
+            last_service_id: service_ports.1,
+            flows: Vec::new(),
+            affinity: Vec::new(),
+            fdb: Vec::new(),
+        }
+    }
+
     /// Seconds between the snapshot and now (0 if the wall clock went back).
     pub(crate) fn age_secs(&self) -> u32 {
         unix_now().saturating_sub(self.taken_at).min(u64::from(u32::MAX)) as u32

@@ -26,7 +26,7 @@ use crate::ports::{AttachError, PortManager, RestoreReport, RouteSync, TUNNEL_TA
 use crate::services::ServiceController;
 use crate::snapshot::{self, Restored, TablesSnapshot};
 use crate::state::StateFile;
-use crate::takeover::{ClusterServed, HandedNode};
+use crate::takeover::{ClusterServed, HandedNode, Preface};
 
 pub(crate) struct Switch {
     config: Config,
@@ -47,7 +47,6 @@ pub(crate) struct Handing {
     pub tables: Vec<u8>,
     pub state: String,
     pub underlay: Option<HandedUnderlay>,
-    pub cluster: Option<ClusterServed>,
 }
 
 impl Switch {
@@ -430,20 +429,10 @@ impl Switch {
         self.ports.handover_blocker()
     }
 
-    /// The pause: every queue taken from the workers, the tables taken (as a clean stop
-    /// takes them), the uplink closed; with `cluster`, the Services and nodes the
-    /// cluster gave. Until [`Switch::resume_after_takeover`] or the exit, nothing moves.
-    pub(crate) fn pause_for_takeover(&mut self, cluster: bool) -> Result<Handing, AttachError> {
-        let mut paused = self.ports.pause(&self.plane)?;
-        let now = self.plane.datapath.now();
-        let tables = TablesSnapshot::take(
-            &self.plane.datapath,
-            now,
-            self.ports.port_names(),
-            self.services.remembered(),
-        );
-        self.ports.close_uplink(&mut self.plane, &mut paused);
-        let state = serde_json::to_string(&self.ports.state()).expect("the state file serializes");
+    /// What a new daemon builds its Services from before the pause: the Service
+    /// ports' ids and, with `cluster`, the Services and nodes the cluster gave.
+    pub(crate) fn takeover_preface(&self, cluster: bool) -> Preface {
+        let ids = TablesSnapshot::service_ids(self.services.remembered());
         let cluster = cluster.then(|| ClusterServed {
             services: serde_json::to_string(self.services.all()).expect("Services serialize"),
             nodes: self
@@ -458,13 +447,24 @@ impl Switch {
                 })
                 .collect(),
         });
-        Ok(Handing {
-            paused,
-            tables: tables.encode(),
-            state,
-            underlay: self.ports.handed_underlay(),
-            cluster,
-        })
+        Preface { service_ids: ids.encode(), cluster }
+    }
+
+    /// The pause: every queue taken from the workers, the tables taken (as a clean stop
+    /// takes them), the uplink closed. Until [`Switch::resume_after_takeover`] or the
+    /// exit, nothing moves.
+    pub(crate) fn pause_for_takeover(&mut self) -> Result<Handing, AttachError> {
+        let mut paused = self.ports.pause(&self.plane)?;
+        let now = self.plane.datapath.now();
+        let tables = TablesSnapshot::take(
+            &self.plane.datapath,
+            now,
+            self.ports.port_names(),
+            self.services.remembered(),
+        );
+        self.ports.close_uplink(&mut self.plane, &mut paused);
+        let state = serde_json::to_string(&self.ports.state()).expect("the state file serializes");
+        Ok(Handing { paused, tables: tables.encode(), state, underlay: self.ports.handed_underlay() })
     }
 
     /// After a takeover that did not happen: forwarding again, the uplink reopened.

@@ -119,11 +119,17 @@ fn a_partner_that_dies_mid_handover_leaves_the_old_daemon_forwarding() {
     let mut partner = std::os::unix::net::UnixStream::connect(&takeover_socket).expect("takeover socket");
     let state_file = node.dir.0.join("state.json").display().to_string();
     partner.write_all(&hello(2, &state_file)).unwrap();
-    let mut len = [0u8; 4];
-    partner.read_exact(&mut len).unwrap();
-    let mut answer = vec![0u8; u32::from_be_bytes(len) as usize];
-    partner.read_exact(&mut answer).unwrap();
-    assert_eq!(answer[0], 2, "an offer (the old daemon is paused now)");
+    // Which answer came: the variant index, the body's first byte.
+    let answer = |partner: &mut std::os::unix::net::UnixStream| {
+        let mut len = [0u8; 4];
+        partner.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        partner.read_exact(&mut body).unwrap();
+        body[0]
+    };
+    assert_eq!(answer(&mut partner), 2, "the preface (the Services' ids)");
+    partner.write_all(&[0, 0, 0, 0]).unwrap(); // Ready: an empty body
+    assert_eq!(answer(&mut partner), 3, "an offer (the old daemon is paused now)");
 
     let mut second = node.spawn_takeover();
     let out = second.wait_output(Duration::from_secs(20)).expect("the second new daemon exits");
@@ -187,6 +193,15 @@ fn afxdp_ports_make_a_takeover_a_clean_restart() {
     );
     assert!(log.contains("tables snapshot taken back"), "{log}");
     assert!(a.ping(b.ip, 2) && b.ping(a.ip, 1));
+
+    // As the DaemonSet asks: the old daemon stops, lets the lock go, and only then
+    // waits for its SIGTERM; the new one starts meanwhile.
+    let mut old = node.take_over_leaving_old();
+    assert!(a.ping(b.ip, 2), "the new daemon forwards while the old one waits");
+    assert!(old.wait_output(Duration::ZERO).is_none(), "the old one still waits");
+    old.signal(harness::testbed::Signal::SIGTERM);
+    assert!(old.wait_output(Duration::from_secs(10)).expect("it exits at SIGTERM").status.success());
+    assert!(a.ping(b.ip, 1));
 }
 
 /// Open descriptors, resident memory, and the interfaces of the node and its pods.

@@ -117,7 +117,8 @@ fn finish_queues(
     Ok(devs
         .into_iter()
         .map(|dev| TapQueue {
-            // SAFETY: into_raw_fd gives up the device's ownership of its open fd.
+            // SAFETY: into_raw_fd gives up the device's ownership of its open fd (tun-rs
+            // keeps no copy and closes nothing after it).
             dev: unsafe { OwnedFd::from_raw_fd(dev.into_raw_fd()) },
             label: name.to_string(),
             offloads: opts.offloads,
@@ -190,10 +191,23 @@ pub fn enable_tunnel_offloads(queues: &mut [TapQueue]) -> Result<(), SysError> {
 /// multi-queue TAP with a virtio-net header, named `name`. Anything else is closed.
 pub fn adopt(fd: OwnedFd, name: &str, offloads: bool, tunnel: bool) -> Result<TapQueue, SysError> {
     let ctx = || format!("adopting a queue of TAP {name}");
+    // /dev/net/tun (character device 10:200) first: another driver could read the
+    // ioctl below as something else.
+    let stat = nix::sys::stat::fstat(&fd).map_err(std::io::Error::from).context(ctx)?;
+    let is_tun = stat.st_mode & libc::S_IFMT == libc::S_IFCHR
+        && libc::major(stat.st_rdev) == 10
+        && libc::minor(stat.st_rdev) == 200;
+    if !is_tun {
+        return Err(SysError::new(
+            ctx(),
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "the fd is not a queue of /dev/net/tun"),
+        ));
+    }
     // SAFETY: ifreq is plain C data; all zeroes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    // SAFETY: TUNGETIFF writes one struct ifreq through the pointer, live for the call;
-    // on anything but a TUN/TAP fd it fails (EBADFD, ENOTTY) without writing.
+    // SAFETY: the fd is /dev/net/tun's (checked above), whose TUNGETIFF writes one
+    // struct ifreq through the pointer, live for the call (EBADFD on a queue not
+    // attached to a device, without writing).
     unsafe { tun_get_iff(fd.as_raw_fd(), &mut req) }.map_err(std::io::Error::from).context(ctx)?;
     // SAFETY: a successful TUNGETIFF leaves a NUL-terminated name in ifr_name.
     let found = unsafe { std::ffi::CStr::from_ptr(req.ifr_name.as_ptr()) }.to_string_lossy().into_owned();
@@ -451,7 +465,10 @@ mod tests {
         assert!(adopt(fd.try_clone().unwrap(), "vt1", true, false).is_err(), "another name");
         let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
         let refused = adopt(null, "vt0", true, false).err().unwrap().to_string();
-        assert!(refused.contains("adopting a queue of TAP vt0"), "{refused}");
+        assert!(
+            refused.contains("adopting a queue of TAP vt0") && refused.contains("not a queue"),
+            "{refused}"
+        );
         let adopted = adopt(fd, "vt0", true, false).unwrap();
         drop(queues);
         let mut pool = FramePool::standalone(crate::frame::DEFAULT_BUF_SIZE);

@@ -45,6 +45,8 @@ pub struct TunnelPrograms {
     netns: Netns,
     underlay: String,
     underlay_ifindex: i32,
+    tap: String,
+    tap_ifindex: i32,
     counters: i32,
 }
 
@@ -108,6 +110,8 @@ impl TunnelPrograms {
             netns,
             underlay: underlay.to_string(),
             underlay_ifindex: -1,
+            tap: tap.to_string(),
+            tap_ifindex,
             counters: -1,
         };
         // SAFETY: `object` was opened above and not loaded yet.
@@ -176,6 +180,15 @@ impl TunnelPrograms {
             return Err(SysError::new(ctx(), errno_of(ret)));
         }
         Ok(())
+    }
+
+    /// Attaches the programs again over whatever took their place (another daemon's,
+    /// in a takeover that did not happen).
+    pub fn reattach(&self) -> Result<(), SysError> {
+        self.netns.run(|| {
+            self.attach_one(c"vswitch_tunnel_out", self.tap_ifindex, &self.tap)?;
+            self.attach_one(c"vswitch_tunnel_in", self.underlay_ifindex, &self.underlay)
+        })?
     }
 
     pub fn underlay(&self) -> &str {

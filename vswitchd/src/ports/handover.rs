@@ -142,6 +142,13 @@ impl PortManager {
                 }
             }
         }
+        // The new daemon may have attached its tunnel programs in place of ours.
+        if let Some(super::underlay::Underlay { path: UnderlayPath::Tunnel { link, .. }, .. }) =
+            &self.underlay
+            && let Err(e) = link.relink()
+        {
+            tracing::error!(error = %e, "tunnel programs not attached again after the takeover failed");
+        }
         if let Some(node_ip) = paused.uplink
             && let Err(e) = self.start_uplink(plane, node_ip)
         {

@@ -61,11 +61,18 @@ pub(crate) struct TunnelSpec {
 /// The tunnel port's programs, kept for as long as the port is up (dropping detaches).
 pub(crate) trait TunnelLink: Send + Sync {
     fn counters(&self) -> TunnelCounters;
+    /// Attaches the programs again (after a takeover that did not happen, whose new
+    /// daemon attached its own in their place).
+    fn relink(&self) -> Result<(), SysError>;
 }
 
 impl TunnelLink for TunnelPrograms {
     fn counters(&self) -> TunnelCounters {
         TunnelPrograms::counters(self)
+    }
+
+    fn relink(&self) -> Result<(), SysError> {
+        blocking(|| self.reattach())
     }
 }
 

@@ -13,8 +13,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use super::{
-    ADOPT_TIMEOUT, Answer, Bye, Done, FORMAT, FdRole, Hello, Offer, REPLY_TIMEOUT, Retire, Retiring,
-    TakeoverError, receive, refusal, send, send_fds,
+    ADOPT_TIMEOUT, Answer, Bye, Done, FORMAT, FdRole, Hello, Offer, PREPARE_TIMEOUT, REPLY_TIMEOUT, Ready,
+    Retire, Retiring, TakeoverError, receive, refusal, send, send_fds,
 };
 use crate::api::{ApiState, api_stats};
 use crate::daemon::DaemonError;
@@ -43,14 +43,16 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
 
 /// Serves takeovers on `listener` until one succeeds (the process exits, or `retiring`
 /// hears it) or one is refused with a restart (`retiring` hears that).
+/// `busy` is set while a takeover is under way (and stays set once this daemon stops
+/// for a restart).
 pub(crate) async fn serve(
     listener: UnixListener,
     state: Arc<ApiState>,
     passed: Passed,
+    busy: Arc<AtomicBool>,
     retiring: mpsc::Sender<Retiring>,
 ) {
     let passed = Arc::new(passed);
-    let busy = Arc::new(AtomicBool::new(false));
     loop {
         let conn = match listener.accept().await {
             Ok((conn, _)) => conn,
@@ -68,7 +70,9 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             match hand_over(conn, &state, &passed, &retiring).await {
                 Ok(Some(restart)) => {
+                    // Stopping now: no other takeover may start on a daemon going away.
                     let _ = retiring.send(restart).await;
+                    return;
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "takeover did not happen; forwarding on"),
@@ -76,6 +80,18 @@ pub(crate) async fn serve(
             busy.store(false, Ordering::SeqCst);
         });
     }
+}
+
+/// Refuses the takeover; with `restarting`, this daemon stops for a plain restart.
+fn refuse(
+    conn: &std::os::unix::net::UnixStream,
+    reason: String,
+    restarting: bool,
+    retire: Retire,
+) -> Result<Option<Retiring>, TakeoverError> {
+    tracing::warn!(%reason, restarting, "takeover refused");
+    send(conn, &Answer::Refused { reason: reason.clone(), restarting })?;
+    Ok(restarting.then_some(Retiring::Restart { reason, retire }))
 }
 
 async fn answer_busy(conn: UnixStream) {
@@ -102,23 +118,34 @@ async fn hand_over(
 ) -> Result<Option<Retiring>, TakeoverError> {
     let conn = conn.into_std()?;
     conn.set_nonblocking(false)?;
+    // A new daemon that stops reading must not keep this one paused.
+    conn.set_write_timeout(Some(ADOPT_TIMEOUT))?;
     let hello: Hello = tokio::task::block_in_place(|| receive(&conn, REPLY_TIMEOUT))?;
     tracing::info!(version = %hello.version, "a new vswitchd asks to take over");
+    let preface = {
+        let switch = state.switch.lock().await;
+        let refused = refusal(&hello, switch.datapath().workers(), &switch.config().state_file)
+            .or_else(|| switch.handover_blocker().map(|reason| (reason, true)));
+        if let Some((reason, restarting)) = refused {
+            return refuse(&conn, reason, restarting, hello.retire);
+        }
+        switch.takeover_preface(passed.cluster)
+    };
+    // The new daemon builds its Services meanwhile; this one forwards on.
+    tokio::task::block_in_place(|| -> Result<(), TakeoverError> {
+        send(&conn, &Answer::Preface(Box::new(preface)))?;
+        receive::<Ready>(&conn, PREPARE_TIMEOUT)?;
+        Ok(())
+    })?;
     // Held until the process exits (success) or the ports are back (failure): no API
     // call changes a port in between.
     let mut switch = state.switch.lock().await;
-    let workers = switch.datapath().workers();
-    let refused = refusal(&hello, workers, &switch.config().state_file)
-        .or_else(|| switch.handover_blocker().map(|reason| (reason, true)));
-    if let Some((reason, restarting)) = refused {
-        tracing::warn!(%reason, restarting, "takeover refused");
-        send(&conn, &Answer::Refused { reason: reason.clone(), restarting })?;
-        return Ok(restarting.then_some(Retiring::Restart { reason, retire: hello.retire }));
+    if let Some(reason) = switch.handover_blocker() {
+        return refuse(&conn, reason, true, hello.retire);
     }
     let handed = tokio::task::block_in_place(|| {
         let paused_at = Instant::now();
-        let handing =
-            switch.pause_for_takeover(passed.cluster).map_err(|e| TakeoverError::Message(e.to_string()));
+        let handing = switch.pause_for_takeover().map_err(|e| TakeoverError::Message(e.to_string()));
         let handing = match handing {
             Ok(h) => h,
             Err(e) => {
@@ -144,7 +171,6 @@ async fn hand_over(
                 state: handing.state.clone(),
                 tables: handing.tables.clone(),
                 underlay: handing.underlay.clone(),
-                cluster: handing.cluster.clone(),
                 counters: serde_json::to_string(&api_stats(&switch)).expect("stats serialize"),
                 api_socket: switch.config().api_socket.clone(),
                 metrics: passed.metrics.as_ref().map(|(_, addr)| *addr),
@@ -159,13 +185,8 @@ async fn hand_over(
         })();
         match sent {
             Ok(()) if hello.retire == Retire::Exit => {
-                tracing::info!(
-                    paused_ms = paused_at.elapsed().as_secs_f64() * 1000.0,
-                    "handed over to the new vswitchd: exiting"
-                );
-                // Destructors would undo what the new daemon now runs on (the tunnel's tc
-                // program, the API socket's file, the node's routes): none run.
-                std::process::exit(0)
+                tracing::info!(paused_ms = paused_at.elapsed().as_secs_f64() * 1000.0, "handed over");
+                retire_now("handed over to the new vswitchd: exiting")
             }
             Ok(()) => {
                 tracing::info!(
@@ -188,4 +209,12 @@ async fn hand_over(
     let _ = retiring.send(Retiring::HandedOver).await;
     // The switch stays locked: nothing may change what is the new daemon's now.
     std::future::pending().await
+}
+
+/// Exits a daemon that has handed everything over, running no destructor: they would
+/// undo what the new daemon now runs on (the tunnel's tc program, the API socket's
+/// file, the node's routes and rules).
+pub(crate) fn retire_now(why: &str) -> ! {
+    tracing::info!("{why}");
+    std::process::exit(0)
 }

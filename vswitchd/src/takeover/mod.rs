@@ -8,11 +8,15 @@
 //!    exits with that error), `Refused` (the old daemon cannot hand over — AF_XDP pod
 //!    ports, another worker count, no common format — and, when `restarting`, stops
 //!    cleanly so that the new one starts as after a restart, with the tables
-//!    snapshot), or `Offer`: the old daemon has paused (every queue taken from its
-//!    workers) and sends the ports, the tables and what it serves, then the file
-//!    descriptors (`SCM_RIGHTS`) in the order [`Offer::fds`] lists them.
-//! 3. new → old: [`Done`]: `Adopted` once every port is the new daemon's, or `Abort`.
-//! 4. old → new: [`Bye`], and the old daemon exits at once, undoing nothing (routes,
+//!    snapshot), or `Preface`: the Services' ids and, in cluster mode, the Services
+//!    and nodes it serves, so that the new daemon builds its Services (seconds with
+//!    100 000 of them) while the old one still forwards.
+//! 3. new → old: [`Ready`]. old → new: `Refused` as above (a port that cannot be
+//!    handed over may have come meanwhile), or `Offer`: the old daemon has paused
+//!    (every queue taken from its workers) and sends the ports and the tables, then
+//!    the file descriptors (`SCM_RIGHTS`) in the order [`Offer::fds`] lists them.
+//! 4. new → old: [`Done`]: `Adopted` once every port is the new daemon's, or `Abort`.
+//! 5. old → new: [`Bye`], and the old daemon exits at once, undoing nothing (routes,
 //!    rules, tc programs and devices are the new daemon's now). Only after `Bye` does
 //!    the new daemon go on; without it (the old one gave up waiting and resumed) it
 //!    exits, so that two daemons never both keep the queues.
@@ -49,6 +53,9 @@ pub(crate) const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the new daemon waits for the offer (the old one pausing and taking its
 /// tables: a full conntrack table is large).
 pub(crate) const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the old daemon waits for the new one to build its Services from the
+/// preface (still forwarding meanwhile).
+pub(crate) const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long either side waits for the other's small messages.
 pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -95,8 +102,22 @@ pub(crate) enum Retiring {
 pub(crate) enum Answer {
     Busy,
     Refused { reason: String, restarting: bool },
+    Preface(Box<Preface>),
     Offer(Box<Offer>),
 }
+
+/// What the new daemon needs before the pause.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Preface {
+    /// A tables snapshot holding only the Service ports' ids and Maglev sizes.
+    pub service_ids: Vec<u8>,
+    /// In cluster mode, the Services (JSON) and nodes it served: the new daemon serves
+    /// them until its own watchers have caught up. (From files, it reads the files.)
+    pub cluster: Option<ClusterServed>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Ready;
 
 /// What the old daemon hands over besides the descriptors.
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,9 +133,6 @@ pub(crate) struct Offer {
     /// Its counters at the pause (the API's stats, JSON), which the new daemon counts
     /// on from.
     pub counters: String,
-    /// In cluster mode, the Services (JSON) and nodes it served: the new daemon serves
-    /// them until its own watchers have caught up. (From files, it reads the files.)
-    pub cluster: Option<ClusterServed>,
     /// Where the API listener was bound.
     pub api_socket: PathBuf,
     pub metrics: Option<SocketAddr>,

@@ -2,14 +2,15 @@
 //! ask the running daemon for its place, adopt what it hands over, and go on only once
 //! it has said goodbye.
 
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::{
-    Answer, Bye, Done, FORMAT, FdRole, Hello, OFFER_TIMEOUT, OLDEST_FORMAT, Offer, REPLY_TIMEOUT, Retire,
-    TakeoverError, receive, receive_fds, send, socket_path,
+    ADOPT_TIMEOUT, Answer, Bye, Done, FORMAT, FdRole, Hello, OFFER_TIMEOUT, OLDEST_FORMAT, Offer, Preface,
+    REPLY_TIMEOUT, Ready, Retire, TakeoverError, receive, receive_fds, send, socket_path,
 };
 use crate::config::Config;
 use crate::daemon::{DaemonError, datapath_config, read_watched_file};
@@ -34,7 +35,7 @@ pub(crate) enum Took {
 pub(crate) struct Taken {
     pub switch: Switch,
     pub lock: OwnedFd,
-    /// The API listener, when this daemon's API socket is where the old one's was.
+    /// The old daemon's API listener (the takeover socket was found beside it).
     pub api: Option<std::os::unix::net::UnixListener>,
     pub metrics: Option<std::net::TcpListener>,
 }
@@ -53,17 +54,8 @@ pub(crate) async fn take_over(
     cluster: bool,
     retire: Retire,
 ) -> Result<Took, DaemonError> {
-    let path = socket_path(&config.api_socket);
-    let conn = match UnixStream::connect(&path) {
-        Ok(conn) => conn,
-        Err(e)
-            if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
-        {
-            return Ok(Took::NothingRunning);
-        }
-        Err(e) => return Err(TakeoverError::Io(e).into()),
-    };
-    // What takes time comes before the pause: the data plane, the files.
+    // What takes time comes before the old daemon is asked (and so before its pause):
+    // the data plane, the files.
     let datapath = Datapath::start(datapath_config(config), Tables::empty())?;
     let kernel = Arc::new(LinuxKernel::connect().map_err(AttachError::from)?);
     let mut switch = Switch::new(config.clone(), datapath, kernel)?;
@@ -75,6 +67,17 @@ pub(crate) async fn take_over(
         services: (!cluster).then(|| switch.services_file().map(read_watched_file)).flatten().transpose()?,
         nodes: (!cluster).then(|| switch.nodes_file().map(read_watched_file)).flatten().transpose()?,
     };
+    let path = socket_path(&config.api_socket);
+    let conn = match UnixStream::connect(&path) {
+        Ok(conn) => conn,
+        Err(e)
+            if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            return Ok(Took::NothingRunning);
+        }
+        Err(e) => return Err(TakeoverError::Io(e).into()),
+    };
+    conn.set_write_timeout(Some(REPLY_TIMEOUT)).map_err(TakeoverError::from)?;
     let hello = Hello {
         oldest_format: OLDEST_FORMAT,
         newest_format: FORMAT,
@@ -83,13 +86,36 @@ pub(crate) async fn take_over(
         state_file: config.state_file.clone(),
         retire,
     };
-    let offer = tokio::task::block_in_place(|| -> Result<Result<Offer, Took>, TakeoverError> {
+    let preface = tokio::task::block_in_place(|| -> Result<Result<Preface, Took>, TakeoverError> {
         send(&conn, &hello)?;
         match receive::<Answer>(&conn, OFFER_TIMEOUT)? {
             Answer::Busy => Err(TakeoverError::Busy),
             Answer::Refused { reason, restarting: true } => Ok(Err(Took::Restart(reason))),
             Answer::Refused { reason, restarting: false } => Err(TakeoverError::Refused(reason)),
+            Answer::Preface(preface) => Ok(Ok(*preface)),
+            Answer::Offer(_) => Err(TakeoverError::Message("an offer before the preface".into())),
+        }
+    })?;
+    let preface = match preface {
+        Ok(preface) => preface,
+        Err(took) => return Ok(took),
+    };
+    // The Services before the pause, under the ids their flows know.
+    let mut restored = Restored::default();
+    let prepared = tokio::task::block_in_place(|| prepare(&mut switch, preface, files, &mut restored));
+    if let Err(e) = prepared {
+        // Nothing is ours yet: going away is enough (the old daemon sees it and goes on).
+        return Err(TakeoverError::Message(format!("preparing: {e}")).into());
+    }
+    let offer = tokio::task::block_in_place(|| -> Result<Result<Offer, Took>, TakeoverError> {
+        send(&conn, &Ready)?;
+        match receive::<Answer>(&conn, OFFER_TIMEOUT)? {
+            Answer::Refused { reason, restarting: true } => Ok(Err(Took::Restart(reason))),
+            Answer::Refused { reason, restarting: false } => Err(TakeoverError::Refused(reason)),
             Answer::Offer(offer) => Ok(Ok(*offer)),
+            Answer::Busy | Answer::Preface(_) => {
+                Err(TakeoverError::Message("no offer after the preface".into()))
+            }
         }
     })?;
     let offer = match offer {
@@ -97,6 +123,7 @@ pub(crate) async fn take_over(
         Err(took) => return Ok(took),
     };
     let started = Instant::now();
+    conn.set_write_timeout(Some(ADOPT_TIMEOUT)).map_err(TakeoverError::from)?;
     if !(OLDEST_FORMAT..=FORMAT).contains(&offer.format) {
         let _ = send(&conn, &Done::Abort(format!("format {} is not read here", offer.format)));
         return Err(TakeoverError::Format(offer.format).into());
@@ -105,8 +132,8 @@ pub(crate) async fn take_over(
     // daemon waiting for `Done`, then resuming.
     let fds = tokio::task::block_in_place(|| receive_fds(&conn, &offer))?;
     let from = offer.version.clone();
-    let adopted = tokio::task::block_in_place(|| adopt(&mut switch, offer, fds, files));
-    let (lock, api, metrics, mut carried, mut restored) = match adopted {
+    let adopted = tokio::task::block_in_place(|| adopt(&mut switch, offer, fds, &mut restored));
+    let (lock, api, metrics, mut carried) = match adopted {
         Ok(parts) => parts,
         Err(e) => {
             let _ = send(&conn, &Done::Abort(e.to_string()));
@@ -147,33 +174,20 @@ pub(crate) async fn take_over(
     Ok(Took::Over(Box::new(Taken { switch, lock, api, metrics })))
 }
 
-type Adopted = (
-    OwnedFd,
-    Option<std::os::unix::net::UnixListener>,
-    Option<std::net::TcpListener>,
-    TablesSnapshot,
-    Restored,
-);
+type Adopted =
+    (OwnedFd, Option<std::os::unix::net::UnixListener>, Option<std::net::TcpListener>, TablesSnapshot);
 
-/// The pause, on this side: the tables and the Services first (so that the first frame
-/// read finds its flow), then the ports.
-fn adopt(
+/// Before the pause: the Service ports' ids, then the Services (from the files, or
+/// as the old daemon had them from the cluster) and the nodes.
+fn prepare(
     switch: &mut Switch,
-    offer: Offer,
-    fds: Vec<(FdRole, OwnedFd)>,
+    preface: Preface,
     files: Files,
-) -> Result<Adopted, String> {
-    let mut carried = TablesSnapshot::decode(&offer.tables).map_err(|e| format!("tables: {e}"))?;
-    let state: StateFile = serde_json::from_str(&offer.state).map_err(|e| format!("ports: {e}"))?;
-    let mut restored = Restored::default();
-    let away = carried.age_secs();
-    let names = switch.port_names_of(&state);
-    switch.carry_over(&mut carried, &names, away, &mut restored);
-    match serde_json::from_str(&offer.counters) {
-        Ok(before) => switch.count_on_from(before),
-        Err(e) => tracing::warn!(error = %e, "counters handed over not read: counting from zero"),
-    }
-    if let Some(served) = offer.cluster {
+    restored: &mut Restored,
+) -> Result<(), String> {
+    let mut ids = TablesSnapshot::decode(&preface.service_ids).map_err(|e| format!("Service ids: {e}"))?;
+    switch.carry_over(&mut ids, &BTreeMap::new(), 0, restored);
+    if let Some(served) = preface.cluster {
         switch.serve_handed(served).map_err(|e| format!("Services handed over: {e}"))?;
     }
     if let Some(text) = files.services {
@@ -181,6 +195,28 @@ fn adopt(
     }
     if let Some(text) = files.nodes {
         switch.nodes_file_read(text, false).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The pause, on this side: the flows first (so that the first frame read finds its
+/// flow), then the ports.
+fn adopt(
+    switch: &mut Switch,
+    offer: Offer,
+    fds: Vec<(FdRole, OwnedFd)>,
+    restored: &mut Restored,
+) -> Result<Adopted, String> {
+    let mut carried = TablesSnapshot::decode(&offer.tables).map_err(|e| format!("tables: {e}"))?;
+    // The Services have their ids already (the preface).
+    carried.service_ports.clear();
+    let state: StateFile = serde_json::from_str(&offer.state).map_err(|e| format!("ports: {e}"))?;
+    let away = carried.age_secs();
+    let names = switch.port_names_of(&state);
+    switch.carry_over(&mut carried, &names, away, restored);
+    match serde_json::from_str(&offer.counters) {
+        Ok(before) => switch.count_on_from(before),
+        Err(e) => tracing::warn!(error = %e, "counters handed over not read: counting from zero"),
     }
     let (mut lock, mut api, mut metrics, mut queues) = (None, None, None, Vec::<(QueueFd, OwnedFd)>::new());
     for (role, fd) in fds {
@@ -216,8 +252,8 @@ fn adopt(
         tracing::info!(port = %port, "taken over");
     }
     let names = switch.port_names();
-    switch.carry_over(&mut carried, &names, away, &mut restored);
-    Ok((lock, api, metrics, carried, restored))
+    switch.carry_over(&mut carried, &names, away, restored);
+    Ok((lock, api, metrics, carried))
 }
 
 /// Exits without running a destructor: the ports, programs and routes taken so far

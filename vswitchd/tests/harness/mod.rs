@@ -163,13 +163,12 @@ impl Node {
     }
 
     /// Hands the node over to a new vswitchd told to leave the old one waiting for its
-    /// SIGTERM (`--takeover=wait`, as the DaemonSet does); returns the old one.
+    /// SIGTERM (`--takeover=wait`, as the DaemonSet does); returns the old one, once it
+    /// waits (handed over, or stopped because it could not hand over).
     pub fn take_over_leaving_old(&mut self) -> Process {
         let new = self.spawn_daemon(&["--takeover=wait"]);
         let old = self.daemon.replace(new).expect("a daemon to take over from");
-        let waiting = wait_until(Duration::from_secs(30), || {
-            self.log().contains("handed over to the new vswitchd: waiting for SIGTERM")
-        });
+        let waiting = wait_until(Duration::from_secs(30), || self.log().contains("waiting for SIGTERM"));
         assert!(waiting, "the old vswitchd did not hand over:\n{}", self.log());
         self.wait_for_api();
         old
