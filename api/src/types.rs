@@ -148,6 +148,10 @@ pub struct Status {
     /// Cluster mode: the Kubernetes watchers. `None`: Services and nodes come from files.
     #[serde(default)]
     pub cluster: Option<ClusterStatus>,
+    /// How this daemon came to run: a first start, a restart (and what its tables
+    /// snapshot gave back), or a takeover (from which version, after what pause).
+    #[serde(default)]
+    pub started: Option<String>,
 }
 
 /// The Kubernetes watchers of a daemon in cluster mode.

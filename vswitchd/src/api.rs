@@ -138,6 +138,7 @@ async fn status(State(s): State<Shared>) -> axum::Json<Status> {
         uplink: m.uplink_name().map(str::to_string),
         underlay: m.underlay_summary(),
         cluster: s.cluster.as_ref().map(|c| c.get()),
+        started: Some(m.started().to_string()),
     })
 }
 

@@ -369,6 +369,7 @@ async fn start(config: &Config) -> Result<Switch, DaemonError> {
         let names = previous.as_ref().map(|saved| switch.port_names_of(saved)).unwrap_or_default();
         switch.carry_over(snapshot, &names, away_secs, &mut restored);
     }
+    let restarted = previous.is_some();
     if let Some(saved) = previous {
         let report = switch.restore(saved);
         for port in &report.restored {
@@ -398,6 +399,12 @@ async fn start(config: &Config) -> Result<Switch, DaemonError> {
             away_secs,
             "tables snapshot taken back"
         );
+        switch.set_started(format!(
+            "restart, with the tables snapshot of the last stop ({} flows back, {} s away)",
+            restored.flows, away_secs
+        ));
+    } else if restarted {
+        switch.set_started("restart, without a tables snapshot (after a crash, or too old)".into());
     }
     Ok(switch)
 }

@@ -39,6 +39,8 @@ pub(crate) struct Switch {
     routes_held: bool,
     /// What the daemons before a takeover counted, added to this one's counts.
     counted_before: Option<vswitch_api::Stats>,
+    /// How this daemon came to run, for the status.
+    started: String,
 }
 
 /// What a paused daemon hands over besides the queues' descriptors.
@@ -69,6 +71,7 @@ impl Switch {
             nodes: NodeController::default(),
             routes_held: false,
             counted_before: None,
+            started: "first start".into(),
         })
     }
 
@@ -475,6 +478,15 @@ impl Switch {
     }
 
     // ---- a takeover: the new daemon's side
+
+    /// How this daemon came to run.
+    pub(crate) fn started(&self) -> &str {
+        &self.started
+    }
+
+    pub(crate) fn set_started(&mut self, how: String) {
+        self.started = how;
+    }
 
     /// What the daemons before a takeover counted.
     pub(crate) fn counted_before(&self) -> Option<&vswitch_api::Stats> {

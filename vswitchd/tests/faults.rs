@@ -217,6 +217,7 @@ fn a_service_connection_where_the_endpoint_speaks_first_survives_a_clean_restart
         s.node.log()
     );
     assert!(s.node.log().contains("tables snapshot taken back"));
+    assert!(s.node.ctl(&["status"]).contains("started:   restart, with the tables snapshot"));
     let (pushed, answer) = s.push(held);
     assert_eq!(pushed, "e11 pushed", "the endpoint's first word after the restart arrives from the VIP");
     assert_eq!(answer.unwrap(), "e11 after", "and the connection goes on");
@@ -225,6 +226,7 @@ fn a_service_connection_where_the_endpoint_speaks_first_survives_a_clean_restart
     s.node.crash();
     s.node.restart();
     assert_eq!(s.node.stats().conntrack_entries, 0, "no snapshot after a crash");
+    assert!(s.node.ctl(&["status"]).contains("started:   restart, without a tables snapshot"));
     let (pushed, _) = s.push(held);
     assert!(
         pushed.as_str().unwrap().starts_with("error"),

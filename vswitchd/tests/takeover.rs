@@ -81,6 +81,8 @@ fn traffic_goes_on_through_a_takeover() {
     assert_eq!((ifindex(&a), ifindex(&b)), before, "the pods' interfaces are the same devices");
     let log = node.log();
     assert!(log.contains("took over: forwarding"), "{log}");
+    let status = node.ctl(&["status"]);
+    assert!(status.contains("started:   takeover from vswitchd"), "{status}");
     assert!(log.contains("handed over to the new vswitchd: exiting"), "{log}");
     assert!(a.ping(b.ip, 2) && b.ping(ip(1), 2), "pods and the node through the new daemon");
     let ports = node.ctl(&["ports"]);
@@ -109,27 +111,11 @@ fn hello(workers: u8, state_file: &str) -> Vec<u8> {
 #[test]
 #[ignore = "needs root: scripts/test.sh runs it"]
 fn a_partner_that_dies_mid_handover_leaves_the_old_daemon_forwarding() {
-    use std::io::{Read, Write};
     let mut node = Node::start("tkf", "");
     let a = node.pod("a", ip(2), Backend::Tap);
     let b = node.pod("b", ip(3), Backend::Tap);
     assert!(a.ping(b.ip, 1));
-    let mut takeover_socket = node.socket.as_os_str().to_owned();
-    takeover_socket.push(".takeover");
-    let mut partner = std::os::unix::net::UnixStream::connect(&takeover_socket).expect("takeover socket");
-    let state_file = node.dir.0.join("state.json").display().to_string();
-    partner.write_all(&hello(2, &state_file)).unwrap();
-    // Which answer came: the variant index, the body's first byte.
-    let answer = |partner: &mut std::os::unix::net::UnixStream| {
-        let mut len = [0u8; 4];
-        partner.read_exact(&mut len).unwrap();
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        partner.read_exact(&mut body).unwrap();
-        body[0]
-    };
-    assert_eq!(answer(&mut partner), 2, "the preface (the Services' ids)");
-    partner.write_all(&[0, 0, 0, 0]).unwrap(); // Ready: an empty body
-    assert_eq!(answer(&mut partner), 3, "an offer (the old daemon is paused now)");
+    let partner = pause_by_hand(&node);
 
     let mut second = node.spawn_takeover();
     let out = second.wait_output(Duration::from_secs(20)).expect("the second new daemon exits");
@@ -148,6 +134,58 @@ fn a_partner_that_dies_mid_handover_leaves_the_old_daemon_forwarding() {
     assert!(a.ping(b.ip, 2) && b.ping(ip(1), 1), "the old daemon forwards again");
     node.take_over();
     assert!(a.ping(b.ip, 2), "and a takeover after it works");
+}
+
+/// A new daemon's part played by hand up to the old daemon's offer: returns the
+/// connection, the old daemon paused behind it.
+fn pause_by_hand(node: &Node) -> std::os::unix::net::UnixStream {
+    use std::io::{Read, Write};
+    let mut takeover_socket = node.socket.as_os_str().to_owned();
+    takeover_socket.push(".takeover");
+    let mut partner = std::os::unix::net::UnixStream::connect(&takeover_socket).expect("takeover socket");
+    let state_file = node.dir.0.join("state.json").display().to_string();
+    partner.write_all(&hello(2, &state_file)).unwrap();
+    // Which answer came: the variant index, the body's first byte.
+    let answer = |partner: &mut std::os::unix::net::UnixStream| {
+        let mut len = [0u8; 4];
+        partner.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        partner.read_exact(&mut body).unwrap();
+        body[0]
+    };
+    assert_eq!(answer(&mut partner), 2, "the preface (the Services' ids)");
+    partner.write_all(&[0, 0, 0, 0]).unwrap(); // Ready: an empty body
+    assert_eq!(answer(&mut partner), 3, "an offer (the old daemon is paused now)");
+    partner
+}
+
+/// SIGTERM reaching a daemon in the middle of a takeover: its clean stop waits for
+/// the takeover's end (it would undo what the new daemon is adopting), then runs.
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn a_signal_during_a_takeover_waits_for_its_end() {
+    let mut node = Node::start("tks", "");
+    let a = node.pod("a", ip(2), Backend::Tap);
+    let b = node.pod("b", ip(3), Backend::Tap);
+    let partner = pause_by_hand(&node);
+    let pid = node.daemon_pid().to_string();
+    node.ns.ok(&["kill", "-TERM", &pid]);
+    assert!(
+        wait_until(Duration::from_secs(5), || node
+            .log()
+            .contains("stopping once the takeover under way has ended")),
+        "{}",
+        node.log()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!node.log().contains("tables snapshot written"), "no clean stop during the takeover");
+    drop(partner);
+    node.stop();
+    let log = node.log();
+    assert!(log.contains("takeover failed: every queue back with its worker"), "{log}");
+    assert!(log.contains("tables snapshot written"), "then the clean stop: {log}");
+    node.restart();
+    assert!(a.ping(b.ip, 2));
 }
 
 /// As a DaemonSet's new pod asks (`--takeover=wait`): the old daemon, handed over,

@@ -212,6 +212,7 @@ async fn run(args: Args) -> Result<(), ClientError> {
             println!("node IP:   {}", s.node_ip.map_or_else(|| "-".into(), |ip| ip.to_string()));
             println!("uplink:    {}", s.uplink.as_deref().unwrap_or("-"));
             println!("underlay:  {}", s.underlay.as_deref().unwrap_or("-"));
+            println!("started:   {}", s.started.as_deref().unwrap_or("-"));
             match &s.cluster {
                 None => println!("source:    files (Services and nodes)"),
                 Some(c) => {

@@ -149,12 +149,8 @@ pub(crate) async fn take_over(
         leave(&e.to_string());
     }
     switch.datapath().read_again();
-    tracing::info!(
-        from_version = %from,
-        pause_ms = started.elapsed().as_secs_f64() * 1000.0,
-        ports = switch.ports().len(),
-        "took over: forwarding"
-    );
+    let pause_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(from_version = %from, pause_ms, ports = switch.ports().len(), "took over: forwarding");
     // Then what may take longer, with traffic flowing: the node's routes, the uplink.
     switch.release_routes();
     if let Err(e) = switch.start_uplink() {
@@ -164,6 +160,11 @@ pub(crate) async fn take_over(
     let away = carried.age_secs();
     switch.carry_over(&mut carried, &names, away, &mut restored);
     carried.finish(&mut restored);
+    switch.set_started(format!(
+        "takeover from vswitchd {from}: {} ports and {} flows taken, {pause_ms:.1} ms pause",
+        switch.ports().len(),
+        restored.flows
+    ));
     tracing::info!(
         flows = restored.flows,
         affinities = restored.affinity,
