@@ -22,7 +22,7 @@ if [[ ${1:-} == --smoke ]]; then
   target/debug/packet-rate --runs 1 --seconds 1 --plot "$out/packet-rate.png" >"$out/packet-rate.md"
   target/debug/service-scale --runs 1 --seconds 1 --services 1,100 >"$out/service-scale.md"
   target/debug/service-sync --services 100 --changes 3 >"$out/service-sync.md"
-  target/debug/takeover --runs 1 --seconds 2 >"$out/takeover.md"
+  target/debug/takeover --runs 1 --seconds 2 --pods 8 >"$out/takeover.md"
   test -s "$out/packet-rate.png"
   echo "packet-rate harness: every contender set up, measured and torn down"
   exit 0

@@ -9,8 +9,11 @@
 //! takeover's pause is the old daemon's own measure (from taking its queues to its
 //! goodbye). The release build (the tests' debug build forwards 20 000 frames a second).
 //!
+//! Then the takeover again with `--pods` pods on the node (default 64): how the pause
+//! grows with the ports adopted in it.
+//!
 //! Usage (root): `cargo run --release -p vswitch-benches --bin takeover -- [--runs N]
-//! [--seconds S] [--write docs/BENCHMARKS.md]`; prints a markdown table, and with
+//! [--seconds S] [--pods N] [--write docs/BENCHMARKS.md]`; prints a markdown table, and with
 //! `--write` puts it between the file's `<!-- takeover:begin -->` and
 //! `<!-- takeover:end -->` markers.
 
@@ -40,9 +43,12 @@ impl Interruption {
 
 struct Rig {
     _dir: Scratch,
+    prefix: String,
     daemon: Vswitchd,
     a: Netns,
     b: Netns,
+    /// More pods, only attached: what the pause grows with.
+    others: Vec<Netns>,
 }
 
 fn rig() -> Rig {
@@ -68,7 +74,17 @@ fn rig() -> Rig {
     );
     // The node namespace lives as long as the daemon in it: leak it into the rig.
     std::mem::forget(node);
-    Rig { _dir: dir, daemon, a, b }
+    Rig { _dir: dir, prefix, daemon, a, b, others: Vec::new() }
+}
+
+/// Attaches pods until the node has `count`.
+fn grow(r: &mut Rig, count: usize) {
+    while r.others.len() + 2 < count {
+        let n = r.others.len() + 4;
+        let ns = Netns::new(&format!("{}o{n}", r.prefix));
+        r.daemon.attach(&ns, Ipv4Addr::new(10, 244, 1, n as u8), "tap");
+        r.others.push(ns);
+    }
 }
 
 /// Runs iperf3 from a to b with `args` for `seconds`, interrupting the switch at 40%
@@ -150,6 +166,23 @@ fn main() {
             median(retransmits)
         ));
     }
+    // The pause with more pods (each one's queues adopted inside it).
+    let pods = value("--pods").map_or(64, |v| v.parse().expect("--pods N"));
+    grow(&mut r, pods);
+    let (mut many_pauses, mut many_lost) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (json, pause) = run(&mut r, seconds, &["-u", "-l", "22", "-b", "17.6M", "-w", "4M"], Interruption::Takeover);
+        many_pauses.extend(pause);
+        many_lost.push(json["end"]["sum"]["lost_packets"].as_f64().expect("lost_packets"));
+    }
+    let many = format!(
+        "With {pods} TAP pods on the node (two of them talking as above): takeover pause median {:.1} ms, max {:.1} ms; \
+         UDP frames lost median {:.0}, max {:.0}.",
+        median(many_pauses.clone()),
+        many_pauses.iter().copied().fold(0.0, f64::max),
+        median(many_lost.clone()),
+        many_lost.iter().copied().fold(0.0, f64::max),
+    );
     let pause = if pauses.is_empty() {
         "not logged".to_string()
     } else {
@@ -165,7 +198,7 @@ fn main() {
          (medians of {runs} runs of {seconds} s; the interruption at 40% of each run). Takeover pause (old \
          daemon's queues taken to its goodbye): {pause}.\n\n\
          | UDP 64 B at 100 000 frames/s, pod → pod | sent | lost | lost share |\n|---|---:|---:|---:|\n{}\n\n\
-         | TCP stream, pod → pod (100 ms intervals) | slowest interval, Gbit/s | time below half the median rate, ms | retransmits |\n|---|---:|---:|---:|\n{}\n",
+         | TCP stream, pod → pod (100 ms intervals) | slowest interval, Gbit/s | time below half the median rate, ms | retransmits |\n|---|---:|---:|---:|\n{}\n\n{many}\n",
         report::machine(),
         report::today(),
         udp_rows.join("\n"),
