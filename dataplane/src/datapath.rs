@@ -102,6 +102,9 @@ struct WorkerHandle {
 /// One worker's queues, each with its port, as [`Datapath::take_queues`] hands them back.
 pub type TakenQueues = Vec<(PortId, Box<dyn PortQueue>)>;
 
+/// A queue added while the workers are held, for that worker and port.
+type HeldQueue = (WorkerId, PortId, Box<dyn PortQueue>);
+
 pub struct Datapath {
     config: DatapathConfig,
     tables: Arc<ArcSwap<Tables>>,
@@ -111,6 +114,9 @@ pub struct Datapath {
     workers: Vec<WorkerHandle>,
     stop: Arc<AtomicBool>,
     held: Arc<AtomicBool>,
+    /// Queues added while held: placed with their workers in one batch each
+    /// ([`Datapath::place_held_queues`]), not one round trip per queue.
+    held_queues: std::sync::Mutex<Vec<HeldQueue>>,
 }
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -204,7 +210,17 @@ impl Datapath {
                 thread: Some(thread),
             });
         }
-        Ok(Datapath { config, tables, shared, shared_pool, clock, workers, stop, held })
+        Ok(Datapath {
+            config,
+            tables,
+            shared,
+            shared_pool,
+            clock,
+            workers,
+            stop,
+            held,
+            held_queues: Default::default(),
+        })
     }
 
     pub fn config(&self) -> &DatapathConfig {
@@ -246,6 +262,11 @@ impl Datapath {
         if port.index() >= self.config.max_ports {
             return Err(DatapathError::PortOutOfRange(port));
         }
+        if self.held.load(Ordering::SeqCst) {
+            self.worker(id)?;
+            self.held_queues().push((id, port, queue));
+            return Ok(());
+        }
         let (done, ack) = crossbeam_channel::bounded(1);
         self.command(id, Command::AddQueue { port, queue, done })?;
         ack.recv_timeout(ACK_TIMEOUT)
@@ -259,23 +280,57 @@ impl Datapath {
         id: WorkerId,
         port: PortId,
     ) -> Result<Option<Box<dyn PortQueue>>, DatapathError> {
+        {
+            let mut held = self.held_queues();
+            if let Some(i) = held.iter().position(|(w, p, _)| *w == id && *p == port) {
+                return Ok(Some(held.swap_remove(i).2));
+            }
+        }
         let (done, ack) = crossbeam_channel::bounded(1);
         self.command(id, Command::RemoveQueue { port, done })?;
         ack.recv_timeout(ACK_TIMEOUT).map_err(|_| DatapathError::WorkerUnresponsive(id, ACK_TIMEOUT))
     }
 
     /// Stops every worker reading its queues (commands still apply): queues added now
-    /// are read only after [`Datapath::read_again`].
+    /// wait here until [`Datapath::place_held_queues`] gives each worker its own in one
+    /// batch, and are read only after [`Datapath::read_again`].
     pub fn hold_reading(&self) {
         self.held.store(true, Ordering::SeqCst);
     }
 
-    /// Lets the workers read their queues again, at once.
-    pub fn read_again(&self) {
+    fn held_queues(&self) -> std::sync::MutexGuard<'_, Vec<HeldQueue>> {
+        self.held_queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Gives the workers the queues added while held, one batch each. On a failure the
+    /// queues of that batch stay with the worker except the one named.
+    pub fn place_held_queues(&self) -> Result<(), DatapathError> {
+        let mut per_worker: Vec<TakenQueues> = (0..self.workers.len()).map(|_| Vec::new()).collect();
+        for (worker, port, queue) in self.held_queues().drain(..) {
+            per_worker[worker].push((port, queue));
+        }
+        let mut answers = Vec::new();
+        for (id, queues) in per_worker.into_iter().enumerate().filter(|(_, q)| !q.is_empty()) {
+            let (done, ack) = crossbeam_channel::bounded(1);
+            self.command(id, Command::AddQueues { queues, done })?;
+            answers.push((id, ack));
+        }
+        for (id, ack) in answers {
+            ack.recv_timeout(ACK_TIMEOUT)
+                .map_err(|_| DatapathError::WorkerUnresponsive(id, ACK_TIMEOUT))?
+                .map_err(|(port, e)| DatapathError::Queue(port, e))?;
+        }
+        Ok(())
+    }
+
+    /// Lets the workers read their queues again, at once (those still held placed first).
+    pub fn read_again(&self) -> Result<(), DatapathError> {
+        let placed = self.place_held_queues();
         self.held.store(false, Ordering::SeqCst);
         for w in &self.workers {
             w.waker.wake();
         }
+        placed
     }
 
     /// Takes every queue back from every worker (a takeover's pause): nothing is read
@@ -562,9 +617,10 @@ mod tests {
                 dp.add_queue(worker, port, q).unwrap();
             }
         }
+        dp.place_held_queues().unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(handles[0].pending_rx(), 1, "not read while held");
-        dp.read_again();
+        assert_eq!(handles[0].pending_rx(), 1, "not read while held, though placed");
+        dp.read_again().unwrap();
         wait_for(|| handles[3].sent_count() == 2);
         assert_eq!(dp.stats().total_drops(), 0);
     }

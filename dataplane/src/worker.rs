@@ -81,6 +81,12 @@ pub(crate) enum Command {
     /// Hands every queue back: the worker idles, its ports' frames waiting in the
     /// kernel (a takeover).
     TakeAll { done: Sender<Vec<(PortId, Box<dyn PortQueue>)>> },
+    /// Starts polling every one of `queues` (a takeover's, all at once); the answer is
+    /// the first queue whose fd could not be watched, if any.
+    AddQueues {
+        queues: Vec<(PortId, Box<dyn PortQueue>)>,
+        done: Sender<Result<(), (PortId, std::io::Error)>>,
+    },
 }
 
 /// What a worker does when a round finds no work.
@@ -242,6 +248,15 @@ impl Worker {
                         let _ = self.epoll.registry().deregister(&mut mio::unix::SourceFd(&fd));
                     }
                     let _ = done.send(removed);
+                }
+                Command::AddQueues { queues, done } => {
+                    let mut first_error = None;
+                    for (port, queue) in queues {
+                        if let Err(e) = self.add_queue(port, queue) {
+                            first_error.get_or_insert((port, e));
+                        }
+                    }
+                    let _ = done.send(first_error.map_or(Ok(()), Err));
                 }
                 Command::TakeAll { done } => {
                     let mut taken = Vec::with_capacity(self.queues.len());

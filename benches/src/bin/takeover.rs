@@ -171,7 +171,8 @@ fn main() {
     grow(&mut r, pods);
     let (mut many_pauses, mut many_lost) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (json, pause) = run(&mut r, seconds, &["-u", "-l", "22", "-b", "17.6M", "-w", "4M"], Interruption::Takeover);
+        let (json, pause) =
+            run(&mut r, seconds, &["-u", "-l", "22", "-b", "17.6M", "-w", "4M"], Interruption::Takeover);
         many_pauses.extend(pause);
         many_lost.push(json["end"]["sum"]["lost_packets"].as_f64().expect("lost_packets"));
     }

@@ -140,6 +140,11 @@ pub(crate) async fn take_over(
             leave(&e.to_string())
         }
     };
+    // Every queue with its worker (one batch each), still not read.
+    if let Err(e) = tokio::task::block_in_place(|| switch.datapath().place_held_queues()) {
+        let _ = send(&conn, &Done::Abort(e.to_string()));
+        leave(&e.to_string());
+    }
     let confirmed = tokio::task::block_in_place(|| -> Result<(), TakeoverError> {
         send(&conn, &Done::Adopted)?;
         receive::<Bye>(&conn, REPLY_TIMEOUT).map_err(|_| TakeoverError::Resumed)?;
@@ -148,7 +153,10 @@ pub(crate) async fn take_over(
     if let Err(e) = confirmed {
         leave(&e.to_string());
     }
-    switch.datapath().read_again();
+    if let Err(e) = switch.datapath().read_again() {
+        // Placed before the goodbye: nothing is left to place here.
+        tracing::error!(error = %e, "a queue taken over is not polled");
+    }
     let pause_ms = started.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(from_version = %from, pause_ms, ports = switch.ports().len(), "took over: forwarding");
     // Then what may take longer, with traffic flowing: the node's routes, the uplink.
