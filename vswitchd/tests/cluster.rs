@@ -23,16 +23,25 @@ fn kubeconfig(server: &str) -> String {
     )
 }
 
-#[test]
-#[ignore = "needs root: scripts/test.sh runs it"]
-fn services_and_nodes_come_from_the_cluster() {
+/// A node whose vswitchd runs in cluster mode (`--kubeconfig`, as Node `node-a`)
+/// against a mock API server listening in the node's namespace, serving the fixtures'
+/// Nodes, Services and EndpointSlices. Fields drop in order: the daemon before the
+/// server, the server's runtime last.
+struct ClusterNode {
+    node: Node,
+    api: MockApi,
+    _files: Scratch,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn cluster_node(tag: &str, extra: &str) -> ClusterNode {
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let files = Scratch::new(&unique_prefix("cluf"));
+    let files = Scratch::new(&unique_prefix(&format!("{tag}f")));
     let kc = files.0.join("kubeconfig");
     let mut api = None;
     let args = ["--kubeconfig".to_string(), kc.display().to_string(), "--node-name".into(), "node-a".into()];
-    let node = Node::start_with_args("clu", "pod_cidr = \"\"\n", &args, |ns, _| {
+    let node = Node::start_with_args(tag, extra, &args, |ns, _| {
         let netns = vswitch_sys::netns::Netns::open(&ns.path()).expect("node namespace");
         let listener =
             netns.run(|| std::net::TcpListener::bind("127.0.0.1:0")).expect("in the node").expect("bind");
@@ -47,7 +56,13 @@ fn services_and_nodes_come_from_the_cluster() {
         std::fs::write(&kc, kubeconfig(&mock.url())).expect("kubeconfig");
         api = Some(mock);
     });
-    let api = api.expect("mock started");
+    ClusterNode { node, api: api.expect("mock started"), _files: files, _rt: rt }
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn services_and_nodes_come_from_the_cluster() {
+    let ClusterNode { node, api, _files, _rt } = cluster_node("clu", "pod_cidr = \"\"\n");
 
     let status = node.api(|c| async move { c.status().await }).expect("status");
     assert_eq!(status.pod_cidr.to_string(), "10.244.1.0/24", "from the Node object");
@@ -115,7 +130,6 @@ fn services_and_nodes_come_from_the_cluster() {
         "the deleted Service withdrawn"
     );
     drop(node);
-    drop(rt);
 }
 
 /// A takeover while the API server is away: the new daemon serves the Services and
@@ -124,28 +138,7 @@ fn services_and_nodes_come_from_the_cluster() {
 #[test]
 #[ignore = "needs root: scripts/test.sh runs it"]
 fn a_takeover_serves_the_clusters_services_while_the_api_server_is_away() {
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let files = Scratch::new(&unique_prefix("clut"));
-    let kc = files.0.join("kubeconfig");
-    let mut api = None;
-    let args = ["--kubeconfig".to_string(), kc.display().to_string(), "--node-name".into(), "node-a".into()];
-    let mut node = Node::start_with_args("clt", "", &args, |ns, _| {
-        let netns = vswitch_sys::netns::Netns::open(&ns.path()).expect("node namespace");
-        let listener =
-            netns.run(|| std::net::TcpListener::bind("127.0.0.1:0")).expect("in the node").expect("bind");
-        let mock = rt.block_on(MockApi::start_on(
-            listener,
-            &[
-                ("nodes", fixtures::NODES),
-                ("services", fixtures::SERVICES),
-                ("endpointslices", fixtures::ENDPOINT_SLICES),
-            ],
-        ));
-        std::fs::write(&kc, kubeconfig(&mock.url())).expect("kubeconfig");
-        api = Some(mock);
-    });
-    let api = api.expect("mock started");
+    let ClusterNode { mut node, api, _files, _rt } = cluster_node("clt", "");
     let synced = |node: &Node| {
         node.api(|c| async move { c.status().await })
             .ok()
@@ -169,5 +162,4 @@ fn a_takeover_serves_the_clusters_services_while_the_api_server_is_away() {
     assert!(wait_until(Duration::from_secs(30), || synced(&node)), "watchers synced again:\n{}", node.log());
     assert!(served(&node));
     drop(node);
-    drop(rt);
 }
