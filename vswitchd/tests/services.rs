@@ -433,13 +433,6 @@ endpoints = [{{ ip = "{a}" }}, {{ ip = "10.244.2.9", node = "elsewhere" }}]
         assert_eq!(g["greeting"], format!("a {OUTSIDE_IP}"), "{g}");
     }
 
-    // A takeover closes the uplink's AF_XDP sockets at its pause and the new daemon
-    // opens them again: NodePorts from outside work on.
-    s.node.take_over();
-    let names = counts(&tool_json_in(&x, &["connect", NODE_IP, "30080", "30"]));
-    assert_eq!(names.values().sum::<usize>(), 30, "NodePorts after a takeover: {names:?}");
-    assert!(s.node.ctl(&["status"]).contains("uplink:    upl0"), "the uplink reopened");
-
     // The node's own traffic on the uplink is the kernel's: ping, and a TCP service of
     // the node itself.
     let _own = s.node.ns.spawn(&["ncat", "-lk", "22222"]);
@@ -451,6 +444,18 @@ endpoints = [{{ ip = "{a}" }}, {{ ip = "10.244.2.9", node = "elsewhere" }}]
     let (verified, bad) = checksum_report(&pcap);
     assert!(verified >= 100, "the outside capture has the NodePort flows ({verified} verified)");
     assert!(bad.is_empty(), "bad checksums on the wire outside:\n{}", bad.join("\n"));
+
+    // A takeover closes the uplink's AF_XDP sockets at its pause and the new daemon
+    // opens them again: NodePorts from outside work on.
+    s.node.take_over();
+    let names = counts(&tool_json_in(&x, &["connect", NODE_IP, "30080", "30"]));
+    assert_eq!(names.values().sum::<usize>(), 30, "NodePorts after a takeover: {names:?}");
+    assert!(s.node.ctl(&["status"]).contains("uplink:    upl0"), "the uplink reopened");
+    assert!(
+        !s.node.log().contains("local routing rule put back"),
+        "the node's NodePort rules stayed through the takeover:\n{}",
+        s.node.log()
+    );
 
     // A NodePort that goes away is no longer steered: the node's kernel refuses it.
     apply(&s.node, &s.file, &services_toml(&[ip(11), ip(12), ip(13)], ""));

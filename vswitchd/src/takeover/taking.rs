@@ -159,11 +159,13 @@ pub(crate) async fn take_over(
     }
     let pause_ms = started.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(from_version = %from, pause_ms, ports = switch.ports().len(), "took over: forwarding");
-    // Then what may take longer, with traffic flowing: the node's routes, the uplink.
-    switch.release_routes();
+    // Then what may take longer, with traffic flowing: the uplink (which gives the
+    // node's address when the config names none), then the node's routes and rules
+    // (synced before the address is known, the NodePort rules would go and come back).
     if let Err(e) = switch.start_uplink() {
         tracing::error!(error = %e, "uplink not started: NodePorts are not reachable from outside the node");
     }
+    switch.release_routes();
     let names = switch.port_names();
     let away = carried.age_secs();
     switch.carry_over(&mut carried, &names, away, &mut restored);
