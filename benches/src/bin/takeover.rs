@@ -41,14 +41,16 @@ impl Interruption {
     }
 }
 
+/// Dropped in field order: the daemon (killed) before the namespaces it served.
 struct Rig {
-    _dir: Scratch,
-    prefix: String,
     daemon: Vswitchd,
     a: Netns,
     b: Netns,
     /// More pods, only attached: what the pause grows with.
     others: Vec<Netns>,
+    _node: Netns,
+    prefix: String,
+    _dir: Scratch,
 }
 
 fn rig() -> Rig {
@@ -72,9 +74,7 @@ fn rig() -> Rig {
             .success()),
         "pods reach each other"
     );
-    // The node namespace lives as long as the daemon in it: leak it into the rig.
-    std::mem::forget(node);
-    Rig { _dir: dir, prefix, daemon, a, b, others: Vec::new() }
+    Rig { daemon, a, b, others: Vec::new(), _node: node, prefix, _dir: dir }
 }
 
 /// Attaches pods until the node has `count`.
