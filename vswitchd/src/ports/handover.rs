@@ -233,13 +233,9 @@ impl PortManager {
         workers: usize,
         label: &str,
     ) -> Result<Vec<Box<dyn PortQueue>>, AttachError> {
-        let mut per_worker = received.taps.remove(&port).unwrap_or_default();
-        if per_worker.len() != workers || per_worker.keys().any(|w| *w >= workers) {
-            return Err(AttachError::NotHandedOver(port));
-        }
-        (0..workers)
-            .map(|w| {
-                let (fd, offloads, tunnel) = per_worker.remove(&w).expect("one per worker, checked");
+        one_per_worker(received.taps.remove(&port), port, workers)?
+            .into_iter()
+            .map(|(fd, offloads, tunnel)| {
                 let handed = HandedQueue::Tap { fd, name: name.to_string(), offloads, tunnel };
                 Ok(self.kernel.adopt_queue(handed, label)?)
             })
@@ -253,13 +249,11 @@ impl PortManager {
         port: PortId,
         workers: usize,
     ) -> Result<Vec<Box<dyn PortQueue>>, AttachError> {
-        let mut per_worker = received.sockets.remove(&port).unwrap_or_default();
-        if per_worker.len() != workers || per_worker.keys().any(|w| *w >= workers) {
-            return Err(AttachError::NotHandedOver(port));
-        }
         let local = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, self.config.overlay.port);
-        (0..workers)
-            .map(|w| match per_worker.remove(&w).expect("one per worker, checked") {
+        one_per_worker(received.sockets.remove(&port), port, workers)?
+            .into_iter()
+            .enumerate()
+            .map(|(w, pair)| match pair {
                 SocketPair { rx: Some(rx), tx: Some(tx) } => {
                     let handed =
                         HandedQueue::Sockets { rx, tx, local, mtu: self.config.overlay.underlay_mtu };
@@ -270,4 +264,18 @@ impl PortManager {
             })
             .collect()
     }
+}
+
+/// What came for each of `workers` workers of `port`, in worker order: exactly one
+/// each, or the port was not handed over as announced.
+fn one_per_worker<T>(
+    per_worker: Option<BTreeMap<WorkerId, T>>,
+    port: PortId,
+    workers: usize,
+) -> Result<Vec<T>, AttachError> {
+    let per_worker = per_worker.unwrap_or_default();
+    if !per_worker.keys().copied().eq(0..workers) {
+        return Err(AttachError::NotHandedOver(port));
+    }
+    Ok(per_worker.into_values().collect())
 }
