@@ -6,7 +6,7 @@ set -euo pipefail
 
 apt_packages=(
   # build: C toolchain for -sys crates; clang (BPF target), libclang (bindgen), libelf,
-  # zlib, pkg-config and m4 for xsk-rs/libxdp (AF_XDP)
+  # zlib, pkg-config and m4 for libbpf-sys (the XDP and tc programs)
   build-essential clang libclang-dev libelf-dev zlib1g-dev pkg-config m4
   # the real network tools the tests and the demo drive
   iproute2 ethtool iputils-ping iperf3 ncat curl tshark nftables iptables netsniff-ng python3-scapy

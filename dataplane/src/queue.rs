@@ -8,6 +8,8 @@
 use std::os::fd::BorrowedFd;
 
 use crate::frame::{Frame, FramePool};
+use crate::port::afxdp::XskHandover;
+use crate::port::steer::SteeringHandover;
 
 /// What a transmit call achieved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,12 +31,15 @@ pub struct PortError {
 }
 
 /// What a queue is made of in the kernel, for the next daemon to adopt it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Handover<'a> {
     /// A TAP queue and how it was set up (the device keeps its offload settings).
     Tap { fd: BorrowedFd<'a>, offloads: bool, tunnel: bool },
     /// The underlay's receiving UDP and sending raw sockets.
     Sockets { rx: BorrowedFd<'a>, tx: BorrowedFd<'a> },
+    /// AF_XDP sockets (one, or a group's, in order) and the XDP program steering to
+    /// them when the queue owns it (a pod's veth; the uplink's is the port's).
+    Xsk { sockets: Vec<XskHandover<'a>>, program: Option<SteeringHandover<'a>> },
 }
 
 /// One queue of a port.

@@ -20,7 +20,7 @@ use crate::cluster::translate::ServiceKey;
 use crate::config::{Config, ConfigError, UnderlayIo};
 use crate::nodes::{NodeController, Underlays};
 use crate::plane::Plane;
-use crate::ports::handover::{HandedUnderlay, Paused, QueueFd};
+use crate::ports::handover::{HandedFds, HandedUnderlay, HandedXdp, Paused, QueueFd};
 use crate::ports::kernel::{Kernel, TunnelSpec, first_ipv4};
 use crate::ports::{AttachError, PortManager, RestoreReport, RouteSync, TUNNEL_TAP, UplinkError};
 use crate::services::ServiceController;
@@ -113,16 +113,23 @@ impl Switch {
         let kernel = self.ports.kernel();
         let ip =
             first_ipv4(&kernel.addresses(kernel.index_of(&name)?)?).ok_or(UplinkError::NoAddress(name))?;
+        self.use_node_ip(ip)?;
+        Ok(Some(ip))
+    }
+
+    /// Serves NodePorts (and sends VXLAN) on `ip`, the node's address.
+    fn use_node_ip(&mut self, ip: Ipv4Addr) -> Result<(), AttachError> {
         self.config.node_ip = Some(ip);
         self.services.set_node_ip(&mut self.plane, ip);
         self.plane.publish()?;
         self.publish_overlay();
-        Ok(Some(ip))
+        Ok(())
     }
 
-    /// Takes NodePort traffic (and VXLAN) from the configured uplink interface, if any.
+    /// Takes NodePort traffic (and VXLAN) from the configured uplink interface, if any
+    /// (and if a takeover did not bring it).
     pub(crate) fn start_uplink(&mut self) -> Result<(), AttachError> {
-        if self.config.uplink.is_none() {
+        if self.config.uplink.is_none() || self.ports.uplink_name().is_some() {
             return Ok(());
         }
         let Some(node_ip) = self.resolve_node_ip()? else { return Ok(()) };
@@ -427,11 +434,6 @@ impl Switch {
 
     // ---- a takeover: the running daemon's side
 
-    /// Why this daemon cannot hand its ports over, if it cannot.
-    pub(crate) fn handover_blocker(&self) -> Option<String> {
-        self.ports.handover_blocker()
-    }
-
     /// What a new daemon builds its Services from before the pause: the Service
     /// ports' ids and, with `cluster`, the Services and nodes the cluster gave.
     pub(crate) fn takeover_preface(&self, cluster: bool) -> Preface {
@@ -454,10 +456,9 @@ impl Switch {
     }
 
     /// The pause: every queue taken from the workers, the tables taken (as a clean stop
-    /// takes them), the uplink closed. Until [`Switch::resume_after_takeover`] or the
-    /// exit, nothing moves.
+    /// takes them). Until [`Switch::resume_after_takeover`] or the exit, nothing moves.
     pub(crate) fn pause_for_takeover(&mut self) -> Result<Handing, AttachError> {
-        let mut paused = self.ports.pause(&self.plane)?;
+        let paused = self.ports.pause(&self.plane)?;
         let now = self.plane.datapath.now();
         let tables = TablesSnapshot::take(
             &self.plane.datapath,
@@ -465,12 +466,17 @@ impl Switch {
             self.ports.port_names(),
             self.services.remembered(),
         );
-        self.ports.close_uplink(&mut self.plane, &mut paused);
         let state = serde_json::to_string(&self.ports.state()).expect("the state file serializes");
         Ok(Handing { paused, tables: tables.encode(), state, underlay: self.ports.handed_underlay() })
     }
 
-    /// After a takeover that did not happen: forwarding again, the uplink reopened.
+    /// Every descriptor of the paused ports, each with what it is, and what goes with
+    /// the AF_XDP ones.
+    pub(crate) fn handed<'a>(&'a self, paused: &'a Paused) -> Result<(HandedFds<'a>, HandedXdp), String> {
+        self.ports.handed(paused)
+    }
+
+    /// After a takeover that did not happen: forwarding again.
     pub(crate) fn resume_after_takeover(&mut self, paused: Paused) {
         self.ports.resume(&mut self.plane, paused);
         self.publish_overlay();
@@ -533,9 +539,16 @@ impl Switch {
         &mut self,
         state: StateFile,
         underlay: Option<HandedUnderlay>,
+        xdp: HandedXdp,
         fds: Vec<(QueueFd, std::os::fd::OwnedFd)>,
     ) -> Result<RestoreReport, AttachError> {
-        let report = self.ports.adopt(&mut self.plane, state, underlay, fds)?;
+        let report = self.ports.adopt(&mut self.plane, state, underlay, xdp, fds)?;
+        // The uplink came with the address it serves, which the config may not name.
+        if self.config.node_ip.is_none()
+            && let Some(ip) = self.ports.uplink_node_ip()
+        {
+            self.use_node_ip(ip)?;
+        }
         self.publish_overlay();
         self.steer();
         Ok(report)

@@ -234,12 +234,12 @@ fn a_service_connection_where_the_endpoint_speaks_first_survives_a_clean_restart
     );
 }
 
-/// The same through a takeover (TAP pods: an AF_XDP pod would make it a restart): the
-/// flow is the new daemon's before the endpoint speaks.
+/// The same through a takeover (the client on AF_XDP, handed over with its socket):
+/// the flow is the new daemon's before the endpoint speaks.
 #[test]
 #[ignore = "needs root: scripts/test.sh runs it"]
 fn a_service_connection_where_the_endpoint_speaks_first_survives_a_takeover() {
-    let mut s = PushingService::start("esft", Backend::Tap);
+    let mut s = PushingService::start("esft", Backend::Afxdp);
     let held = s.connect("takeover");
     s.node.take_over();
     assert_eq!(s.node.stats().conntrack_entries, 1, "the flow came with the takeover\n{}", s.node.log());

@@ -445,12 +445,49 @@ endpoints = [{{ ip = "{a}" }}, {{ ip = "10.244.2.9", node = "elsewhere" }}]
     assert!(verified >= 100, "the outside capture has the NodePort flows ({verified} verified)");
     assert!(bad.is_empty(), "bad checksums on the wire outside:\n{}", bad.join("\n"));
 
-    // A takeover closes the uplink's AF_XDP sockets at its pause and the new daemon
-    // opens them again: NodePorts from outside work on.
+    // A takeover hands the uplink's AF_XDP sockets and XDP program to the new daemon:
+    // NodePort connections from outside established before it go on (a gap in the
+    // uplink would have the node's stack reset them), and new ones work.
+    let hold_dir = s.files.0.join("hold-outside");
+    std::fs::create_dir_all(&hold_dir).unwrap();
+    let tool = tool();
+    let _holder = x.spawn(&[
+        "/usr/bin/python3",
+        tool.to_str().unwrap(),
+        "hold",
+        NODE_IP,
+        "30080",
+        "10",
+        hold_dir.to_str().unwrap(),
+    ]);
+    assert!(wait_until(Duration::from_secs(20), || hold_dir.join("held").exists()), "10 connections open");
+    // New connections one after another across the takeover: a SYN arriving during
+    // the pause waits in the socket's ring rather than reaching the node's stack
+    // (which would refuse it: nothing of the node listens there).
+    let mut during =
+        x.spawn(&["/usr/bin/python3", tool.to_str().unwrap(), "connect", NODE_IP, "30080", "3000"]);
+    std::thread::sleep(Duration::from_millis(200));
     s.node.take_over();
+    let out = during.wait_output(Duration::from_secs(60)).expect("the connections finish");
+    assert!(
+        out.status.success(),
+        "a connection failed across the takeover: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let during = counts(&serde_json::from_slice(&out.stdout).unwrap());
+    assert_eq!(during.values().sum::<usize>(), 3000, "{during:?}");
+    std::fs::write(hold_dir.join("go"), "").unwrap();
+    let answers_file = hold_dir.join("answers");
+    assert!(wait_until(Duration::from_secs(20), || answers_file.exists()), "the held connections answered");
+    let answers: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(&answers_file).unwrap()).unwrap();
+    for (i, a) in answers.iter().enumerate() {
+        assert!(a.ends_with(&format!(" ping{i}")), "held connection {i} after the takeover: {answers:?}");
+    }
     let names = counts(&tool_json_in(&x, &["connect", NODE_IP, "30080", "30"]));
     assert_eq!(names.values().sum::<usize>(), 30, "NodePorts after a takeover: {names:?}");
-    assert!(s.node.ctl(&["status"]).contains("uplink:    upl0"), "the uplink reopened");
+    assert!(s.node.ctl(&["status"]).contains("uplink:    upl0"), "the uplink is the new daemon's");
+    assert!(s.node.log().contains("handed_over=true"), "handed over, not opened again:\n{}", s.node.log());
     assert!(
         !s.node.log().contains("local routing rule put back"),
         "the node's NodePort rules stayed through the takeover:\n{}",

@@ -1,4 +1,5 @@
-//! AF_XDP ports: an XSK socket (`xsk-rs`) bound to the host end of a pod's veth pair.
+//! AF_XDP ports: an XSK socket ([`super::xsk`]) bound to the host end of a pod's veth
+//! pair, or to a queue of the uplink.
 //!
 //! The pod's end of the pair is its interface; frames it sends arrive on the host end,
 //! where our XDP program ([`SteeringProgram`] in its redirect-everything mode) hands
@@ -15,28 +16,27 @@
 //! [`busy`](PortQueue::busy) and kicks again on every poll until completions return
 //! them.
 //!
-//! Traps of this kernel handled here: a stale XDP program on the interface is detached
-//! by the control plane before binding; libxdp's multi-program dispatcher needs bpffs,
-//! which is not mounted by default, so [`prepare_process`] tells libxdp not to use it.
+//! A takeover hands the socket, its UMEM (a memfd) and which frames this side held
+//! ([`XskFrames`]) to the next daemon, which maps them again ([`XskQueue::adopt`]):
+//! frames waiting in the receive ring are read by the next daemon.
+//!
+//! A stale XDP program on the interface is detached by the control plane before
+//! binding.
 
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-use std::io::Write;
-use std::num::NonZeroU32;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::time::{Duration, Instant};
 
-use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
-use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
-
 use super::steer::SteeringProgram;
 pub use super::steer::XdpMode;
+use super::xsk::{Desc, Geometry, Xsk};
 use crate::frame::{Frame, FramePool};
-use crate::queue::{PortError, PortQueue, TxOutcome};
+use crate::queue::{Handover, PortError, PortQueue, TxOutcome};
 use vswitch_sys::{Context, SysError};
 
 /// Frames per UMEM: half for receiving, half for transmitting.
@@ -47,49 +47,51 @@ const FRAME_SIZE: u32 = 2048;
 const XDP_HEADROOM: u32 = 256;
 /// The longest frame a UMEM frame holds; the pod MTU of an AF_XDP port must fit it.
 pub const MAX_FRAME: usize = (FRAME_SIZE - XDP_HEADROOM) as usize;
+/// Every socket's sizes (a takeover's partner must have the same).
+const GEOMETRY: Geometry = Geometry { frames: FRAMES, frame_size: FRAME_SIZE, ring: RING };
 
-/// Tells libxdp to attach its program without the multi-program dispatcher (which
-/// needs a mounted bpffs; most nodes running this have none, and a port owns its
-/// interface alone anyway). Call it first thing in `main`: it refuses, changing
-/// nothing, once the process has a second thread.
-pub fn prepare_process() -> Result<(), SysError> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context(|| "reading /proc/self/status".into())?;
-    let threads = status.lines().find_map(|l| l.strip_prefix("Threads:")).map(str::trim);
-    if threads != Some("1") {
-        return Err(SysError::new(
-            "preparing libxdp",
-            std::io::Error::other("the process already has several threads; call this first in main"),
-        ));
-    }
-    // SAFETY: the process has exactly one thread (checked above), so nothing can read
-    // the environment concurrently.
-    unsafe { std::env::set_var("LIBXDP_SKIP_DISPATCHER", "1") };
-    // libbpf reports, on stderr, every ELF section of libxdp's program it does not
-    // know, and libxdp its lock and bpffs probing; failures reach us as errno with our
-    // own context. No printers: quiet.
+/// Silences libbpf's chatter on stderr (every ELF section of a program it does not
+/// know); failures reach us as errno with our own context.
+pub fn prepare_process() {
     // SAFETY: setting a print callback is allowed at any time; NULL disables it.
-    unsafe {
-        libbpf_sys::libbpf_set_print(None);
-        libxdp_sys::libxdp_set_print(None);
-    }
-    Ok(())
+    unsafe { libbpf_sys::libbpf_set_print(None) };
 }
 
-/// One AF_XDP socket (queue 0 of the host-side veth) and its UMEM.
+/// Which frames of a socket's UMEM were the process's own when it handed the socket
+/// over (UMEM offsets of frame starts); every other frame is on a ring or in the
+/// kernel, and the rings' indices say where.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct XskFrames {
+    /// Free for transmitting.
+    pub free_tx: Vec<u64>,
+    /// Received and read, not yet back on the fill ring.
+    pub refill: Vec<u64>,
+    /// Transmit frames on the transmit or completion ring or in the kernel.
+    pub in_flight: u32,
+}
+
+/// One AF_XDP socket as a takeover hands it over.
+#[derive(Clone, Debug)]
+pub struct XskHandover<'a> {
+    pub socket: BorrowedFd<'a>,
+    pub umem: BorrowedFd<'a>,
+    /// The interface's queue the socket is bound to.
+    pub queue: u32,
+    pub frames: XskFrames,
+}
+
+/// One AF_XDP socket (a queue of the host-side veth or of the uplink) and its UMEM.
 pub struct XskQueue {
-    umem: Umem,
-    fill: FillQueue,
-    comp: CompQueue,
-    rx: RxQueue,
-    tx: TxQueue,
+    xsk: Xsk,
+    queue: u32,
     /// Transmit frames not in the kernel's hands.
-    free_tx: Vec<FrameDesc>,
+    free_tx: Vec<u64>,
     /// Scratch for ring operations, sized once.
-    scratch: Vec<FrameDesc>,
-    produce: Vec<FrameDesc>,
+    descs: Vec<Desc>,
+    addrs: Vec<u64>,
+    produce: Vec<Desc>,
     /// Receive frames the fill ring could not take back yet (retried every round).
-    refill: Vec<FrameDesc>,
+    refill: Vec<u64>,
     in_flight: usize,
     /// When transmitted frames last came back; a queue whose device stopped completing
     /// (down, unregistered) stops counting as busy after [`STALL`].
@@ -103,15 +105,8 @@ pub struct XskQueue {
 /// How long frames in flight keep a worker awake without any completing.
 const STALL: Duration = Duration::from_millis(50);
 
-/// A socket for an interface whose XDP program is ours ([`SteeringProgram`]): libxdp
-/// loads nothing.
-fn steered_socket_config() -> SocketConfig {
-    SocketConfig::builder()
-        .rx_queue_size(QueueSize::new(RING).expect("a power of two"))
-        .tx_queue_size(QueueSize::new(RING).expect("a power of two"))
-        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-        .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
-        .build()
+fn zero_desc() -> Desc {
+    Desc { addr: 0, len: 0, options: 0 }
 }
 
 impl XskQueue {
@@ -130,57 +125,53 @@ impl XskQueue {
     /// Binds a socket to queue `queue` of the interface `program` is attached to and
     /// registers it there: the program decides which frames reach it.
     pub fn open_steered(program: &SteeringProgram, queue: u32) -> Result<XskQueue, SysError> {
-        let q = Self::open_with(program.ifname(), queue, steered_socket_config(), "steered")?;
-        program.register_socket(queue, q.rx.fd().as_raw_fd())?;
-        Ok(q)
-    }
-
-    fn open_with(ifname: &str, queue: u32, config: SocketConfig, how: &str) -> Result<XskQueue, SysError> {
-        let ctx = || format!("AF_XDP socket on {ifname} queue {queue} ({how})");
-        let umem_config = UmemConfig::builder()
-            .frame_size(FrameSize::new(FRAME_SIZE).expect("at least 2048"))
-            .fill_queue_size(QueueSize::new(RING).expect("a power of two"))
-            .comp_queue_size(QueueSize::new(RING).expect("a power of two"))
-            .build()
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .context(ctx)?;
-        let (umem, mut descs) = Umem::new(umem_config, NonZeroU32::new(FRAMES).expect("non-zero"), false)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .context(ctx)?;
-        let iface: Interface =
-            ifname.parse().map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL)).context(ctx)?;
-        // SAFETY: the UMEM is this socket's alone (not shared), so no other socket is
-        // bound to this interface and queue through it.
-        let sock = unsafe { Socket::new(config, &umem, &iface, queue) }
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .context(ctx)?;
-        let (tx, rx, Some((mut fill, comp))) = sock else {
-            return Err(SysError::new(
-                ctx(),
-                std::io::Error::other("socket shares a fill ring it should own"),
-            ));
-        };
-        let free_tx = descs.split_off(RING as usize);
-        // SAFETY: the descriptors are this UMEM's, fresh, and go to the fill ring once.
-        let filled = unsafe { fill.produce(&descs) };
-        if filled != descs.len() {
+        let ifname = program.ifname();
+        let ctx = || format!("AF_XDP socket on {ifname} queue {queue}");
+        let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(std::io::Error::from).context(ctx)?;
+        let mut xsk = Xsk::bind(ifindex, queue, GEOMETRY).context(ctx)?;
+        let frames: Vec<u64> = (0..u64::from(FRAMES)).map(|i| i * u64::from(FRAME_SIZE)).collect();
+        let (to_fill, free_tx) = frames.split_at(RING as usize);
+        if xsk.fill.produce(to_fill) != to_fill.len() {
             return Err(SysError::new(ctx(), std::io::Error::other("fill ring smaller than configured")));
         }
-        Ok(XskQueue {
-            umem,
-            fill,
-            comp,
-            rx,
-            tx,
-            free_tx,
-            scratch: vec![FrameDesc::default(); RING as usize],
+        program.register_socket(queue, xsk.socket().as_raw_fd())?;
+        let frames = XskFrames { free_tx: free_tx.to_vec(), refill: Vec::new(), in_flight: 0 };
+        Ok(Self::with_frames(xsk, queue, frames, ifname.to_string()))
+    }
+
+    fn with_frames(xsk: Xsk, queue: u32, frames: XskFrames, label: String) -> XskQueue {
+        XskQueue {
+            xsk,
+            queue,
+            free_tx: frames.free_tx,
+            descs: vec![zero_desc(); RING as usize],
+            addrs: vec![0; RING as usize],
             produce: Vec::with_capacity(RING as usize),
-            refill: Vec::new(),
-            in_flight: 0,
+            refill: frames.refill,
+            in_flight: frames.in_flight as usize,
             last_completion: Instant::now(),
-            label: ifname.to_string(),
+            label,
             program: None,
-        })
+        }
+    }
+
+    /// A socket another daemon handed over: `socket` bound to `queue`, its UMEM's
+    /// `memfd`, the `frames` that daemon held, and the XDP program steering to it if
+    /// the queue owns one (a pod's).
+    pub fn adopt(
+        socket: OwnedFd,
+        memfd: OwnedFd,
+        queue: u32,
+        frames: XskFrames,
+        program: Option<SteeringProgram>,
+        label: String,
+    ) -> Result<XskQueue, SysError> {
+        let ctx = || format!("AF_XDP socket of {label} handed over");
+        check_frames(&frames).map_err(std::io::Error::other).context(ctx)?;
+        let xsk = Xsk::adopt(socket, memfd, GEOMETRY).context(ctx)?;
+        let mut q = Self::with_frames(xsk, queue, frames, label);
+        q.program = program;
+        Ok(q)
     }
 
     pub fn set_label(&mut self, label: String) {
@@ -192,20 +183,50 @@ impl XskQueue {
         if self.in_flight == 0 {
             return;
         }
-        // SAFETY: the completion ring returns descriptors of this UMEM that we put on
-        // the transmit ring; after this they are ours again.
-        let done = unsafe { self.comp.consume(&mut self.scratch) };
-        self.free_tx.extend_from_slice(&self.scratch[..done]);
+        let done = self.xsk.completion.consume(&mut self.addrs);
+        self.free_tx.extend_from_slice(&self.addrs[..done]);
         self.in_flight -= done;
         if done > 0 {
             self.last_completion = Instant::now();
         }
         if self.in_flight > 0 {
-            // Copy mode sends only inside this syscall, at most 32 frames per call;
-            // EAGAIN (more left) and ENOBUFS are expected and retried next round.
-            let _ = self.tx.wakeup();
+            self.xsk.kick_tx();
         }
     }
+
+    fn handed(&self) -> XskHandover<'_> {
+        XskHandover {
+            socket: self.xsk.socket(),
+            umem: self.xsk.memfd(),
+            queue: self.queue,
+            frames: XskFrames {
+                free_tx: self.free_tx.clone(),
+                refill: self.refill.clone(),
+                in_flight: self.in_flight as u32,
+            },
+        }
+    }
+}
+
+/// Frames handed over are whole frames of the UMEM, each once, and no more than it has.
+fn check_frames(frames: &XskFrames) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for &addr in frames.free_tx.iter().chain(&frames.refill) {
+        if addr % u64::from(FRAME_SIZE) != 0 || addr >= u64::from(FRAMES) * u64::from(FRAME_SIZE) {
+            return Err(format!("frame address {addr} is not a frame of the UMEM"));
+        }
+        if !seen.insert(addr) {
+            return Err(format!("frame {addr} handed over twice"));
+        }
+    }
+    if seen.len() + frames.in_flight as usize > FRAMES as usize {
+        return Err(format!(
+            "{} frames held and {} in flight: more than the UMEM's {FRAMES}",
+            seen.len(),
+            frames.in_flight
+        ));
+    }
+    Ok(())
 }
 
 impl PortQueue for XskQueue {
@@ -216,30 +237,32 @@ impl PortQueue for XskQueue {
         max: usize,
     ) -> Result<usize, PortError> {
         self.complete_tx();
-        let want = max.min(self.scratch.len());
-        // SAFETY: the receive ring hands out descriptors of this UMEM filled by the
-        // kernel; we read them, then give them straight back to the fill ring.
-        let n = unsafe { self.rx.consume(&mut self.scratch[..want]) };
-        for desc in &self.scratch[..n] {
-            // SAFETY: `desc` came from the receive ring and is not on any ring until
-            // the fill-ring produce below.
-            let data = unsafe { self.umem.data(desc) };
-            let bytes = data.contents();
-            let mut frame = pool.get_fitting(bytes.len());
-            frame.set(bytes);
-            batch.push(frame);
-        }
-        self.refill.extend_from_slice(&self.scratch[..n]);
-        if !self.refill.is_empty() {
-            // SAFETY: each descriptor came from the receive ring and is on no ring now.
-            // The fill ring holds every receive frame, so this succeeds; if it ever did
-            // not (produce is all or nothing), the frames wait here for the next round.
-            let back = unsafe { self.fill.produce(&self.refill) };
-            if back == self.refill.len() {
-                self.refill.clear();
+        let want = max.min(self.descs.len());
+        let n = self.xsk.rx.consume(&mut self.descs[..want]);
+        let mut got = 0;
+        for desc in &self.descs[..n] {
+            // SAFETY: the descriptor came off the receive ring, so the frame is ours
+            // until it goes back on the fill ring below.
+            match unsafe { self.xsk.umem.frame(desc.addr, desc.len as usize) } {
+                Some(bytes) => {
+                    let mut frame = pool.get_fitting(bytes.len());
+                    frame.set(bytes);
+                    batch.push(frame);
+                    got += 1;
+                }
+                None => {
+                    tracing::warn!(port = %self.label, addr = desc.addr, len = desc.len, "receive descriptor outside the UMEM: skipped")
+                }
             }
+            self.refill.push(GEOMETRY.frame_of(desc.addr));
         }
-        Ok(n)
+        if !self.refill.is_empty() {
+            // The fill ring holds every receive frame, so this takes them all; if it
+            // ever did not, the rest wait here for the next round.
+            let back = self.xsk.fill.produce(&self.refill);
+            self.refill.drain(..back);
+        }
+        Ok(got)
     }
 
     fn tx_batch(&mut self, frames: &mut Vec<Frame>, pool: &mut FramePool) -> TxOutcome {
@@ -247,46 +270,41 @@ impl PortQueue for XskQueue {
         let mut out = TxOutcome::default();
         self.produce.clear();
         for frame in frames.drain(..) {
-            let Some(mut desc) = self.free_tx.pop() else {
+            if frame.len() > MAX_FRAME {
+                out.dropped += 1;
+                pool.put(frame);
+                continue;
+            }
+            let Some(addr) = self.free_tx.pop() else {
                 out.dropped += 1;
                 pool.put(frame);
                 continue;
             };
-            if frame.len() > MAX_FRAME {
-                self.free_tx.push(desc);
-                out.dropped += 1;
-                pool.put(frame);
-                continue;
-            }
-            {
-                // SAFETY: `desc` is a free transmit frame of this UMEM; nothing else
-                // touches it until it is produced below.
-                let mut data = unsafe { self.umem.data_mut(&mut desc) };
-                let mut cursor = data.cursor();
-                cursor.set_pos(0);
-                cursor.write_all(frame.data()).expect("frame length checked against the UMEM frame");
-            }
+            // SAFETY: `addr` is a free transmit frame: on no ring until produced below.
+            let data = unsafe { self.xsk.umem.frame_mut(addr, frame.len()) }
+                .expect("a free frame of the UMEM holds MAX_FRAME bytes");
+            data.copy_from_slice(frame.data());
+            self.produce.push(Desc { addr, len: frame.len() as u32, options: 0 });
             out.sent_bytes += frame.len() as u64;
-            self.produce.push(desc);
             pool.put(frame);
         }
         if self.produce.is_empty() {
             return out;
         }
-        // SAFETY: the descriptors are this UMEM's free transmit frames, each once.
-        let produced = unsafe { self.tx.produce(&self.produce) };
-        if produced == 0 {
-            // Ring full (all-or-nothing): the frames are lost, as on a full NIC queue.
-            out.dropped += self.produce.len();
-            out.sent_bytes = 0;
-            self.free_tx.append(&mut self.produce);
-        } else {
+        let produced = self.xsk.tx.produce(&self.produce);
+        // A full ring takes fewer: the rest are lost, as on a full NIC queue.
+        for lost in &self.produce[produced..] {
+            out.dropped += 1;
+            out.sent_bytes -= u64::from(lost.len);
+            self.free_tx.push(lost.addr);
+        }
+        if produced > 0 {
             out.sent += produced;
             if self.in_flight == 0 {
                 self.last_completion = Instant::now();
             }
             self.in_flight += produced;
-            let _ = self.tx.wakeup();
+            self.xsk.kick_tx();
         }
         out
     }
@@ -296,7 +314,7 @@ impl PortQueue for XskQueue {
     }
 
     fn readiness_fd(&self) -> Option<RawFd> {
-        Some(self.rx.fd().as_raw_fd())
+        Some(self.xsk.socket().as_raw_fd())
     }
 
     /// The receive ring is shared memory: looking at it costs no system call.
@@ -306,6 +324,13 @@ impl PortQueue for XskQueue {
 
     fn busy(&self) -> bool {
         self.in_flight > 0 && self.last_completion.elapsed() < STALL
+    }
+
+    fn handover(&self) -> Option<Handover<'_>> {
+        Some(Handover::Xsk {
+            sockets: vec![self.handed()],
+            program: self.program.as_ref().map(SteeringProgram::handed),
+        })
     }
 }
 
@@ -334,7 +359,7 @@ impl XskGroup {
         let ctx = || format!("grouping AF_XDP sockets of {label}");
         let epoll = Poll::new().context(ctx)?;
         for (i, q) in members.iter().enumerate() {
-            let fd = q.rx.fd().as_raw_fd();
+            let fd = q.xsk.socket().as_raw_fd();
             epoll.registry().register(&mut SourceFd(&fd), Token(i), Interest::READABLE).context(ctx)?;
         }
         Ok(XskGroup { members, epoll, events: Events::with_capacity(16), next: 0, label })
@@ -393,6 +418,10 @@ impl PortQueue for XskGroup {
     fn busy(&self) -> bool {
         self.members.iter().any(XskQueue::busy)
     }
+
+    fn handover(&self) -> Option<Handover<'_>> {
+        Some(Handover::Xsk { sockets: self.members.iter().map(XskQueue::handed).collect(), program: None })
+    }
 }
 
 #[cfg(test)]
@@ -448,5 +477,109 @@ mod tests {
                 !q.busy()
             }));
         }
+    }
+
+    /// Receive descriptors the kernel queued for one owner are read by the next: the
+    /// socket, its UMEM and program change hands (as in a takeover, here within one
+    /// process) and frames keep flowing both ways.
+    #[test]
+    #[ignore = "needs root: scripts/test.sh runs it"]
+    fn a_socket_handed_over_keeps_its_queued_frames() {
+        use crate::port::steer::{SteeringFds, SteeringProgram};
+        for mode in [XdpMode::Generic, XdpMode::Auto] {
+            let ns = Netns::new(&unique_prefix("vtxho"));
+            ns.ok(&["ip", "link", "add", "va", "type", "veth", "peer", "name", "vb"]);
+            ns.ok(&["ip", "link", "set", "vb", "address", &mac(0x10).to_string()]);
+            ns.ok(&["ip", "addr", "add", "10.9.1.1/24", "dev", "vb"]);
+            ns.ok(&["ip", "link", "set", "va", "up"]);
+            ns.ok(&["ip", "link", "set", "vb", "up"]);
+            let handle = NsHandle::open(&ns.path()).unwrap();
+            let first = handle.run(|| XskQueue::open("va", mode)).unwrap().unwrap();
+            // Something in flight: a frame sent before the handover (an unsolicited
+            // reply, which the kernel ignores) comes back to the next owner.
+            let mut pool = FramePool::standalone(crate::frame::DEFAULT_BUF_SIZE);
+            let mut first = first;
+            let reply =
+                arp_reply(mac(0x20), Ipv4Addr::new(10, 9, 1, 3), mac(0x10), Ipv4Addr::new(10, 9, 1, 1));
+            assert_eq!(first.tx_batch(&mut vec![pool.copy_of(&reply).unwrap()], &mut pool).sent, 1);
+
+            // The kernel asks for 10.9.1.2 while nobody reads: its requests wait in the ring.
+            let _ping = ns.spawn(&["ping", "-c", "20", "-i", "0.1", "-W", "1", "10.9.1.2"]);
+            assert!(
+                wait_until(Duration::from_secs(5), || first.xsk.rx.len() >= 2),
+                "requests queued ({mode:?})"
+            );
+
+            let Some(Handover::Xsk { mut sockets, program: Some(program) }) = first.handover() else {
+                panic!("a pod queue hands over one socket and its program")
+            };
+            let sock = sockets.pop().unwrap();
+            let fds = SteeringFds {
+                program: program.program.try_clone_to_owned().unwrap(),
+                xsks: program.xsks.try_clone_to_owned().unwrap(),
+                ports: program.ports.try_clone_to_owned().unwrap(),
+                config: program.config.try_clone_to_owned().unwrap(),
+            };
+            let (socket, memfd) =
+                (sock.socket.try_clone_to_owned().unwrap(), sock.umem.try_clone_to_owned().unwrap());
+            let (flags, steered, frames) = (program.flags, program.steered.clone(), sock.frames.clone());
+            assert_eq!(frames.free_tx.len() + frames.in_flight as usize, RING as usize);
+            // The old owner goes as a process does: nothing of it is undone.
+            std::mem::forget(first);
+
+            let mut next = handle
+                .run(|| {
+                    let program = SteeringProgram::adopt("va", flags, fds, steered)?;
+                    XskQueue::adopt(socket, memfd, 0, frames, Some(program), "va".into())
+                })
+                .unwrap()
+                .unwrap();
+            let mut batch = Vec::new();
+            next.rx_batch(&mut pool, &mut batch, 64).unwrap();
+            let asked = |b: &Vec<Frame>| {
+                b.iter().any(|f| {
+                    matches!(parse(f.data()).map(|m| m.net),
+                        Ok(Net::Arp(a)) if a.target_ip == Ipv4Addr::new(10, 9, 1, 2))
+                })
+            };
+            assert!(asked(&batch), "the queued requests were read by the next owner ({mode:?})");
+
+            let reply =
+                arp_reply(mac(0x20), Ipv4Addr::new(10, 9, 1, 2), mac(0x10), Ipv4Addr::new(10, 9, 1, 1));
+            assert_eq!(next.tx_batch(&mut vec![pool.copy_of(&reply).unwrap()], &mut pool).sent, 1);
+            let learned = wait_until(Duration::from_secs(5), || {
+                next.rx_batch(&mut pool, &mut batch, 64).unwrap();
+                ns.ok(&["ip", "neigh", "show", "10.9.1.2"]).contains(&mac(0x20).to_string())
+            });
+            assert!(
+                learned,
+                "the next owner's reply reached the kernel ({mode:?}): {}",
+                ns.ok(&["ip", "neigh"])
+            );
+            assert!(wait_until(Duration::from_secs(2), || {
+                next.rx_batch(&mut pool, &mut batch, 64).unwrap();
+                !next.busy()
+            }));
+            assert_eq!(next.free_tx.len(), RING as usize, "every transmit frame came back ({mode:?})");
+            drop(next);
+            assert!(
+                !ns.ok(&["ip", "link", "show", "va"]).contains("prog/xdp"),
+                "the adopted program detached on drop"
+            );
+        }
+    }
+
+    #[test]
+    fn frames_handed_over_are_checked() {
+        let ok = XskFrames { free_tx: vec![0, 2048], refill: vec![4096], in_flight: 3 };
+        assert_eq!(check_frames(&ok), Ok(()));
+        let twice = XskFrames { free_tx: vec![2048], refill: vec![2048], in_flight: 0 };
+        assert!(check_frames(&twice).unwrap_err().contains("twice"));
+        let odd = XskFrames { free_tx: vec![100], ..Default::default() };
+        assert!(check_frames(&odd).unwrap_err().contains("not a frame"));
+        let past = XskFrames { free_tx: vec![u64::from(FRAMES) * 2048], ..Default::default() };
+        assert!(check_frames(&past).is_err());
+        let too_many = XskFrames { free_tx: vec![0], refill: vec![], in_flight: FRAMES };
+        assert!(check_frames(&too_many).unwrap_err().contains("more than"));
     }
 }

@@ -8,5 +8,6 @@ pub mod steer;
 pub mod tap;
 pub mod tunnel;
 pub mod underlay;
+pub mod xsk;
 
 pub use crate::queue::{PortError, PortQueue, TxOutcome};

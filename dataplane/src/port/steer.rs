@@ -4,7 +4,7 @@
 //! errors about those flows — and passes every other frame to the kernel, so the node
 //! keeps its own traffic (SSH, kubelet, the API server) on its own stack.
 //!
-//! Loaded with libbpf (the library xsk-rs links anyway). Each receive queue of the
+//! Loaded with libbpf. Each receive queue of the
 //! interface gets an AF_XDP socket (see [`super::afxdp::XskQueue::open_steered`]),
 //! registered in the program's `xsks` map under its queue index.
 
@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::ffi::{CStr, c_void};
 use std::net::Ipv4Addr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use vswitch_sys::SysError;
 use vswitch_sys::netns::Netns;
@@ -31,9 +31,34 @@ pub enum XdpMode {
 /// The compiled program.
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
 
+/// The XDP program of an interface as a takeover hands it over: the program's and its
+/// maps' descriptors, how it is attached and what it steers.
+#[derive(Clone, Debug)]
+pub struct SteeringHandover<'a> {
+    pub program: BorrowedFd<'a>,
+    pub xsks: BorrowedFd<'a>,
+    pub ports: BorrowedFd<'a>,
+    pub config: BorrowedFd<'a>,
+    /// The attach flags (the mode).
+    pub flags: u32,
+    pub steered: BTreeSet<(u8, u16)>,
+}
+
+/// The descriptors of a [`SteeringHandover`], received.
+pub struct SteeringFds {
+    pub program: OwnedFd,
+    pub xsks: OwnedFd,
+    pub ports: OwnedFd,
+    pub config: OwnedFd,
+}
+
 /// The XDP program on one interface and its maps; detached on drop.
 pub struct SteeringProgram {
+    /// Null when adopted from another process (which loaded it): then `_adopted` holds
+    /// the descriptors.
     object: *mut libbpf_sys::bpf_object,
+    _adopted: Option<SteeringFds>,
+    prog: i32,
     /// The namespace of the interface: an interface index means something only there,
     /// and the program may be dropped by a thread of another namespace.
     netns: Netns,
@@ -89,6 +114,8 @@ impl SteeringProgram {
         // attached).
         let mut program = SteeringProgram {
             object,
+            _adopted: None,
+            prog: -1,
             netns,
             ifindex,
             ifname: ifname.to_string(),
@@ -110,6 +137,7 @@ impl SteeringProgram {
         }
         // SAFETY: `prog` belongs to the loaded object.
         let prog_fd = unsafe { libbpf_sys::bpf_program__fd(prog) };
+        program.prog = prog_fd;
         program.xsks = map_fd(object, c"xsks")?;
         program.ports = map_fd(object, c"ports")?;
         program.config = map_fd(object, c"config")?;
@@ -135,6 +163,76 @@ impl SteeringProgram {
             }
         }
         Err(SysError::new(format!("{}: attaching", ctx()), errno_of(last)))
+    }
+
+    /// The program another process attached to `ifname` (in the calling thread's
+    /// namespace) with `flags`, from its descriptors: it must be the one attached
+    /// there now. Detached on drop, as one attached here.
+    pub fn adopt(
+        ifname: &str,
+        flags: u32,
+        fds: SteeringFds,
+        steered: BTreeSet<(u8, u16)>,
+    ) -> Result<SteeringProgram, SysError> {
+        let ctx = || format!("XDP steering program on {ifname} handed over");
+        let netns =
+            Netns::current().map_err(|e| SysError::new(ctx(), std::io::Error::other(e.to_string())))?;
+        let ifindex = nix::net::if_::if_nametoindex(ifname)
+            .map_err(|e| SysError::new(ctx(), std::io::Error::from(e)))? as i32;
+        let mut attached = 0u32;
+        // SAFETY: `attached` is a writable u32 for the call.
+        let ret = unsafe { libbpf_sys::bpf_xdp_query_id(ifindex, flags as i32, &mut attached) };
+        if ret < 0 {
+            return Err(SysError::new(ctx(), errno_of(ret)));
+        }
+        // SAFETY: an all-zero bpf_prog_info is valid (plain integers and NULL pointers).
+        let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+        // SAFETY: `info` is writable and `len` its size; no pointer fields are set, so
+        // the kernel fills only the plain ones.
+        let ret =
+            unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fds.program.as_raw_fd(), &mut info, &mut len) };
+        if ret < 0 {
+            return Err(SysError::new(ctx(), errno_of(ret)));
+        }
+        if attached == 0 || attached != info.id {
+            return Err(SysError::new(
+                ctx(),
+                std::io::Error::other(format!(
+                    "program {} was handed over but {ifname} runs {}",
+                    info.id,
+                    if attached == 0 { "none".to_string() } else { attached.to_string() }
+                )),
+            ));
+        }
+        Ok(SteeringProgram {
+            object: std::ptr::null_mut(),
+            prog: fds.program.as_raw_fd(),
+            netns,
+            ifindex,
+            ifname: ifname.to_string(),
+            flags,
+            xsks: fds.xsks.as_raw_fd(),
+            ports: fds.ports.as_raw_fd(),
+            config: fds.config.as_raw_fd(),
+            steered,
+            _adopted: Some(fds),
+        })
+    }
+
+    /// What the next daemon needs to adopt this program.
+    pub fn handed(&self) -> SteeringHandover<'_> {
+        // SAFETY: the descriptors belong to the libbpf object or to `_adopted`, both
+        // alive as long as `self`, which the borrows are tied to.
+        let borrow = |fd: i32| unsafe { BorrowedFd::borrow_raw(fd) };
+        SteeringHandover {
+            program: borrow(self.prog),
+            xsks: borrow(self.xsks),
+            ports: borrow(self.ports),
+            config: borrow(self.config),
+            flags: self.flags,
+            steered: self.steered.clone(),
+        }
     }
 
     pub fn ifname(&self) -> &str {
@@ -212,8 +310,10 @@ impl Drop for SteeringProgram {
                 tracing::warn!(interface = %self.ifname, result = ?detached.map(errno_of), "detaching the XDP program");
             }
         }
-        // SAFETY: the object was opened by `attach` and is closed once, here.
-        unsafe { libbpf_sys::bpf_object__close(self.object) };
+        if !self.object.is_null() {
+            // SAFETY: the object was opened by `attach` and is closed once, here.
+            unsafe { libbpf_sys::bpf_object__close(self.object) };
+        }
     }
 }
 

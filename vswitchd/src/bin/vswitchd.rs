@@ -109,11 +109,7 @@ async fn configure(
 }
 
 fn main() -> ExitCode {
-    // First, while the process has one thread.
-    if let Err(e) = vswitch_dataplane::port::afxdp::prepare_process() {
-        eprintln!("vswitchd: {e}");
-        return ExitCode::FAILURE;
-    }
+    vswitch_dataplane::port::afxdp::prepare_process();
     let args = Args::parse();
     if args.print_default_config {
         print!("{}", config::DEFAULT_CONFIG);

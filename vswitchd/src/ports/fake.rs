@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use ipnet::{IpNet, Ipv4Net};
+use vswitch_dataplane::ids::WorkerId;
 use vswitch_dataplane::port::afxdp::XdpMode;
 use vswitch_dataplane::port::memory::{MemoryPort, MemoryPortHandle};
 use vswitch_dataplane::port::tap::TapOptions;
@@ -18,8 +19,8 @@ use vswitch_sys::SysError;
 use vswitch_sys::netns::NetnsError;
 
 use super::kernel::{
-    HandedQueue, Kernel, LinkInfo, LinkKind, ROUTE_PROTOCOL, RouteEntry, RuleEntry, Steering, TABLE_LOCAL,
-    TunnelDevice, TunnelLink, TunnelSpec, UplinkDevice,
+    HandedProgram, HandedQueue, HandedXsk, Kernel, LinkInfo, LinkKind, ROUTE_PROTOCOL, RouteEntry, RuleEntry,
+    Steering, TABLE_LOCAL, TunnelDevice, TunnelLink, TunnelSpec, UplinkDevice,
 };
 
 /// The fake's name for the daemon's own namespace (add it with `add_netns` to use it).
@@ -305,6 +306,11 @@ impl Steering for RecordedSteering {
 
     fn native(&self) -> bool {
         false
+    }
+
+    /// A fake program has no descriptors to hand over.
+    fn handed(&self) -> Option<vswitch_dataplane::port::steer::SteeringHandover<'_>> {
+        None
     }
 }
 
@@ -618,6 +624,7 @@ impl Kernel for FakeKernel {
             steering: Box::new(steering),
             queues: queues.into_iter().enumerate().collect(),
             rx_queues: workers as u32,
+            handed_over: false,
         })
     }
 
@@ -645,9 +652,30 @@ impl Kernel for FakeKernel {
         let name = match &handed {
             HandedQueue::Tap { name, .. } => name.clone(),
             HandedQueue::Sockets { local, .. } => local.to_string(),
+            HandedQueue::Xsk { program, .. } => {
+                program.as_ref().map_or("an xsk".into(), |p| p.ifname.clone())
+            }
         };
         self.check(Op::AdoptQueue, &format!("adopt a queue of {name}"))?;
         Ok(self.queues(None, label, 1, label).pop().expect("one queue"))
+    }
+
+    fn adopt_uplink(
+        &self,
+        program: HandedProgram,
+        sockets: Vec<(WorkerId, Vec<HandedXsk>)>,
+        name: &str,
+    ) -> Result<UplinkDevice, SysError> {
+        self.check(Op::AdoptQueue, &format!("adopt uplink {}", program.ifname))?;
+        let workers: Vec<WorkerId> = sockets.iter().map(|(w, _)| *w).collect();
+        let queues = self.queues(None, name, workers.len(), &format!("uplink {name}"));
+        let steering = RecordedSteering { record: self.state().steered.clone() };
+        Ok(UplinkDevice {
+            steering: Box::new(steering),
+            rx_queues: sockets.iter().map(|(_, s)| s.len() as u32).sum(),
+            queues: workers.into_iter().zip(queues).collect(),
+            handed_over: true,
+        })
     }
 
     fn relink_tunnel(&self, spec: &TunnelSpec) -> Result<Box<dyn TunnelLink>, SysError> {

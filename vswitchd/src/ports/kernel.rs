@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net};
 use vswitch_dataplane::ids::WorkerId;
-use vswitch_dataplane::port::afxdp::{XdpMode, XskGroup, XskQueue};
-use vswitch_dataplane::port::steer::SteeringProgram;
+use vswitch_dataplane::port::afxdp::{XdpMode, XskFrames, XskGroup, XskQueue};
+use vswitch_dataplane::port::steer::{SteeringFds, SteeringHandover, SteeringProgram};
 use vswitch_dataplane::port::tap::{self, TapOptions, TapQueue};
 use vswitch_dataplane::port::tunnel::{TunnelCounters, TunnelPrograms};
 use vswitch_dataplane::port::underlay::UnderlayQueue;
@@ -36,11 +36,17 @@ pub(crate) trait Steering: Send {
     fn set_ports(&mut self, ports: &BTreeSet<(u8, u16)>) -> Result<(), SysError>;
     /// Attached at the driver's native hook (else the generic one).
     fn native(&self) -> bool;
+    /// What a takeover hands over of it (`None`: it cannot be).
+    fn handed(&self) -> Option<SteeringHandover<'_>>;
 }
 
 impl Steering for SteeringProgram {
     fn set_ports(&mut self, ports: &BTreeSet<(u8, u16)>) -> Result<(), SysError> {
         SteeringProgram::set_ports(self, ports)
+    }
+
+    fn handed(&self) -> Option<SteeringHandover<'_>> {
+        Some(SteeringProgram::handed(self))
     }
 
     fn native(&self) -> bool {
@@ -88,6 +94,8 @@ pub(crate) struct UplinkDevice {
     pub queues: Vec<(WorkerId, Box<dyn PortQueue>)>,
     /// Receive queues of the interface.
     pub rx_queues: u32,
+    /// Taken from the previous daemon in a takeover (not opened).
+    pub handed_over: bool,
 }
 
 /// The routing protocol number marking the routes the daemon makes (`proto 118` in
@@ -237,6 +245,13 @@ pub(crate) trait Kernel: Send + Sync {
     /// A queue the previous daemon handed over, if it is what it was announced as
     /// (else it is closed and the error says what it was).
     fn adopt_queue(&self, handed: HandedQueue, label: &str) -> Result<Box<dyn PortQueue>, SysError>;
+    /// The uplink's program and sockets (per worker) as handed over.
+    fn adopt_uplink(
+        &self,
+        program: HandedProgram,
+        sockets: Vec<(WorkerId, Vec<HandedXsk>)>,
+        name: &str,
+    ) -> Result<UplinkDevice, SysError>;
     /// The tunnel's tc programs, attached anew in place of the previous daemon's (which
     /// it leaves attached as it goes): the TAP itself came with its queues.
     fn relink_tunnel(&self, spec: &TunnelSpec) -> Result<Box<dyn TunnelLink>, SysError>;
@@ -244,8 +259,65 @@ pub(crate) trait Kernel: Send + Sync {
 
 /// A queue's kernel objects as received in a takeover, with what they must be.
 pub(crate) enum HandedQueue {
-    Tap { fd: std::os::fd::OwnedFd, name: String, offloads: bool, tunnel: bool },
-    Sockets { rx: std::os::fd::OwnedFd, tx: std::os::fd::OwnedFd, local: SocketAddrV4, mtu: u16 },
+    Tap {
+        fd: std::os::fd::OwnedFd,
+        name: String,
+        offloads: bool,
+        tunnel: bool,
+    },
+    Sockets {
+        rx: std::os::fd::OwnedFd,
+        tx: std::os::fd::OwnedFd,
+        local: SocketAddrV4,
+        mtu: u16,
+    },
+    /// One AF_XDP socket, or several served as one queue, and the program steering to
+    /// them when the queue owns it (a pod's).
+    Xsk {
+        sockets: Vec<HandedXsk>,
+        program: Option<HandedProgram>,
+    },
+}
+
+/// An AF_XDP socket as received: bound to the interface's queue `queue`.
+pub(crate) struct HandedXsk {
+    pub socket: std::os::fd::OwnedFd,
+    pub umem: std::os::fd::OwnedFd,
+    pub queue: u32,
+    pub frames: XskFrames,
+}
+
+/// An XDP program as received, with the interface it must be attached to.
+pub(crate) struct HandedProgram {
+    pub ifname: String,
+    pub flags: u32,
+    pub fds: SteeringFds,
+    pub steered: BTreeSet<(u8, u16)>,
+}
+
+/// Sockets of one worker as one queue: a group when there are several.
+fn xsk_queue(mut sockets: Vec<XskQueue>) -> Result<Box<dyn PortQueue>, SysError> {
+    if sockets.len() == 1 {
+        return Ok(Box::new(sockets.pop().expect("one")));
+    }
+    Ok(Box::new(XskGroup::new(sockets)?))
+}
+
+/// Adopts `sockets` as one queue; with `per_queue`, each is labelled with its queue.
+fn adopt_xsks(
+    sockets: Vec<HandedXsk>,
+    mut program: Option<SteeringProgram>,
+    label: &str,
+    per_queue: bool,
+) -> Result<Box<dyn PortQueue>, SysError> {
+    let adopted = sockets
+        .into_iter()
+        .map(|s| {
+            let label = if per_queue { format!("{label} queue {}", s.queue) } else { label.to_string() };
+            XskQueue::adopt(s.socket, s.umem, s.queue, s.frames, program.take(), label)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    xsk_queue(adopted)
 }
 
 /// Runs blocking kernel work off the async runtime's workers when on a multi-threaded
@@ -606,14 +678,12 @@ impl Kernel for LinuxKernel {
             per_worker[q % workers].push(s);
         }
         let mut queues: Vec<(WorkerId, Box<dyn PortQueue>)> = Vec::new();
-        for (w, mut group) in per_worker.into_iter().enumerate() {
-            match group.len() {
-                0 => continue,
-                1 => queues.push((w, Box::new(group.pop().expect("one")))),
-                _ => queues.push((w, Box::new(XskGroup::new(group)?))),
+        for (w, group) in per_worker.into_iter().enumerate() {
+            if !group.is_empty() {
+                queues.push((w, xsk_queue(group)?));
             }
         }
-        Ok(UplinkDevice { steering: Box::new(program), queues, rx_queues })
+        Ok(UplinkDevice { steering: Box::new(program), queues, rx_queues, handed_over: false })
     }
 
     fn open_tunnel(&self, spec: &TunnelSpec, workers: usize) -> Result<TunnelDevice, SysError> {
@@ -664,7 +734,30 @@ impl Kernel for LinuxKernel {
                 q.set_label(label.to_string());
                 Box::new(q)
             }
+            HandedQueue::Xsk { sockets, program } => {
+                let program = program
+                    .map(|p| blocking(|| SteeringProgram::adopt(&p.ifname, p.flags, p.fds, p.steered)))
+                    .transpose()?;
+                adopt_xsks(sockets, program, label, false)?
+            }
         })
+    }
+
+    fn adopt_uplink(
+        &self,
+        program: HandedProgram,
+        sockets: Vec<(WorkerId, Vec<HandedXsk>)>,
+        name: &str,
+    ) -> Result<UplinkDevice, SysError> {
+        let steering = blocking(|| {
+            SteeringProgram::adopt(&program.ifname, program.flags, program.fds, program.steered)
+        })?;
+        let rx_queues = sockets.iter().map(|(_, s)| s.len() as u32).sum();
+        let queues = sockets
+            .into_iter()
+            .map(|(w, sockets)| Ok((w, adopt_xsks(sockets, None, &format!("uplink {name}"), true)?)))
+            .collect::<Result<Vec<_>, SysError>>()?;
+        Ok(UplinkDevice { steering: Box::new(steering), queues, rx_queues, handed_over: true })
     }
 
     fn relink_tunnel(&self, spec: &TunnelSpec) -> Result<Box<dyn TunnelLink>, SysError> {

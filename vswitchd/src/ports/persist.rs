@@ -108,7 +108,11 @@ impl PortManager {
                 Self::add_queues(plane, saved.id, queues, &workers)?;
                 workers
             }
-            Backend::Afxdp if adopted.is_some() => return Err(AttachError::NotHandedOver(saved.id)),
+            Backend::Afxdp if let Some(queues) = adopted => {
+                let worker = self.least_loaded_worker();
+                Self::add_queues(plane, saved.id, queues, &[worker])?;
+                vec![worker]
+            }
             Backend::Afxdp => {
                 self.kernel.open_netns(&saved.netns)?;
                 let host = saved.host_ifname.as_deref().ok_or(AttachError::NoHostEnd(saved.id))?;

@@ -782,16 +782,71 @@ fn a_takeover_adopts_the_ports_handed_over_and_refuses_half_a_port() {
     };
 
     let mut half = Rig::new("adopt-half");
-    let refused = half.ports.adopt(&mut half.plane, state.clone(), None, vec![tap_fd(id.0, 0)]);
+    let refused =
+        half.ports.adopt(&mut half.plane, state.clone(), None, Default::default(), vec![tap_fd(id.0, 0)]);
     assert!(matches!(refused, Err(AttachError::NotHandedOver(p)) if p == id), "{refused:?}");
 
     let mut new = Rig::new("adopt-new");
     let before = new.kernel.log();
     let fds = vec![tap_fd(id.0, 0), tap_fd(id.0, 1), tap_fd(7, 0)];
-    let report = new.ports.adopt(&mut new.plane, state.clone(), None, fds).unwrap();
+    let report = new.ports.adopt(&mut new.plane, state.clone(), None, Default::default(), fds).unwrap();
     assert_eq!(report.restored.len(), 1);
     assert!(new.in_tables(id.0));
     let calls = new.kernel.log()[before.len()..].to_vec();
     assert!(calls.iter().all(|c| c.starts_with("adopt")), "nothing but the adoption: {calls:?}");
     assert_eq!(new.ports.ports().len(), 1);
+}
+
+/// An AF_XDP pod is adopted from its socket, UMEM and program, with the frames the old
+/// daemon held; a socket without its UMEM, or a program short of a map, fails the
+/// takeover.
+#[test]
+fn a_takeover_adopts_an_afxdp_port_only_whole() {
+    use handover::{HandedXdp, ProgramState, QueueFd, QueueFdKind, SocketFrames, XdpFd};
+    let mut old = Rig::new("adopt-xsk-old");
+    old.attach(&afxdp("c1", POD_NS, "10.244.1.6")).unwrap();
+    let state = old.state();
+    let port = state.ports[0].id.0;
+    let fd = || std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+    let at = |kind| (QueueFd { port, worker: 1, kind }, fd());
+    let xdp = HandedXdp {
+        sockets: vec![SocketFrames {
+            port,
+            worker: 1,
+            queue: 0,
+            free_tx: vec![0],
+            refill: vec![],
+            in_flight: 0,
+        }],
+        programs: vec![ProgramState { port, flags: 2, steered: vec![] }],
+        uplink: None,
+    };
+    let program = [XdpFd::Program, XdpFd::Xsks, XdpFd::Ports, XdpFd::Config].map(|w| at(QueueFdKind::Xdp(w)));
+    let whole = || {
+        let mut fds = vec![at(QueueFdKind::XskSocket { queue: 0 }), at(QueueFdKind::XskUmem { queue: 0 })];
+        fds.extend(program.iter().map(|(q, _)| (*q, fd())));
+        fds
+    };
+
+    let mut new = Rig::new("adopt-xsk-new");
+    let before = new.kernel.log();
+    let report = new.ports.adopt(&mut new.plane, state.clone(), None, xdp.clone(), whole()).unwrap();
+    assert_eq!(report.restored.len(), 1);
+    assert!(new.in_tables(port));
+    let calls = new.kernel.log()[before.len()..].to_vec();
+    assert!(calls.iter().all(|c| c.starts_with("adopt")), "nothing but the adoption: {calls:?}");
+
+    for missing in [QueueFdKind::XskUmem { queue: 0 }, QueueFdKind::Xdp(XdpFd::Ports)] {
+        let mut half = Rig::new("adopt-xsk-half");
+        let fds = whole().into_iter().filter(|(q, _)| q.kind != missing).collect();
+        let refused = half.ports.adopt(&mut half.plane, state.clone(), None, xdp.clone(), fds);
+        assert!(
+            matches!(refused, Err(AttachError::NotHandedOver(p)) if p.0 == port),
+            "{missing:?}: {refused:?}"
+        );
+    }
+    let mut unannounced = Rig::new("adopt-xsk-unannounced");
+    let no_frames = HandedXdp { sockets: vec![], ..xdp };
+    let refused = unannounced.ports.adopt(&mut unannounced.plane, state, None, no_frames, whole());
+    assert!(matches!(refused, Err(AttachError::NotHandedOver(_))), "{refused:?}");
 }

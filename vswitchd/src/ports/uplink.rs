@@ -9,7 +9,7 @@ use vswitch_dataplane::ids::{PortId, SegmentId, WorkerId, WorkerSet};
 use vswitch_dataplane::tables::{PortEntry, SegmentConfig, UnknownArp, UnknownUnicast};
 use vswitch_dataplane::wire::MacAddr;
 
-use super::kernel::Steering;
+use super::kernel::{Steering, UplinkDevice};
 use super::{AttachError, PortManager, UplinkError};
 use crate::plane::Plane;
 
@@ -52,12 +52,26 @@ impl PortManager {
     /// Takes NodePort traffic to `node_ip` from the configured uplink interface, if any.
     pub(crate) fn start_uplink(&mut self, plane: &mut Plane, node_ip: Ipv4Addr) -> Result<(), AttachError> {
         let Some(name) = self.config.uplink.clone() else { return Ok(()) };
+        // A missing interface is named as such, not as a failed attach.
+        self.kernel.link(&name)?.ok_or_else(|| UplinkError::Missing(name.clone()))?;
+        let device = self.kernel.open_uplink(&name, self.xdp_mode(), node_ip, plane.datapath.workers())?;
+        let id = self.free_id()?;
+        self.add_uplink(plane, id, name, node_ip, device)
+    }
+
+    /// Makes `device` (opened or handed over) the uplink, port `id`.
+    pub(super) fn add_uplink(
+        &mut self,
+        plane: &mut Plane,
+        id: PortId,
+        name: String,
+        node_ip: Ipv4Addr,
+        device: UplinkDevice,
+    ) -> Result<(), AttachError> {
         let link = self.kernel.link(&name)?.ok_or_else(|| UplinkError::Missing(name.clone()))?;
         let mac = MacAddr(link.mac.ok_or_else(|| UplinkError::NoMac(name.clone()))?);
         let mtu = link.mtu.map_or(1500, |m| m.min(u32::from(u16::MAX)) as u16);
-        let device = self.kernel.open_uplink(&name, self.xdp_mode(), node_ip, plane.datapath.workers())?;
         let (owners, queues): (Vec<WorkerId>, Vec<_>) = device.queues.into_iter().unzip();
-        let id = self.free_id()?;
         Self::add_queues(plane, id, queues, &owners)?;
         Self::ensure_uplink_segment(plane)?;
         let mut tx_workers = WorkerSet::default();
@@ -74,7 +88,7 @@ impl PortManager {
         }
         tracing::info!(
             interface = %name, port = %id, %node_ip, queues = device.rx_queues, native = device.steering.native(),
-            "uplink up: NodePort traffic to the node's address comes to the switch"
+            handed_over = device.handed_over, "uplink up: NodePort traffic to the node's address comes to the switch"
         );
         self.uplink =
             Some(Uplink { id, name, mac, mtu, node_ip, workers: owners, steering: device.steering });
@@ -84,6 +98,11 @@ impl PortManager {
     /// The uplink interface, when it is up.
     pub(crate) fn uplink_name(&self) -> Option<&str> {
         self.uplink.as_ref().map(|u| u.name.as_str())
+    }
+
+    /// The node's address the uplink serves, when it is up.
+    pub(crate) fn uplink_node_ip(&self) -> Option<Ipv4Addr> {
+        self.uplink.as_ref().map(|u| u.node_ip)
     }
 
     pub(crate) fn uplink_port(&self) -> Option<UplinkPort> {

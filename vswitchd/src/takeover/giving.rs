@@ -124,8 +124,7 @@ async fn hand_over(
     tracing::info!(version = %hello.version, "a new vswitchd asks to take over");
     let preface = {
         let switch = state.switch.lock().await;
-        let refused = refusal(&hello, switch.datapath().workers(), &switch.config().state_file)
-            .or_else(|| switch.handover_blocker().map(|reason| (reason, true)));
+        let refused = refusal(&hello, switch.datapath().workers(), &switch.config().state_file);
         if let Some((reason, restarting)) = refused {
             return refuse(&conn, reason, restarting, hello.retire);
         }
@@ -140,9 +139,6 @@ async fn hand_over(
     // Held until the process exits (success) or the ports are back (failure): no API
     // call changes a port in between.
     let mut switch = state.switch.lock().await;
-    if let Some(reason) = switch.handover_blocker() {
-        return refuse(&conn, reason, true, hello.retire);
-    }
     let handed = tokio::task::block_in_place(|| {
         let paused_at = Instant::now();
         let handing = switch.pause_for_takeover().map_err(|e| TakeoverError::Message(e.to_string()));
@@ -154,7 +150,7 @@ async fn hand_over(
             }
         };
         let sent = (|| {
-            let queues = handing.paused.fds().map_err(TakeoverError::Message)?;
+            let (queues, xdp) = switch.handed(&handing.paused).map_err(TakeoverError::Message)?;
             let mut roles = vec![FdRole::StateLock, FdRole::Api];
             let mut fds: Vec<BorrowedFd<'_>> = vec![passed.lock.as_fd(), passed.api.as_fd()];
             if let Some((fd, _)) = &passed.metrics {
@@ -172,6 +168,7 @@ async fn hand_over(
                 tables: handing.tables.clone(),
                 underlay: handing.underlay.clone(),
                 counters: serde_json::to_string(&api_stats(&switch)).expect("stats serialize"),
+                xdp,
                 api_socket: switch.config().api_socket.clone(),
                 metrics: passed.metrics.as_ref().map(|(_, addr)| *addr),
                 fds: roles,
@@ -193,6 +190,9 @@ async fn hand_over(
                     paused_ms = paused_at.elapsed().as_secs_f64() * 1000.0,
                     "handed over to the new vswitchd: waiting for SIGTERM"
                 );
+                // The queues are the new daemon's: dropping them here would detach the
+                // XDP programs it now runs on. They go with this process.
+                std::mem::forget(handing);
                 Ok(())
             }
             Err(e) => {

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::ports::handover::{HandedUnderlay, QueueFd};
+use crate::ports::handover::{HandedUnderlay, HandedXdp, QueueFd};
 
 /// The handover's format: what [`Offer`] carries and how.
 pub(crate) const FORMAT: u32 = 1;
@@ -133,6 +133,10 @@ pub(crate) struct Offer {
     /// Its counters at the pause (the API's stats, JSON), which the new daemon counts
     /// on from.
     pub counters: String,
+    /// The AF_XDP sockets' frames and the XDP programs (absent from a daemon that had
+    /// none to hand over).
+    #[serde(default)]
+    pub xdp: HandedXdp,
     /// Where the API listener was bound.
     pub api_socket: PathBuf,
     pub metrics: Option<SocketAddr>,

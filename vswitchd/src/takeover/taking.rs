@@ -258,7 +258,7 @@ fn adopt(
         })
         .transpose()
         .map_err(|e| format!("metrics listener: {e}"))?;
-    let report = switch.adopt(state, offer.underlay, queues).map_err(|e| e.to_string())?;
+    let report = switch.adopt(state, offer.underlay, offer.xdp, queues).map_err(|e| e.to_string())?;
     for port in &report.restored {
         tracing::info!(port = %port, "taken over");
     }

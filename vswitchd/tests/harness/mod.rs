@@ -186,6 +186,12 @@ impl Node {
         self.wait_for_api();
     }
 
+    /// Rewrites the node's config file (the next daemon started reads it).
+    pub fn rewrite_config(&self, change: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).expect("config file");
+        std::fs::write(&self.config, change(text)).expect("config file");
+    }
+
     pub fn client(&self) -> Client {
         Client::new(&self.socket)
     }
