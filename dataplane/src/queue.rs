@@ -5,11 +5,10 @@
 //! implement [`PortQueue`]; the worker and the pipeline never know which backend a
 //! frame came from.
 
+use std::collections::BTreeSet;
 use std::os::fd::BorrowedFd;
 
 use crate::frame::{Frame, FramePool};
-use crate::port::afxdp::XskHandover;
-use crate::port::steer::SteeringHandover;
 
 /// What a transmit call achieved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -40,6 +39,42 @@ pub enum Handover<'a> {
     /// AF_XDP sockets (one, or a group's, in order) and the XDP program steering to
     /// them when the queue owns it (a pod's veth; the uplink's is the port's).
     Xsk { sockets: Vec<XskHandover<'a>>, program: Option<SteeringHandover<'a>> },
+}
+
+/// Which frames of a socket's UMEM were the process's own when it handed the socket
+/// over (UMEM offsets of frame starts); every other frame is on a ring or in the
+/// kernel, and the rings' indices say where.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct XskFrames {
+    /// Free for transmitting.
+    pub free_tx: Vec<u64>,
+    /// Received and read, not yet back on the fill ring.
+    pub refill: Vec<u64>,
+    /// Transmit frames on the transmit or completion ring or in the kernel.
+    pub in_flight: u32,
+}
+
+/// One AF_XDP socket as a takeover hands it over.
+#[derive(Clone, Debug)]
+pub struct XskHandover<'a> {
+    pub socket: BorrowedFd<'a>,
+    pub umem: BorrowedFd<'a>,
+    /// The interface's queue the socket is bound to.
+    pub queue: u32,
+    pub frames: XskFrames,
+}
+
+/// The XDP program of an interface as a takeover hands it over: the program's and its
+/// maps' descriptors, how it is attached and what it steers.
+#[derive(Clone, Debug)]
+pub struct SteeringHandover<'a> {
+    pub program: BorrowedFd<'a>,
+    pub xsks: BorrowedFd<'a>,
+    pub ports: BorrowedFd<'a>,
+    pub config: BorrowedFd<'a>,
+    /// The attach flags (the mode).
+    pub flags: u32,
+    pub steered: BTreeSet<(u8, u16)>,
 }
 
 /// One queue of a port.

@@ -10,7 +10,8 @@
 //! goodbye). The release build (the tests' debug build forwards 20 000 frames a second).
 //!
 //! Then the takeover again with `--pods` pods on the node (default 64): how the pause
-//! grows with the ports adopted in it.
+//! grows with the ports adopted in it; and the UDP workload between two AF_XDP pods
+//! (their sockets, UMEMs and XDP programs handed over), without and with a takeover.
 //!
 //! Usage (root): `cargo run --release -p vswitch-benches --bin takeover -- [--runs N]
 //! [--seconds S] [--pods N] [--write docs/BENCHMARKS.md]`; prints a markdown table, and with
@@ -53,14 +54,15 @@ struct Rig {
     _dir: Scratch,
 }
 
-fn rig() -> Rig {
+/// Two pods on `backend` ("tap" or "afxdp").
+fn rig(backend: &str) -> Rig {
     let prefix = unique_prefix("btk");
     let dir = Scratch::new(&prefix);
     let node = Netns::new(&format!("{prefix}n"));
     let daemon = Vswitchd::start(&node, &dir.0, "workers = 2\nidle = \"adaptive\"");
     let pod = |name: &str, ip: Ipv4Addr| {
         let ns = Netns::new(&format!("{prefix}{name}"));
-        daemon.attach(&ns, ip, "tap");
+        daemon.attach(&ns, ip, backend);
         ns.ok(&["ip", "link", "set", "lo", "up"]);
         ns.ok(&["ip", "link", "set", "eth0", "up"]);
         ns
@@ -123,7 +125,7 @@ fn main() {
     let mut udp_rows = Vec::new();
     let mut tcp_rows = Vec::new();
     let mut pauses = Vec::new();
-    let mut r = rig();
+    let mut r = rig("tap");
     for how in [Interruption::None, Interruption::Restart, Interruption::Takeover] {
         let (mut lost, mut sent) = (Vec::new(), Vec::new());
         for _ in 0..runs {
@@ -184,6 +186,31 @@ fn main() {
         median(many_lost.clone()),
         many_lost.iter().copied().fold(0.0, f64::max),
     );
+    drop(r);
+    // AF_XDP pods: the sockets, their UMEMs and the veths' programs change hands.
+    let mut r = rig("afxdp");
+    let mut afxdp = Vec::new();
+    for how in [Interruption::None, Interruption::Takeover] {
+        let (mut lost, mut sent, mut paused) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let (json, pause) = run(&mut r, seconds, &["-u", "-l", "22", "-b", "17.6M", "-w", "4M"], how);
+            lost.push(json["end"]["sum"]["lost_packets"].as_f64().expect("lost_packets"));
+            sent.push(json["end"]["sum"]["packets"].as_f64().expect("packets"));
+            paused.extend(pause);
+        }
+        let pause = match paused.is_empty() {
+            true => String::new(),
+            false => format!(", pause median {:.1} ms", median(paused)),
+        };
+        afxdp.push(format!(
+            "{}: {:.0} of {:.0} lost (max {:.0}){pause}",
+            how.name(),
+            median(lost.clone()),
+            median(sent),
+            lost.iter().copied().fold(0.0, f64::max),
+        ));
+    }
+    let many = format!("{many}\n\nTwo AF_XDP pods, the same UDP workload: {}.", afxdp.join("; "));
     let pause = if pauses.is_empty() {
         "not logged".to_string()
     } else {

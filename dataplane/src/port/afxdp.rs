@@ -26,7 +26,7 @@
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -36,7 +36,7 @@ use super::steer::SteeringProgram;
 pub use super::steer::XdpMode;
 use super::xsk::{Desc, Geometry, Xsk};
 use crate::frame::{Frame, FramePool};
-use crate::queue::{Handover, PortError, PortQueue, TxOutcome};
+use crate::queue::{Handover, PortError, PortQueue, TxOutcome, XskFrames, XskHandover};
 use vswitch_sys::{Context, SysError};
 
 /// Frames per UMEM: half for receiving, half for transmitting.
@@ -55,29 +55,6 @@ const GEOMETRY: Geometry = Geometry { frames: FRAMES, frame_size: FRAME_SIZE, ri
 pub fn prepare_process() {
     // SAFETY: setting a print callback is allowed at any time; NULL disables it.
     unsafe { libbpf_sys::libbpf_set_print(None) };
-}
-
-/// Which frames of a socket's UMEM were the process's own when it handed the socket
-/// over (UMEM offsets of frame starts); every other frame is on a ring or in the
-/// kernel, and the rings' indices say where.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct XskFrames {
-    /// Free for transmitting.
-    pub free_tx: Vec<u64>,
-    /// Received and read, not yet back on the fill ring.
-    pub refill: Vec<u64>,
-    /// Transmit frames on the transmit or completion ring or in the kernel.
-    pub in_flight: u32,
-}
-
-/// One AF_XDP socket as a takeover hands it over.
-#[derive(Clone, Debug)]
-pub struct XskHandover<'a> {
-    pub socket: BorrowedFd<'a>,
-    pub umem: BorrowedFd<'a>,
-    /// The interface's queue the socket is bound to.
-    pub queue: u32,
-    pub frames: XskFrames,
 }
 
 /// One AF_XDP socket (a queue of the host-side veth or of the uplink) and its UMEM.

@@ -16,6 +16,7 @@ use std::ffi::{CStr, c_void};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
+use crate::queue::SteeringHandover;
 use vswitch_sys::SysError;
 use vswitch_sys::netns::Netns;
 
@@ -30,19 +31,6 @@ pub enum XdpMode {
 
 /// The compiled program.
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
-
-/// The XDP program of an interface as a takeover hands it over: the program's and its
-/// maps' descriptors, how it is attached and what it steers.
-#[derive(Clone, Debug)]
-pub struct SteeringHandover<'a> {
-    pub program: BorrowedFd<'a>,
-    pub xsks: BorrowedFd<'a>,
-    pub ports: BorrowedFd<'a>,
-    pub config: BorrowedFd<'a>,
-    /// The attach flags (the mode).
-    pub flags: u32,
-    pub steered: BTreeSet<(u8, u16)>,
-}
 
 /// The descriptors of a [`SteeringHandover`], received.
 pub struct SteeringFds {

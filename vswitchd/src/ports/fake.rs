@@ -309,7 +309,7 @@ impl Steering for RecordedSteering {
     }
 
     /// A fake program has no descriptors to hand over.
-    fn handed(&self) -> Option<vswitch_dataplane::port::steer::SteeringHandover<'_>> {
+    fn handed(&self) -> Option<vswitch_dataplane::queue::SteeringHandover<'_>> {
         None
     }
 }

@@ -16,9 +16,8 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use serde::{Deserialize, Serialize};
 use vswitch_dataplane::datapath::TakenQueues;
 use vswitch_dataplane::ids::{PortId, WorkerId};
-use vswitch_dataplane::port::afxdp::{XskFrames, XskHandover};
-use vswitch_dataplane::port::steer::{SteeringFds, SteeringHandover};
-use vswitch_dataplane::queue::{Handover, PortQueue};
+use vswitch_dataplane::port::steer::SteeringFds;
+use vswitch_dataplane::queue::{Handover, PortQueue, SteeringHandover, XskFrames, XskHandover};
 
 use super::kernel::{HandedProgram, HandedQueue, HandedXsk, TunnelSpec, blocking};
 use super::underlay::UnderlayPath;

@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net};
 use vswitch_dataplane::ids::WorkerId;
-use vswitch_dataplane::port::afxdp::{XdpMode, XskFrames, XskGroup, XskQueue};
-use vswitch_dataplane::port::steer::{SteeringFds, SteeringHandover, SteeringProgram};
+use vswitch_dataplane::port::afxdp::{XdpMode, XskGroup, XskQueue};
+use vswitch_dataplane::port::steer::{SteeringFds, SteeringProgram};
 use vswitch_dataplane::port::tap::{self, TapOptions, TapQueue};
 use vswitch_dataplane::port::tunnel::{TunnelCounters, TunnelPrograms};
 use vswitch_dataplane::port::underlay::UnderlayQueue;
-use vswitch_dataplane::queue::{PortError, PortQueue};
+use vswitch_dataplane::queue::{PortError, PortQueue, SteeringHandover, XskFrames};
 use vswitch_dataplane::wire::MacAddr;
 use vswitch_sys::SysError;
 use vswitch_sys::netlink::TABLE_MAIN;
