@@ -10,8 +10,10 @@
 //! goodbye). The release build (the tests' debug build forwards 20 000 frames a second).
 //!
 //! Then the takeover again with `--pods` pods on the node (default 64): how the pause
-//! grows with the ports adopted in it; and the UDP workload between two AF_XDP pods
-//! (their sockets, UMEMs and XDP programs handed over), without and with a takeover.
+//! grows with the ports adopted in it; the UDP workload between two AF_XDP pods
+//! (their sockets, UMEMs and XDP programs handed over), without and with a takeover;
+//! and the pause with `--flows` tracked flows (default 100 000: UDP to a Service from
+//! as many source ports and addresses), which the tables snapshot carries inside it.
 //!
 //! Usage (root): `cargo run --release -p vswitch-benches --bin takeover -- [--runs N]
 //! [--seconds S] [--pods N] [--write docs/BENCHMARKS.md]`; prints a markdown table, and with
@@ -54,12 +56,19 @@ struct Rig {
     _dir: Scratch,
 }
 
-/// Two pods on `backend` ("tap" or "afxdp").
-fn rig(backend: &str) -> Rig {
+/// Two pods on `backend` ("tap" or "afxdp"), with `services` (a services file's TOML)
+/// if given.
+fn rig(backend: &str, services: Option<&str>) -> Rig {
     let prefix = unique_prefix("btk");
     let dir = Scratch::new(&prefix);
     let node = Netns::new(&format!("{prefix}n"));
-    let daemon = Vswitchd::start(&node, &dir.0, "workers = 2\nidle = \"adaptive\"");
+    let mut extra = String::new();
+    if let Some(services) = services {
+        let file = dir.0.join("services.toml");
+        std::fs::write(&file, services).expect("services file");
+        extra = format!("[services]\nfile = {:?}", file.display().to_string());
+    }
+    let daemon = Vswitchd::start(&node, &dir.0, &format!("workers = 2\nidle = \"adaptive\"\n{extra}"));
     let pod = |name: &str, ip: Ipv4Addr| {
         let ns = Netns::new(&format!("{prefix}{name}"));
         daemon.attach(&ns, ip, backend);
@@ -77,6 +86,56 @@ fn rig(backend: &str) -> Rig {
         "pods reach each other"
     );
     Rig { daemon, a, b, others: Vec::new(), _node: node, prefix, _dir: dir }
+}
+
+/// The takeover's pause with `flows` Service flows tracked: UDP datagrams from pod a
+/// to a Service whose endpoint is pod b, each from its own source port (50 000 of
+/// them) to one of the Service's ports (as many as that takes).
+fn with_flows(flows: usize, runs: usize) -> String {
+    let ports: Vec<String> = (0..flows.div_ceil(50_000))
+        .map(|k| {
+            format!("{{ name = \"p{k}\", port = {}, target_port = 5353, protocol = \"UDP\" }}", 1000 + k)
+        })
+        .collect();
+    let services = format!(
+        "[[service]]\nname = \"flows\"\ncluster_ip = \"10.96.0.10\"\nports = [{}]\n\
+         endpoints = [{{ ip = \"10.244.1.3\" }}]\n",
+        ports.join(", ")
+    );
+    let mut r = rig("tap", Some(&services));
+    assert!(
+        wait_until(Duration::from_secs(10), || r.daemon.ctl(&["services"]).contains("10.96.0.10")),
+        "the Service is served"
+    );
+    // One socket per flow, each bound to its own source port.
+    let sender = format!(
+        "import socket\nfor i in range({flows}):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    \
+         s.bind(('10.244.1.2', 10000 + i % 50000))\n    s.sendto(b'x', ('10.96.0.10', 1000 + i // 50000))\n    \
+         s.close()\n"
+    );
+    let tracked = |daemon: &Vswitchd| -> f64 {
+        let stats: serde_json::Value =
+            serde_json::from_str(&daemon.ctl(&["--json", "stats"])).expect("stats JSON");
+        stats["conntrack_entries"].as_f64().unwrap_or(0.0)
+    };
+    let mut pauses = Vec::new();
+    let mut held = 0.0;
+    for _ in 0..runs {
+        r.a.ok(&["python3", "-c", &sender]);
+        held = tracked(&r.daemon);
+        let log = r.daemon.take_over();
+        pauses.extend(
+            log.split("paused_ms=").nth(1).and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok()),
+        );
+    }
+    let carried = tracked(&r.daemon);
+    format!(
+        "With {held:.0} Service flows tracked (UDP, one per source port): takeover pause median {:.1} ms, max {:.1} ms \
+         over {} takeovers; {carried:.0} flows in the new daemon after the last.",
+        median(pauses.clone()),
+        pauses.iter().copied().fold(0.0, f64::max),
+        pauses.len()
+    )
 }
 
 /// Attaches pods until the node has `count`.
@@ -125,7 +184,7 @@ fn main() {
     let mut udp_rows = Vec::new();
     let mut tcp_rows = Vec::new();
     let mut pauses = Vec::new();
-    let mut r = rig("tap");
+    let mut r = rig("tap", None);
     for how in [Interruption::None, Interruption::Restart, Interruption::Takeover] {
         let (mut lost, mut sent) = (Vec::new(), Vec::new());
         for _ in 0..runs {
@@ -188,7 +247,7 @@ fn main() {
     );
     drop(r);
     // AF_XDP pods: the sockets, their UMEMs and the veths' programs change hands.
-    let mut r = rig("afxdp");
+    let mut r = rig("afxdp", None);
     let mut afxdp = Vec::new();
     for how in [Interruption::None, Interruption::Takeover] {
         let (mut lost, mut sent, mut paused) = (Vec::new(), Vec::new(), Vec::new());
@@ -211,6 +270,9 @@ fn main() {
         ));
     }
     let many = format!("{many}\n\nTwo AF_XDP pods, the same UDP workload: {}.", afxdp.join("; "));
+    drop(r);
+    let flows: usize = value("--flows").map_or(100_000, |v| v.parse().expect("--flows N"));
+    let many = format!("{many}\n\n{}", with_flows(flows, runs));
     let pause = if pauses.is_empty() {
         "not logged".to_string()
     } else {
