@@ -19,7 +19,7 @@ use crate::cluster::translate::ServiceKey;
 
 use super::config::{Config, ConfigError};
 use super::services_file::{self, NodeView};
-use vswitch_dataplane::tables::conntrack::{Conn, Conntrack};
+use vswitch_dataplane::tables::conntrack::{Conn, Conntrack, Tuple};
 use vswitch_dataplane::tables::services::{BuildMemory, RememberedPort, ServiceTable};
 use vswitch_dataplane::wire::parse::IPPROTO_UDP;
 
@@ -231,8 +231,11 @@ impl ServiceCatalog {
 
     /// Flows were put back into conntrack (a restart): the table to publish recognises
     /// their VIPs and endpoints, whether or not their Services have come yet.
-    pub(crate) fn flows_restored(&mut self, ct: &Conntrack) -> Arc<ServiceTable> {
-        self.published = Arc::new(self.base.keep_for_flows(ct.snapshot().iter().map(|c| &**c)));
+    /// Only `flows` are looked at (the table published keeps what earlier flows use):
+    /// a takeover puts flows back in several steps, and a scan of the whole table at
+    /// each would lengthen its pause.
+    pub(crate) fn flows_restored(&mut self, flows: &[(Tuple, Tuple)]) -> Arc<ServiceTable> {
+        self.published = Arc::new(self.published.keep_for_tuples(flows.iter().copied()));
         self.published.clone()
     }
 

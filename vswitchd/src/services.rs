@@ -9,6 +9,7 @@ use std::path::Path;
 
 use vswitch_api::{ConntrackView, Flow, Protocol, Service, ServicesView};
 use vswitch_dataplane::datapath::Datapath;
+use vswitch_dataplane::tables::conntrack::Tuple;
 use vswitch_dataplane::tables::services::RememberedPort;
 use vswitch_dataplane::wire::parse::IPPROTO_UDP;
 
@@ -100,8 +101,8 @@ impl ServiceController {
     }
 
     /// Flows were put back into conntrack: publishes a table that recognises them.
-    pub(crate) fn flows_restored(&mut self, plane: &mut Plane) {
-        plane.tables.set_services(self.catalog.flows_restored(plane.datapath.conntrack()));
+    pub(crate) fn flows_restored(&mut self, plane: &mut Plane, flows: &[(Tuple, Tuple)]) {
+        plane.tables.set_services(self.catalog.flows_restored(flows));
         plane.publish_or_log();
     }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use vswitch_dataplane::datapath::Datapath;
 use vswitch_dataplane::ids::{PortId, SegmentId};
-use vswitch_dataplane::tables::conntrack::{FlowRecord, ReturnPath, State, Tuple};
+use vswitch_dataplane::tables::conntrack::{self, FlowRecord, ReturnPath, State, Tuple};
 use vswitch_dataplane::tables::fdb::FdbRecord;
 use vswitch_dataplane::tables::services::{AffinityRecord, RememberedPort};
 use vswitch_dataplane::wire::MacAddr;
@@ -76,12 +76,24 @@ impl TablesSnapshot {
         ports: BTreeMap<PortId, String>,
         service_ports: (Vec<RememberedPort>, u32),
     ) -> TablesSnapshot {
+        Self::take_since(datapath, now, ports, service_ports, 0)
+    }
+
+    /// As [`TablesSnapshot::take`], with only the flows seen at `since` or later
+    /// (datapath seconds): what changed after an earlier copy.
+    pub(crate) fn take_since(
+        datapath: &Datapath,
+        now: u32,
+        ports: BTreeMap<PortId, String>,
+        service_ports: (Vec<RememberedPort>, u32),
+        since: u32,
+    ) -> TablesSnapshot {
         TablesSnapshot {
             taken_at: unix_now(),
             ports,
             service_ports: service_ports.0,
             last_service_id: service_ports.1,
-            flows: datapath.conntrack().records(now),
+            flows: datapath.conntrack().records_since(now, since),
             affinity: datapath.affinity().records(now),
             fdb: datapath.fdb().records(now),
         }
@@ -108,14 +120,16 @@ impl TablesSnapshot {
 
     /// Puts back into `datapath` the affinities and every flow and FDB entry whose port
     /// `ports` names (the ports of this run, by id); keeps the others for a later call,
-    /// once more ports exist. `away_secs` counts as idle time.
+    /// once more ports exist. `away_secs` counts as idle time. Returns the (original,
+    /// reply) tuples of the flows put back.
     pub(crate) fn restore_into(
         &mut self,
         datapath: &Datapath,
         ports: &BTreeMap<PortId, String>,
         away_secs: u32,
         out: &mut Restored,
-    ) {
+    ) -> Vec<(Tuple, Tuple)> {
+        let mut put_back = Vec::new();
         let now = datapath.now();
         let by_name: BTreeMap<&str, PortId> = ports.iter().map(|(id, name)| (name.as_str(), *id)).collect();
         let old_names = &self.ports;
@@ -137,9 +151,14 @@ impl TablesSnapshot {
                     None => return true,
                 }
             }
-            match batch.restore(&r, away_secs, now) {
-                Ok(true) => out.flows += 1,
-                Ok(false) => out.expired += 1,
+            // A later copy of a flow (a takeover's pause, after its early copy) wins.
+            match batch.restore_over(&r, away_secs, now) {
+                Ok(conntrack::Restored::Added) => {
+                    out.flows += 1;
+                    put_back.push((r.orig, r.reply));
+                }
+                Ok(conntrack::Restored::Replaced) => put_back.push((r.orig, r.reply)),
+                Ok(conntrack::Restored::Expired) => out.expired += 1,
                 Err(_) => out.dropped += 1,
             }
             false
@@ -161,6 +180,7 @@ impl TablesSnapshot {
             }
             false
         });
+        put_back
     }
 
     /// What no port of this run took: counted as dropped.

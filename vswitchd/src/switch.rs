@@ -13,6 +13,7 @@ use std::sync::Arc;
 use vswitch_api::{AttachRequest, ConntrackView, NodesView, PortInfo, Service, ServicesView};
 use vswitch_dataplane::datapath::Datapath;
 use vswitch_dataplane::ids::PortId;
+use vswitch_dataplane::tables::conntrack::Tuple;
 use vswitch_dataplane::tables::overlay::{FastPath, NodeSpec};
 use vswitch_dataplane::wire::parse::IPPROTO_UDP;
 
@@ -46,9 +47,23 @@ pub(crate) struct Switch {
 /// What a paused daemon hands over besides the queues' descriptors.
 pub(crate) struct Handing {
     pub paused: Paused,
+    /// The tables snapshot: with [`EarlyFlows`] sent before, only the flows seen since.
     pub tables: Vec<u8>,
+    /// The flows of the early copy that are gone since.
+    pub gone: Vec<Tuple>,
     pub state: String,
     pub underlay: Option<HandedUnderlay>,
+}
+
+/// A copy of the flows a takeover sends before its pause (the daemon forwarding on),
+/// so that the pause carries only what changed since.
+pub(crate) struct EarlyFlows {
+    /// A tables snapshot with the flows only.
+    pub tables: Vec<u8>,
+    /// When it was taken (datapath seconds).
+    pub since: u32,
+    /// Its flows' original tuples, to tell which went.
+    pub origs: Vec<Tuple>,
 }
 
 impl Switch {
@@ -353,10 +368,9 @@ impl Switch {
         if !service_ports.is_empty() {
             self.services.carry_over(&service_ports, snapshot.last_service_id);
         }
-        let flows_before = restored.flows;
-        snapshot.restore_into(&self.plane.datapath, ports, away_secs, restored);
-        if restored.flows > flows_before {
-            self.services.flows_restored(&mut self.plane);
+        let put_back = snapshot.restore_into(&self.plane.datapath, ports, away_secs, restored);
+        if !put_back.is_empty() {
+            self.services.flows_restored(&mut self.plane, &put_back);
         }
     }
 
@@ -457,17 +471,45 @@ impl Switch {
 
     /// The pause: every queue taken from the workers, the tables taken (as a clean stop
     /// takes them). Until [`Switch::resume_after_takeover`] or the exit, nothing moves.
-    pub(crate) fn pause_for_takeover(&mut self) -> Result<Handing, AttachError> {
+    pub(crate) fn pause_for_takeover(&mut self, early: Option<&EarlyFlows>) -> Result<Handing, AttachError> {
         let paused = self.ports.pause(&self.plane)?;
         let now = self.plane.datapath.now();
-        let tables = TablesSnapshot::take(
+        let tables = TablesSnapshot::take_since(
             &self.plane.datapath,
             now,
             self.ports.port_names(),
             self.services.remembered(),
+            early.map_or(0, |e| e.since),
         );
+        let gone = early.map_or_else(Vec::new, |e| {
+            let flows = self.plane.datapath.conntrack().batch();
+            e.origs.iter().filter(|t| !flows.contains(t)).copied().collect()
+        });
         let state = serde_json::to_string(&self.ports.state()).expect("the state file serializes");
-        Ok(Handing { paused, tables: tables.encode(), state, underlay: self.ports.handed_underlay() })
+        Ok(Handing { paused, tables: tables.encode(), gone, state, underlay: self.ports.handed_underlay() })
+    }
+
+    /// The flows as they are now, for a takeover to send before its pause.
+    pub(crate) fn takeover_early_flows(&self) -> EarlyFlows {
+        let datapath = &self.plane.datapath;
+        let now = datapath.now();
+        let mut copy = TablesSnapshot::take(datapath, now, self.ports.port_names(), (Vec::new(), 0));
+        copy.affinity.clear();
+        copy.fdb.clear();
+        let origs = copy.flows.iter().map(|f| f.orig).collect();
+        EarlyFlows { tables: copy.encode(), since: now, origs }
+    }
+
+    /// Forgets the flows whose original tuples are `origs` (gone in the previous
+    /// daemon after it sent them early); returns how many were here.
+    pub(crate) fn forget_flows(&self, origs: &[Tuple]) -> usize {
+        let flows = self.plane.datapath.conntrack().batch();
+        origs.iter().filter(|t| flows.forget(t)).count()
+    }
+
+    /// Whether a takeover would hand over AF_XDP sockets (pods' or the uplink's).
+    pub(crate) fn has_xdp_ports(&self) -> bool {
+        self.ports.has_xdp_ports()
     }
 
     /// Every descriptor of the paused ports, each with what it is, and what goes with
@@ -717,6 +759,47 @@ pod_cidr = "10.244.2.0/24"
     /// flows (a NodePort flow's return path on the uplink, whose id changed), the pinned
     /// clients and learned MACs; the Services, once they come in another order, keep
     /// their ids, so no UDP flow is cut as if its Service were another.
+    /// A takeover copies the flows while forwarding, then in its pause only what changed
+    /// since: the flows seen after the copy, and which of the copied ones went.
+    #[test]
+    fn a_takeover_pause_carries_only_the_flows_changed_since_the_early_copy() {
+        use vswitch_dataplane::tables::conntrack::Tuple;
+        use vswitch_dataplane::wire::parse::IPPROTO_TCP;
+        let dir = Scratch::new(&format!("switch-early-{}", std::process::id()));
+        let (mut s, _) = switch(&dir);
+        s.services_file_read(Some(SERVICES.into()), false).unwrap();
+        let services = s.datapath().tables().services().clone();
+        let web = services.by_vip(Ipv4Addr::new(10, 96, 0, 10), 80, IPPROTO_TCP).unwrap().id;
+        let flow = |port| {
+            let t = |src: [u8; 4], src_port, dst: [u8; 4], dst_port| Tuple {
+                proto: IPPROTO_TCP,
+                src: src.into(),
+                src_port,
+                dst: dst.into(),
+                dst_port,
+            };
+            (t([10, 244, 1, 2], port, [10, 96, 0, 10], 80), t([10, 244, 1, 5], 8080, [10, 244, 1, 2], port))
+        };
+        let ct = s.datapath().conntrack().clone();
+        let now = s.datapath().now();
+        for port in [40000, 40001] {
+            ct.batch().insert(flow(port).0, flow(port).1, web, None, now).unwrap();
+        }
+        let mut early = s.takeover_early_flows();
+        assert_eq!(TablesSnapshot::decode(&early.tables).unwrap().flows.len(), 2);
+        // Ten seconds on: one flow went, another came.
+        early.since = now + 10;
+        assert!(ct.batch().forget(&flow(40001).0));
+        ct.batch().insert(flow(40002).0, flow(40002).1, web, None, now + 10).unwrap();
+
+        let handing = s.pause_for_takeover(Some(&early)).unwrap();
+        let delta = TablesSnapshot::decode(&handing.tables).unwrap();
+        assert_eq!(delta.flows.iter().map(|f| f.orig).collect::<Vec<_>>(), vec![flow(40002).0]);
+        assert_eq!(handing.gone, vec![flow(40001).0]);
+        s.resume_after_takeover(handing.paused);
+        assert_eq!(s.forget_flows(&[flow(40000).0, flow(40001).0]), 1, "one of them was here");
+    }
+
     #[test]
     fn the_tables_carry_over_a_restart_before_the_services_come() {
         use vswitch_dataplane::tables::conntrack::{ReturnPath, Tuple};

@@ -16,7 +16,7 @@
 //! as many source ports and addresses), which the tables snapshot carries inside it.
 //!
 //! Usage (root): `cargo run --release -p vswitch-benches --bin takeover -- [--runs N]
-//! [--seconds S] [--pods N] [--write docs/BENCHMARKS.md]`; prints a markdown table, and with
+//! [--seconds S] [--pods N] [--flows N] [--flows-only | --afxdp-only] [--write docs/BENCHMARKS.md]`; prints a markdown table, and with
 //! `--write` puts it between the file's `<!-- takeover:begin -->` and
 //! `<!-- takeover:end -->` markers.
 
@@ -88,13 +88,43 @@ fn rig(backend: &str, services: Option<&str>) -> Rig {
     Rig { daemon, a, b, others: Vec::new(), _node: node, prefix, _dir: dir }
 }
 
+/// The UDP workload between two AF_XDP pods, without and with a takeover (their
+/// sockets, UMEMs and the veths' programs change hands).
+fn afxdp_pods(runs: usize, seconds: u32) -> String {
+    let mut r = rig("afxdp", None);
+    let mut afxdp = Vec::new();
+    for how in [Interruption::None, Interruption::Takeover] {
+        let (mut lost, mut sent, mut paused) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let (json, pause) = run(&mut r, seconds, &["-u", "-l", "22", "-b", "17.6M", "-w", "4M"], how);
+            lost.push(json["end"]["sum"]["lost_packets"].as_f64().expect("lost_packets"));
+            sent.push(json["end"]["sum"]["packets"].as_f64().expect("packets"));
+            paused.extend(pause);
+        }
+        let pause = match paused.is_empty() {
+            true => String::new(),
+            false => format!(", pause median {:.1} ms", median(paused)),
+        };
+        afxdp.push(format!(
+            "{}: {:.0} of {:.0} lost (max {:.0}){pause}",
+            how.name(),
+            median(lost.clone()),
+            median(sent),
+            lost.iter().copied().fold(0.0, f64::max),
+        ));
+    }
+    format!("Two AF_XDP pods, the same UDP workload: {}.", afxdp.join("; "))
+}
+
 /// The takeover's pause with `flows` Service flows tracked: UDP datagrams from pod a
 /// to a Service whose endpoint is pod b, each from its own source port (50 000 of
 /// them) to one of the Service's ports (as many as that takes).
 fn with_flows(flows: usize, runs: usize) -> String {
     let ports: Vec<String> = (0..flows.div_ceil(50_000))
+        // Each to its own target port: the endpoint's replies are then distinct flows.
         .map(|k| {
-            format!("{{ name = \"p{k}\", port = {}, target_port = 5353, protocol = \"UDP\" }}", 1000 + k)
+            let (port, target) = (1000 + k, 5000 + k);
+            format!("{{ name = \"p{k}\", port = {port}, target_port = {target}, protocol = \"UDP\" }}")
         })
         .collect();
     let services = format!(
@@ -107,6 +137,8 @@ fn with_flows(flows: usize, runs: usize) -> String {
         wait_until(Duration::from_secs(10), || r.daemon.ctl(&["services"]).contains("10.96.0.10")),
         "the Service is served"
     );
+    // The Service address is routed through the gateway.
+    r.a.ok(&["ip", "route", "add", "default", "via", "10.244.1.1"]);
     // One socket per flow, each bound to its own source port.
     let sender = format!(
         "import socket\nfor i in range({flows}):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    \
@@ -118,24 +150,30 @@ fn with_flows(flows: usize, runs: usize) -> String {
             serde_json::from_str(&daemon.ctl(&["--json", "stats"])).expect("stats JSON");
         stats["conntrack_entries"].as_f64().unwrap_or(0.0)
     };
-    let mut pauses = Vec::new();
+    let (mut pauses, mut taken) = (Vec::new(), Vec::new());
     let mut held = 0.0;
     for _ in 0..runs {
         r.a.ok(&["python3", "-c", &sender]);
         held = tracked(&r.daemon);
         let log = r.daemon.take_over();
-        pauses.extend(
-            log.split("paused_ms=").nth(1).and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok()),
-        );
+        pauses.extend(logged(&log, "paused_ms"));
+        taken.extend(logged(&log, "taken_ms"));
     }
     let carried = tracked(&r.daemon);
     format!(
         "With {held:.0} Service flows tracked (UDP, one per source port): takeover pause median {:.1} ms, max {:.1} ms \
-         over {} takeovers; {carried:.0} flows in the new daemon after the last.",
+         over {} takeovers, of which the old daemon taking its queues and tables {:.1} ms; {carried:.0} flows in the \
+         new daemon after the last.",
         median(pauses.clone()),
         pauses.iter().copied().fold(0.0, f64::max),
-        pauses.len()
+        pauses.len(),
+        median(taken)
     )
+}
+
+/// A number the old daemon's log gives as `field=`.
+fn logged(log: &str, field: &str) -> Option<f64> {
+    log.split(&format!("{field}=")).nth(1)?.split_whitespace().next()?.parse().ok()
 }
 
 /// Attaches pods until the node has `count`.
@@ -164,10 +202,7 @@ fn run(r: &mut Rig, seconds: u32, args: &[&str], how: Interruption) -> (serde_js
             r.daemon.restart();
             None
         }
-        Interruption::Takeover => {
-            let log = r.daemon.take_over();
-            log.split("paused_ms=").nth(1).and_then(|t| t.split_whitespace().next()?.parse().ok())
-        }
+        Interruption::Takeover => logged(&r.daemon.take_over(), "paused_ms"),
     };
     let out = client.wait_output(Duration::from_secs(u64::from(seconds) + 30)).expect("iperf3 finishes");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -180,6 +215,15 @@ fn main() {
     let runs: usize = value("--runs").map_or(3, |v| v.parse().expect("--runs N"));
     let seconds: u32 = value("--seconds").map_or(5, |v| v.parse().expect("--seconds S"));
     let write = value("--write");
+    let flows: usize = value("--flows").map_or(100_000, |v| v.parse().expect("--flows N"));
+    if args.iter().any(|a| a == "--flows-only") {
+        println!("{}", with_flows(flows, runs));
+        return;
+    }
+    if args.iter().any(|a| a == "--afxdp-only") {
+        println!("{}", afxdp_pods(runs, seconds));
+        return;
+    }
 
     let mut udp_rows = Vec::new();
     let mut tcp_rows = Vec::new();
@@ -246,32 +290,7 @@ fn main() {
         many_lost.iter().copied().fold(0.0, f64::max),
     );
     drop(r);
-    // AF_XDP pods: the sockets, their UMEMs and the veths' programs change hands.
-    let mut r = rig("afxdp", None);
-    let mut afxdp = Vec::new();
-    for how in [Interruption::None, Interruption::Takeover] {
-        let (mut lost, mut sent, mut paused) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..runs {
-            let (json, pause) = run(&mut r, seconds, &["-u", "-l", "22", "-b", "17.6M", "-w", "4M"], how);
-            lost.push(json["end"]["sum"]["lost_packets"].as_f64().expect("lost_packets"));
-            sent.push(json["end"]["sum"]["packets"].as_f64().expect("packets"));
-            paused.extend(pause);
-        }
-        let pause = match paused.is_empty() {
-            true => String::new(),
-            false => format!(", pause median {:.1} ms", median(paused)),
-        };
-        afxdp.push(format!(
-            "{}: {:.0} of {:.0} lost (max {:.0}){pause}",
-            how.name(),
-            median(lost.clone()),
-            median(sent),
-            lost.iter().copied().fold(0.0, f64::max),
-        ));
-    }
-    let many = format!("{many}\n\nTwo AF_XDP pods, the same UDP workload: {}.", afxdp.join("; "));
-    drop(r);
-    let flows: usize = value("--flows").map_or(100_000, |v| v.parse().expect("--flows N"));
+    let many = format!("{many}\n\n{}", afxdp_pods(runs, seconds));
     let many = format!("{many}\n\n{}", with_flows(flows, runs));
     let pause = if pauses.is_empty() {
         "not logged".to_string()

@@ -60,7 +60,9 @@ struct Mapping {
 unsafe impl Send for Mapping {}
 
 impl Mapping {
-    fn new(fd: BorrowedFd<'_>, len: usize, offset: u64) -> io::Result<Mapping> {
+    /// With `populate`, the pages are mapped now rather than at first touch.
+    fn new(fd: BorrowedFd<'_>, len: usize, offset: u64, populate: bool) -> io::Result<Mapping> {
+        let populate = if populate { libc::MAP_POPULATE } else { 0 };
         // SAFETY: a new shared mapping of `len` bytes of `fd` at `offset`, placed by the
         // kernel (no address given), so it overlaps nothing of ours; the kernel checks
         // that the object has that much at that offset.
@@ -69,7 +71,7 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
+                libc::MAP_SHARED | populate,
                 fd.as_raw_fd(),
                 offset as libc::off_t,
             )
@@ -110,7 +112,7 @@ impl Umem {
         if unsafe { libc::ftruncate(memfd.as_raw_fd(), geometry.umem_len() as libc::off_t) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        let area = Mapping::new(memfd.as_fd(), geometry.umem_len(), 0)?;
+        let area = Mapping::new(memfd.as_fd(), geometry.umem_len(), 0, true)?;
         Ok(Umem { memfd, area, geometry })
     }
 
@@ -125,7 +127,9 @@ impl Umem {
                 geometry.frame_size
             )));
         }
-        let area = Mapping::new(memfd.as_fd(), geometry.umem_len(), 0)?;
+        // Not populated: adopting happens in a takeover's pause, and the pages (in
+        // memory already) are mapped at first touch instead.
+        let area = Mapping::new(memfd.as_fd(), geometry.umem_len(), 0, false)?;
         Ok(Umem { memfd, area, geometry })
     }
 
@@ -195,7 +199,7 @@ impl<T: Copy> Ring<T> {
             return Err(io::Error::other(format!("ring size {size} is not a power of two")));
         }
         let len = off.desc as usize + size as usize * std::mem::size_of::<T>();
-        let map = Mapping::new(fd, len, pgoff)?;
+        let map = Mapping::new(fd, len, pgoff, true)?;
         let at = |offset: u64| -> io::Result<NonNull<u8>> {
             if offset as usize >= len {
                 return Err(io::Error::other("ring offsets outside the ring"));

@@ -320,9 +320,18 @@ impl Conntrack {
 
     /// Every flow as carried over a restart (see [`ConntrackBatch::restore`]).
     pub fn records(&self, now: u32) -> Vec<FlowRecord> {
-        self.snapshot()
-            .iter()
-            .map(|c| FlowRecord {
+        self.records_since(now, 0)
+    }
+
+    /// The flows seen at `since` or later (datapath seconds), as records at `now`: what
+    /// changed since an earlier copy of the table (a new flow, a state change, a
+    /// packet) — the rest of that copy is still true but for its idle time, which grew.
+    pub fn records_since(&self, now: u32, since: u32) -> Vec<FlowRecord> {
+        let guard = self.map.guard();
+        self.map
+            .iter(&guard)
+            .filter(|(k, c)| **k == c.orig.key() && c.last_seen() >= since)
+            .map(|(_, c)| FlowRecord {
                 orig: c.orig,
                 reply: c.reply,
                 service: c.service,
@@ -427,7 +436,59 @@ impl<'a> ConntrackBatch<'a> {
     }
 }
 
+/// What [`ConntrackBatch::restore_over`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restored {
+    Added,
+    /// In place of the flow the table had under the same tuples.
+    Replaced,
+    /// Past its timeout: left out (and the table's flow under its tuples gone too).
+    Expired,
+}
+
 impl ConntrackBatch<'_> {
+    /// Forgets the flow whose original direction is `orig`, if the table has one.
+    pub fn forget(&self, orig: &Tuple) -> bool {
+        match self.lookup(orig) {
+            Some((conn, Direction::Orig)) => {
+                self.remove(conn);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Puts back a flow as [`ConntrackBatch::restore`] does, in place of whatever flow
+    /// holds its tuples now: a later record of the same flow wins over an earlier one.
+    pub fn restore_over(&self, r: &FlowRecord, away_secs: u32, now: u32) -> Result<Restored, InsertError> {
+        // The same flow (tuples, Service, return path): its state in place, as packets
+        // change it, rather than a new entry.
+        if let Some((c, Direction::Orig)) = self.lookup(&r.orig)
+            && (c.reply, c.service, c.return_path) == (r.reply, r.service, r.return_path)
+        {
+            c.state.store(r.state as u8, Ordering::Relaxed);
+            c.replied.store(u8::from(r.replied), Ordering::Relaxed);
+            c.last_seen.store(now.saturating_sub(r.idle_secs.saturating_add(away_secs)), Ordering::Relaxed);
+            if c.expired(now, &self.ct.config.timeouts) {
+                self.remove(c);
+                return Ok(Restored::Expired);
+            }
+            return Ok(Restored::Replaced);
+        }
+        let mut replaced = false;
+        for t in [r.orig, r.reply] {
+            if let Some((conn, _)) = self.lookup(&t) {
+                self.remove(conn);
+                replaced = true;
+            }
+        }
+        Ok(match self.restore(r, away_secs, now)? {
+            false => Restored::Expired,
+            true if replaced => Restored::Replaced,
+            true => Restored::Added,
+        })
+    }
+
     /// Forgets `conn` (both keys), e.g. a closed flow whose tuple a new connection reuses.
     pub fn remove(&self, conn: &Conn) {
         let mine = |_: &u128, v: &Arc<Conn>| std::ptr::eq(&**v, conn);
@@ -589,6 +650,35 @@ mod tests {
             Some(InsertError::Clash),
             "a flow restored twice is one flow"
         );
+    }
+
+    /// A takeover copies the table early, then only what changed since: the flows seen
+    /// since, each replacing its earlier copy, and the flows that went.
+    #[test]
+    fn a_later_copy_of_a_flow_replaces_the_earlier_one() {
+        let old = Conntrack::new(ConntrackConfig::default());
+        let (quiet, _) = flow(&old, 40000, 1000).unwrap();
+        let (busy, busy_reply) = flow(&old, 40001, 1000).unwrap();
+        let (gone, _) = flow(&old, 40002, 1000).unwrap();
+        let early = old.records(1005);
+        let new = Conntrack::new(ConntrackConfig::default());
+        for r in &early {
+            assert_eq!(new.batch().restore_over(r, 0, 1005), Ok(Restored::Added));
+        }
+        // Then the old table moves on: a reply on one flow, another flow goes.
+        old.batch().lookup(&busy_reply).unwrap().0.observe(Direction::Reply, TCP_SYN | TCP_ACK, 1010);
+        assert!(old.batch().forget(&gone));
+        assert!(!old.batch().forget(&gone), "once");
+        let later = old.records_since(1012, 1006);
+        assert_eq!(later.iter().map(|r| r.orig).collect::<Vec<_>>(), vec![busy], "only what changed");
+        for r in &later {
+            assert_eq!(new.batch().restore_over(r, 0, 1012), Ok(Restored::Replaced));
+        }
+        assert!(new.batch().forget(&gone));
+        assert_eq!(new.len(), 2);
+        let b = new.batch();
+        assert_eq!(b.lookup(&busy).unwrap().0.state(), State::Established, "the later copy");
+        assert!(b.lookup(&quiet).is_some() && b.lookup(&gone).is_none());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use papaya::Guard;
 
+use crate::tables::conntrack::Tuple;
 use crate::tables::maglev::Maglev;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -370,14 +371,19 @@ impl ServiceTable {
         &self,
         flows: impl IntoIterator<Item = &'a crate::tables::conntrack::Conn>,
     ) -> ServiceTable {
+        self.keep_for_tuples(flows.into_iter().map(|c| (c.orig, c.reply)))
+    }
+
+    /// As [`ServiceTable::keep_for_flows`], from flows' (original, reply) tuples.
+    pub fn keep_for_tuples(&self, flows: impl IntoIterator<Item = (Tuple, Tuple)>) -> ServiceTable {
         let mut t = self.clone();
-        for c in flows {
-            let r = c.reply.src;
-            if let Entry::Vacant(v) = t.endpoints.entry(vip_key(r, c.reply.src_port, c.reply.proto)) {
+        for (orig, reply) in flows {
+            let r = reply.src;
+            if let Entry::Vacant(v) = t.endpoints.entry(vip_key(r, reply.src_port, reply.proto)) {
                 v.insert(0);
                 t.retired += 1;
             }
-            let d = c.orig.dst;
+            let d = orig.dst;
             if Some(d) == t.node_ip {
                 continue;
             }

@@ -226,6 +226,11 @@ impl PortManager {
         Ok(Paused { queues })
     }
 
+    /// Whether there are AF_XDP sockets to hand over.
+    pub(crate) fn has_xdp_ports(&self) -> bool {
+        self.uplink.is_some() || self.pods.values().any(|p| p.saved.backend == vswitch_api::Backend::Afxdp)
+    }
+
     /// Every descriptor of the paused queues and of the uplink's program, each with
     /// what it is, and what goes with the AF_XDP ones.
     pub(crate) fn handed<'a>(&'a self, paused: &'a Paused) -> Result<(HandedFds<'a>, HandedXdp), String> {

@@ -13,11 +13,13 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use super::{
-    ADOPT_TIMEOUT, Answer, Bye, Done, FORMAT, FdRole, Hello, Offer, PREPARE_TIMEOUT, REPLY_TIMEOUT, Ready,
-    Retire, Retiring, TakeoverError, receive, refusal, send, send_fds,
+    ADOPT_TIMEOUT, Answer, Bye, Done, FdRole, GoneFlow, Hello, Offer, OfferExtras, PREPARE_TIMEOUT,
+    REPLY_TIMEOUT, Ready, Retire, Retiring, TakeoverError, XDP_FORMAT, agreed_format, receive, refusal, send,
+    send_fds,
 };
 use crate::api::{ApiState, api_stats};
 use crate::daemon::DaemonError;
+use crate::ports::handover::HandedXdp;
 
 /// What the daemon passes besides its ports: its own descriptors of the state lock and
 /// the listeners (the new daemon gets copies; the old ones close with this process).
@@ -124,15 +126,37 @@ async fn hand_over(
     tracing::info!(version = %hello.version, "a new vswitchd asks to take over");
     let preface = {
         let switch = state.switch.lock().await;
-        let refused = refusal(&hello, switch.datapath().workers(), &switch.config().state_file);
+        let refused =
+            refusal(&hello, switch.datapath().workers(), &switch.config().state_file).or_else(|| {
+                let format = agreed_format(&hello)?;
+                (format < XDP_FORMAT && switch.has_xdp_ports()).then(|| {
+                let why = format!(
+                    "the new vswitchd ({}) reads handover format {format}, which carries no AF_XDP socket",
+                    hello.version
+                );
+                (why, true)
+            })
+            });
         if let Some((reason, restarting)) = refused {
             return refuse(&conn, reason, restarting, hello.retire);
         }
-        switch.takeover_preface(passed.cluster)
+        let format = agreed_format(&hello).expect("refused above otherwise");
+        let early =
+            (format >= XDP_FORMAT).then(|| tokio::task::block_in_place(|| switch.takeover_early_flows()));
+        (switch.takeover_preface(passed.cluster), early)
     };
-    // The new daemon builds its Services meanwhile; this one forwards on.
+    let (preface, mut early) = preface;
+    // The new daemon builds its Services and puts the early flows in meanwhile; this
+    // one forwards on.
     tokio::task::block_in_place(|| -> Result<(), TakeoverError> {
-        send(&conn, &Answer::Preface(Box::new(preface)))?;
+        let answer = match &mut early {
+            Some(early) => Answer::PrefaceWithFlows {
+                preface: Box::new(preface),
+                flows: std::mem::take(&mut early.tables),
+            },
+            None => Answer::Preface(Box::new(preface)),
+        };
+        send(&conn, &answer)?;
         receive::<Ready>(&conn, PREPARE_TIMEOUT)?;
         Ok(())
     })?;
@@ -141,7 +165,10 @@ async fn hand_over(
     let mut switch = state.switch.lock().await;
     let handed = tokio::task::block_in_place(|| {
         let paused_at = Instant::now();
-        let handing = switch.pause_for_takeover().map_err(|e| TakeoverError::Message(e.to_string()));
+        let handing =
+            switch.pause_for_takeover(early.as_ref()).map_err(|e| TakeoverError::Message(e.to_string()));
+        // Queues taken, tables taken and encoded: what the pause costs before sending.
+        let taken_ms = paused_at.elapsed().as_secs_f64() * 1000.0;
         let handing = match handing {
             Ok(h) => h,
             Err(e) => {
@@ -151,6 +178,14 @@ async fn hand_over(
         };
         let sent = (|| {
             let (queues, xdp) = switch.handed(&handing.paused).map_err(TakeoverError::Message)?;
+            let format = agreed_format(&hello).expect("checked before the preface");
+            if format < XDP_FORMAT && xdp != HandedXdp::default() {
+                // Checked before the preface too; an AF_XDP port attached since.
+                return Err(TakeoverError::Message(format!(
+                    "the new vswitchd ({}) reads handover format {format}, which carries no AF_XDP socket",
+                    hello.version
+                )));
+            }
             let mut roles = vec![FdRole::StateLock, FdRole::Api];
             let mut fds: Vec<BorrowedFd<'_>> = vec![passed.lock.as_fd(), passed.api.as_fd()];
             if let Some((fd, _)) = &passed.metrics {
@@ -162,18 +197,21 @@ async fn hand_over(
                 fds.push(fd);
             }
             let offer = Offer {
-                format: FORMAT,
+                format,
                 version: env!("CARGO_PKG_VERSION").into(),
                 state: handing.state.clone(),
                 tables: handing.tables.clone(),
                 underlay: handing.underlay.clone(),
                 counters: serde_json::to_string(&api_stats(&switch)).expect("stats serialize"),
-                xdp,
                 api_socket: switch.config().api_socket.clone(),
                 metrics: passed.metrics.as_ref().map(|(_, addr)| *addr),
                 fds: roles,
             };
             send(&conn, &Answer::Offer(Box::new(offer)))?;
+            if format >= XDP_FORMAT {
+                let gone = handing.gone.iter().map(|t| GoneFlow::from(*t)).collect();
+                send(&conn, &OfferExtras { xdp, gone })?;
+            }
             send_fds(&conn, &fds)?;
             match receive::<Done>(&conn, ADOPT_TIMEOUT)? {
                 Done::Adopted => send(&conn, &Bye),
@@ -182,7 +220,11 @@ async fn hand_over(
         })();
         match sent {
             Ok(()) if hello.retire == Retire::Exit => {
-                tracing::info!(paused_ms = paused_at.elapsed().as_secs_f64() * 1000.0, "handed over");
+                tracing::info!(
+                    paused_ms = paused_at.elapsed().as_secs_f64() * 1000.0,
+                    taken_ms,
+                    "handed over"
+                );
                 retire_now("handed over to the new vswitchd: exiting")
             }
             Ok(()) => {

@@ -5,16 +5,20 @@
 //! 1. new → old: [`Hello`] (the formats it reads, its workers, its state file). The new
 //!    daemon has started its data plane already: the pause that follows is short.
 //! 2. old → new: [`Answer`]. `Busy` (another takeover is under way: the new daemon
-//!    exits with that error), `Refused` (the old daemon cannot hand over — AF_XDP pod
-//!    ports, another worker count, no common format — and, when `restarting`, stops
+//!    exits with that error), `Refused` (the old daemon cannot hand over — another
+//!    worker count, no common format — and, when `restarting`, stops
 //!    cleanly so that the new one starts as after a restart, with the tables
 //!    snapshot), or `Preface`: the Services' ids and, in cluster mode, the Services
 //!    and nodes it serves, so that the new daemon builds its Services (seconds with
 //!    100 000 of them) while the old one still forwards.
-//! 3. new → old: [`Ready`]. old → new: `Refused` as above (a port that cannot be
-//!    handed over may have come meanwhile), or `Offer`: the old daemon has paused
-//!    (every queue taken from its workers) and sends the ports and the tables, then
-//!    the file descriptors (`SCM_RIGHTS`) in the order [`Offer::fds`] lists them.
+//!    From format 2 on, the preface comes with a copy of the flows
+//!    ([`Answer::PrefaceWithFlows`]), which the new daemon puts in meanwhile.
+//! 3. new → old: [`Ready`]. old → new: `Refused` as above, or `Offer`: the old daemon
+//!    has paused (every queue taken from its workers) and sends the ports and the
+//!    tables (from format 2 on only the flows seen since the early copy), from format 2
+//!    on [`OfferExtras`] (the AF_XDP sockets' frames and XDP programs, the flows gone
+//!    since the copy), then the file descriptors (`SCM_RIGHTS`) in the order
+//!    [`Offer::fds`] lists them.
 //! 4. new → old: [`Done`]: `Adopted` once every port is the new daemon's, or `Abort`.
 //! 5. old → new: [`Bye`], and the old daemon exits at once, undoing nothing (routes,
 //!    rules, tc programs and devices are the new daemon's now). Only after `Bye` does
@@ -37,12 +41,25 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use vswitch_dataplane::tables::conntrack::Tuple;
+
 use crate::ports::handover::{HandedUnderlay, HandedXdp, QueueFd};
 
-/// The handover's format: what [`Offer`] carries and how.
-pub(crate) const FORMAT: u32 = 1;
-/// The oldest format this daemon can take over from.
+/// The handover's format: what [`Offer`] carries and how. 2: AF_XDP sockets and XDP
+/// programs, and the flows copied before the pause ([`Answer::PrefaceWithFlows`],
+/// [`OfferExtras`]); format 1 has none of them.
+pub(crate) const FORMAT: u32 = 2;
+/// The oldest format this daemon reads (and writes, to a new daemon that reads no
+/// newer one).
 pub(crate) const OLDEST_FORMAT: u32 = 1;
+/// The first format that carries AF_XDP sockets.
+pub(crate) const XDP_FORMAT: u32 = 2;
+
+/// The newest format both this daemon and the one that said `hello` read.
+pub(crate) fn agreed_format(hello: &Hello) -> Option<u32> {
+    let format = FORMAT.min(hello.newest_format);
+    (format >= OLDEST_FORMAT.max(hello.oldest_format)).then_some(format)
+}
 
 /// A message larger than this is refused (a snapshot of a full conntrack table is far
 /// below it).
@@ -101,9 +118,48 @@ pub(crate) enum Retiring {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Answer {
     Busy,
-    Refused { reason: String, restarting: bool },
+    Refused {
+        reason: String,
+        restarting: bool,
+    },
     Preface(Box<Preface>),
     Offer(Box<Offer>),
+    /// From format 2 on, in place of `Preface`: with it, the flows as they are (a
+    /// tables snapshot with the flows only), which the new daemon puts in before the
+    /// pause; the pause then carries only the flows seen since, and which went.
+    PrefaceWithFlows {
+        preface: Box<Preface>,
+        flows: Vec<u8>,
+    },
+}
+
+/// From format 2 on, the message after the [`Offer`].
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct OfferExtras {
+    pub xdp: HandedXdp,
+    /// Flows sent early (`PrefaceWithFlows`) that are gone since: their original tuples.
+    pub gone: Vec<GoneFlow>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct GoneFlow {
+    pub proto: u8,
+    pub src: Ipv4Addr,
+    pub src_port: u16,
+    pub dst: Ipv4Addr,
+    pub dst_port: u16,
+}
+
+impl From<Tuple> for GoneFlow {
+    fn from(t: Tuple) -> GoneFlow {
+        GoneFlow { proto: t.proto, src: t.src, src_port: t.src_port, dst: t.dst, dst_port: t.dst_port }
+    }
+}
+
+impl From<GoneFlow> for Tuple {
+    fn from(g: GoneFlow) -> Tuple {
+        Tuple { proto: g.proto, src: g.src, src_port: g.src_port, dst: g.dst, dst_port: g.dst_port }
+    }
 }
 
 /// What the new daemon needs before the pause.
@@ -133,10 +189,6 @@ pub(crate) struct Offer {
     /// Its counters at the pause (the API's stats, JSON), which the new daemon counts
     /// on from.
     pub counters: String,
-    /// The AF_XDP sockets' frames and the XDP programs (absent from a daemon that had
-    /// none to hand over).
-    #[serde(default)]
-    pub xdp: HandedXdp,
     /// Where the API listener was bound.
     pub api_socket: PathBuf,
     pub metrics: Option<SocketAddr>,
@@ -246,10 +298,10 @@ pub(crate) fn refusal(hello: &Hello, workers: usize, state_file: &Path) -> Optio
             false,
         ));
     }
-    if hello.newest_format < FORMAT || hello.oldest_format > FORMAT {
+    if agreed_format(hello).is_none() {
         return Some((
             format!(
-                "handover format {FORMAT} here, {}..={} in the new vswitchd ({})",
+                "handover formats {OLDEST_FORMAT}..={FORMAT} here, {}..={} in the new vswitchd ({})",
                 hello.oldest_format, hello.newest_format, hello.version
             ),
             true,
@@ -290,7 +342,12 @@ mod tests {
         assert!(why.contains("4 workers here, 2 in the new") && restart, "{why}");
         let newer = Hello { oldest_format: FORMAT + 1, newest_format: FORMAT + 1, ..hello() };
         let (why, restart) = refusal(&newer, 2, state).unwrap();
-        assert!(why.contains(&format!("handover format {FORMAT} here")) && restart, "{why}");
+        assert!(
+            why.contains(&format!("handover formats {OLDEST_FORMAT}..={FORMAT} here")) && restart,
+            "{why}"
+        );
+        let older = Hello { oldest_format: 1, newest_format: 1, ..hello() };
+        assert!(refusal(&older, 2, state).is_none(), "format 1 is still written");
         let (why, restart) = refusal(&hello(), 2, Path::new("/other/state.json")).unwrap();
         assert!(why.contains("/other/state.json") && !restart, "{why}");
     }
@@ -307,6 +364,49 @@ mod tests {
         assert!(matches!(receive::<Answer>(&b, REPLY_TIMEOUT), Err(TakeoverError::Message(_))));
         drop(a);
         assert!(matches!(receive::<Answer>(&b, REPLY_TIMEOUT), Err(TakeoverError::Io(_))));
+    }
+
+    #[test]
+    fn the_newest_common_format_is_used() {
+        let with = |oldest, newest| {
+            agreed_format(&Hello { oldest_format: oldest, newest_format: newest, ..hello() })
+        };
+        assert_eq!(with(1, FORMAT), Some(FORMAT));
+        assert_eq!(with(1, 1), Some(1), "a new daemon of the previous version");
+        assert_eq!(with(1, FORMAT + 5), Some(FORMAT), "a newer one that still reads ours");
+        assert_eq!(with(FORMAT + 1, FORMAT + 5), None);
+    }
+
+    /// A format 1 offer (a daemon of the previous version) is read as it was written:
+    /// the offer's layout did not change, what format 2 adds is a message of its own.
+    #[test]
+    fn an_offer_of_format_1_is_read() {
+        let offer = Offer {
+            format: 1,
+            version: "0.0.9".into(),
+            state: "{}".into(),
+            tables: vec![1, 2, 3],
+            underlay: None,
+            counters: "{}".into(),
+            api_socket: "/run/vswitch/vswitchd.sock".into(),
+            metrics: None,
+            fds: vec![FdRole::StateLock, FdRole::Api],
+        };
+        // The bytes a format 1 daemon sent, field by field.
+        let v1 = postcard::to_stdvec(&(
+            1u32,
+            "0.0.9",
+            "{}",
+            vec![1u8, 2, 3],
+            None::<HandedUnderlay>,
+            "{}",
+            PathBuf::from("/run/vswitch/vswitchd.sock"),
+            None::<SocketAddr>,
+            vec![FdRole::StateLock, FdRole::Api],
+        ))
+        .unwrap();
+        let read: Offer = postcard::from_bytes(&v1).unwrap();
+        assert_eq!(postcard::to_stdvec(&read).unwrap(), postcard::to_stdvec(&offer).unwrap());
     }
 
     #[test]

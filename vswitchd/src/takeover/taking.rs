@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{
-    ADOPT_TIMEOUT, Answer, Bye, Done, FORMAT, FdRole, Hello, OFFER_TIMEOUT, OLDEST_FORMAT, Offer, Preface,
-    REPLY_TIMEOUT, Ready, Retire, TakeoverError, receive, receive_fds, send, socket_path,
+    ADOPT_TIMEOUT, Answer, Bye, Done, FORMAT, FdRole, Hello, OFFER_TIMEOUT, OLDEST_FORMAT, Offer,
+    OfferExtras, Preface, REPLY_TIMEOUT, Ready, Retire, TakeoverError, XDP_FORMAT, receive, receive_fds,
+    send, socket_path,
 };
 use crate::config::Config;
 use crate::daemon::{DaemonError, datapath_config, read_watched_file};
@@ -21,6 +22,7 @@ use crate::state::StateFile;
 use crate::switch::Switch;
 use vswitch_dataplane::datapath::Datapath;
 use vswitch_dataplane::tables::Tables;
+use vswitch_dataplane::tables::conntrack::Tuple;
 
 pub(crate) enum Took {
     /// Nothing answers on the takeover socket: start as usual.
@@ -86,34 +88,41 @@ pub(crate) async fn take_over(
         state_file: config.state_file.clone(),
         retire,
     };
-    let preface = tokio::task::block_in_place(|| -> Result<Result<Preface, Took>, TakeoverError> {
+    type Prefaced = (Preface, Option<Vec<u8>>);
+    let preface = tokio::task::block_in_place(|| -> Result<Result<Prefaced, Took>, TakeoverError> {
         send(&conn, &hello)?;
         match receive::<Answer>(&conn, OFFER_TIMEOUT)? {
             Answer::Busy => Err(TakeoverError::Busy),
             Answer::Refused { reason, restarting: true } => Ok(Err(Took::Restart(reason))),
             Answer::Refused { reason, restarting: false } => Err(TakeoverError::Refused(reason)),
-            Answer::Preface(preface) => Ok(Ok(*preface)),
+            Answer::Preface(preface) => Ok(Ok((*preface, None))),
+            Answer::PrefaceWithFlows { preface, flows } => Ok(Ok((*preface, Some(flows)))),
             Answer::Offer(_) => Err(TakeoverError::Message("an offer before the preface".into())),
         }
     })?;
-    let preface = match preface {
-        Ok(preface) => preface,
+    let (preface, early) = match preface {
+        Ok(prefaced) => prefaced,
         Err(took) => return Ok(took),
     };
-    // The Services before the pause, under the ids their flows know.
+    // The Services before the pause, under the ids their flows know, then the flows
+    // sent early.
     let mut restored = Restored::default();
-    let prepared = tokio::task::block_in_place(|| prepare(&mut switch, preface, files, &mut restored));
-    if let Err(e) = prepared {
-        // Nothing is ours yet: going away is enough (the old daemon sees it and goes on).
-        return Err(TakeoverError::Message(format!("preparing: {e}")).into());
-    }
+    let prepared =
+        tokio::task::block_in_place(|| prepare(&mut switch, preface, early.as_deref(), files, &mut restored));
+    let early = match prepared {
+        Ok(early) => early,
+        Err(e) => {
+            // Nothing is ours yet: going away is enough (the old daemon sees it and goes on).
+            return Err(TakeoverError::Message(format!("preparing: {e}")).into());
+        }
+    };
     let offer = tokio::task::block_in_place(|| -> Result<Result<Offer, Took>, TakeoverError> {
         send(&conn, &Ready)?;
         match receive::<Answer>(&conn, OFFER_TIMEOUT)? {
             Answer::Refused { reason, restarting: true } => Ok(Err(Took::Restart(reason))),
             Answer::Refused { reason, restarting: false } => Err(TakeoverError::Refused(reason)),
             Answer::Offer(offer) => Ok(Ok(*offer)),
-            Answer::Busy | Answer::Preface(_) => {
+            Answer::Busy | Answer::Preface(_) | Answer::PrefaceWithFlows { .. } => {
                 Err(TakeoverError::Message("no offer after the preface".into()))
             }
         }
@@ -130,9 +139,16 @@ pub(crate) async fn take_over(
     }
     // Nothing is ours before every descriptor has come: a failure here leaves the old
     // daemon waiting for `Done`, then resuming.
-    let fds = tokio::task::block_in_place(|| receive_fds(&conn, &offer))?;
+    let (extras, fds) = tokio::task::block_in_place(|| -> Result<_, TakeoverError> {
+        let extras = match offer.format >= XDP_FORMAT {
+            true => receive::<OfferExtras>(&conn, REPLY_TIMEOUT)?,
+            false => OfferExtras::default(),
+        };
+        Ok((extras, receive_fds(&conn, &offer)?))
+    })?;
     let from = offer.version.clone();
-    let adopted = tokio::task::block_in_place(|| adopt(&mut switch, offer, fds, &mut restored));
+    let adopted =
+        tokio::task::block_in_place(|| adopt(&mut switch, offer, extras, early, fds, &mut restored));
     let (lock, api, metrics, mut carried) = match adopted {
         Ok(parts) => parts,
         Err(e) => {
@@ -190,12 +206,15 @@ type Adopted =
 
 /// Before the pause: the Service ports' ids, then the Services (from the files, or
 /// as the old daemon had them from the cluster) and the nodes.
+/// Returns the flows sent early that wait for their ports (return paths through the
+/// uplink: ports are the new daemon's only in the pause).
 fn prepare(
     switch: &mut Switch,
     preface: Preface,
+    early: Option<&[u8]>,
     files: Files,
     restored: &mut Restored,
-) -> Result<(), String> {
+) -> Result<Option<TablesSnapshot>, String> {
     let mut ids = TablesSnapshot::decode(&preface.service_ids).map_err(|e| format!("Service ids: {e}"))?;
     switch.carry_over(&mut ids, &BTreeMap::new(), 0, restored);
     if let Some(served) = preface.cluster {
@@ -207,7 +226,12 @@ fn prepare(
     if let Some(text) = files.nodes {
         switch.nodes_file_read(text, false).map_err(|e| e.to_string())?;
     }
-    Ok(())
+    let Some(bytes) = early else { return Ok(None) };
+    let mut early = TablesSnapshot::decode(bytes).map_err(|e| format!("flows sent early: {e}"))?;
+    let away = early.age_secs();
+    switch.carry_over(&mut early, &BTreeMap::new(), away, restored);
+    tracing::info!(flows = restored.flows, "flows sent early put in");
+    Ok(Some(early))
 }
 
 /// The pause, on this side: the flows first (so that the first frame read finds its
@@ -215,16 +239,32 @@ fn prepare(
 fn adopt(
     switch: &mut Switch,
     offer: Offer,
+    extras: OfferExtras,
+    mut early: Option<TablesSnapshot>,
     fds: Vec<(FdRole, OwnedFd)>,
     restored: &mut Restored,
 ) -> Result<Adopted, String> {
+    let started = Instant::now();
     let mut carried = TablesSnapshot::decode(&offer.tables).map_err(|e| format!("tables: {e}"))?;
+    let decoded_ms = started.elapsed().as_secs_f64() * 1000.0;
     // The Services have their ids already (the preface).
     carried.service_ports.clear();
     let state: StateFile = serde_json::from_str(&offer.state).map_err(|e| format!("ports: {e}"))?;
     let away = carried.age_secs();
     let names = switch.port_names_of(&state);
+    // The flows sent early that went since, then those waiting for their ports, then
+    // the flows seen since the early copy (each in place of its early copy).
+    let gone: Vec<Tuple> = extras.gone.iter().map(|g| Tuple::from(*g)).collect();
+    let forgotten = switch.forget_flows(&gone);
+    restored.flows = restored.flows.saturating_sub(forgotten);
+    if let Some(early) = &mut early {
+        early.flows.retain(|f| !gone.contains(&f.orig));
+        let away = early.age_secs();
+        switch.carry_over(early, &names, away, restored);
+    }
     switch.carry_over(&mut carried, &names, away, restored);
+    let restored_ms = started.elapsed().as_secs_f64() * 1000.0 - decoded_ms;
+    tracing::info!(bytes = offer.tables.len(), decoded_ms, restored_ms, "tables taken in the pause");
     match serde_json::from_str(&offer.counters) {
         Ok(before) => switch.count_on_from(before),
         Err(e) => tracing::warn!(error = %e, "counters handed over not read: counting from zero"),
@@ -258,11 +298,16 @@ fn adopt(
         })
         .transpose()
         .map_err(|e| format!("metrics listener: {e}"))?;
-    let report = switch.adopt(state, offer.underlay, offer.xdp, queues).map_err(|e| e.to_string())?;
+    let report = switch.adopt(state, offer.underlay, extras.xdp, queues).map_err(|e| e.to_string())?;
     for port in &report.restored {
         tracing::info!(port = %port, "taken over");
     }
     let names = switch.port_names();
+    if let Some(mut early) = early {
+        let away = early.age_secs();
+        switch.carry_over(&mut early, &names, away, restored);
+        early.finish(restored);
+    }
     switch.carry_over(&mut carried, &names, away, restored);
     Ok((lock, api, metrics, carried))
 }
