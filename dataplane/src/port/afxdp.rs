@@ -411,19 +411,26 @@ mod tests {
     use vswitch_sys::netns::Netns as NsHandle;
     use vswitch_testbed::{Netns, unique_prefix, wait_until};
 
+    /// A fresh namespace with a veth pair: the kernel talks on `vb` (10.9.1.1/24), the
+    /// test on `va`.
+    fn veth_namespace(prefix: &str) -> (Netns, NsHandle) {
+        let ns = Netns::new(&unique_prefix(prefix));
+        ns.ok(&["ip", "link", "add", "va", "type", "veth", "peer", "name", "vb"]);
+        ns.ok(&["ip", "link", "set", "vb", "address", &mac(0x10).to_string()]);
+        ns.ok(&["ip", "addr", "add", "10.9.1.1/24", "dev", "vb"]);
+        ns.ok(&["ip", "link", "set", "va", "up"]);
+        ns.ok(&["ip", "link", "set", "vb", "up"]);
+        let handle = NsHandle::open(&ns.path()).unwrap();
+        (ns, handle)
+    }
+
     /// A veth pair in a fresh namespace: the kernel talks on `vb`, we read and write
     /// `va` through an AF_XDP socket, in each XDP mode the kernel offers for veth.
     #[test]
     #[ignore = "needs root: scripts/test.sh runs it"]
     fn frames_cross_a_veth_through_an_xsk_socket() {
         for mode in [XdpMode::Generic, XdpMode::Auto] {
-            let ns = Netns::new(&unique_prefix("vtxdp"));
-            ns.ok(&["ip", "link", "add", "va", "type", "veth", "peer", "name", "vb"]);
-            ns.ok(&["ip", "link", "set", "vb", "address", &mac(0x10).to_string()]);
-            ns.ok(&["ip", "addr", "add", "10.9.1.1/24", "dev", "vb"]);
-            ns.ok(&["ip", "link", "set", "va", "up"]);
-            ns.ok(&["ip", "link", "set", "vb", "up"]);
-            let handle = NsHandle::open(&ns.path()).unwrap();
+            let (ns, handle) = veth_namespace("vtxdp");
             handle.run(|| vswitch_sys::ethtool::disable_offloads("vb")).unwrap().unwrap();
             let mut q = handle.run(|| XskQueue::open("va", mode)).unwrap().unwrap();
             assert!(ns.ok(&["ip", "link", "show", "va"]).contains("xdp"), "program attached ({mode:?})");
@@ -464,13 +471,7 @@ mod tests {
     fn a_socket_handed_over_keeps_its_queued_frames() {
         use crate::port::steer::{SteeringFds, SteeringProgram};
         for mode in [XdpMode::Generic, XdpMode::Auto] {
-            let ns = Netns::new(&unique_prefix("vtxho"));
-            ns.ok(&["ip", "link", "add", "va", "type", "veth", "peer", "name", "vb"]);
-            ns.ok(&["ip", "link", "set", "vb", "address", &mac(0x10).to_string()]);
-            ns.ok(&["ip", "addr", "add", "10.9.1.1/24", "dev", "vb"]);
-            ns.ok(&["ip", "link", "set", "va", "up"]);
-            ns.ok(&["ip", "link", "set", "vb", "up"]);
-            let handle = NsHandle::open(&ns.path()).unwrap();
+            let (ns, handle) = veth_namespace("vtxho");
             let first = handle.run(|| XskQueue::open("va", mode)).unwrap().unwrap();
             // Something in flight: a frame sent before the handover (an unsolicited
             // reply, which the kernel ignores) comes back to the next owner.

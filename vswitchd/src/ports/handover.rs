@@ -186,6 +186,13 @@ struct Received {
     programs: BTreeMap<PortId, ProgramFds>,
 }
 
+impl Received {
+    /// What came so far of the AF_XDP socket of `port`, `worker`, interface `queue`.
+    fn xsk(&mut self, port: PortId, worker: WorkerId, queue: u32) -> &mut XskPair {
+        self.xsks.entry(port).or_default().entry(worker).or_default().entry(queue).or_default()
+    }
+}
+
 #[derive(Default)]
 struct XskPair {
     socket: Option<OwnedFd>,
@@ -292,28 +299,8 @@ impl PortManager {
         for (at, fd) in fds {
             let (port, worker) = (PortId(at.port), at.worker as WorkerId);
             match at.kind {
-                QueueFdKind::XskSocket { queue } => {
-                    received
-                        .xsks
-                        .entry(port)
-                        .or_default()
-                        .entry(worker)
-                        .or_default()
-                        .entry(queue)
-                        .or_default()
-                        .socket = Some(fd);
-                }
-                QueueFdKind::XskUmem { queue } => {
-                    received
-                        .xsks
-                        .entry(port)
-                        .or_default()
-                        .entry(worker)
-                        .or_default()
-                        .entry(queue)
-                        .or_default()
-                        .umem = Some(fd);
-                }
+                QueueFdKind::XskSocket { queue } => received.xsk(port, worker, queue).socket = Some(fd),
+                QueueFdKind::XskUmem { queue } => received.xsk(port, worker, queue).umem = Some(fd),
                 QueueFdKind::Xdp(which) => {
                     let p = received.programs.entry(port).or_default();
                     let slot = match which {
