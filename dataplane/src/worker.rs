@@ -78,9 +78,13 @@ pub(crate) enum Command {
     AddQueue { port: PortId, queue: Box<dyn PortQueue>, done: Sender<std::io::Result<()>> },
     /// Hands the queue back (or `None` if the worker had none for the port).
     RemoveQueue { port: PortId, done: Sender<Option<Box<dyn PortQueue>>> },
-    /// Hands every queue back: the worker idles, its ports' frames waiting in the
-    /// kernel (a takeover).
+    /// Sends what other workers handed it, then hands every queue back: the worker
+    /// idles, its ports' frames waiting in the kernel (a takeover). Sent once every
+    /// worker has answered [`Command::Quiesce`] with reading held.
     TakeAll { done: Sender<Vec<(PortId, Box<dyn PortQueue>)>> },
+    /// Answers once the round the worker was in is over: with reading held, it hands
+    /// nothing more to other workers after this.
+    Quiesce { done: Sender<()> },
     /// Starts polling every one of `queues` (a takeover's, all at once); the answer is
     /// the first queue whose fd could not be watched, if any.
     AddQueues {
@@ -258,7 +262,20 @@ impl Worker {
                     }
                     let _ = done.send(first_error.map_or(Ok(()), Err));
                 }
+                Command::Quiesce { done } => {
+                    let _ = done.send(());
+                }
                 Command::TakeAll { done } => {
+                    // Frames another worker read before reading stopped go out first:
+                    // their port's queue is this worker's until the line below.
+                    let tables = self.tables.load();
+                    loop {
+                        let handed = self.drain_handoffs();
+                        self.flush(&tables);
+                        if handed == 0 {
+                            break;
+                        }
+                    }
                     let mut taken = Vec::with_capacity(self.queues.len());
                     for owned in self.queues.drain(..) {
                         self.local_queue[owned.port.index()] = None;
@@ -310,21 +327,7 @@ impl Worker {
         }
         let tables = self.tables.load();
         let now = self.clock.secs_at(started);
-        let mut work = 0;
-
-        for ring in &self.handoff_from {
-            for _ in 0..self.batch_size {
-                let Some((port, frame)) = ring.ring.pop() else {
-                    break;
-                };
-                if let Err(frame) = self.out.push(port, frame) {
-                    self.pipeline.stats().count_drop(frame.ingress, DropReason::TxBacklogFull);
-                    self.pool.put(frame);
-                }
-                work += 1;
-            }
-        }
-        self.pipeline.stats().events.handoff_received.add(work as u64);
+        let mut work = self.drain_handoffs();
 
         for q in &mut self.queues {
             if q.on_readiness && !q.ready && !read_all {
@@ -358,6 +361,26 @@ impl Worker {
             events.busy_polls.inc();
             events.busy_ns.add(elapsed);
         }
+        work
+    }
+
+    /// Takes up to a batch from each other worker's hand-off ring into the transmit
+    /// batches; returns how many frames.
+    fn drain_handoffs(&mut self) -> usize {
+        let mut work = 0;
+        for ring in &self.handoff_from {
+            for _ in 0..self.batch_size {
+                let Some((port, frame)) = ring.ring.pop() else {
+                    break;
+                };
+                if let Err(frame) = self.out.push(port, frame) {
+                    self.pipeline.stats().count_drop(frame.ingress, DropReason::TxBacklogFull);
+                    self.pool.put(frame);
+                }
+                work += 1;
+            }
+        }
+        self.pipeline.stats().events.handoff_received.add(work as u64);
         work
     }
 

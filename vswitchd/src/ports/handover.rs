@@ -264,6 +264,10 @@ impl PortManager {
                 }
             }
         }
+        // Reading was held since the pause: every queue placed, then read.
+        if let Err(e) = blocking(|| plane.datapath.read_again()) {
+            tracing::error!(error = %e, "a queue given back after the takeover failed is not polled");
+        }
         // The new daemon may have attached its tunnel programs in place of ours.
         if let Some(super::underlay::Underlay { path: UnderlayPath::Tunnel { link, .. }, .. }) =
             &self.underlay
