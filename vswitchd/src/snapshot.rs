@@ -99,6 +99,19 @@ impl TablesSnapshot {
         }
     }
 
+    /// Only the flows (and the ports they name): a takeover's copy before its pause.
+    pub(crate) fn flows_only(
+        datapath: &Datapath,
+        now: u32,
+        ports: BTreeMap<PortId, String>,
+    ) -> TablesSnapshot {
+        TablesSnapshot {
+            ports,
+            flows: datapath.conntrack().records(now),
+            ..Self::service_ids((Vec::new(), 0))
+        }
+    }
+
     /// Only the Service ports' ids and sizes: what a takeover's new daemon builds its
     /// Services with before the pause.
     pub(crate) fn service_ids(service_ports: (Vec<RememberedPort>, u32)) -> TablesSnapshot {

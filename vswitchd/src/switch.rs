@@ -493,9 +493,7 @@ impl Switch {
     pub(crate) fn takeover_early_flows(&self) -> EarlyFlows {
         let datapath = &self.plane.datapath;
         let now = datapath.now();
-        let mut copy = TablesSnapshot::take(datapath, now, self.ports.port_names(), (Vec::new(), 0));
-        copy.affinity.clear();
-        copy.fdb.clear();
+        let copy = TablesSnapshot::flows_only(datapath, now, self.ports.port_names());
         let origs = copy.flows.iter().map(|f| f.orig).collect();
         EarlyFlows { tables: copy.encode(), since: now, origs }
     }

@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 
 use super::{
     ADOPT_TIMEOUT, Answer, Bye, Done, FdRole, GoneFlow, Hello, Offer, OfferExtras, PREPARE_TIMEOUT,
-    REPLY_TIMEOUT, Ready, Retire, Retiring, TakeoverError, XDP_FORMAT, agreed_format, receive, refusal, send,
-    send_fds,
+    REPLY_TIMEOUT, Ready, Retire, Retiring, TakeoverError, XDP_FORMAT, agreed_format, no_xdp_in, receive,
+    refusal, send, send_fds,
 };
 use crate::api::{ApiState, api_stats};
 use crate::daemon::DaemonError;
@@ -124,26 +124,17 @@ async fn hand_over(
     conn.set_write_timeout(Some(ADOPT_TIMEOUT))?;
     let hello: Hello = tokio::task::block_in_place(|| receive(&conn, REPLY_TIMEOUT))?;
     tracing::info!(version = %hello.version, "a new vswitchd asks to take over");
-    let preface = {
+    let (preface, format) = {
         let switch = state.switch.lock().await;
         let refused =
-            refusal(&hello, switch.datapath().workers(), &switch.config().state_file).or_else(|| {
-                let format = agreed_format(&hello)?;
-                (format < XDP_FORMAT && switch.has_xdp_ports()).then(|| {
-                let why = format!(
-                    "the new vswitchd ({}) reads handover format {format}, which carries no AF_XDP socket",
-                    hello.version
-                );
-                (why, true)
-            })
-            });
+            refusal(&hello, switch.datapath().workers(), &switch.config().state_file, switch.has_xdp_ports());
         if let Some((reason, restarting)) = refused {
             return refuse(&conn, reason, restarting, hello.retire);
         }
         let format = agreed_format(&hello).expect("refused above otherwise");
         let early =
             (format >= XDP_FORMAT).then(|| tokio::task::block_in_place(|| switch.takeover_early_flows()));
-        (switch.takeover_preface(passed.cluster), early)
+        ((switch.takeover_preface(passed.cluster), early), format)
     };
     let (preface, mut early) = preface;
     // The new daemon builds its Services and puts the early flows in meanwhile; this
@@ -178,13 +169,11 @@ async fn hand_over(
         };
         let sent = (|| {
             let (queues, xdp) = switch.handed(&handing.paused).map_err(TakeoverError::Message)?;
-            let format = agreed_format(&hello).expect("checked before the preface");
-            if format < XDP_FORMAT && xdp != HandedXdp::default() {
-                // Checked before the preface too; an AF_XDP port attached since.
-                return Err(TakeoverError::Message(format!(
-                    "the new vswitchd ({}) reads handover format {format}, which carries no AF_XDP socket",
-                    hello.version
-                )));
+            // Checked before the preface too; an AF_XDP port may have come since.
+            if xdp != HandedXdp::default()
+                && let Some(why) = no_xdp_in(&hello, format)
+            {
+                return Err(TakeoverError::Message(why));
             }
             let mut roles = vec![FdRole::StateLock, FdRole::Api];
             let mut fds: Vec<BorrowedFd<'_>> = vec![passed.lock.as_fd(), passed.api.as_fd()];

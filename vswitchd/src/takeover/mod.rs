@@ -284,9 +284,25 @@ pub(crate) fn receive_fds(
     Ok(offer.fds.iter().copied().zip(fds).collect())
 }
 
+/// Why AF_XDP sockets cannot cross in `format` (agreed with `hello`), if they cannot.
+pub(crate) fn no_xdp_in(hello: &Hello, format: u32) -> Option<String> {
+    (format < XDP_FORMAT).then(|| {
+        format!(
+            "the new vswitchd ({}) reads handover format {format}, which carries no AF_XDP socket",
+            hello.version
+        )
+    })
+}
+
 /// Why a takeover with `hello` is not possible here, and whether this daemon should
-/// then stop for a plain restart: `workers` and `state_file` are this daemon's.
-pub(crate) fn refusal(hello: &Hello, workers: usize, state_file: &Path) -> Option<(String, bool)> {
+/// then stop for a plain restart: `workers` and `state_file` are this daemon's,
+/// `has_xdp` whether it has AF_XDP sockets to hand over.
+pub(crate) fn refusal(
+    hello: &Hello,
+    workers: usize,
+    state_file: &Path,
+    has_xdp: bool,
+) -> Option<(String, bool)> {
     if hello.state_file != state_file {
         // Another switch's configuration: stopping this one would help no one.
         return Some((
@@ -298,7 +314,7 @@ pub(crate) fn refusal(hello: &Hello, workers: usize, state_file: &Path) -> Optio
             false,
         ));
     }
-    if agreed_format(hello).is_none() {
+    let Some(format) = agreed_format(hello) else {
         return Some((
             format!(
                 "handover formats {OLDEST_FORMAT}..={FORMAT} here, {}..={} in the new vswitchd ({})",
@@ -306,6 +322,9 @@ pub(crate) fn refusal(hello: &Hello, workers: usize, state_file: &Path) -> Optio
             ),
             true,
         ));
+    };
+    if has_xdp && let Some(why) = no_xdp_in(hello, format) {
+        return Some((why, true));
     }
     if hello.workers as usize != workers {
         return Some((
@@ -337,18 +356,20 @@ mod tests {
     #[test]
     fn a_takeover_is_refused_for_what_cannot_carry_over() {
         let state = Path::new("/var/lib/vswitch/state.json");
-        assert!(refusal(&hello(), 2, state).is_none());
-        let (why, restart) = refusal(&hello(), 4, state).unwrap();
+        assert!(refusal(&hello(), 2, state, false).is_none());
+        let (why, restart) = refusal(&hello(), 4, state, false).unwrap();
         assert!(why.contains("4 workers here, 2 in the new") && restart, "{why}");
         let newer = Hello { oldest_format: FORMAT + 1, newest_format: FORMAT + 1, ..hello() };
-        let (why, restart) = refusal(&newer, 2, state).unwrap();
+        let (why, restart) = refusal(&newer, 2, state, false).unwrap();
         assert!(
             why.contains(&format!("handover formats {OLDEST_FORMAT}..={FORMAT} here")) && restart,
             "{why}"
         );
         let older = Hello { oldest_format: 1, newest_format: 1, ..hello() };
-        assert!(refusal(&older, 2, state).is_none(), "format 1 is still written");
-        let (why, restart) = refusal(&hello(), 2, Path::new("/other/state.json")).unwrap();
+        assert!(refusal(&older, 2, state, false).is_none(), "format 1 is still written");
+        let (why, restart) = refusal(&older, 2, state, true).unwrap();
+        assert!(why.contains("carries no AF_XDP socket") && restart, "{why}");
+        let (why, restart) = refusal(&hello(), 2, Path::new("/other/state.json"), false).unwrap();
         assert!(why.contains("/other/state.json") && !restart, "{why}");
     }
 

@@ -255,10 +255,12 @@ fn adopt(
     // The flows sent early that went since, then those waiting for their ports, then
     // the flows seen since the early copy (each in place of its early copy).
     let gone: Vec<Tuple> = extras.gone.iter().map(|g| Tuple::from(*g)).collect();
+    // A set: the early flows still waiting are checked against it one by one.
+    let gone_set: std::collections::HashSet<Tuple> = gone.iter().copied().collect();
     let forgotten = switch.forget_flows(&gone);
     restored.flows = restored.flows.saturating_sub(forgotten);
     if let Some(early) = &mut early {
-        early.flows.retain(|f| !gone.contains(&f.orig));
+        early.flows.retain(|f| !gone_set.contains(&f.orig));
         let away = early.age_secs();
         switch.carry_over(early, &names, away, restored);
     }
