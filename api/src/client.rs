@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
 use crate::services::{ConntrackView, NodesView, ServicesView};
+use crate::trace::{TraceRequest, TraceView};
 use crate::types::{AttachRequest, DetachOutcome, ErrorBody, FdbEntry, PortInfo, Stats, Status};
 
 /// Why a request did not get a successful answer.
@@ -124,6 +125,11 @@ impl Client {
     /// The tracked flows, at most `limit` of them.
     pub async fn conntrack(&self, limit: usize) -> Result<ConntrackView, ClientError> {
         self.call(Method::GET, &format!("/v1/conntrack?limit={limit}"), None::<&()>).await
+    }
+
+    /// What the switch would do with a frame (nothing is sent).
+    pub async fn trace(&self, req: &TraceRequest) -> Result<TraceView, ClientError> {
+        self.call(Method::POST, "/v1/trace", Some(req)).await
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(

@@ -16,6 +16,7 @@
 //! | `GET /v1/services` | | [`ServicesView`] |
 //! | `POST /v1/services/reload` | | [`ServicesView`] after reading the services file now, or 400 `invalid_services` naming the line and field |
 //! | `GET /v1/conntrack?limit=N` | | [`ConntrackView`] (at most N flows, default 1000) |
+//! | `POST /v1/trace` | [`TraceRequest`] | [`TraceView`]: the frame's path through the stages, nothing sent; 404 for an unknown port, 400 `invalid_request` for a frame that cannot be built |
 //!
 //! A failure answers with a 4xx/5xx status and an [`ErrorBody`].
 
@@ -23,10 +24,12 @@
 
 mod client;
 mod services;
+mod trace;
 mod types;
 
 pub use client::{Client, ClientError};
 pub use services::*;
+pub use trace::*;
 pub use types::*;
 
 /// Where the daemon listens unless configured otherwise.

@@ -20,6 +20,7 @@ use crossbeam_channel::Sender;
 use crate::clock::Clock;
 use crate::frame::{DEFAULT_BUF_SIZE, FramePool, LOCAL_BUFFERS_PER_BATCH_FRAME, SharedPool};
 use crate::ids::{MAX_WORKERS, PortId, WorkerId};
+pub use crate::pipeline::trace::{Trace, TraceOutcome, TraceSent, TraceStep, summary_of};
 use crate::pipeline::{Pipeline, SharedState};
 use crate::queue::PortQueue;
 use crate::stats::{StatsSnapshot, WorkerStats};
@@ -408,6 +409,12 @@ impl Datapath {
 
     pub fn affinity(&self) -> &Arc<Affinity> {
         &self.shared.affinity
+    }
+
+    /// What the pipeline would do with `frame` received on `ingress` now, stage by
+    /// stage, without sending it or changing any table or counter (see [`Trace`]).
+    pub fn trace(&self, ingress: PortId, frame: &[u8]) -> Trace {
+        crate::pipeline::trace::trace(&self.tables.load(), &self.shared, ingress, frame, self.now())
     }
 
     /// Seconds on the datapath clock (the time base of FDB ages).

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 use vswitch_api::{
     AttachRequest, ConntrackView, DetachOutcome, ErrorBody, FdbEntry, NodesView, PortStats, ServicesView,
-    Stats, Status, WorkerStats, codes,
+    Stats, Status, TraceRequest, TraceView, WorkerStats, codes,
 };
 
 use super::ports::AttachError;
@@ -41,6 +41,7 @@ pub(crate) struct ApiState {
 }
 
 /// An error answer.
+#[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
     body: ErrorBody,
@@ -107,11 +108,12 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/reload", axum::routing::post(reload_nodes))
         .route("/v1/conntrack", get(conntrack))
+        .route("/v1/trace", axum::routing::post(trace))
         .fallback(|| async {
             ApiError::new(
                 404,
                 codes::NOT_FOUND,
-                "no such route; see /v1/status, /v1/ports, /v1/fdb, /v1/stats, /v1/services, /v1/conntrack, /v1/nodes",
+                "no such route; see /v1/status, /v1/ports, /v1/fdb, /v1/stats, /v1/services, /v1/conntrack, /v1/nodes, /v1/trace",
             )
         })
         .method_not_allowed_fallback(|| async {
@@ -227,6 +229,13 @@ async fn conntrack(
     axum::extract::Query(q): axum::extract::Query<ConntrackQuery>,
 ) -> axum::Json<ConntrackView> {
     axum::Json(s.switch.lock().await.conntrack_view(q.limit.unwrap_or(1000)))
+}
+
+async fn trace(
+    State(s): State<Shared>,
+    JsonBody(req): JsonBody<TraceRequest>,
+) -> Result<axum::Json<TraceView>, ApiError> {
+    super::trace::run(&*s.switch.lock().await, &req).map(axum::Json)
 }
 
 async fn fdb(State(s): State<Shared>) -> axum::Json<Vec<FdbEntry>> {

@@ -6,7 +6,8 @@
 //! the underlay; what survives a restart in [`state`], and what the tables learned in
 //! [`snapshot`]), the Services ([`services`], built by the [`catalog`] from the
 //! [`services_file`] or the cluster) and the other nodes ([`nodes`], from the config,
-//! the [`nodes_file`] or the cluster); [`cluster`] watches the Kubernetes API. All of
+//! the [`nodes_file`] or the cluster); [`cluster`] watches the Kubernetes API; [`trace`]
+//! answers packet traces. All of
 //! it builds `vswitch_dataplane::tables::Tables` snapshots and drives the
 //! `vswitch_dataplane::datapath::Datapath`; nothing in the data plane imports from
 //! here. [`daemon`] wires it together.
@@ -31,3 +32,4 @@ mod snapshot;
 mod state;
 mod switch;
 pub mod takeover;
+mod trace;

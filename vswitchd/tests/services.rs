@@ -231,6 +231,75 @@ fn endpoint_changes_leave_established_connections_alone() {
     }
 }
 
+/// `vswitchctl --json trace` with `args`, parsed.
+fn trace(node: &Node, args: &[&str]) -> vswitch_api::TraceView {
+    let mut argv = vec!["--json", "trace"];
+    argv.extend_from_slice(args);
+    let out = node.ctl(&argv);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The trace runs the real stages: the endpoint it names for a connection's first
+/// packet is the one the connection then reaches, and it changes nothing on the way.
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn a_trace_names_the_endpoint_a_real_connection_then_reaches() {
+    let s = setup("svt", "", Backend::Tap);
+    let client = s.client.port.container_id.clone();
+    let endpoint_of = |name: &str| match name {
+        "a" => ip(11),
+        "b" => ip(12),
+        "c" => ip(13),
+        other => panic!("greeting from {other}"),
+    };
+    let mut reached = BTreeMap::new();
+    for sport in 41000..41008u16 {
+        let sport_s = sport.to_string();
+        let t = trace(&s.node, &[&client, "--dst", WEB_VIP, "--dport", "80", "--sport", &sport_s]);
+        assert_eq!(t.verdict, "sent", "{t:#?}");
+        let nat = t.steps.iter().find(|st| st.stage == "service_nat").unwrap_or_else(|| panic!("{t:#?}"));
+        let named = nat
+            .notes
+            .iter()
+            .find_map(|n| n.split("endpoint ").nth(1))
+            .and_then(|e| e.split(':').next())
+            .unwrap_or_else(|| panic!("no endpoint named: {t:#?}"))
+            .parse::<Ipv4Addr>()
+            .expect("an address");
+        assert_eq!(t.sent.len(), 1, "{t:#?}");
+        assert_eq!(
+            t.sent[0].port,
+            s.pods[usize::from(named.octets()[3] - 11)].port.id,
+            "out of the endpoint's port"
+        );
+        let greeting = tool_json(&s.client, &["greet", WEB_VIP, "80", &sport_s]);
+        let name =
+            greeting["greeting"].as_str().expect("a greeting").split_whitespace().next().unwrap().to_string();
+        assert_eq!(
+            endpoint_of(&name),
+            named,
+            "source port {sport}: trace said {named}, the connection reached {name}"
+        );
+        *reached.entry(name).or_insert(0) += 1;
+    }
+    eprintln!("endpoints reached: {reached:?}");
+    assert_eq!(s.node.stats().events["service_flows"], 8, "the traces made no flow of their own");
+
+    // A spoofed source: the port-security drop, named.
+    let t = trace(&s.node, &[&client, "--dst", WEB_VIP, "--src", "10.244.1.99"]);
+    assert_eq!(t.verdict, "dropped");
+    assert_eq!(t.drop_reason.as_deref(), Some("spoofed_source_ip"), "{t:#?}");
+    assert_eq!(t.steps.last().map(|st| st.stage.as_str()), Some("port_security"));
+    // A frame that does not parse: the parser's reason, not an API error.
+    let t = trace(&s.node, &[&client, "--hex", "ffffffffffff0011"]);
+    assert_eq!(t.drop_reason.as_deref(), Some("truncated_ethernet"), "{t:#?}");
+    let spoofed_before = s.node.stats().drops["spoofed_source_ip"];
+    assert_eq!(spoofed_before, 0, "traces count nothing");
+    // The table form names the stages.
+    let text = s.node.ctl(&["trace", &client, "--dst", WEB_VIP]);
+    assert!(text.contains("service_nat") && text.contains("new flow of Service default/web:http"), "{text}");
+}
+
 #[test]
 #[ignore = "needs root: scripts/test.sh runs it"]
 fn session_affinity_pins_a_client_and_hairpin_comes_back() {

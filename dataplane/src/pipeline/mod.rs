@@ -10,6 +10,7 @@
 mod coalesce;
 mod dispatch;
 mod flood;
+pub(crate) mod trace;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -41,6 +42,37 @@ const _: [Stage; 7] = [
     l2::forward_by_mac,
 ];
 
+/// Who watches the stages: told before and after each stage what the frame is and what
+/// the stage decided. The packet path passes [`Unobserved`], whose empty methods inline
+/// away; a trace passes a recorder. One stage order serves both.
+pub(crate) trait StageObserver {
+    #[inline(always)]
+    fn before(&mut self, _stage: &'static str, _ctx: &StageContext<'_>, _pkt: &Packet<'_, '_>) {}
+    #[inline(always)]
+    fn after(&mut self, _stage: &'static str, _step: &Step, _ctx: &StageContext<'_>, _pkt: &Packet<'_, '_>) {}
+    /// The frame as parsed (`meta` is meaningful only when `parsed` is `Ok`).
+    #[inline(always)]
+    fn parsed(&mut self, _frame: &Frame, _parsed: &Result<(), DropReason>, _meta: &FrameMeta) {}
+    /// The frame's fate, as dispatch is about to carry it out.
+    #[inline(always)]
+    fn decided(&mut self, _frame: &Frame, _verdict: &Verdict) {}
+}
+
+/// The packet path's observer: nobody.
+pub(crate) struct Unobserved;
+
+impl StageObserver for Unobserved {}
+
+/// Runs one stage between its observer's calls; `?` on its step.
+macro_rules! observed {
+    ($obs:ident, $ctx:ident, $pkt:ident, $name:literal, $stage:path) => {{
+        $obs.before($name, $ctx, $pkt);
+        let step = $stage($ctx, $pkt);
+        $obs.after($name, &step, $ctx, $pkt);
+        step?
+    }};
+}
+
 /// The stage order, in one place. A stage returns `Continue` to pass the frame on or
 /// `Break` with its verdict; a frame no stage decides is flooded in its segment.
 ///
@@ -48,23 +80,28 @@ const _: [Stage; 7] = [
 /// inner frame) and goes on as arriving from the overlay side of the gateway: Service
 /// NAT (replies of flows this node translated), then routing to the local pod.
 #[inline]
-pub(crate) fn stages<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
-    port_security::check(ctx, pkt)?;
+pub(crate) fn stages<'a>(
+    ctx: &mut StageContext<'a>,
+    pkt: &mut Packet<'a, '_>,
+    obs: &mut impl StageObserver,
+) -> Step {
+    observed!(obs, ctx, pkt, "port_security", port_security::check);
     if overlay::is_vxlan(ctx.tables, pkt.port, pkt.meta) {
-        overlay::decapsulate(ctx, pkt)?;
+        observed!(obs, ctx, pkt, "overlay_decapsulate", overlay::decapsulate);
     } else if pkt.port.tunnel {
         return crate::stage::drop(DropReason::TunnelNotVxlan);
     } else {
-        mac_learning::learn_source(ctx, pkt)?;
-        arp_proxy::answer(ctx, pkt)?;
+        observed!(obs, ctx, pkt, "mac_learning", mac_learning::learn_source);
+        observed!(obs, ctx, pkt, "arp_proxy", arp_proxy::answer);
     }
     // Without Services (or flows kept for removed ones) the stage is one test.
     if !ctx.tables.services().is_empty() {
-        service_nat::translate(ctx, pkt)?;
+        observed!(obs, ctx, pkt, "service_nat", service_nat::translate);
     }
     // Likewise without remote nodes.
-    overlay::route(ctx, pkt)?;
-    l2::forward_by_mac(ctx, pkt)
+    observed!(obs, ctx, pkt, "overlay_route", overlay::route);
+    observed!(obs, ctx, pkt, "l2_forward", l2::forward_by_mac);
+    ControlFlow::Continue(())
 }
 
 /// The state all workers' pipelines share: what the data path itself writes.
@@ -127,6 +164,22 @@ impl Pipeline {
         pool: &mut FramePool,
         out: &mut TxBatches,
     ) {
+        self.process_observed(tables, ingress, now, batch, pool, out, &mut Unobserved);
+    }
+
+    /// [`process`](Self::process), telling `obs` what happens to each frame.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(crate) fn process_observed(
+        &mut self,
+        tables: &Tables,
+        ingress: PortId,
+        now: u32,
+        batch: &mut Vec<Frame>,
+        pool: &mut FramePool,
+        out: &mut TxBatches,
+        obs: &mut impl StageObserver,
+    ) {
         let stats = &*self.stats;
         let counters = stats.port(ingress);
         counters.rx_packets.add(batch.len() as u64);
@@ -172,11 +225,12 @@ impl Pipeline {
                     })
                     .map_err(DropReason::from)
             };
+            obs.parsed(&frame, &parsed, &meta);
             let verdict = match parsed {
                 Err(reason) => Verdict::Drop(reason),
                 Ok(()) => {
                     let mut pkt = Packet { port, frame: &mut frame, meta: &mut meta };
-                    match (stages(&mut ctx, &mut pkt), segment) {
+                    match (stages(&mut ctx, &mut pkt, obs), segment) {
                         (ControlFlow::Break(v), _) => v,
                         (ControlFlow::Continue(()), Some(segment)) => {
                             self.flood.verdict(segment, ingress, &frame)
@@ -185,6 +239,7 @@ impl Pipeline {
                     }
                 }
             };
+            obs.decided(&frame, &verdict);
             dispatch::dispatch(tables, stats, port, frame, verdict, pool, out);
         }
     }

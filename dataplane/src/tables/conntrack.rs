@@ -163,6 +163,19 @@ pub enum Direction {
 }
 
 impl Conn {
+    /// The flow as carried over a restart, at `now`.
+    pub fn record(&self, now: u32) -> FlowRecord {
+        FlowRecord {
+            orig: self.orig,
+            reply: self.reply,
+            service: self.service,
+            return_path: self.return_path,
+            state: self.state(),
+            replied: self.replied(),
+            idle_secs: now.saturating_sub(self.last_seen()),
+        }
+    }
+
     pub fn state(&self) -> State {
         State::from_raw(self.state.load(Ordering::Relaxed))
     }
@@ -331,15 +344,7 @@ impl Conntrack {
         self.map
             .iter(&guard)
             .filter(|(k, c)| **k == c.orig.key() && c.last_seen() >= since)
-            .map(|(_, c)| FlowRecord {
-                orig: c.orig,
-                reply: c.reply,
-                service: c.service,
-                return_path: c.return_path,
-                state: c.state(),
-                replied: c.replied(),
-                idle_secs: now.saturating_sub(c.last_seen()),
-            })
+            .map(|(_, c)| c.record(now))
             .collect()
     }
 

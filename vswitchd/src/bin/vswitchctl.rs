@@ -69,6 +69,46 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
+    /// What the switch would do with a packet, stage by stage — nothing is sent and no
+    /// table or counter changes. Describe the packet by its fields (left-out fields as
+    /// the port's pod would send it) or give the whole frame with --hex.
+    Trace {
+        /// The ingress port: number, namespace/pod, container id[/ifname] or interface.
+        port: String,
+        /// The whole frame in hex, Ethernet header first.
+        #[arg(long, conflicts_with_all = ["dst", "protocol"])]
+        hex: Option<String>,
+        /// icmp is an echo request, arp a request for --dst.
+        #[arg(long, value_enum, default_value_t = Protocol::Tcp)]
+        protocol: Protocol,
+        #[arg(long, required_unless_present = "hex")]
+        dst: Option<std::net::Ipv4Addr>,
+        #[arg(long)]
+        src: Option<std::net::Ipv4Addr>,
+        #[arg(long)]
+        sport: Option<u16>,
+        #[arg(long)]
+        dport: Option<u16>,
+        /// TCP flags, tcpdump style: S, S., ., P., F., R.
+        #[arg(long)]
+        flags: Option<String>,
+        #[arg(long)]
+        src_mac: Option<String>,
+        #[arg(long)]
+        dst_mac: Option<String>,
+        #[arg(long)]
+        ttl: Option<u8>,
+        #[arg(long, default_value_t = 0)]
+        payload_len: u16,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+    Arp,
 }
 
 #[derive(Subcommand)]
@@ -160,6 +200,32 @@ fn print_services(view: &vswitch_api::ServicesView) {
     }
     if let Some(e) = &view.file_error {
         println!("NOT APPLIED: {e}");
+    }
+}
+
+fn print_trace(t: &vswitch_api::TraceView) {
+    println!("into port {} ({})", t.in_port, t.in_port_name);
+    if t.parsed.is_empty() {
+        println!("  frame does not parse: {}", t.frame_hex);
+    } else {
+        println!("  {}", t.parsed);
+    }
+    for (i, step) in t.steps.iter().enumerate() {
+        println!("{:>2}. {:<20} {}", i + 1, step.stage, step.result);
+        for note in &step.notes {
+            println!("      {note}");
+        }
+    }
+    match t.drop_reason.as_deref() {
+        Some(reason) => {
+            println!("DROPPED: {reason} ({})", t.drop_description.as_deref().unwrap_or(""));
+        }
+        None => {
+            println!("SENT:");
+            for out in &t.sent {
+                println!("  port {} ({}): {}", out.port, out.port_name, out.summary);
+            }
+        }
     }
 }
 
@@ -425,6 +491,46 @@ async fn run(args: Args) -> Result<(), ClientError> {
                 return print_json(&view);
             }
             print_nodes(&view);
+        }
+        Cmd::Trace {
+            port,
+            hex,
+            protocol,
+            dst,
+            src,
+            sport,
+            dport,
+            flags,
+            src_mac,
+            dst_mac,
+            ttl,
+            payload_len,
+        } => {
+            let packet = match dst {
+                Some(dst_ip) if hex.is_none() => Some(vswitch_api::TracePacket {
+                    protocol: match protocol {
+                        Protocol::Tcp => vswitch_api::TraceProtocol::Tcp,
+                        Protocol::Udp => vswitch_api::TraceProtocol::Udp,
+                        Protocol::Icmp => vswitch_api::TraceProtocol::Icmp,
+                        Protocol::Arp => vswitch_api::TraceProtocol::Arp,
+                    },
+                    src_mac,
+                    dst_mac,
+                    src_ip: src,
+                    dst_ip,
+                    src_port: sport,
+                    dst_port: dport,
+                    tcp_flags: flags,
+                    ttl,
+                    payload_len,
+                }),
+                _ => None,
+            };
+            let t = client.trace(&vswitch_api::TraceRequest { port, hex, packet }).await?;
+            if args.json {
+                return print_json(&t);
+            }
+            print_trace(&t);
         }
         Cmd::Conntrack { limit } => {
             let ct = client.conntrack(limit).await?;

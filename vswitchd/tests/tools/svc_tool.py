@@ -91,8 +91,8 @@ def connect(ip, port, n):
     print(json.dumps(names))
 
 
-def greet(ip, port):
-    with socket.create_connection((ip, port), timeout=5) as s:
+def greet(ip, port, src_port=0):
+    with socket.create_connection((ip, port), timeout=5, source_address=("", src_port)) as s:
         print(json.dumps({"greeting": greeting(s)}))
 
 
@@ -187,7 +187,7 @@ def main():
     elif cmd == "connect":
         connect(args[0], int(args[1]), int(args[2]))
     elif cmd == "greet":
-        greet(args[0], int(args[1]))
+        greet(args[0], int(args[1]), int(args[2]) if len(args) > 2 else 0)
     elif cmd == "udp":
         udp(args[0], int(args[1]))
     elif cmd == "refused":

@@ -1,0 +1,227 @@
+//! `POST /v1/trace`: finds the ingress port a request names, builds the frame it
+//! describes (or decodes its hex), has the data plane trace it ([`Datapath::trace`]) and
+//! renders the answer. A frame that does not parse is traced like any other — the
+//! answer names the parser's drop reason, as the real path would count it; only a
+//! request the switch cannot turn into bytes (unknown port, odd hex, a bad MAC) is an
+//! API error.
+
+use std::net::Ipv4Addr;
+
+use vswitch_api::{TracePacket, TraceProtocol, TraceRequest, TraceSentView, TraceStepView, TraceView, codes};
+use vswitch_dataplane::datapath::{Datapath, TraceOutcome};
+use vswitch_dataplane::ids::PortId;
+use vswitch_dataplane::tables::Tables;
+use vswitch_dataplane::testing::{FrameSpec, arp_request};
+use vswitch_dataplane::wire::MacAddr;
+
+use super::api::ApiError;
+use super::switch::Switch;
+
+/// Largest frame a trace takes: a TSO super-frame is traced by one of its segments.
+const MAX_TRACE_FRAME: usize = 9216;
+
+pub(crate) fn run(switch: &Switch, req: &TraceRequest) -> Result<TraceView, ApiError> {
+    let (in_port, in_port_name) = resolve_port(switch, &req.port)?;
+    let dp = switch.datapath();
+    let bytes = match (&req.hex, &req.packet) {
+        (Some(hex), None) => decode_hex(hex)?,
+        (None, Some(packet)) => build(&dp.tables(), in_port, packet)?,
+        _ => return Err(invalid("give the frame as either `hex` or `packet`")),
+    };
+    if bytes.len() > MAX_TRACE_FRAME {
+        return Err(invalid(format!("a frame of {} bytes; at most {MAX_TRACE_FRAME}", bytes.len())));
+    }
+    Ok(view(dp, in_port, in_port_name, &bytes))
+}
+
+fn view(dp: &Datapath, in_port: PortId, in_port_name: String, bytes: &[u8]) -> TraceView {
+    let t = dp.trace(in_port, bytes);
+    let (verdict, reason, sent) = match t.outcome {
+        TraceOutcome::Sent(sent) => ("sent", None, sent),
+        TraceOutcome::Dropped(r) => ("dropped", Some(r), Vec::new()),
+    };
+    TraceView {
+        in_port: in_port.0,
+        in_port_name,
+        frame_hex: encode_hex(bytes),
+        parsed: t.parsed.unwrap_or_default(),
+        steps: t
+            .steps
+            .into_iter()
+            .map(|s| TraceStepView { stage: s.stage.to_string(), result: s.result, notes: s.notes })
+            .collect(),
+        verdict: verdict.to_string(),
+        drop_reason: reason.map(|r| r.name().to_string()),
+        drop_description: reason.map(|r| r.description().to_string()),
+        sent: sent
+            .into_iter()
+            .map(|s| TraceSentView {
+                port: s.port.0,
+                port_name: s.port_name,
+                summary: s.summary,
+                hex: encode_hex(&s.bytes),
+            })
+            .collect(),
+    }
+}
+
+/// The port `name` means, with the name stats show for it.
+fn resolve_port(switch: &Switch, name: &str) -> Result<(PortId, String), ApiError> {
+    let names = switch.port_names();
+    let named = |id: PortId| (id, names.get(&id).cloned().unwrap_or_default());
+    let name = name.trim();
+    if let Ok(n) = name.parse::<u16>()
+        && (names.contains_key(&PortId(n)) || switch.datapath().tables().port(PortId(n)).is_some())
+    {
+        return Ok(named(PortId(n)));
+    }
+    let ports = switch.ports();
+    let (cid, ifname) = name.split_once('/').unwrap_or((name, ""));
+    let found = ports
+        .iter()
+        .find(|p| p.pod.as_ref().is_some_and(|pod| format!("{}/{}", pod.namespace, pod.name) == name))
+        .or_else(|| {
+            ports.iter().find(|p| {
+                !p.container_id.is_empty()
+                    && (p.container_id == cid || (cid.len() >= 12 && p.container_id.starts_with(cid)))
+                    && (ifname.is_empty() || p.ifname == ifname)
+            })
+        })
+        .or_else(|| {
+            ports.iter().find(|p| {
+                p.host_ifname.as_deref() == Some(name) || (p.container_id.is_empty() && p.ifname == name)
+            })
+        });
+    if let Some(p) = found {
+        return Ok(named(PortId(p.id)));
+    }
+    let by_name =
+        names.iter().find(|(_, n)| n.as_str() == name || n.split_once(' ').is_some_and(|(_, i)| i == name));
+    match by_name {
+        Some((id, _)) => Ok(named(*id)),
+        None => Err(ApiError::new(
+            404,
+            codes::NOT_FOUND,
+            format!(
+                "no port {name:?}: give a port number, namespace/pod, container id[/ifname] or interface name"
+            ),
+        )),
+    }
+}
+
+/// The frame `p` describes, with what it leaves out filled in as the port's pod would.
+fn build(tables: &Tables, in_port: PortId, p: &TracePacket) -> Result<Vec<u8>, ApiError> {
+    let port = tables.port(in_port);
+    let src_mac = match &p.src_mac {
+        Some(m) => parse_mac(m)?,
+        None => {
+            port.and_then(|e| e.mac).ok_or_else(|| invalid("the port has no MAC of its own: give src_mac"))?
+        }
+    };
+    let src_ip = match p.src_ip {
+        Some(ip) => ip,
+        None => port
+            .and_then(|e| e.ipv4.first().copied())
+            .ok_or_else(|| invalid("the port has no IPv4 address of its own: give src_ip"))?,
+    };
+    let segment = port.map(|e| e.segment);
+    if p.protocol == TraceProtocol::Arp {
+        let mut frame = arp_request(src_mac, src_ip, p.dst_ip);
+        if let Some(m) = &p.dst_mac {
+            frame[0..6].copy_from_slice(&parse_mac(m)?.0);
+        }
+        return Ok(frame);
+    }
+    let dst_mac = match &p.dst_mac {
+        Some(m) => parse_mac(m)?,
+        None => next_hop_mac(tables, segment, p.dst_ip).ok_or_else(|| {
+            invalid("no owner of dst_ip and no gateway in the port's segment: give dst_mac")
+        })?,
+    };
+    let (sport, dport) = (p.src_port.unwrap_or(40000), p.dst_port.unwrap_or(80));
+    let spec = match p.protocol {
+        TraceProtocol::Tcp => {
+            let flags = tcp_flags(p.tcp_flags.as_deref().unwrap_or("S"))?;
+            FrameSpec::tcp(src_mac, dst_mac, src_ip, p.dst_ip, sport, dport, flags)
+        }
+        TraceProtocol::Udp => FrameSpec::udp(src_mac, dst_mac, src_ip, p.dst_ip, sport, dport),
+        TraceProtocol::Icmp => FrameSpec::icmp_echo(src_mac, dst_mac, src_ip, p.dst_ip, sport),
+        TraceProtocol::Arp => unreachable!("answered above"),
+    };
+    Ok(spec.ttl(p.ttl.unwrap_or(64)).payload(&vec![0; usize::from(p.payload_len)]).build())
+}
+
+/// What a pod's ARP would resolve `ip` to: its owner in the segment, else the gateway.
+fn next_hop_mac(
+    tables: &Tables,
+    segment: Option<vswitch_dataplane::ids::SegmentId>,
+    ip: Ipv4Addr,
+) -> Option<MacAddr> {
+    let segment = segment?;
+    if let Some(answer) = tables.arp_answer(segment, ip) {
+        return Some(answer.mac);
+    }
+    tables.segment(segment)?.config.gateway.map(|g| g.mac)
+}
+
+fn tcp_flags(letters: &str) -> Result<u8, ApiError> {
+    letters.chars().try_fold(0u8, |flags, c| {
+        let bit = match c {
+            'F' => 0x01,
+            'S' => 0x02,
+            'R' => 0x04,
+            'P' => 0x08,
+            '.' | 'A' => 0x10,
+            'U' => 0x20,
+            _ => return Err(invalid(format!("tcp_flags: {c:?} is none of F S R P . U"))),
+        };
+        Ok(flags | bit)
+    })
+}
+
+fn parse_mac(s: &str) -> Result<MacAddr, ApiError> {
+    s.parse().map_err(|_| invalid(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")))
+}
+
+fn decode_hex(s: &str) -> Result<Vec<u8>, ApiError> {
+    let digits: Vec<u8> = s.bytes().filter(|b| !matches!(b, b' ' | b':' | b'\n' | b'\t' | b'\r')).collect();
+    if !digits.len().is_multiple_of(2) {
+        return Err(invalid("hex: an odd number of digits"));
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let pair = std::str::from_utf8(pair).unwrap_or("??");
+            u8::from_str_radix(pair, 16).map_err(|_| invalid(format!("hex: {pair:?} is not a byte")))
+        })
+        .collect()
+}
+
+fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(400, codes::INVALID_REQUEST, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_takes_separators_and_refuses_odd_digits() {
+        assert_eq!(decode_hex("de:ad be\nef").unwrap(), vec![0xde, 0xad, 0xbe, 0xef]);
+        assert!(decode_hex("abc").is_err());
+        assert!(decode_hex("zz").is_err());
+        assert_eq!(encode_hex(&[0, 0xff]), "00ff");
+    }
+
+    #[test]
+    fn tcp_flags_read_as_tcpdump_prints_them() {
+        assert_eq!(tcp_flags("S").unwrap(), 0x02);
+        assert_eq!(tcp_flags("S.").unwrap(), 0x12);
+        assert_eq!(tcp_flags("FP.").unwrap(), 0x19);
+        assert!(tcp_flags("X").is_err());
+    }
+}
