@@ -12,8 +12,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
+use crate::observe::{CaptureRequest, TraceRequest, TraceView};
 use crate::services::{ConntrackView, NodesView, ServicesView};
-use crate::trace::{TraceRequest, TraceView};
 use crate::types::{AttachRequest, DetachOutcome, ErrorBody, FdbEntry, PortInfo, Stats, Status};
 
 /// Why a request did not get a successful answer.
@@ -35,6 +35,9 @@ pub enum ClientError {
     /// The daemon answered with an error.
     #[error("vswitchd refused ({status}, {code}): {message}")]
     Api { status: u16, code: String, message: String },
+    /// Something on the client's own side failed: a file it could not write.
+    #[error("{0}")]
+    Local(String),
     /// The answer was not what this client understands (version skew?).
     #[error("unexpected answer from vswitchd: {0}")]
     Decode(String),
@@ -147,16 +150,7 @@ impl Client {
             .await
             .map_err(|_| ClientError::Timeout { socket: self.socket.clone(), timeout: self.timeout })??;
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(e) => {
-                    ClientError::Api { status: status.as_u16(), code: e.error.code, message: e.error.message }
-                }
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: "http".into(),
-                    message: String::from_utf8_lossy(&bytes).into_owned(),
-                },
-            });
+            return Err(api_error(status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(format!("{path}: {e}")))
     }
@@ -167,6 +161,29 @@ impl Client {
         path: &str,
         body: Vec<u8>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let (response, driver) = self.send(method, path, body).await?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .to_bytes();
+        driver.abort();
+        Ok((status, bytes))
+    }
+
+    /// Sends a request; the answer's body is read by the caller while `driver` runs
+    /// the connection.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<
+        (hyper::Response<hyper::body::Incoming>, tokio::task::JoinHandle<hyper::Result<()>>),
+        ClientError,
+    > {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Unreachable { socket: self.socket.clone(), source })?;
@@ -183,15 +200,60 @@ impl Client {
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let response =
             sender.send_request(request).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
+        Ok((response, driver))
+    }
+
+    /// Runs a capture: each piece of the pcapng stream goes to `sink` as it arrives,
+    /// until the capture ends (its count or seconds) or `sink` fails. The client's
+    /// timeout bounds the wait for the answer to start, not the capture.
+    pub async fn capture(
+        &self,
+        req: &CaptureRequest,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let started = tokio::time::timeout(self.timeout, self.send(Method::POST, "/v1/capture", body))
             .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .to_bytes();
+            .map_err(|_| ClientError::Timeout { socket: self.socket.clone(), timeout: self.timeout })??;
+        let (response, driver) = started;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+                .to_bytes();
+            driver.abort();
+            return Err(api_error(status, &bytes));
+        }
+        let mut body = response.into_body();
+        let outcome = loop {
+            match body.frame().await {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(ClientError::Protocol(e.to_string())),
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref()
+                        && let Err(e) = sink(data)
+                    {
+                        break Err(ClientError::Local(format!("writing the capture: {e}")));
+                    }
+                }
+            }
+        };
         driver.abort();
-        Ok((status, bytes))
+        outcome
+    }
+}
+
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(e) => ClientError::Api { status: status.as_u16(), code: e.error.code, message: e.error.message },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: "http".into(),
+            message: String::from_utf8_lossy(bytes).into_owned(),
+        },
     }
 }
 

@@ -23,13 +23,13 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod observe;
 mod services;
-mod trace;
 mod types;
 
 pub use client::{Client, ClientError};
+pub use observe::*;
 pub use services::*;
-pub use trace::*;
 pub use types::*;
 
 /// Where the daemon listens unless configured otherwise.

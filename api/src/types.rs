@@ -152,6 +152,9 @@ pub struct Status {
     /// snapshot gave back), or a takeover (from which version, after what pause).
     #[serde(default)]
     pub started: Option<String>,
+    /// Captures open now (`vswitchctl capture` clients).
+    #[serde(default)]
+    pub captures_open: usize,
 }
 
 /// The Kubernetes watchers of a daemon in cluster mode.

@@ -17,6 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 
+use crate::capture::Captures;
 use crate::clock::Clock;
 use crate::frame::{DEFAULT_BUF_SIZE, FramePool, LOCAL_BUFFERS_PER_BATCH_FRAME, SharedPool};
 use crate::ids::{MAX_WORKERS, PortId, WorkerId};
@@ -409,6 +410,11 @@ impl Datapath {
 
     pub fn affinity(&self) -> &Arc<Affinity> {
         &self.shared.affinity
+    }
+
+    /// Open captures: start one here, and the workers copy what it asks for.
+    pub fn captures(&self) -> &Arc<Captures> {
+        &self.shared.captures
     }
 
     /// What the pipeline would do with `frame` received on `ingress` now, stage by

@@ -5,7 +5,8 @@
 //! - [`wire`]: bytes only — frame parsing, typed header views, checksums.
 //! - [`ids`], [`drop_reason`], [`clock`]: identities, why a frame is dropped, time.
 //! - [`frame`], [`stats`]: pooled frame buffers; per-worker counters.
-//! - [`queue`]: the port contract a worker drives.
+//! - [`queue`]: the port contract a worker drives; [`capture`]: copies of frames for
+//!   `vswitchctl capture`.
 //! - [`tables`]: what the control plane publishes (ports, Services, nodes) and what the
 //!   data path learns (FDB, conntrack).
 //! - [`stage`]: the stage contract — verdict, context, one signature.
@@ -32,6 +33,7 @@ pub mod ids;
 pub mod frame;
 pub mod stats;
 
+pub mod capture;
 pub mod queue;
 
 pub mod tables;

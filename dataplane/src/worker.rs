@@ -26,6 +26,7 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
 use crossbeam_queue::ArrayQueue;
 
+use crate::capture::CaptureDirection;
 use crate::clock::Clock;
 use crate::drop_reason::DropReason;
 use crate::frame::{Frame, FramePool};
@@ -386,6 +387,7 @@ impl Worker {
 
     fn flush(&mut self, tables: &Tables) {
         let stats = self.pipeline.stats().clone();
+        let captures = &**self.pipeline.captures();
         let id = self.id;
         let (queues, local_queue, pool, handoff_to, scratch) = (
             &mut self.queues,
@@ -398,6 +400,9 @@ impl Worker {
             if let Some(i) = local_queue.get(port.index()).copied().flatten() {
                 if frames.len() > 1 && tables.port(port).is_some_and(|e| e.offloads) {
                     coalesce_tcp(frames, scratch, pool, &stats);
+                }
+                if captures.armed() {
+                    captures.offer(port, CaptureDirection::Sent, frames);
                 }
                 let outcome = queues[i].queue.tx_batch(frames, pool);
                 let c = stats.port(port);

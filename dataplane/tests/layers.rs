@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["wire"],
     &["ids", "drop_reason", "clock"],
     &["frame", "stats"],
-    &["queue"],
+    &["queue", "capture"],
     &["tables"],
     &["stage"],
     &["stages"],

@@ -18,8 +18,8 @@ use axum::routing::get;
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 use vswitch_api::{
-    AttachRequest, ConntrackView, DetachOutcome, ErrorBody, FdbEntry, NodesView, PortStats, ServicesView,
-    Stats, Status, TraceRequest, TraceView, WorkerStats, codes,
+    AttachRequest, CaptureRequest, ConntrackView, DetachOutcome, ErrorBody, FdbEntry, NodesView, PortStats,
+    ServicesView, Stats, Status, TraceRequest, TraceView, WorkerStats, codes,
 };
 
 use super::ports::AttachError;
@@ -109,11 +109,12 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/v1/nodes/reload", axum::routing::post(reload_nodes))
         .route("/v1/conntrack", get(conntrack))
         .route("/v1/trace", axum::routing::post(trace))
+        .route("/v1/capture", axum::routing::post(capture))
         .fallback(|| async {
             ApiError::new(
                 404,
                 codes::NOT_FOUND,
-                "no such route; see /v1/status, /v1/ports, /v1/fdb, /v1/stats, /v1/services, /v1/conntrack, /v1/nodes, /v1/trace",
+                "no such route; see /v1/status, /v1/ports, /v1/fdb, /v1/stats, /v1/services, /v1/conntrack, /v1/nodes, /v1/trace, /v1/capture",
             )
         })
         .method_not_allowed_fallback(|| async {
@@ -141,6 +142,7 @@ async fn status(State(s): State<Shared>) -> axum::Json<Status> {
         underlay: m.underlay_summary(),
         cluster: s.cluster.as_ref().map(|c| c.get()),
         started: Some(m.started().to_string()),
+        captures_open: m.datapath().captures().len(),
     })
 }
 
@@ -236,6 +238,17 @@ async fn trace(
     JsonBody(req): JsonBody<TraceRequest>,
 ) -> Result<axum::Json<TraceView>, ApiError> {
     super::trace::run(&*s.switch.lock().await, &req).map(axum::Json)
+}
+
+/// Answers with the pcapng stream once the capture is open; a bad request is refused
+/// before anything starts.
+async fn capture(
+    State(s): State<Shared>,
+    JsonBody(req): JsonBody<CaptureRequest>,
+) -> Result<Response, ApiError> {
+    let opened = super::capture::open(&*s.switch.lock().await, &req)?;
+    let body = axum::body::Body::from_stream(super::capture::stream(opened, s.version));
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-pcapng")], body).into_response())
 }
 
 async fn fdb(State(s): State<Shared>) -> axum::Json<Vec<FdbEntry>> {

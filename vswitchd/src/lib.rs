@@ -7,7 +7,7 @@
 //! [`snapshot`]), the Services ([`services`], built by the [`catalog`] from the
 //! [`services_file`] or the cluster) and the other nodes ([`nodes`], from the config,
 //! the [`nodes_file`] or the cluster); [`cluster`] watches the Kubernetes API; [`trace`]
-//! answers packet traces. All of
+//! answers packet traces and [`capture`] streams captures. All of
 //! it builds `vswitch_dataplane::tables::Tables` snapshots and drives the
 //! `vswitch_dataplane::datapath::Datapath`; nothing in the data plane imports from
 //! here. [`daemon`] wires it together.
@@ -17,6 +17,7 @@
 
 mod api;
 mod api_connections;
+mod capture;
 mod catalog;
 pub mod cluster;
 pub mod config;

@@ -66,7 +66,7 @@ fn view(dp: &Datapath, in_port: PortId, in_port_name: String, bytes: &[u8]) -> T
 }
 
 /// The port `name` means, with the name stats show for it.
-fn resolve_port(switch: &Switch, name: &str) -> Result<(PortId, String), ApiError> {
+pub(crate) fn resolve_port(switch: &Switch, name: &str) -> Result<(PortId, String), ApiError> {
     let names = switch.port_names();
     let named = |id: PortId| (id, names.get(&id).cloned().unwrap_or_default());
     let name = name.trim();

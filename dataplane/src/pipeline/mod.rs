@@ -18,6 +18,7 @@ use std::sync::Arc;
 pub(crate) use coalesce::coalesce_tcp;
 pub(crate) use dispatch::TxBatches;
 
+use crate::capture::{CaptureDirection, Captures};
 use crate::drop_reason::DropReason;
 use crate::frame::{Frame, FramePool};
 use crate::ids::PortId;
@@ -53,15 +54,31 @@ pub(crate) trait StageObserver {
     /// The frame as parsed (`meta` is meaningful only when `parsed` is `Ok`).
     #[inline(always)]
     fn parsed(&mut self, _frame: &Frame, _parsed: &Result<(), DropReason>, _meta: &FrameMeta) {}
-    /// The frame's fate, as dispatch is about to carry it out.
+    /// The frame is dropped for `reason` (counted on its ingress port).
     #[inline(always)]
-    fn decided(&mut self, _frame: &Frame, _verdict: &Verdict) {}
+    fn dropped(&mut self, _frame: &Frame, _reason: DropReason) {}
 }
 
 /// The packet path's observer: nobody.
 pub(crate) struct Unobserved;
 
 impl StageObserver for Unobserved {}
+
+/// The observer while a capture is open: received frames as they arrive, dropped
+/// ones at their drop (sent ones are the worker's: it sees them leave).
+struct Capturing<'c>(&'c Captures);
+
+impl StageObserver for Capturing<'_> {
+    #[inline]
+    fn parsed(&mut self, frame: &Frame, _parsed: &Result<(), DropReason>, _meta: &FrameMeta) {
+        self.0.offer_one(frame.ingress, CaptureDirection::Received, frame);
+    }
+
+    #[inline]
+    fn dropped(&mut self, frame: &Frame, reason: DropReason) {
+        self.0.offer_one(frame.ingress, CaptureDirection::Dropped(reason), frame);
+    }
+}
 
 /// Runs one stage between its observer's calls; `?` on its step.
 macro_rules! observed {
@@ -110,6 +127,7 @@ pub(crate) struct SharedState {
     pub fdb: Arc<Fdb>,
     pub conntrack: Arc<Conntrack>,
     pub affinity: Arc<Affinity>,
+    pub captures: Arc<Captures>,
 }
 
 impl SharedState {
@@ -119,6 +137,7 @@ impl SharedState {
             conntrack: Arc::new(Conntrack::new(conntrack)),
             // As many clients as flows: each was pinned by an admitted flow.
             affinity: Arc::new(Affinity::new(conntrack.max_entries as usize)),
+            captures: Arc::default(),
         }
     }
 }
@@ -128,6 +147,7 @@ pub(crate) struct Pipeline {
     fdb: Arc<Fdb>,
     conntrack: Arc<Conntrack>,
     affinity: Arc<Affinity>,
+    captures: Arc<Captures>,
     stats: Arc<WorkerStats>,
     cache: MacCache,
     /// What frames no stage decided may cost their segment.
@@ -140,6 +160,7 @@ impl Pipeline {
             fdb: shared.fdb.clone(),
             conntrack: shared.conntrack.clone(),
             affinity: shared.affinity.clone(),
+            captures: shared.captures.clone(),
             flood: flood::FloodLimits::new(stats.max_ports()),
             stats,
             cache: MacCache::default(),
@@ -148,6 +169,10 @@ impl Pipeline {
 
     pub(crate) fn stats(&self) -> &Arc<WorkerStats> {
         &self.stats
+    }
+
+    pub(crate) fn captures(&self) -> &Arc<Captures> {
+        &self.captures
     }
 
     /// Processes `batch`, received on `ingress`, leaving it empty: every frame ends in
@@ -164,7 +189,13 @@ impl Pipeline {
         pool: &mut FramePool,
         out: &mut TxBatches,
     ) {
-        self.process_observed(tables, ingress, now, batch, pool, out, &mut Unobserved);
+        // The one test a batch pays for captures.
+        if self.captures.armed() {
+            let captures = self.captures.clone();
+            self.process_observed(tables, ingress, now, batch, pool, out, &mut Capturing(&captures));
+        } else {
+            self.process_observed(tables, ingress, now, batch, pool, out, &mut Unobserved);
+        }
     }
 
     /// [`process`](Self::process), telling `obs` what happens to each frame.
@@ -239,8 +270,7 @@ impl Pipeline {
                     }
                 }
             };
-            obs.decided(&frame, &verdict);
-            dispatch::dispatch(tables, stats, port, frame, verdict, pool, out);
+            dispatch::dispatch(tables, stats, port, frame, verdict, pool, out, obs);
         }
     }
 }
@@ -646,6 +676,37 @@ mod tests {
         });
         assert_eq!(sent, MAX_TX_BACKLOG);
         assert_eq!(h.drops(1, DropReason::TxBacklogFull), 5 * 1800 - MAX_TX_BACKLOG as u64);
+    }
+
+    #[test]
+    fn captures_take_received_frames_and_drops_with_their_reason() {
+        use crate::capture::{CaptureDirection, CaptureSpec, DEFAULT_SNAPLEN};
+        let mut h = Harness::new();
+        let spec = CaptureSpec {
+            port: Some(PortId(1)),
+            received: true,
+            sent: false,
+            drops: None,
+            filter: Default::default(),
+            snaplen: DEFAULT_SNAPLEN,
+            count: None,
+        };
+        let received = h.pipeline.captures().start(spec.clone());
+        let drops = h.pipeline.captures().start(CaptureSpec { drops: Some(None), ..spec });
+        let good = udp(1, 3, ip(2), ip(4));
+        let spoofed = udp(1, 3, ip(9), ip(4));
+        assert_eq!(h.send(1, &[good.clone(), spoofed.clone()]).len(), 1, "captures change no fate");
+        h.send(2, &[udp(2, 3, ip(3), ip(4))]);
+        let (mut rx, mut dropped) = (Vec::new(), Vec::new());
+        received.take(&mut rx);
+        drops.take(&mut dropped);
+        assert_eq!(rx.iter().map(|c| c.data.clone()).collect::<Vec<_>>(), vec![good, spoofed.clone()]);
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].direction, CaptureDirection::Dropped(DropReason::SpoofedSourceIp));
+        assert_eq!(dropped[0].data, spoofed);
+        h.pipeline.captures().stop(&received);
+        h.pipeline.captures().stop(&drops);
+        assert!(!h.pipeline.captures().armed());
     }
 
     /// The accounting invariant the fuzz target checks, on a mixed batch.

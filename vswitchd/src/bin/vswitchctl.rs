@@ -101,6 +101,40 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         payload_len: u16,
     },
+    /// Copies of the frames a port receives, sends or drops, written as pcapng
+    /// (tshark and Wireshark read it): one interface per port, each frame with its
+    /// direction, a dropped frame with its drop reason as the packet comment. Runs
+    /// until --count or --seconds, or Ctrl-C.
+    Capture {
+        /// The port (as for trace); leave out for every port.
+        port: Option<String>,
+        #[arg(long, value_enum, default_value_t = Way::Both)]
+        direction: Way,
+        /// Dropped frames instead, every reason or the one named.
+        #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "REASON")]
+        drops: Option<String>,
+        /// tcpdump-like terms joined by `and`: tcp, udp, icmp, arp, ip, host A, src A,
+        /// dst A, port N.
+        #[arg(long, default_value = "")]
+        filter: String,
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Bytes kept of each frame (64..=65535, default 9216).
+        #[arg(long)]
+        snaplen: Option<usize>,
+        /// The pcapng file; `-` for standard output.
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Way {
+    Rx,
+    Tx,
+    Both,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -201,6 +235,44 @@ fn print_services(view: &vswitch_api::ServicesView) {
     if let Some(e) = &view.file_error {
         println!("NOT APPLIED: {e}");
     }
+}
+
+/// Writes the capture to `file` as it comes; the file is opened first, so a path that
+/// cannot be written fails before the capture starts.
+async fn capture(
+    client: &Client,
+    req: &vswitch_api::CaptureRequest,
+    file: &std::path::Path,
+) -> Result<(), ClientError> {
+    use std::io::Write;
+    let to_stdout = file.as_os_str() == "-";
+    let mut out: Box<dyn Write> = if to_stdout {
+        Box::new(std::io::stdout().lock())
+    } else {
+        let f = std::fs::File::create(file)
+            .map_err(|e| ClientError::Local(format!("cannot write {}: {e}", file.display())))?;
+        Box::new(f)
+    };
+    let mut wrote = false;
+    let outcome = client
+        .capture(req, |piece| {
+            wrote = true;
+            out.write_all(piece)?;
+            out.flush()
+        })
+        .await;
+    drop(out);
+    if outcome.is_err() && !wrote && !to_stdout {
+        // Refused before anything was captured: no empty file left behind.
+        let _ = std::fs::remove_file(file);
+    }
+    outcome?;
+    if !to_stdout {
+        let written = std::fs::read(file).unwrap_or_default();
+        let (frames, lost) = vswitch_api::capture_summary(&written);
+        eprintln!("{frames} frames written to {} ({lost} copies lost to a slow reader)", file.display());
+    }
+    Ok(())
 }
 
 fn print_trace(t: &vswitch_api::TraceView) {
@@ -531,6 +603,23 @@ async fn run(args: Args) -> Result<(), ClientError> {
                 return print_json(&t);
             }
             print_trace(&t);
+        }
+        Cmd::Capture { port, direction, drops, filter, count, seconds, snaplen, file } => {
+            let req = vswitch_api::CaptureRequest {
+                port,
+                direction: match direction {
+                    Way::Rx => vswitch_api::CaptureWay::Rx,
+                    Way::Tx => vswitch_api::CaptureWay::Tx,
+                    Way::Both => vswitch_api::CaptureWay::Both,
+                },
+                drops: drops.is_some(),
+                drop_reason: drops.filter(|r| !r.is_empty()),
+                filter,
+                count,
+                seconds,
+                snaplen,
+            };
+            return capture(&client, &req, &file).await;
         }
         Cmd::Conntrack { limit } => {
             let ct = client.conntrack(limit).await?;

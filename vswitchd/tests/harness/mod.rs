@@ -273,6 +273,29 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs `vswitchctl` against this node; returns its whole output, failing or not.
+    pub fn ctl_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(vswitchctl())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("vswitchctl runs")
+    }
+
+    /// Starts `vswitchctl capture` with `args` writing to `file`; waits until the
+    /// capture is open (the file has its section header).
+    pub fn start_capture(&self, args: &[&str], file: &std::path::Path) -> Process {
+        let mut cmd = Command::new(vswitchctl());
+        cmd.arg("--socket").arg(&self.socket).arg("capture").args(args).arg("-w").arg(file);
+        let p = Process::spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped())).expect("vswitchctl starts");
+        assert!(
+            wait_until(Duration::from_secs(10), || std::fs::metadata(file).is_ok_and(|m| m.len() > 0)),
+            "the capture opens"
+        );
+        p
+    }
+
     /// Creates a pod namespace, attaches it (`eth0`, `ip`/24) and configures it the way
     /// the CNI plugin does: address and default route via the gateway (`.1` of the /24).
     pub fn pod(&self, name: &str, ip: Ipv4Addr, backend: Backend) -> Pod {

@@ -1,5 +1,6 @@
-//! Packet trace: `POST /v1/trace` runs one frame through the switch's stages without
-//! sending it, and answers with what each stage did.
+//! Seeing what happens to packets: `POST /v1/trace` runs one frame through the switch's
+//! stages without sending it and answers with what each stage did; `POST /v1/capture`
+//! streams copies of the frames a port receives, sends or drops as pcapng.
 
 use std::net::Ipv4Addr;
 
@@ -106,4 +107,80 @@ pub struct TraceSentView {
     pub port_name: String,
     pub summary: String,
     pub hex: String,
+}
+
+/// A capture to start. The answer is a pcapng stream (`application/x-pcapng`): one
+/// interface per port (named as `vswitchctl stats` names it), each frame with its
+/// direction, a dropped frame with its drop reason as the packet's comment, and at the
+/// end an interface statistics block whose comment says how many copies were lost to a
+/// reader slower than the traffic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureRequest {
+    /// The port, named as for a trace; none: every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    #[serde(default)]
+    pub direction: CaptureWay,
+    /// Dropped frames (with their reasons) instead of received and sent ones.
+    #[serde(default)]
+    pub drops: bool,
+    /// With `drops`: only this reason (a name from `vswitchctl stats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_reason: Option<String>,
+    /// tcpdump-like terms joined by `and`: tcp, udp, icmp, arp, ip, host A, src A,
+    /// dst A, port N.
+    #[serde(default)]
+    pub filter: String,
+    /// Stop after this many frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<u64>,
+    /// Bytes kept of each frame (64..=65535; default 9216).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snaplen: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureWay {
+    /// Frames the port received.
+    Rx,
+    /// Frames sent out of the port.
+    Tx,
+    #[default]
+    Both,
+}
+
+/// What a capture's pcapng holds: frames, and copies lost (from the interface
+/// statistics block the daemon ends it with: `isb_osdrop` its first option).
+pub fn capture_summary(pcapng: &[u8]) -> (u64, u64) {
+    let (mut frames, mut lost) = (0, 0);
+    let mut at = 0;
+    while let Some(header) = pcapng.get(at..at + 8) {
+        let kind = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+        let len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+        if len < 12 {
+            break;
+        }
+        let Some(block) = pcapng.get(at..at + len) else { break };
+        match kind {
+            // An enhanced packet block.
+            6 => frames += 1,
+            // An interface statistics block: type, length, interface id, timestamp
+            // (20 bytes), then the options, isb_osdrop (7) with 8 bytes first.
+            5 => {
+                if let Some(opt) = block.get(20..32)
+                    && u16::from_le_bytes([opt[0], opt[1]]) == 7
+                {
+                    lost = u64::from_le_bytes(opt[4..12].try_into().expect("8 bytes"));
+                }
+            }
+            _ => {}
+        }
+        at += len;
+    }
+    (frames, lost)
 }

@@ -1,0 +1,391 @@
+//! Capture: copies of the frames a port receives, sends or drops, for `vswitchctl
+//! capture`, taken inside the data path where it sees them.
+//!
+//! The control plane starts a [`CaptureSession`] with what it wants ([`CaptureSpec`]);
+//! workers copy matching frames into the session's bounded ring and the control plane
+//! drains it. A worker never waits: a full ring loses the copy (counted in
+//! [`CaptureSession::lost`]), never the frame. With no session open the data path
+//! pays one load and one predictable branch per batch ([`Captures::armed`]).
+//!
+//! Where frames are seen: received — as they arrive, before any stage rewrites them
+//! (frames that then fail to parse included); sent — as they leave through the
+//! worker that transmits on the port, after every rewrite, encapsulation and
+//! segmentation; dropped — at the drop, with the reason, on the ingress port.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use crossbeam_queue::ArrayQueue;
+
+use crate::drop_reason::DropReason;
+use crate::frame::Frame;
+use crate::ids::PortId;
+use crate::wire::{self, L4, Net};
+
+/// Copies a session holds at most before the reader takes them.
+pub const RING_FRAMES: usize = 4096;
+/// Bytes of each frame kept unless the session asks otherwise (a whole jumbo frame).
+pub const DEFAULT_SNAPLEN: usize = 9216;
+/// The most a session may ask to keep of a frame (a whole super-frame).
+pub const MAX_SNAPLEN: usize = 65535;
+
+/// Which way a captured frame went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureDirection {
+    Received,
+    Sent,
+    Dropped(DropReason),
+}
+
+/// What a session takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaptureSpec {
+    /// One port, or every port.
+    pub port: Option<PortId>,
+    pub received: bool,
+    pub sent: bool,
+    /// Dropped frames instead of received and sent ones: `Some(None)` every reason,
+    /// `Some(Some(r))` only `r`.
+    pub drops: Option<Option<DropReason>>,
+    pub filter: PacketFilter,
+    /// Bytes kept of each frame.
+    pub snaplen: usize,
+    /// Stop taking copies after this many.
+    pub count: Option<u64>,
+}
+
+/// One captured frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Captured {
+    pub port: PortId,
+    pub direction: CaptureDirection,
+    /// Nanoseconds since the Unix epoch.
+    pub unix_ns: u64,
+    /// The frame's length on the wire; `data` may be shorter (the snap length).
+    pub wire_len: u32,
+    pub data: Vec<u8>,
+}
+
+/// An open capture.
+pub struct CaptureSession {
+    spec: CaptureSpec,
+    ring: ArrayQueue<Captured>,
+    taken: AtomicU64,
+    lost: AtomicU64,
+}
+
+impl CaptureSession {
+    pub fn spec(&self) -> &CaptureSpec {
+        &self.spec
+    }
+
+    /// The copies waiting, oldest first.
+    pub fn take(&self, into: &mut Vec<Captured>) {
+        self.take_up_to(into, usize::MAX);
+    }
+
+    /// At most `max` of the copies waiting, oldest first.
+    pub fn take_up_to(&self, into: &mut Vec<Captured>, max: usize) {
+        for _ in 0..max {
+            let Some(c) = self.ring.pop() else { break };
+            into.push(c);
+        }
+    }
+
+    /// Copies taken so far (up to the spec's count).
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed).min(self.spec.count.unwrap_or(u64::MAX))
+    }
+
+    /// Copies lost to a full ring (the reader was slower than the traffic).
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether the session took all it asked for.
+    pub fn is_done(&self) -> bool {
+        self.spec.count.is_some_and(|n| self.taken.load(Ordering::Relaxed) >= n)
+    }
+
+    fn wants(&self, port: PortId, direction: CaptureDirection) -> bool {
+        if self.spec.port.is_some_and(|p| p != port) {
+            return false;
+        }
+        match (direction, self.spec.drops) {
+            (CaptureDirection::Dropped(reason), Some(wanted)) => wanted.is_none_or(|w| w == reason),
+            (CaptureDirection::Received, None) => self.spec.received,
+            (CaptureDirection::Sent, None) => self.spec.sent,
+            _ => false,
+        }
+    }
+
+    fn offer(&self, port: PortId, direction: CaptureDirection, bytes: &[u8]) {
+        if !self.wants(port, direction) || !self.spec.filter.matches(bytes) {
+            return;
+        }
+        if self.is_done() {
+            return;
+        }
+        if self.spec.count.is_some_and(|n| self.taken.fetch_add(1, Ordering::Relaxed) >= n) {
+            return;
+        }
+        if self.spec.count.is_none() {
+            self.taken.fetch_add(1, Ordering::Relaxed);
+        }
+        let unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let kept = bytes.len().min(self.spec.snaplen);
+        let copy =
+            Captured { port, direction, unix_ns, wire_len: bytes.len() as u32, data: bytes[..kept].to_vec() };
+        if self.ring.push(copy).is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The open sessions, as workers see them.
+#[derive(Default)]
+pub struct Captures {
+    armed: AtomicBool,
+    sessions: ArcSwap<Vec<Arc<CaptureSession>>>,
+    /// Serialises starts and stops (control plane only).
+    changing: std::sync::Mutex<()>,
+}
+
+impl Captures {
+    /// Whether any session is open: the data path's one test per batch.
+    #[inline(always)]
+    pub fn armed(&self) -> bool {
+        self.armed.load(Ordering::Relaxed)
+    }
+
+    pub fn start(&self, mut spec: CaptureSpec) -> Arc<CaptureSession> {
+        spec.snaplen = spec.snaplen.clamp(64, MAX_SNAPLEN);
+        let session = Arc::new(CaptureSession {
+            spec,
+            ring: ArrayQueue::new(RING_FRAMES),
+            taken: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+        });
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut now = Vec::clone(&self.sessions.load());
+        now.push(session.clone());
+        self.sessions.store(Arc::new(now));
+        self.armed.store(true, Ordering::Relaxed);
+        session
+    }
+
+    pub fn stop(&self, session: &Arc<CaptureSession>) {
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let now: Vec<_> = self.sessions.load().iter().filter(|s| !Arc::ptr_eq(s, session)).cloned().collect();
+        self.armed.store(!now.is_empty(), Ordering::Relaxed);
+        self.sessions.store(Arc::new(now));
+    }
+
+    /// Open sessions now.
+    pub fn len(&self) -> usize {
+        self.sessions.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Offers frames to every open session (a worker calls this only when armed).
+    pub(crate) fn offer(&self, port: PortId, direction: CaptureDirection, frames: &[Frame]) {
+        let sessions = self.sessions.load();
+        for s in sessions.iter() {
+            for f in frames {
+                s.offer(port, direction, f.data());
+            }
+        }
+    }
+
+    /// [`offer`](Self::offer) for one frame.
+    pub(crate) fn offer_one(&self, port: PortId, direction: CaptureDirection, frame: &Frame) {
+        self.offer(port, direction, std::slice::from_ref(frame));
+    }
+}
+
+/// A tcpdump-like filter: terms joined by `and`, each of `tcp`, `udp`, `icmp`, `arp`,
+/// `ip`, `host ADDR`, `src ADDR`, `dst ADDR`, `port N`. Empty: every frame.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PacketFilter {
+    terms: Vec<Term>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Term {
+    Tcp,
+    Udp,
+    Icmp,
+    Arp,
+    Ip,
+    Host(Ipv4Addr),
+    Src(Ipv4Addr),
+    Dst(Ipv4Addr),
+    Port(u16),
+}
+
+impl std::str::FromStr for PacketFilter {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PacketFilter, String> {
+        let mut words = s.split_whitespace().peekable();
+        let mut terms = Vec::new();
+        while let Some(w) = words.next() {
+            let mut value = |what: &str| words.next().ok_or_else(|| format!("`{w}` wants {what} after it"));
+            let addr = |v: &str| v.parse::<Ipv4Addr>().map_err(|_| format!("`{v}` is not an IPv4 address"));
+            let term = match w {
+                "tcp" => Term::Tcp,
+                "udp" => Term::Udp,
+                "icmp" => Term::Icmp,
+                "arp" => Term::Arp,
+                "ip" => Term::Ip,
+                "host" => Term::Host(addr(value("an address")?)?),
+                "src" => Term::Src(addr(value("an address")?)?),
+                "dst" => Term::Dst(addr(value("an address")?)?),
+                "port" => {
+                    let v = value("a port number")?;
+                    Term::Port(v.parse().map_err(|_| format!("`{v}` is not a port number"))?)
+                }
+                other => {
+                    return Err(format!(
+                        "`{other}`: expected tcp, udp, icmp, arp, ip, host, src, dst or port"
+                    ));
+                }
+            };
+            terms.push(term);
+            match words.next() {
+                None => break,
+                Some("and") if words.peek().is_some() => {}
+                Some(other) => {
+                    return Err(format!("`{other}`: terms are joined by `and`, and it ends the filter"));
+                }
+            }
+        }
+        Ok(PacketFilter { terms })
+    }
+}
+
+impl PacketFilter {
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+
+    /// Whether the frame matches every term (a frame that does not parse matches only
+    /// the empty filter).
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        if self.terms.is_empty() {
+            return true;
+        }
+        let Ok(meta) = wire::parse::parse(bytes) else { return false };
+        let (src, dst, l4) = match meta.net {
+            Net::Ipv4(ip) => (Some(ip.src), Some(ip.dst), ip.l4),
+            Net::Arp(a) => (Some(a.sender_ip), Some(a.target_ip), L4::Opaque),
+            _ => (None, None, L4::Opaque),
+        };
+        let is_arp = matches!(meta.net, Net::Arp(_));
+        let ports = match l4 {
+            L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port } => Some((src_port, dst_port)),
+            _ => None,
+        };
+        self.terms.iter().all(|t| match *t {
+            Term::Tcp => matches!(l4, L4::Tcp { .. }),
+            Term::Udp => matches!(l4, L4::Udp { .. }),
+            Term::Icmp => matches!(l4, L4::Icmpv4 { .. }),
+            Term::Arp => is_arp,
+            Term::Ip => matches!(meta.net, Net::Ipv4(_)),
+            Term::Host(a) => src == Some(a) || dst == Some(a),
+            Term::Src(a) => src == Some(a),
+            Term::Dst(a) => dst == Some(a),
+            Term::Port(p) => ports.is_some_and(|(s, d)| s == p || d == p),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::FramePool;
+    use crate::testing::{FrameSpec, arp_request, mac};
+
+    fn spec(filter: &str) -> CaptureSpec {
+        CaptureSpec {
+            port: Some(PortId(1)),
+            received: true,
+            sent: false,
+            drops: None,
+            filter: filter.parse().unwrap(),
+            snaplen: DEFAULT_SNAPLEN,
+            count: None,
+        }
+    }
+
+    fn udp(src: [u8; 4], dport: u16) -> Vec<u8> {
+        FrameSpec::udp(mac(1), mac(2), Ipv4Addr::from(src), Ipv4Addr::new(10, 0, 0, 9), 1000, dport)
+            .payload(&[7; 100])
+            .build()
+    }
+
+    #[test]
+    fn filters_read_like_tcpdump_and_refuse_what_they_do_not_know() {
+        let f: PacketFilter = "udp and host 10.0.0.1 and port 53".parse().unwrap();
+        assert!(f.matches(&udp([10, 0, 0, 1], 53)));
+        assert!(!f.matches(&udp([10, 0, 0, 2], 53)));
+        assert!(!f.matches(&udp([10, 0, 0, 1], 54)));
+        assert!(!f.matches(&[0u8; 5]), "a frame that does not parse matches no term");
+        assert!(PacketFilter::default().matches(&[0u8; 5]));
+        let arp: PacketFilter = "arp and dst 10.0.0.9".parse().unwrap();
+        assert!(arp.matches(&arp_request(mac(1), Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 9))));
+        for bad in ["tcp or udp", "host", "host 10.0.0", "port http", "tcp and", "bogus"] {
+            assert!(bad.parse::<PacketFilter>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_session_takes_what_it_asked_for_and_loses_copies_not_frames_when_full() {
+        let captures = Captures::default();
+        assert!(!captures.armed());
+        let s = captures.start(CaptureSpec { count: Some(3), ..spec("udp") });
+        assert!(captures.armed());
+        let mut pool = FramePool::standalone(2048);
+        let frames: Vec<Frame> = (0..5).map(|_| pool.copy_of(&udp([10, 0, 0, 1], 53)).unwrap()).collect();
+        captures.offer(PortId(2), CaptureDirection::Received, &frames);
+        captures.offer(PortId(1), CaptureDirection::Sent, &frames);
+        assert_eq!(s.taken(), 0, "another port, another direction");
+        captures.offer(PortId(1), CaptureDirection::Received, &frames);
+        let mut got = Vec::new();
+        s.take(&mut got);
+        assert_eq!((got.len(), s.taken(), s.is_done()), (3, 3, true));
+        captures.stop(&s);
+        assert!(!captures.armed());
+
+        let s = captures.start(CaptureSpec { snaplen: 64, ..spec("") });
+        for _ in 0..RING_FRAMES / frames.len() + 1 {
+            captures.offer(PortId(1), CaptureDirection::Received, &frames);
+        }
+        assert!(s.lost() > 0);
+        let mut got = Vec::new();
+        s.take(&mut got);
+        assert_eq!(got.len(), RING_FRAMES);
+        assert!(got.iter().all(|c| c.data.len() == 64 && c.wire_len as usize == frames[0].len()));
+    }
+
+    #[test]
+    fn drop_sessions_take_drops_of_their_reason_only() {
+        let captures = Captures::default();
+        let s = captures.start(CaptureSpec { drops: Some(Some(DropReason::SpoofedSourceIp)), ..spec("") });
+        let mut pool = FramePool::standalone(2048);
+        let f = pool.copy_of(&udp([10, 0, 0, 1], 53)).unwrap();
+        captures.offer_one(PortId(1), CaptureDirection::Received, &f);
+        captures.offer_one(PortId(1), CaptureDirection::Dropped(DropReason::SpoofedSourceMac), &f);
+        captures.offer_one(PortId(1), CaptureDirection::Dropped(DropReason::SpoofedSourceIp), &f);
+        let mut got = Vec::new();
+        s.take(&mut got);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].direction, CaptureDirection::Dropped(DropReason::SpoofedSourceIp));
+    }
+}
