@@ -5,7 +5,8 @@
 //! workers copy matching frames into the session's bounded ring and the control plane
 //! drains it. A worker never waits: a full ring loses the copy (counted in
 //! [`CaptureSession::lost`]), never the frame. With no session open the data path
-//! pays one load and one predictable branch per batch ([`Captures::armed`]).
+//! pays one load and one predictable branch per received batch and per transmitted
+//! batch ([`Captures::armed`]), and a test of a register on the drop path.
 //!
 //! Where frames are seen: received — as they arrive, before any stage rewrites them
 //! (frames that then fail to parse included); sent — as they leave through the

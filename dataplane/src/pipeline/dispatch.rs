@@ -2,7 +2,6 @@
 //! other port of its segment, the underlay (encapsulated) — with the offload work a
 //! port without offloads cannot do finished in software first.
 
-use super::StageObserver;
 use crate::drop_reason::DropReason;
 use crate::frame::{Frame, FramePool};
 use crate::ids::{NodeIndex, PortId};
@@ -68,7 +67,6 @@ impl TxBatches {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 #[inline]
 pub(super) fn dispatch(
     tables: &Tables,
@@ -78,7 +76,6 @@ pub(super) fn dispatch(
     verdict: Verdict,
     pool: &mut FramePool,
     out: &mut TxBatches,
-    obs: &mut impl StageObserver,
 ) {
     let reason = match verdict {
         Verdict::Forward(p) => match tables.port(p) {
@@ -90,29 +87,22 @@ pub(super) fn dispatch(
         },
         Verdict::Flood => match flood(tables, stats, ingress, frame, pool, out) {
             Ok(()) => return,
-            Err((frame, reason)) => return drop_frame(stats, ingress, frame, reason, pool, obs),
+            Err((frame, reason)) => {
+                stats.count_drop(ingress.id, reason);
+                return pool.put(frame);
+            }
         },
         Verdict::Overlay { node, entropy } => {
             match to_overlay(tables, stats, frame, node, entropy, pool, out) {
                 Ok(()) => return,
-                Err((frame, reason)) => return drop_frame(stats, ingress, frame, reason, pool, obs),
+                Err((frame, reason)) => {
+                    stats.count_drop(ingress.id, reason);
+                    return pool.put(frame);
+                }
             }
         }
         Verdict::Drop(reason) => reason,
     };
-    drop_frame(stats, ingress, frame, reason, pool, obs);
-}
-
-#[inline(always)]
-fn drop_frame(
-    stats: &WorkerStats,
-    ingress: &PortEntry,
-    frame: Frame,
-    reason: DropReason,
-    pool: &mut FramePool,
-    obs: &mut impl StageObserver,
-) {
-    obs.dropped(&frame, reason);
     stats.count_drop(ingress.id, reason);
     pool.put(frame);
 }
