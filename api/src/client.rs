@@ -163,12 +163,7 @@ impl Client {
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let (response, driver) = self.send(method, path, body).await?;
         let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .to_bytes();
+        let bytes = whole_body(response).await?;
         driver.abort();
         Ok((status, bytes))
     }
@@ -218,12 +213,7 @@ impl Client {
         let (response, driver) = started;
         let status = response.status();
         if !status.is_success() {
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-                .to_bytes();
+            let bytes = whole_body(response).await?;
             driver.abort();
             return Err(api_error(status, &bytes));
         }
@@ -244,6 +234,11 @@ impl Client {
         driver.abort();
         outcome
     }
+}
+
+async fn whole_body(response: hyper::Response<hyper::body::Incoming>) -> Result<Bytes, ClientError> {
+    let collected = response.into_body().collect().await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok(collected.to_bytes())
 }
 
 fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {

@@ -297,7 +297,11 @@ fn a_trace_names_the_endpoint_a_real_connection_then_reaches() {
     assert_eq!(spoofed_before, 0, "traces count nothing");
     // The table form names the stages.
     let text = s.node.ctl(&["trace", &client, "--dst", WEB_VIP]);
+    eprintln!("{text}");
     assert!(text.contains("service_nat") && text.contains("new flow of Service default/web:http"), "{text}");
+    let text = s.node.ctl(&["trace", &client, "--dst", WEB_VIP, "--src", "10.244.1.99"]);
+    eprintln!("{text}");
+    assert!(text.contains("DROPPED: spoofed_source_ip"), "{text}");
 }
 
 #[test]
