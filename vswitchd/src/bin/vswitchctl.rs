@@ -351,6 +351,7 @@ async fn run(args: Args) -> Result<(), ClientError> {
             println!("uplink:    {}", s.uplink.as_deref().unwrap_or("-"));
             println!("underlay:  {}", s.underlay.as_deref().unwrap_or("-"));
             println!("started:   {}", s.started.as_deref().unwrap_or("-"));
+            println!("captures:  {} open", s.captures_open);
             match &s.cluster {
                 None => println!("source:    files (Services and nodes)"),
                 Some(c) => {
