@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use harness::Node;
-use harness::testbed::{Scratch, Signal, unique_prefix, wait_until};
+use harness::testbed::{Scratch, Signal, unique_prefix, wait_until_every};
 use vswitch_api::Backend;
 
 fn ip(host: u8) -> Ipv4Addr {
@@ -96,28 +96,31 @@ fn hostile_frames_are_named_drops_and_other_pods_keep_talking() {
             || (reason == "tx_failed" && *n <= forwarded);
         assert!(explained, "unexplained {reason}: {n} ({forwarded} frames sent to be forwarded)");
     }
-    // The capture holds the same drops, each with its reason as the frame's comment.
-    // (All but a full transmit queue's drops, which the worker counts after the
-    // pipeline, where captures do not look.)
-    let total: u64 = drops.iter().filter(|(r, _)| r.as_str() != "tx_failed").map(|(_, n)| n).sum();
+    // The capture holds the same drops, each with its reason as the frame's comment
+    // (read as it grows: the pod's own chatter may add drops of other reasons).
+    let captured_by_reason = || {
+        let out = std::process::Command::new("tshark")
+            .args(["-r", &drops_file.display().to_string(), "-T", "fields", "-e", "frame.comment"])
+            .output()
+            .expect("tshark runs");
+        let mut captured: BTreeMap<String, u64> = BTreeMap::new();
+        for comment in String::from_utf8_lossy(&out.stdout).lines() {
+            let reason = comment.strip_prefix("dropped: ").and_then(|r| r.split(' ').next());
+            *captured
+                .entry(reason.unwrap_or_else(|| panic!("a drop's comment: {comment:?}")).to_string())
+                .or_default() += 1;
+        }
+        captured
+    };
+    let all_in = |c: &BTreeMap<String, u64>| wanted.iter().all(|(r, n)| c.get(r).copied().unwrap_or(0) >= *n);
     assert!(
-        wait_until(Duration::from_secs(10), || {
-            vswitch_api::capture_summary(&std::fs::read(&drops_file).unwrap_or_default()).0 >= total
-        }),
-        "the capture caught up with {total} drops"
+        wait_until_every(Duration::from_millis(300), Duration::from_secs(15), || all_in(
+            &captured_by_reason()
+        )),
+        "the capture caught up with the drops"
     );
     capture.signal(Signal::SIGINT);
-    let out = std::process::Command::new("tshark")
-        .args(["-r", &drops_file.display().to_string(), "-T", "fields", "-e", "frame.comment"])
-        .output()
-        .expect("tshark runs");
-    let mut captured: BTreeMap<String, u64> = BTreeMap::new();
-    for comment in String::from_utf8_lossy(&out.stdout).lines() {
-        let reason = comment.strip_prefix("dropped: ").and_then(|r| r.split(' ').next());
-        *captured
-            .entry(reason.unwrap_or_else(|| panic!("a drop's comment: {comment:?}")).to_string())
-            .or_default() += 1;
-    }
+    let captured = captured_by_reason();
     for (reason, n) in &wanted {
         assert_eq!(
             captured.get(reason).copied().unwrap_or(0),
