@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use crate::observe::{CaptureRequest, TraceRequest, TraceView};
+use crate::observe::{CaptureRequest, FlowsRequest, TraceRequest, TraceView};
 use crate::services::{ConntrackView, NodesView, ServicesView};
 use crate::types::{AttachRequest, DetachOutcome, ErrorBody, FdbEntry, PortInfo, Stats, Status};
 
@@ -198,16 +198,38 @@ impl Client {
         Ok((response, driver))
     }
 
+    /// Follows the flow log: each piece of the JSON-lines stream goes to `sink` as it
+    /// arrives, until the request's seconds are over or `sink` fails.
+    pub async fn flows(
+        &self,
+        req: &FlowsRequest,
+        sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.stream(Method::POST, "/v1/flows", body, sink).await
+    }
+
     /// Runs a capture: each piece of the pcapng stream goes to `sink` as it arrives,
     /// until the capture ends (its count or seconds) or `sink` fails. The client's
     /// timeout bounds the wait for the answer to start, not the capture.
     pub async fn capture(
         &self,
         req: &CaptureRequest,
-        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+        sink: impl FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), ClientError> {
         let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
-        let started = tokio::time::timeout(self.timeout, self.send(Method::POST, "/v1/capture", body))
+        self.stream(Method::POST, "/v1/capture", body, sink).await
+    }
+
+    /// A request whose answer streams: its pieces to `sink` as they come.
+    async fn stream(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), ClientError> {
+        let started = tokio::time::timeout(self.timeout, self.send(method, path, body))
             .await
             .map_err(|_| ClientError::Timeout { socket: self.socket.clone(), timeout: self.timeout })??;
         let (response, driver) = started;
@@ -226,7 +248,7 @@ impl Client {
                     if let Some(data) = frame.data_ref()
                         && let Err(e) = sink(data)
                     {
-                        break Err(ClientError::Local(format!("writing the capture: {e}")));
+                        break Err(ClientError::Local(format!("writing what {path} sent: {e}")));
                     }
                 }
             }

@@ -184,3 +184,54 @@ pub fn capture_summary(pcapng: &[u8]) -> (u64, u64) {
     }
     (frames, lost)
 }
+
+/// A flow log to follow (`POST /v1/flows`). The answer is a stream of JSON lines, one
+/// [`FlowEvent`] each (`application/x-ndjson`): a flow's `start` at its first packet,
+/// its `end` when it closed (FIN both ways or RST, a second later) or went idle.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowsRequest {
+    /// As for a capture; a flow matches if its packets as sent by the client, or as
+    /// translated to the endpoint, do.
+    #[serde(default)]
+    pub filter: String,
+    /// Stop after this many seconds (none: until the client goes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<u64>,
+    /// A flow without packets for this long ends (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_secs: Option<u64>,
+}
+
+/// A flow starting or ending.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowEvent {
+    /// `start` or `end`.
+    pub event: String,
+    /// `tcp`, `udp`, `icmp` or the protocol number.
+    pub protocol: String,
+    /// Who sent the first packet, `address:port`.
+    pub client: String,
+    /// What the client addressed (a Service's VIP or a pod), `address:port`.
+    pub server: String,
+    /// The endpoint a Service flow was translated to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The port the client's packets came in on, named as in stats.
+    pub client_port: String,
+    /// `forwarded`, or `dropped: reason`.
+    pub verdict: String,
+    pub start_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_unix_ms: Option<u64>,
+    /// Why it ended: `closed` (FIN both ways), `reset`, `idle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+    /// Packets and bytes from the client, and back (so far, for a start).
+    pub packets_out: u64,
+    pub packets_back: u64,
+    pub bytes_out: u64,
+    pub bytes_back: u64,
+}

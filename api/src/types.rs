@@ -155,6 +155,9 @@ pub struct Status {
     /// Captures open now (`vswitchctl capture` clients).
     #[serde(default)]
     pub captures_open: usize,
+    /// Flow logs followed now (`vswitchctl flows` clients).
+    #[serde(default)]
+    pub flow_logs_open: usize,
 }
 
 /// The Kubernetes watchers of a daemon in cluster mode.

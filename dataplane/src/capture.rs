@@ -1,5 +1,6 @@
 //! Capture: copies of the frames a port receives, sends or drops, for `vswitchctl
-//! capture`, taken inside the data path where it sees them.
+//! capture`, and sightings of packets for the flow log (`vswitchctl flows`), taken
+//! inside the data path where it sees them.
 //!
 //! The control plane starts a [`CaptureSession`] with what it wants ([`CaptureSpec`]);
 //! workers copy matching frames into the session's bounded ring and the control plane
@@ -24,6 +25,7 @@ use crossbeam_queue::ArrayQueue;
 use crate::drop_reason::DropReason;
 use crate::frame::Frame;
 use crate::ids::PortId;
+use crate::wire::parse::IPPROTO_ICMP;
 use crate::wire::{self, L4, Net};
 
 /// Copies a session holds at most before the reader takes them.
@@ -136,7 +138,7 @@ impl CaptureSession {
         if self.spec.count.is_none() {
             self.taken.fetch_add(1, Ordering::Relaxed);
         }
-        let unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let unix_ns = unix_ns();
         let kept = bytes.len().min(self.spec.snaplen);
         let copy =
             Captured { port, direction, unix_ns, wire_len: bytes.len() as u32, data: bytes[..kept].to_vec() };
@@ -151,8 +153,86 @@ impl CaptureSession {
 pub struct Captures {
     armed: AtomicBool,
     sessions: ArcSwap<Vec<Arc<CaptureSession>>>,
+    flows: ArcSwap<Vec<Arc<FlowWatch>>>,
     /// Serialises starts and stops (control plane only).
     changing: std::sync::Mutex<()>,
+}
+
+/// Sightings a flow watch holds at most before the reader takes them.
+pub const FLOW_RING: usize = 16384;
+
+/// One IPv4 packet as the flow log sees it: where it came in, its addresses and ports
+/// as received (before any Service translation), its size; or its drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sighting {
+    pub port: PortId,
+    pub unix_ns: u64,
+    pub protocol: u8,
+    pub src: Ipv4Addr,
+    pub src_port: u16,
+    pub dst: Ipv4Addr,
+    pub dst_port: u16,
+    pub len: u32,
+    pub tcp_flags: u8,
+    /// The packet was dropped for this reason (it was also sighted as received).
+    pub dropped: Option<DropReason>,
+}
+
+impl Sighting {
+    /// The sighting of `bytes` received on `port`, if it is IPv4.
+    fn of(port: PortId, bytes: &[u8], unix_ns: u64, dropped: Option<DropReason>) -> Option<Sighting> {
+        let Ok(meta) = wire::parse::parse(bytes) else { return None };
+        let Net::Ipv4(ip) = meta.net else { return None };
+        let (src_port, dst_port, tcp_flags) = match ip.l4 {
+            L4::Tcp { src_port, dst_port, flags } => (src_port, dst_port, flags),
+            L4::Udp { src_port, dst_port } => (src_port, dst_port, 0),
+            _ => (0, 0, 0),
+        };
+        Some(Sighting {
+            port,
+            unix_ns,
+            protocol: ip.protocol,
+            src: ip.src,
+            src_port,
+            dst: ip.dst,
+            dst_port,
+            len: bytes.len() as u32,
+            tcp_flags,
+            dropped,
+        })
+    }
+}
+
+/// An open flow log: sightings of every IPv4 packet received, and of every drop, for
+/// the control plane to make flows of.
+pub struct FlowWatch {
+    ring: ArrayQueue<Sighting>,
+    lost: AtomicU64,
+}
+
+impl FlowWatch {
+    /// At most `max` of the sightings waiting, oldest first.
+    pub fn take_up_to(&self, into: &mut Vec<Sighting>, max: usize) {
+        for _ in 0..max {
+            let Some(s) = self.ring.pop() else { break };
+            into.push(s);
+        }
+    }
+
+    /// Sightings lost to a full ring.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    fn push(&self, s: Sighting) {
+        if self.ring.push(s).is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Captures {
@@ -181,8 +261,36 @@ impl Captures {
     pub fn stop(&self, session: &Arc<CaptureSession>) {
         let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
         let now: Vec<_> = self.sessions.load().iter().filter(|s| !Arc::ptr_eq(s, session)).cloned().collect();
-        self.armed.store(!now.is_empty(), Ordering::Relaxed);
         self.sessions.store(Arc::new(now));
+        self.rearm();
+    }
+
+    /// Opens a flow log.
+    pub fn watch_flows(&self) -> Arc<FlowWatch> {
+        let watch = Arc::new(FlowWatch { ring: ArrayQueue::new(FLOW_RING), lost: AtomicU64::new(0) });
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut now = Vec::clone(&self.flows.load());
+        now.push(watch.clone());
+        self.flows.store(Arc::new(now));
+        self.armed.store(true, Ordering::Relaxed);
+        watch
+    }
+
+    pub fn unwatch_flows(&self, watch: &Arc<FlowWatch>) {
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let now: Vec<_> = self.flows.load().iter().filter(|w| !Arc::ptr_eq(w, watch)).cloned().collect();
+        self.flows.store(Arc::new(now));
+        self.rearm();
+    }
+
+    /// Flow logs open now.
+    pub fn flow_watches(&self) -> usize {
+        self.flows.load().len()
+    }
+
+    fn rearm(&self) {
+        let any = !self.sessions.load().is_empty() || !self.flows.load().is_empty();
+        self.armed.store(any, Ordering::Relaxed);
     }
 
     /// Open sessions now.
@@ -200,6 +308,22 @@ impl Captures {
         for s in sessions.iter() {
             for f in frames {
                 s.offer(port, direction, f.data());
+            }
+        }
+        let dropped = match direction {
+            CaptureDirection::Sent => return,
+            CaptureDirection::Received => None,
+            CaptureDirection::Dropped(r) => Some(r),
+        };
+        let watches = self.flows.load();
+        if watches.is_empty() {
+            return;
+        }
+        let now = unix_ns();
+        for f in frames {
+            let Some(sighting) = Sighting::of(port, f.data(), now, dropped) else { continue };
+            for w in watches.iter() {
+                w.push(sighting);
             }
         }
     }
@@ -288,23 +412,70 @@ impl PacketFilter {
             Net::Arp(a) => (Some(a.sender_ip), Some(a.target_ip), L4::Opaque),
             _ => (None, None, L4::Opaque),
         };
-        let is_arp = matches!(meta.net, Net::Arp(_));
         let ports = match l4 {
             L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port } => Some((src_port, dst_port)),
             _ => None,
         };
-        self.terms.iter().all(|t| match *t {
-            Term::Tcp => matches!(l4, L4::Tcp { .. }),
-            Term::Udp => matches!(l4, L4::Udp { .. }),
-            Term::Icmp => matches!(l4, L4::Icmpv4 { .. }),
-            Term::Arp => is_arp,
-            Term::Ip => matches!(meta.net, Net::Ipv4(_)),
-            Term::Host(a) => src == Some(a) || dst == Some(a),
-            Term::Src(a) => src == Some(a),
-            Term::Dst(a) => dst == Some(a),
-            Term::Port(p) => ports.is_some_and(|(s, d)| s == p || d == p),
+        let protocol = match l4 {
+            L4::Tcp { .. } => Some(wire::parse::IPPROTO_TCP),
+            L4::Udp { .. } => Some(wire::parse::IPPROTO_UDP),
+            L4::Icmpv4 { .. } => Some(IPPROTO_ICMP),
+            _ => None,
+        };
+        let packet = Fields {
+            arp: matches!(meta.net, Net::Arp(_)),
+            ip: matches!(meta.net, Net::Ipv4(_)),
+            protocol,
+            src,
+            dst,
+            ports,
+        };
+        self.matches_fields(&packet)
+    }
+
+    /// Whether an IPv4 flow with these addresses and ports (zero for ICMP) matches.
+    pub fn matches_flow(
+        &self,
+        protocol: u8,
+        src: Ipv4Addr,
+        src_port: u16,
+        dst: Ipv4Addr,
+        dst_port: u16,
+    ) -> bool {
+        let ported = protocol == wire::parse::IPPROTO_TCP || protocol == wire::parse::IPPROTO_UDP;
+        self.matches_fields(&Fields {
+            arp: false,
+            ip: true,
+            protocol: Some(protocol),
+            src: Some(src),
+            dst: Some(dst),
+            ports: ported.then_some((src_port, dst_port)),
         })
     }
+
+    fn matches_fields(&self, f: &Fields) -> bool {
+        self.terms.iter().all(|t| match *t {
+            Term::Tcp => f.protocol == Some(wire::parse::IPPROTO_TCP),
+            Term::Udp => f.protocol == Some(wire::parse::IPPROTO_UDP),
+            Term::Icmp => f.protocol == Some(IPPROTO_ICMP),
+            Term::Arp => f.arp,
+            Term::Ip => f.ip,
+            Term::Host(a) => f.src == Some(a) || f.dst == Some(a),
+            Term::Src(a) => f.src == Some(a),
+            Term::Dst(a) => f.dst == Some(a),
+            Term::Port(p) => f.ports.is_some_and(|(s, d)| s == p || d == p),
+        })
+    }
+}
+
+/// What a filter looks at.
+struct Fields {
+    arp: bool,
+    ip: bool,
+    protocol: Option<u8>,
+    src: Option<Ipv4Addr>,
+    dst: Option<Ipv4Addr>,
+    ports: Option<(u16, u16)>,
 }
 
 #[cfg(test)]
@@ -373,6 +544,32 @@ mod tests {
         s.take(&mut got);
         assert_eq!(got.len(), RING_FRAMES);
         assert!(got.iter().all(|c| c.data.len() == 64 && c.wire_len as usize == frames[0].len()));
+    }
+
+    #[test]
+    fn flow_watches_see_every_ipv4_packet_received_and_every_drop() {
+        let captures = Captures::default();
+        let watch = captures.watch_flows();
+        assert!(captures.armed());
+        let mut pool = FramePool::standalone(2048);
+        let f = pool.copy_of(&udp([10, 0, 0, 1], 53)).unwrap();
+        let arp = pool
+            .copy_of(&arp_request(mac(1), Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 9)))
+            .unwrap();
+        captures.offer(PortId(4), CaptureDirection::Received, &[f, arp]);
+        let f = pool.copy_of(&udp([10, 0, 0, 1], 53)).unwrap();
+        captures.offer_one(PortId(4), CaptureDirection::Dropped(DropReason::SpoofedSourceIp), &f);
+        captures.offer_one(PortId(4), CaptureDirection::Sent, &f);
+        let mut seen = Vec::new();
+        watch.take_up_to(&mut seen, 10);
+        assert_eq!(seen.len(), 2, "the UDP packet and its drop; not ARP, not what is sent");
+        assert_eq!((seen[0].src, seen[0].dst_port, seen[0].dropped), (Ipv4Addr::new(10, 0, 0, 1), 53, None));
+        assert_eq!(seen[1].dropped, Some(DropReason::SpoofedSourceIp));
+        captures.unwatch_flows(&watch);
+        assert!(!captures.armed());
+        let f: PacketFilter = "udp and port 53 and host 10.0.0.9".parse().unwrap();
+        assert!(f.matches_flow(17, Ipv4Addr::new(10, 0, 0, 1), 999, Ipv4Addr::new(10, 0, 0, 9), 53));
+        assert!(!f.matches_flow(6, Ipv4Addr::new(10, 0, 0, 1), 999, Ipv4Addr::new(10, 0, 0, 9), 53));
     }
 
     #[test]

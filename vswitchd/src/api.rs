@@ -18,8 +18,8 @@ use axum::routing::get;
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 use vswitch_api::{
-    AttachRequest, CaptureRequest, ConntrackView, DetachOutcome, ErrorBody, FdbEntry, NodesView, PortStats,
-    ServicesView, Stats, Status, TraceRequest, TraceView, WorkerStats, codes,
+    AttachRequest, CaptureRequest, ConntrackView, DetachOutcome, ErrorBody, FdbEntry, FlowsRequest,
+    NodesView, PortStats, ServicesView, Stats, Status, TraceRequest, TraceView, WorkerStats, codes,
 };
 
 use super::ports::AttachError;
@@ -110,11 +110,12 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/v1/conntrack", get(conntrack))
         .route("/v1/trace", axum::routing::post(trace))
         .route("/v1/capture", axum::routing::post(capture))
+        .route("/v1/flows", axum::routing::post(flows))
         .fallback(|| async {
             ApiError::new(
                 404,
                 codes::NOT_FOUND,
-                "no such route; see /v1/status, /v1/ports, /v1/fdb, /v1/stats, /v1/services, /v1/conntrack, /v1/nodes, /v1/trace, /v1/capture",
+                "no such route; see /v1/status, /v1/ports, /v1/fdb, /v1/stats, /v1/services, /v1/conntrack, /v1/nodes, /v1/trace, /v1/capture, /v1/flows",
             )
         })
         .method_not_allowed_fallback(|| async {
@@ -143,6 +144,7 @@ async fn status(State(s): State<Shared>) -> axum::Json<Status> {
         cluster: s.cluster.as_ref().map(|c| c.get()),
         started: Some(m.started().to_string()),
         captures_open: m.datapath().captures().len(),
+        flow_logs_open: m.datapath().captures().flow_watches(),
     })
 }
 
@@ -249,6 +251,13 @@ async fn capture(
     let opened = super::capture::open(&*s.switch.lock().await, &req)?;
     let body = axum::body::Body::from_stream(super::capture::stream(opened, s.version));
     Ok(([(axum::http::header::CONTENT_TYPE, "application/x-pcapng")], body).into_response())
+}
+
+/// Answers with the flow log's JSON lines once it is open.
+async fn flows(State(s): State<Shared>, JsonBody(req): JsonBody<FlowsRequest>) -> Result<Response, ApiError> {
+    let following = super::flows::open(&*s.switch.lock().await, &req)?;
+    let body = axum::body::Body::from_stream(super::flows::stream(following));
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
 async fn fdb(State(s): State<Shared>) -> axum::Json<Vec<FdbEntry>> {

@@ -7,7 +7,7 @@
 //! [`snapshot`]), the Services ([`services`], built by the [`catalog`] from the
 //! [`services_file`] or the cluster) and the other nodes ([`nodes`], from the config,
 //! the [`nodes_file`] or the cluster); [`cluster`] watches the Kubernetes API; [`trace`]
-//! answers packet traces and [`capture`] streams captures. All of
+//! answers packet traces, [`capture`] streams captures and [`flows`] the flow log. All of
 //! it builds `vswitch_dataplane::tables::Tables` snapshots and drives the
 //! `vswitch_dataplane::datapath::Datapath`; nothing in the data plane imports from
 //! here. [`daemon`] wires it together.
@@ -22,6 +22,7 @@ mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+mod flows;
 mod metrics;
 mod nodes;
 mod nodes_file;

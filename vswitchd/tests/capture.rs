@@ -110,9 +110,9 @@ fn bad_capture_requests_fail_before_anything_starts() {
     assert_eq!(captures_open(&node), 0, "nothing started");
 }
 
-/// A client that asks for a capture of everything and reads nothing for 30 s while
-/// traffic flows: the daemon keeps at most its ring, loses copies (counted in the
-/// stream's end), and the pods' traffic loses nothing.
+/// A client that asks for a capture of everything, and another for the flow log, and
+/// both read nothing for 30 s while traffic flows: the daemon keeps at most its rings,
+/// loses copies (counted in the capture's end), and the pods' traffic loses nothing.
 #[test]
 #[ignore = "needs root: scripts/test.sh runs it"]
 fn a_capture_client_that_reads_nothing_does_not_grow_the_daemon() {
@@ -129,6 +129,16 @@ fn a_capture_client_that_reads_nothing_does_not_grow_the_daemon() {
     )
     .expect("request sent");
     assert!(wait_until(Duration::from_secs(5), || captures_open(&node) == 1));
+    // And a flow log nobody reads, beside it.
+    let mut flows_conn = UnixStream::connect(&node.socket).expect("API socket");
+    write!(
+        flows_conn,
+        "POST /v1/flows HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request sent");
+    let flow_logs = || node.api(|c| async move { c.status().await }).expect("status").flow_logs_open;
+    assert!(wait_until(Duration::from_secs(5), || flow_logs() == 1));
     // About 30 s of 1000-byte UDP at 5000 packets a second: 150 000 frames each way.
     let _server = b.ns.spawn(&["iperf3", "-s", "-1", "-p", "5201"]);
     assert!(wait_until(Duration::from_secs(5), || b.ns.ok(&["ss", "-ltn"]).contains(":5201")));
@@ -166,6 +176,13 @@ fn a_capture_client_that_reads_nothing_does_not_grow_the_daemon() {
     assert!(lost > 0, "copies were lost ({frames} written)");
     assert!(frames < 20_000, "what waited was bounded: {frames} frames");
     assert!(wait_until(Duration::from_secs(5), || captures_open(&node) == 0));
+    // The flow log ends at its 30 s too, with the iperf3 flow in it.
+    flows_conn.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let mut answer = Vec::new();
+    let _ = flows_conn.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains(&format!("\"server\":\"{}:5201\"", b.ip)), "{}", &text[..text.len().min(2000)]);
+    assert!(wait_until(Duration::from_secs(5), || flow_logs() == 0));
 }
 
 /// The body of an HTTP/1.1 chunked answer.

@@ -304,6 +304,62 @@ fn a_trace_names_the_endpoint_a_real_connection_then_reaches() {
     assert!(text.contains("DROPPED: spoofed_source_ip"), "{text}");
 }
 
+/// `vswitchctl flows` sees a Service connection start and end: the Service, the
+/// endpoint that answered, packets both ways, closed by FIN.
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn the_flow_log_shows_a_service_connection_from_open_to_close() {
+    let s = setup("svf", "", Backend::Tap);
+    let socket = s.node.socket.display().to_string();
+    let mut cmd = std::process::Command::new(harness::vswitchctl());
+    cmd.args(["--socket", &socket, "--json", "flows", "--seconds", "6", "tcp", "and", "port", "80"]);
+    let mut log =
+        Process::spawn(cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()))
+            .expect("vswitchctl starts");
+    let following = || s.node.api(|c| async move { c.status().await }).expect("status").flow_logs_open == 1;
+    assert!(wait_until(Duration::from_secs(5), following), "the flow log is open");
+    let greeting = tool_json(&s.client, &["greet", WEB_VIP, "80", "42000"]);
+    let name =
+        greeting["greeting"].as_str().expect("a greeting").split_whitespace().next().unwrap().to_string();
+    let endpoint = match name.as_str() {
+        "a" => ip(11),
+        "b" => ip(12),
+        _ => ip(13),
+    };
+    let out = log.wait_output(Duration::from_secs(15)).expect("the flow log ends at its seconds");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<vswitch_api::FlowEvent> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|e: &vswitch_api::FlowEvent| e.client == "10.244.1.20:42000")
+        .collect();
+    eprintln!("{events:#?}");
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(kinds, ["start", "end"], "{events:#?}");
+    for e in &events {
+        assert_eq!(e.server, format!("{WEB_VIP}:80"));
+        assert_eq!(e.service.as_deref(), Some("default/web:http"));
+        assert_eq!(
+            e.endpoint.as_deref(),
+            Some(format!("{endpoint}:8080").as_str()),
+            "the endpoint that answered"
+        );
+        assert_eq!(e.verdict, "forwarded");
+        assert_eq!(
+            e.client_port,
+            s.node.stats().ports.iter().find(|p| p.id == s.client.port.id).unwrap().name
+        );
+    }
+    let end = &events[1];
+    assert_eq!(end.end_reason.as_deref(), Some("closed"), "{end:#?}");
+    assert!(
+        end.packets_out >= 4 && end.packets_back >= 3,
+        "SYN, ACK, FIN, ACK out; SYN-ACK, data, FIN back: {end:#?}"
+    );
+    assert!(end.bytes_back > end.packets_back * 54, "the greeting came back: {end:#?}");
+    assert!(wait_until(Duration::from_secs(5), || !following()), "the log closed at its end");
+}
+
 #[test]
 #[ignore = "needs root: scripts/test.sh runs it"]
 fn session_affinity_pins_a_client_and_hairpin_comes_back() {

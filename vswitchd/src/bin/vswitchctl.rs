@@ -128,6 +128,22 @@ enum Cmd {
         #[arg(short = 'w', long = "write", value_name = "FILE")]
         file: PathBuf,
     },
+    /// Flows as they start and end (as `hubble observe`): 5-tuple, the client's port,
+    /// Service and endpoint, verdict, packets and bytes each way. Observes only while
+    /// it runs.
+    Flows {
+        /// Until Ctrl-C; without it, for --seconds.
+        #[arg(long)]
+        follow: bool,
+        /// How long without --follow.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// A flow without packets for this long ends.
+        #[arg(long)]
+        idle: Option<u64>,
+        /// tcpdump-like terms joined by `and` (as for capture), e.g. `tcp and port 80`.
+        filter: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -275,6 +291,28 @@ async fn capture(
     Ok(())
 }
 
+/// A flow event in one line.
+fn flow_line(e: &vswitch_api::FlowEvent) -> String {
+    let via = match (&e.service, &e.endpoint) {
+        (Some(s), Some(ep)) => format!(" => {ep} (Service {s})"),
+        _ => String::new(),
+    };
+    let end = e.end_reason.as_deref().map(|r| format!(" {r}")).unwrap_or_default();
+    format!(
+        "{:<5} {} {} -> {}{via} from {}: {}, out {} pkts {} B, back {} pkts {} B{end}",
+        e.event,
+        e.protocol,
+        e.client,
+        e.server,
+        e.client_port,
+        e.verdict,
+        e.packets_out,
+        e.bytes_out,
+        e.packets_back,
+        e.bytes_back
+    )
+}
+
 fn print_trace(t: &vswitch_api::TraceView) {
     println!("into port {} ({})", t.in_port, t.in_port_name);
     if t.parsed.is_empty() {
@@ -351,7 +389,7 @@ async fn run(args: Args) -> Result<(), ClientError> {
             println!("uplink:    {}", s.uplink.as_deref().unwrap_or("-"));
             println!("underlay:  {}", s.underlay.as_deref().unwrap_or("-"));
             println!("started:   {}", s.started.as_deref().unwrap_or("-"));
-            println!("captures:  {} open", s.captures_open);
+            println!("captures:  {} open, flow logs: {} followed", s.captures_open, s.flow_logs_open);
             match &s.cluster {
                 None => println!("source:    files (Services and nodes)"),
                 Some(c) => {
@@ -621,6 +659,31 @@ async fn run(args: Args) -> Result<(), ClientError> {
                 snaplen,
             };
             return capture(&client, &req, &file).await;
+        }
+        Cmd::Flows { follow, seconds, idle, filter } => {
+            let req = vswitch_api::FlowsRequest {
+                filter: filter.join(" "),
+                seconds: (!follow).then_some(seconds),
+                idle_secs: idle,
+            };
+            let json = args.json;
+            let mut pending = Vec::new();
+            let mut out = std::io::stdout().lock();
+            client
+                .flows(&req, |piece| {
+                    use std::io::Write;
+                    pending.extend_from_slice(piece);
+                    while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=end).collect();
+                        if json {
+                            out.write_all(&line)?;
+                        } else if let Ok(e) = serde_json::from_slice::<vswitch_api::FlowEvent>(&line) {
+                            writeln!(out, "{}", flow_line(&e))?;
+                        }
+                    }
+                    out.flush()
+                })
+                .await?;
         }
         Cmd::Conntrack { limit } => {
             let ct = client.conntrack(limit).await?;
