@@ -92,10 +92,7 @@ impl CaptureSession {
 
     /// At most `max` of the copies waiting, oldest first.
     pub fn take_up_to(&self, into: &mut Vec<Captured>, max: usize) {
-        for _ in 0..max {
-            let Some(c) = self.ring.pop() else { break };
-            into.push(c);
-        }
+        drain(&self.ring, into, max);
     }
 
     /// Copies taken so far (up to the spec's count).
@@ -129,14 +126,14 @@ impl CaptureSession {
         if !self.wants(port, direction) || !self.spec.filter.matches(bytes) {
             return;
         }
+        // Checked first so a finished session stops counting; the add decides between
+        // workers racing for the last copy.
         if self.is_done() {
             return;
         }
-        if self.spec.count.is_some_and(|n| self.taken.fetch_add(1, Ordering::Relaxed) >= n) {
+        let before = self.taken.fetch_add(1, Ordering::Relaxed);
+        if self.spec.count.is_some_and(|n| before >= n) {
             return;
-        }
-        if self.spec.count.is_none() {
-            self.taken.fetch_add(1, Ordering::Relaxed);
         }
         let unix_ns = unix_ns();
         let kept = bytes.len().min(self.spec.snaplen);
@@ -213,10 +210,7 @@ pub struct FlowWatch {
 impl FlowWatch {
     /// At most `max` of the sightings waiting, oldest first.
     pub fn take_up_to(&self, into: &mut Vec<Sighting>, max: usize) {
-        for _ in 0..max {
-            let Some(s) = self.ring.pop() else { break };
-            into.push(s);
-        }
+        drain(&self.ring, into, max);
     }
 
     /// Sightings lost to a full ring.
@@ -231,8 +225,30 @@ impl FlowWatch {
     }
 }
 
-fn unix_ns() -> u64 {
+/// Nanoseconds since the Unix epoch (the time captures and sightings carry).
+pub fn unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Moves at most `max` items from `ring` into `into`, oldest first.
+fn drain<T>(ring: &ArrayQueue<T>, into: &mut Vec<T>, max: usize) {
+    for _ in 0..max {
+        let Some(item) = ring.pop() else { break };
+        into.push(item);
+    }
+}
+
+/// `list` with `item` added (control plane only; workers see the new list next batch).
+fn with_added<T>(list: &ArcSwap<Vec<Arc<T>>>, item: Arc<T>) {
+    let mut now = Vec::clone(&list.load());
+    now.push(item);
+    list.store(Arc::new(now));
+}
+
+/// `list` without `item`.
+fn with_removed<T>(list: &ArcSwap<Vec<Arc<T>>>, item: &Arc<T>) {
+    let now: Vec<_> = list.load().iter().filter(|i| !Arc::ptr_eq(i, item)).cloned().collect();
+    list.store(Arc::new(now));
 }
 
 impl Captures {
@@ -251,17 +267,14 @@ impl Captures {
             lost: AtomicU64::new(0),
         });
         let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
-        let mut now = Vec::clone(&self.sessions.load());
-        now.push(session.clone());
-        self.sessions.store(Arc::new(now));
-        self.armed.store(true, Ordering::Relaxed);
+        with_added(&self.sessions, session.clone());
+        self.rearm();
         session
     }
 
     pub fn stop(&self, session: &Arc<CaptureSession>) {
         let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
-        let now: Vec<_> = self.sessions.load().iter().filter(|s| !Arc::ptr_eq(s, session)).cloned().collect();
-        self.sessions.store(Arc::new(now));
+        with_removed(&self.sessions, session);
         self.rearm();
     }
 
@@ -269,17 +282,14 @@ impl Captures {
     pub fn watch_flows(&self) -> Arc<FlowWatch> {
         let watch = Arc::new(FlowWatch { ring: ArrayQueue::new(FLOW_RING), lost: AtomicU64::new(0) });
         let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
-        let mut now = Vec::clone(&self.flows.load());
-        now.push(watch.clone());
-        self.flows.store(Arc::new(now));
-        self.armed.store(true, Ordering::Relaxed);
+        with_added(&self.flows, watch.clone());
+        self.rearm();
         watch
     }
 
     pub fn unwatch_flows(&self, watch: &Arc<FlowWatch>) {
         let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
-        let now: Vec<_> = self.flows.load().iter().filter(|w| !Arc::ptr_eq(w, watch)).cloned().collect();
-        self.flows.store(Arc::new(now));
+        with_removed(&self.flows, watch);
         self.rearm();
     }
 

@@ -56,6 +56,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// `400 invalid_request`: a request the daemon cannot act on, saying why.
+    pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, codes::INVALID_REQUEST, message)
+    }
+}
+
 impl From<AttachError> for ApiError {
     fn from(e: AttachError) -> ApiError {
         let (status, code) = e.code();

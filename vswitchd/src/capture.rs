@@ -9,14 +9,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use futures::Stream;
-use vswitch_api::{CaptureRequest, CaptureWay, codes};
+use vswitch_api::{CaptureRequest, CaptureWay};
 use vswitch_dataplane::capture::{
     CaptureDirection, CaptureSession, CaptureSpec, Captured, Captures, DEFAULT_SNAPLEN, MAX_SNAPLEN,
-    PacketFilter,
+    PacketFilter, unix_ns,
 };
 use vswitch_dataplane::drop_reason::DropReason;
 use vswitch_dataplane::ids::PortId;
@@ -39,23 +39,26 @@ pub(crate) struct Opened {
 
 /// Checks `req` and opens the capture; nothing starts if any part of it is wrong.
 pub(crate) fn open(switch: &Switch, req: &CaptureRequest) -> Result<Opened, ApiError> {
-    let invalid = |m: String| ApiError::new(400, codes::INVALID_REQUEST, m);
     let port = match &req.port {
         Some(name) => Some(super::trace::resolve_port(switch, name)?.0),
         None => None,
     };
-    let filter: PacketFilter = req.filter.parse().map_err(|e| invalid(format!("filter: {e}")))?;
+    let filter = parse_filter(&req.filter)?;
     let drops = match (&req.drop_reason, req.drops) {
         (None, false) => None,
         (None, true) => Some(None),
         (Some(name), _) => match DropReason::ALL.iter().find(|r| r.name() == name) {
             Some(r) => Some(Some(*r)),
-            None => return Err(invalid(format!("drop_reason: no reason {name:?} (see `vswitchctl stats`)"))),
+            None => {
+                return Err(ApiError::invalid(format!(
+                    "drop_reason: no reason {name:?} (see `vswitchctl stats`)"
+                )));
+            }
         },
     };
     let snaplen = req.snaplen.unwrap_or(DEFAULT_SNAPLEN);
     if !(64..=MAX_SNAPLEN).contains(&snaplen) {
-        return Err(invalid(format!("snaplen {snaplen}: 64..={MAX_SNAPLEN}")));
+        return Err(ApiError::invalid(format!("snaplen {snaplen}: 64..={MAX_SNAPLEN}")));
     }
     let spec = CaptureSpec {
         port,
@@ -75,6 +78,11 @@ pub(crate) fn open(switch: &Switch, req: &CaptureRequest) -> Result<Opened, ApiE
         names: switch.port_names(),
         deadline: req.seconds.map(|s| Instant::now() + Duration::from_secs(s)),
     })
+}
+
+/// A capture's or a flow log's filter, or why it does not parse.
+pub(crate) fn parse_filter(text: &str) -> Result<PacketFilter, ApiError> {
+    text.parse().map_err(|e| ApiError::invalid(format!("filter: {e}")))
 }
 
 /// The pcapng stream of an opened capture.
@@ -260,7 +268,7 @@ fn packet(out: &mut Vec<u8>, interface: u32, c: &Captured) {
 }
 
 fn statistics(out: &mut Vec<u8>, interface: u32, taken: u64, lost: u64) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let now = unix_ns();
     let mut body = Vec::new();
     body.extend_from_slice(&interface.to_le_bytes());
     timestamp(&mut body, now);

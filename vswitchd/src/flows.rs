@@ -14,12 +14,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use futures::Stream;
-use vswitch_api::{FlowEvent, FlowsRequest, codes};
-use vswitch_dataplane::capture::{Captures, FlowWatch, PacketFilter, Sighting};
+use vswitch_api::{FlowEvent, FlowsRequest};
+use vswitch_dataplane::capture::{Captures, FlowWatch, PacketFilter, Sighting, unix_ns};
 use vswitch_dataplane::datapath::Datapath;
 use vswitch_dataplane::ids::PortId;
 use vswitch_dataplane::tables::Tables;
@@ -52,8 +52,7 @@ pub(crate) struct Following {
 }
 
 pub(crate) fn open(switch: &Switch, req: &FlowsRequest) -> Result<Following, ApiError> {
-    let filter: PacketFilter =
-        req.filter.parse().map_err(|e| ApiError::new(400, codes::INVALID_REQUEST, format!("filter: {e}")))?;
+    let filter = super::capture::parse_filter(&req.filter)?;
     let dp: &Datapath = switch.datapath();
     let captures = dp.captures().clone();
     Ok(Following {
@@ -87,6 +86,8 @@ struct Log {
 
 struct Flow {
     event: FlowEvent,
+    /// Its key in `Log::by_reply`.
+    reply: Tuple,
     last_ns: u64,
     /// FIN seen from the client, from the server.
     fin: [bool; 2],
@@ -118,7 +119,7 @@ impl Log {
                 }
             }
             self.taken = taken;
-            events.extend(self.expire(now_ns()));
+            events.extend(self.expire(unix_ns()));
             if !events.is_empty() {
                 let mut out = Vec::new();
                 for e in &events {
@@ -235,8 +236,10 @@ impl Log {
             bytes_back: 0,
         };
         self.by_reply.insert(reply, orig);
-        self.flows
-            .insert(orig, Flow { event, last_ns: at_ns, fin: [false; 2], closed_ns: None, reset: false });
+        self.flows.insert(
+            orig,
+            Flow { event, reply, last_ns: at_ns, fin: [false; 2], closed_ns: None, reset: false },
+        );
     }
 
     /// The name of the port whose pod owns `ip`, or the address.
@@ -264,7 +267,7 @@ impl Log {
         let mut ended = Vec::new();
         for key in done {
             let Some(flow) = self.flows.remove(&key) else { continue };
-            self.by_reply.retain(|_, orig| *orig != key);
+            self.by_reply.remove(&flow.reply);
             let mut e = flow.event;
             e.event = "end".into();
             e.end_unix_ms = Some(flow.last_ns / 1_000_000);
@@ -289,10 +292,6 @@ fn protocol_name(p: u8) -> String {
         1 => "icmp".into(),
         other => other.to_string(),
     }
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]

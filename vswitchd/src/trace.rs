@@ -26,10 +26,13 @@ pub(crate) fn run(switch: &Switch, req: &TraceRequest) -> Result<TraceView, ApiE
     let bytes = match (&req.hex, &req.packet) {
         (Some(hex), None) => decode_hex(hex)?,
         (None, Some(packet)) => build(&dp.tables(), in_port, packet)?,
-        _ => return Err(invalid("give the frame as either `hex` or `packet`")),
+        _ => return Err(ApiError::invalid("give the frame as either `hex` or `packet`")),
     };
     if bytes.len() > MAX_TRACE_FRAME {
-        return Err(invalid(format!("a frame of {} bytes; at most {MAX_TRACE_FRAME}", bytes.len())));
+        return Err(ApiError::invalid(format!(
+            "a frame of {} bytes; at most {MAX_TRACE_FRAME}",
+            bytes.len()
+        )));
     }
     Ok(view(dp, in_port, in_port_name, &bytes))
 }
@@ -114,15 +117,15 @@ fn build(tables: &Tables, in_port: PortId, p: &TracePacket) -> Result<Vec<u8>, A
     let port = tables.port(in_port);
     let src_mac = match &p.src_mac {
         Some(m) => parse_mac(m)?,
-        None => {
-            port.and_then(|e| e.mac).ok_or_else(|| invalid("the port has no MAC of its own: give src_mac"))?
-        }
+        None => port
+            .and_then(|e| e.mac)
+            .ok_or_else(|| ApiError::invalid("the port has no MAC of its own: give src_mac"))?,
     };
     let src_ip = match p.src_ip {
         Some(ip) => ip,
         None => port
             .and_then(|e| e.ipv4.first().copied())
-            .ok_or_else(|| invalid("the port has no IPv4 address of its own: give src_ip"))?,
+            .ok_or_else(|| ApiError::invalid("the port has no IPv4 address of its own: give src_ip"))?,
     };
     let segment = port.map(|e| e.segment);
     if p.protocol == TraceProtocol::Arp {
@@ -135,7 +138,7 @@ fn build(tables: &Tables, in_port: PortId, p: &TracePacket) -> Result<Vec<u8>, A
     let dst_mac = match &p.dst_mac {
         Some(m) => parse_mac(m)?,
         None => next_hop_mac(tables, segment, p.dst_ip).ok_or_else(|| {
-            invalid("no owner of dst_ip and no gateway in the port's segment: give dst_mac")
+            ApiError::invalid("no owner of dst_ip and no gateway in the port's segment: give dst_mac")
         })?,
     };
     let (sport, dport) = (p.src_port.unwrap_or(40000), p.dst_port.unwrap_or(80));
@@ -173,36 +176,33 @@ fn tcp_flags(letters: &str) -> Result<u8, ApiError> {
             'P' => 0x08,
             '.' | 'A' => 0x10,
             'U' => 0x20,
-            _ => return Err(invalid(format!("tcp_flags: {c:?} is none of F S R P . U"))),
+            _ => return Err(ApiError::invalid(format!("tcp_flags: {c:?} is none of F S R P . U"))),
         };
         Ok(flags | bit)
     })
 }
 
 fn parse_mac(s: &str) -> Result<MacAddr, ApiError> {
-    s.parse().map_err(|_| invalid(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")))
+    s.parse().map_err(|_| ApiError::invalid(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")))
 }
 
 fn decode_hex(s: &str) -> Result<Vec<u8>, ApiError> {
     let digits: Vec<u8> = s.bytes().filter(|b| !matches!(b, b' ' | b':' | b'\n' | b'\t' | b'\r')).collect();
     if !digits.len().is_multiple_of(2) {
-        return Err(invalid("hex: an odd number of digits"));
+        return Err(ApiError::invalid("hex: an odd number of digits"));
     }
     digits
         .chunks(2)
         .map(|pair| {
             let pair = std::str::from_utf8(pair).unwrap_or("??");
-            u8::from_str_radix(pair, 16).map_err(|_| invalid(format!("hex: {pair:?} is not a byte")))
+            u8::from_str_radix(pair, 16)
+                .map_err(|_| ApiError::invalid(format!("hex: {pair:?} is not a byte")))
         })
         .collect()
 }
 
 fn encode_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(400, codes::INVALID_REQUEST, message)
 }
 
 #[cfg(test)]
