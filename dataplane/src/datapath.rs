@@ -676,8 +676,13 @@ mod tests {
             assert_eq!(
                 handles[3].sent_count() + handles[0].pending_rx() as u64,
                 injected,
-                "round {round}: sent or waiting ({} dropped)",
-                dp.stats().total_drops()
+                "round {round}: sent or waiting ({} dropped: {:?})",
+                dp.stats().total_drops(),
+                DropReason::ALL
+                    .iter()
+                    .map(|r| (r.name(), dp.stats().drops_of(*r)))
+                    .filter(|(_, n)| *n > 0)
+                    .collect::<Vec<_>>()
             );
             for (worker, queues) in taken.into_iter().enumerate() {
                 for (port, q) in queues {
