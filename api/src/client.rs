@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use crate::observe::{CaptureRequest, FlowsRequest, TraceRequest, TraceView};
+use crate::observe::{CaptureRequest, FlowsRequest, LiveTraceRequest, TraceRequest, TraceView};
 use crate::services::{ConntrackView, NodesView, ServicesView};
 use crate::types::{AttachRequest, DetachOutcome, ErrorBody, FdbEntry, PortInfo, Stats, Status};
 
@@ -207,6 +207,17 @@ impl Client {
     ) -> Result<(), ClientError> {
         let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
         self.stream(Method::POST, "/v1/flows", body, sink).await
+    }
+
+    /// Runs a live trace: each piece of its JSON lines (one `TraceView` per frame) to
+    /// `sink` as it arrives.
+    pub async fn trace_live(
+        &self,
+        req: &LiveTraceRequest,
+        sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.stream(Method::POST, "/v1/trace/live", body, sink).await
     }
 
     /// Runs a capture: each piece of the pcapng stream goes to `sink` as it arrives,

@@ -1,6 +1,8 @@
 //! Seeing what happens to packets: `POST /v1/trace` runs one frame through the switch's
-//! stages without sending it and answers with what each stage did; `POST /v1/capture`
-//! streams copies of the frames a port receives, sends or drops as pcapng.
+//! stages without sending it and answers with what each stage did; `POST
+//! /v1/trace/live` marks real frames as they arrive and streams the path each took;
+//! `POST /v1/capture` streams copies of the frames a port receives, sends or drops as
+//! pcapng; `POST /v1/flows` streams flows as they start and end.
 
 use std::net::Ipv4Addr;
 
@@ -71,11 +73,36 @@ pub enum TraceProtocol {
     Arp,
 }
 
-/// What the switch would do with the frame.
+/// A live trace (`POST /v1/trace/live`): the next `count` frames received on the
+/// port (or any port) that match the filter are marked, and the path each takes through
+/// the switch is streamed as it happens — JSON lines, one [`TraceView`] each
+/// (`application/x-ndjson`). The stream ends when all were seen, at `seconds`, or when
+/// the client goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveTraceRequest {
+    /// The ingress port, named as for a trace; none: every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// As for a capture.
+    #[serde(default)]
+    pub filter: String,
+    /// Frames to mark, 1..=1000.
+    pub count: u64,
+    /// Stop after this many seconds (none: when `count` frames were traced, or the
+    /// client goes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<u64>,
+}
+
+/// What the switch did (a live trace) or would do (a trace) with the frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceView {
     pub in_port: u16,
     pub in_port_name: String,
+    /// When a live-traced frame arrived, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_unix_ms: Option<u64>,
     /// The frame traced, in hex.
     pub frame_hex: String,
     /// The frame as the parser read it, in one line; empty when it does not parse.

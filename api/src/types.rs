@@ -158,6 +158,9 @@ pub struct Status {
     /// Flow logs followed now (`vswitchctl flows` clients).
     #[serde(default)]
     pub flow_logs_open: usize,
+    /// Live traces open now (`vswitchctl trace --live` clients).
+    #[serde(default)]
+    pub live_traces_open: usize,
 }
 
 /// The Kubernetes watchers of a daemon in cluster mode.

@@ -1,13 +1,15 @@
 //! Capture: copies of the frames a port receives, sends or drops, for `vswitchctl
-//! capture`, and sightings of packets for the flow log (`vswitchctl flows`), taken
-//! inside the data path where it sees them.
+//! capture`, sightings of packets for the flow log (`vswitchctl flows`), and the
+//! paths of live-traced frames (`vswitchctl trace --live`), taken inside the data path
+//! where it sees them.
 //!
 //! The control plane starts a [`CaptureSession`] with what it wants ([`CaptureSpec`]);
 //! workers copy matching frames into the session's bounded ring and the control plane
 //! drains it. A worker never waits: a full ring loses the copy (counted in
 //! [`CaptureSession::lost`]), never the frame. With no session open the data path
 //! pays one load and one predictable branch per received batch and per transmitted
-//! batch ([`Captures::armed`]), and a test of a register on the drop path.
+//! batch ([`Captures::armed`]); while one is, received batches take the pipeline's
+//! watched path (its stage order with a recorder as observer).
 //!
 //! Where frames are seen: received — as they arrive, before any stage rewrites them
 //! (frames that then fail to parse included); sent — as they leave through the
@@ -145,12 +147,118 @@ impl CaptureSession {
     }
 }
 
+/// What happened to a traced frame, stage by stage (`pipeline::trace` records it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trace {
+    /// The frame as the parser saw it, in one line; or why the parser refused it.
+    pub parsed: Result<String, DropReason>,
+    /// The stages the frame went through, in order.
+    pub steps: Vec<TraceStep>,
+    pub outcome: TraceOutcome,
+}
+
+/// One stage's part.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceStep {
+    /// The stage, as `pipeline::stages` names it.
+    pub stage: &'static str,
+    /// `continue`, or the fate the stage decided.
+    pub result: String,
+    /// What the stage found or changed, in words.
+    pub notes: Vec<String>,
+}
+
+/// Where the frame ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TraceOutcome {
+    /// Sent: one frame for unicast, one per port for a flood, the encapsulated frame
+    /// for another node.
+    Sent(Vec<TraceSent>),
+    Dropped(DropReason),
+}
+
+/// A frame the trace sent (or would have).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceSent {
+    pub port: PortId,
+    /// The port's name in the tables.
+    pub port_name: String,
+    /// The frame as it left, in one line.
+    pub summary: String,
+    pub bytes: Vec<u8>,
+}
+
+/// What a live trace marks: the next `count` frames received on `port` (or any)
+/// that match `filter`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveTraceSpec {
+    pub port: Option<PortId>,
+    pub filter: PacketFilter,
+    pub count: u64,
+}
+
+/// A real frame's path, recorded as it went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveTraced {
+    pub port: PortId,
+    pub unix_ns: u64,
+    /// The frame as received.
+    pub frame: Vec<u8>,
+    pub trace: Trace,
+}
+
+/// An open live trace: frames are marked as they arrive (each session at most its
+/// count), and their paths wait in a ring as long as the count for the reader.
+pub struct LiveTraceSession {
+    spec: LiveTraceSpec,
+    ring: ArrayQueue<LiveTraced>,
+    marked: AtomicU64,
+}
+
+/// The most frames one live trace may mark: each is recorded in words on the worker.
+pub const MAX_LIVE_TRACES: u64 = 1000;
+
+impl LiveTraceSession {
+    pub fn spec(&self) -> &LiveTraceSpec {
+        &self.spec
+    }
+
+    /// The paths recorded so far, oldest first.
+    pub fn take(&self, into: &mut Vec<LiveTraced>) {
+        drain(&self.ring, into, usize::MAX);
+    }
+
+    /// Frames marked so far.
+    pub fn marked(&self) -> u64 {
+        self.marked.load(Ordering::Relaxed).min(self.spec.count)
+    }
+
+    /// Whether every frame asked for was marked.
+    pub fn is_done(&self) -> bool {
+        self.marked() >= self.spec.count
+    }
+
+    /// Marks `bytes` received on `port` if it matches and the count is not reached.
+    fn claims(&self, port: PortId, bytes: &[u8]) -> bool {
+        if self.spec.port.is_some_and(|p| p != port) || self.is_done() || !self.spec.filter.matches(bytes) {
+            return false;
+        }
+        self.marked.fetch_add(1, Ordering::Relaxed) < self.spec.count
+    }
+
+    /// Keeps a marked frame's path. The ring holds the whole count: nothing is lost.
+    pub(crate) fn record(&self, traced: LiveTraced) {
+        let _ = self.ring.push(traced);
+    }
+}
+
 /// The open sessions, as workers see them.
 #[derive(Default)]
 pub struct Captures {
     armed: AtomicBool,
     sessions: ArcSwap<Vec<Arc<CaptureSession>>>,
     flows: ArcSwap<Vec<Arc<FlowWatch>>>,
+    live: ArcSwap<Vec<Arc<LiveTraceSession>>>,
     /// Serialises starts and stops (control plane only).
     changing: std::sync::Mutex<()>,
 }
@@ -293,13 +401,55 @@ impl Captures {
         self.rearm();
     }
 
+    /// Opens a live trace (its count capped at [`MAX_LIVE_TRACES`]).
+    pub fn trace_live(&self, mut spec: LiveTraceSpec) -> Arc<LiveTraceSession> {
+        spec.count = spec.count.clamp(1, MAX_LIVE_TRACES);
+        let session = Arc::new(LiveTraceSession {
+            ring: ArrayQueue::new(spec.count as usize),
+            spec,
+            marked: AtomicU64::new(0),
+        });
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        with_added(&self.live, session.clone());
+        self.rearm();
+        session
+    }
+
+    pub fn end_live_trace(&self, session: &Arc<LiveTraceSession>) {
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        with_removed(&self.live, session);
+        self.rearm();
+    }
+
+    /// Live traces open now.
+    pub fn live_traces(&self) -> usize {
+        self.live.load().len()
+    }
+
+    /// Which of `frames`, received on `port`, a live trace marks now (by index), and
+    /// for which session; empty (no allocation) when none does.
+    pub(crate) fn live_marks(&self, port: PortId, frames: &[Frame]) -> Vec<(usize, Arc<LiveTraceSession>)> {
+        let sessions = self.live.load();
+        let mut marks = Vec::new();
+        if sessions.is_empty() {
+            return marks;
+        }
+        for (i, f) in frames.iter().enumerate() {
+            if let Some(s) = sessions.iter().find(|s| s.claims(port, f.data())) {
+                marks.push((i, s.clone()));
+            }
+        }
+        marks
+    }
+
     /// Flow logs open now.
     pub fn flow_watches(&self) -> usize {
         self.flows.load().len()
     }
 
     fn rearm(&self) {
-        let any = !self.sessions.load().is_empty() || !self.flows.load().is_empty();
+        let any =
+            !self.sessions.load().is_empty() || !self.flows.load().is_empty() || !self.live.load().is_empty();
         self.armed.store(any, Ordering::Relaxed);
     }
 

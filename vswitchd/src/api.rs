@@ -19,7 +19,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 use vswitch_api::{
     AttachRequest, CaptureRequest, ConntrackView, DetachOutcome, ErrorBody, FdbEntry, FlowsRequest,
-    NodesView, PortStats, ServicesView, Stats, Status, TraceRequest, TraceView, WorkerStats, codes,
+    LiveTraceRequest, NodesView, PortStats, ServicesView, Stats, Status, TraceRequest, TraceView,
+    WorkerStats, codes,
 };
 
 use super::ports::AttachError;
@@ -116,13 +117,14 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/v1/nodes/reload", axum::routing::post(reload_nodes))
         .route("/v1/conntrack", get(conntrack))
         .route("/v1/trace", axum::routing::post(trace))
+        .route("/v1/trace/live", axum::routing::post(trace_live))
         .route("/v1/capture", axum::routing::post(capture))
         .route("/v1/flows", axum::routing::post(flows))
         .fallback(|| async {
             ApiError::new(
                 404,
                 codes::NOT_FOUND,
-                "no such route; see /v1/status, /v1/ports, /v1/fdb, /v1/stats, /v1/services, /v1/conntrack, /v1/nodes, /v1/trace, /v1/capture, /v1/flows",
+                "no such route; see /v1/status, /v1/ports, /v1/fdb, /v1/stats, /v1/services, /v1/conntrack, /v1/nodes, /v1/trace, /v1/trace/live, /v1/capture, /v1/flows",
             )
         })
         .method_not_allowed_fallback(|| async {
@@ -152,6 +154,7 @@ async fn status(State(s): State<Shared>) -> axum::Json<Status> {
         started: Some(m.started().to_string()),
         captures_open: m.datapath().captures().len(),
         flow_logs_open: m.datapath().captures().flow_watches(),
+        live_traces_open: m.datapath().captures().live_traces(),
     })
 }
 
@@ -247,6 +250,16 @@ async fn trace(
     JsonBody(req): JsonBody<TraceRequest>,
 ) -> Result<axum::Json<TraceView>, ApiError> {
     super::trace::run(&*s.switch.lock().await, &req).map(axum::Json)
+}
+
+/// Answers with the live trace's JSON lines once it is open.
+async fn trace_live(
+    State(s): State<Shared>,
+    JsonBody(req): JsonBody<LiveTraceRequest>,
+) -> Result<Response, ApiError> {
+    let live = super::trace::open_live(&*s.switch.lock().await, &req)?;
+    let body = axum::body::Body::from_stream(super::trace::live_stream(live));
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
 /// Answers with the pcapng stream once the capture is open; a bad request is refused

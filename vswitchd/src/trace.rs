@@ -4,11 +4,26 @@
 //! answer names the parser's drop reason, as the real path would count it; only a
 //! request the switch cannot turn into bytes (unknown port, odd hex, a bad MAC) is an
 //! API error.
+//!
+//! `POST /v1/trace/live`: opens a live trace in the data plane (the workers record the
+//! paths of the frames it marks) and streams each path as a JSON line as it comes. The
+//! session's ring holds its whole count, so a slow reader loses nothing and costs no
+//! more than that; it closes when all were streamed, at its time, or when the client
+//! goes (the stream is dropped).
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use vswitch_api::{TracePacket, TraceProtocol, TraceRequest, TraceSentView, TraceStepView, TraceView, codes};
-use vswitch_dataplane::datapath::{Datapath, TraceOutcome};
+use axum::body::Bytes;
+use futures::Stream;
+use vswitch_api::{
+    LiveTraceRequest, TracePacket, TraceProtocol, TraceRequest, TraceSentView, TraceStepView, TraceView,
+    codes,
+};
+use vswitch_dataplane::capture::{Captures, LiveTraceSession, LiveTraceSpec, LiveTraced, MAX_LIVE_TRACES};
+use vswitch_dataplane::datapath::{Trace, TraceOutcome};
 use vswitch_dataplane::ids::PortId;
 use vswitch_dataplane::tables::Tables;
 use vswitch_dataplane::testing::{FrameSpec, arp_request};
@@ -34,11 +49,87 @@ pub(crate) fn run(switch: &Switch, req: &TraceRequest) -> Result<TraceView, ApiE
             bytes.len()
         )));
     }
-    Ok(view(dp, in_port, in_port_name, &bytes))
+    Ok(view(in_port, in_port_name, &bytes, dp.trace(in_port, &bytes)))
 }
 
-fn view(dp: &Datapath, in_port: PortId, in_port_name: String, bytes: &[u8]) -> TraceView {
-    let t = dp.trace(in_port, bytes);
+/// How often a live trace's ring is looked at while it is empty.
+const LIVE_POLL: Duration = Duration::from_millis(20);
+
+/// A live trace the API opened.
+pub(crate) struct LiveTrace {
+    session: Arc<LiveTraceSession>,
+    captures: Arc<Captures>,
+    names: BTreeMap<PortId, String>,
+    deadline: Option<Instant>,
+    /// Paths streamed so far.
+    streamed: u64,
+}
+
+impl Drop for LiveTrace {
+    fn drop(&mut self) {
+        self.captures.end_live_trace(&self.session);
+        tracing::info!(marked = self.session.marked(), streamed = self.streamed, "live trace closed");
+    }
+}
+
+/// Checks `req` and opens the live trace; nothing starts if any part of it is wrong.
+pub(crate) fn open_live(switch: &Switch, req: &LiveTraceRequest) -> Result<LiveTrace, ApiError> {
+    let port = match &req.port {
+        Some(name) => Some(resolve_port(switch, name)?.0),
+        None => None,
+    };
+    let filter = super::capture::parse_filter(&req.filter)?;
+    if !(1..=MAX_LIVE_TRACES).contains(&req.count) {
+        return Err(ApiError::invalid(format!("count {}: 1..={MAX_LIVE_TRACES}", req.count)));
+    }
+    let captures = switch.datapath().captures().clone();
+    let session = captures.trace_live(LiveTraceSpec { port, filter, count: req.count });
+    tracing::info!(port = ?req.port, filter = %req.filter, count = req.count, "live trace started");
+    Ok(LiveTrace {
+        session,
+        captures,
+        names: switch.port_names(),
+        deadline: req.seconds.map(|s| Instant::now() + Duration::from_secs(s)),
+        streamed: 0,
+    })
+}
+
+/// The JSON-lines stream of a live trace.
+pub(crate) fn live_stream(trace: LiveTrace) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
+    futures::stream::unfold(trace, |mut t| async move {
+        let piece = t.next_piece().await?;
+        Some((Ok(Bytes::from(piece)), t))
+    })
+}
+
+impl LiveTrace {
+    async fn next_piece(&mut self) -> Option<Vec<u8>> {
+        let mut taken: Vec<LiveTraced> = Vec::new();
+        loop {
+            self.session.take(&mut taken);
+            if !taken.is_empty() {
+                break;
+            }
+            let all_seen = self.streamed >= self.session.spec().count;
+            if all_seen || self.deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            tokio::time::sleep(LIVE_POLL).await;
+        }
+        let mut out = Vec::new();
+        for t in taken {
+            let name = self.names.get(&t.port).cloned().unwrap_or_default();
+            let mut v = view(t.port, name, &t.frame, t.trace);
+            v.received_unix_ms = Some(t.unix_ns / 1_000_000);
+            serde_json::to_writer(&mut out, &v).expect("traces serialize");
+            out.push(b'\n');
+            self.streamed += 1;
+        }
+        Some(out)
+    }
+}
+
+fn view(in_port: PortId, in_port_name: String, bytes: &[u8], t: Trace) -> TraceView {
     let (verdict, reason, sent) = match t.outcome {
         TraceOutcome::Sent(sent) => ("sent", None, sent),
         TraceOutcome::Dropped(r) => ("dropped", Some(r), Vec::new()),
@@ -46,6 +137,7 @@ fn view(dp: &Datapath, in_port: PortId, in_port_name: String, bytes: &[u8]) -> T
     TraceView {
         in_port: in_port.0,
         in_port_name,
+        received_unix_ms: None,
         frame_hex: encode_hex(bytes),
         parsed: t.parsed.unwrap_or_default(),
         steps: t

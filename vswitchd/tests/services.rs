@@ -304,6 +304,78 @@ fn a_trace_names_the_endpoint_a_real_connection_then_reaches() {
     assert!(text.contains("DROPPED: spoofed_source_ip"), "{text}");
 }
 
+/// `vswitchctl trace --live` follows a real connection's first two packets: the
+/// client's SYN to the endpoint that then answers, and that endpoint's SYN-ACK back
+/// to the client with the VIP as its source.
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn a_live_trace_follows_a_real_connection_to_the_endpoint_that_answers() {
+    let s = setup("svl", "", Backend::Tap);
+    let socket = s.node.socket.display().to_string();
+    let mut cmd = std::process::Command::new(harness::vswitchctl());
+    cmd.args(["--socket", &socket, "--json", "trace", "--live", "2", "--filter", "tcp and port 42100"]);
+    cmd.args(["--seconds", "20"]);
+    let mut live =
+        Process::spawn(cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()))
+            .expect("vswitchctl starts");
+    let open = || s.node.api(|c| async move { c.status().await }).expect("status").live_traces_open;
+    assert!(wait_until(Duration::from_secs(5), || open() == 1), "the live trace is open");
+    let greeting = tool_json(&s.client, &["greet", WEB_VIP, "80", "42100"]);
+    let name =
+        greeting["greeting"].as_str().expect("a greeting").split_whitespace().next().unwrap().to_string();
+    let (endpoint, endpoint_pod) = match name.as_str() {
+        "a" => (ip(11), &s.pods[0]),
+        "b" => (ip(12), &s.pods[1]),
+        _ => (ip(13), &s.pods[2]),
+    };
+    let out = live.wait_output(Duration::from_secs(25)).expect("the live trace ends at its count");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let traces: Vec<vswitch_api::TraceView> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    eprintln!("{traces:#?}");
+    assert_eq!(traces.len(), 2, "the count");
+    let nat_notes = |t: &vswitch_api::TraceView| {
+        t.steps.iter().find(|st| st.stage == "service_nat").map(|st| st.notes.join("; ")).unwrap_or_default()
+    };
+
+    let syn = &traces[0];
+    assert_eq!(syn.in_port, s.client.port.id);
+    assert!(syn.parsed.contains(&format!("{WEB_VIP}:80 TCP [S]")), "{syn:#?}");
+    assert!(syn.received_unix_ms.is_some());
+    assert!(
+        nat_notes(syn).contains(&format!("new flow of Service default/web:http: endpoint {endpoint}:8080")),
+        "the endpoint that answered ({name}): {syn:#?}"
+    );
+    assert_eq!((syn.verdict.as_str(), syn.sent.len()), ("sent", 1), "{syn:#?}");
+    assert_eq!(syn.sent[0].port, endpoint_pod.port.id, "queued for the endpoint's port");
+    assert!(syn.sent[0].summary.contains(&format!("{endpoint}:8080 TCP [S]")), "{syn:#?}");
+
+    let syn_ack = &traces[1];
+    assert_eq!(syn_ack.in_port, endpoint_pod.port.id);
+    assert!(nat_notes(syn_ack).contains("established flow of Service default/web:http (endpoint to client"));
+    assert_eq!(syn_ack.sent.len(), 1, "{syn_ack:#?}");
+    assert_eq!(syn_ack.sent[0].port, s.client.port.id);
+    assert!(
+        syn_ack.sent[0].summary.contains(&format!("{WEB_VIP}:80 → 10.244.1.20:42100 TCP [S.]")),
+        "{syn_ack:#?}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || open() == 0), "closed at its count");
+
+    // Refused before anything is marked.
+    for (args, says) in [
+        (vec!["trace", "--live", "0"], "count 0"),
+        (vec!["trace", "--live", "1", "--filter", "tcp or udp"], "joined by `and`"),
+        (vec!["trace", "--live", "1", "no-such-pod"], "no port"),
+    ] {
+        let out = s.node.ctl_output(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{args:?}: {err}");
+    }
+    assert_eq!(open(), 0);
+}
+
 /// `vswitchctl flows` sees a Service connection start and end: the Service, the
 /// endpoint that answered, packets both ways, closed by FIN.
 #[test]

@@ -52,6 +52,24 @@ impl TxBatches {
         }
     }
 
+    /// How many frames wait for each port that has any, for [`queued_since`](Self::queued_since).
+    pub(crate) fn queued_lengths(&self) -> Vec<usize> {
+        self.touched.iter().map(|p| self.per_port[p.index()].len()).collect()
+    }
+
+    /// The frames queued since `lengths` was taken, with their ports.
+    pub(crate) fn queued_since<'s>(
+        &'s self,
+        lengths: &'s [usize],
+    ) -> impl Iterator<Item = (PortId, &'s Frame)> {
+        // Ports are touched in order and stay until the flush: the first ones are those
+        // `lengths` counted.
+        self.touched.iter().enumerate().flat_map(move |(i, port)| {
+            let from = lengths.get(i).copied().unwrap_or(0);
+            self.per_port[port.index()][from..].iter().map(move |f| (*port, f))
+        })
+    }
+
     /// For tests: every waiting frame's port number and bytes, the buffers back in
     /// `pool`.
     #[cfg(test)]
@@ -67,7 +85,8 @@ impl TxBatches {
     }
 }
 
-#[inline]
+// Always inlined: see `pipeline::stages`.
+#[inline(always)]
 pub(super) fn dispatch(
     tables: &Tables,
     stats: &WorkerStats,
@@ -184,7 +203,8 @@ fn encapsulate_whole(
 
 /// Queues `frame` for `egress`. A port without offloads gets what it can take: a
 /// partial checksum completed, a TSO/GSO super-frame cut into segments.
-#[inline]
+// Always inlined: see `pipeline::stages`.
+#[inline(always)]
 fn emit(stats: &WorkerStats, egress: &PortEntry, frame: Frame, pool: &mut FramePool, out: &mut TxBatches) {
     if !frame.offload.is_pending() || egress.offloads {
         return enqueue(stats, egress, frame, pool, out);

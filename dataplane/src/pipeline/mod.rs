@@ -19,7 +19,7 @@ use std::sync::Arc;
 pub(crate) use coalesce::coalesce_tcp;
 pub(crate) use dispatch::TxBatches;
 
-use crate::capture::{CaptureDirection, Captures};
+use crate::capture::{CaptureDirection, Captures, LiveTraced};
 use crate::drop_reason::DropReason;
 use crate::frame::{Frame, FramePool};
 use crate::ids::PortId;
@@ -45,8 +45,9 @@ const _: [Stage; 7] = [
 ];
 
 /// Who watches the stages: told before and after each stage what the frame is and what
-/// the stage decided. The packet path passes [`PacketPath`], whose empty methods inline
-/// away; a trace passes a recorder. One stage order serves both.
+/// the stage decided. The packet path passes nobody ([`Unobserved`]), whose empty
+/// methods inline away; while captures or live traces are open, and for a trace, it is
+/// a [`trace::Recorder`]. One stage order serves all.
 pub(crate) trait StageObserver {
     #[inline(always)]
     fn before(&mut self, _stage: &'static str, _ctx: &StageContext<'_>, _pkt: &Packet<'_, '_>) {}
@@ -59,23 +60,18 @@ pub(crate) trait StageObserver {
     /// drops — an egress MTU, a port gone — are counted but not observed.)
     #[inline(always)]
     fn dropped(&mut self, _frame: &Frame, _reason: DropReason) {}
-}
-
-/// The packet path's observer: nobody, or the open captures, which take dropped
-/// frames at their drop (received ones are taken per batch as they arrive, sent ones by
-/// the worker as they leave). A branch on the drop path only: forwarding pays nothing.
-pub(crate) struct PacketPath<'c> {
-    captures: Option<&'c Captures>,
-}
-
-impl StageObserver for PacketPath<'_> {
+    /// Dispatch is about to send the frame where its verdict says.
     #[inline(always)]
-    fn dropped(&mut self, frame: &Frame, reason: DropReason) {
-        if let Some(c) = self.captures {
-            c.offer_one(frame.ingress, CaptureDirection::Dropped(reason), frame);
-        }
-    }
+    fn dispatching(&mut self, _out: &TxBatches, _stats: &WorkerStats, _ingress: PortId) {}
+    /// Dispatch queued the frame (or counted its drop).
+    #[inline(always)]
+    fn dispatched(&mut self, _tables: &Tables, _out: &TxBatches, _stats: &WorkerStats, _ingress: PortId) {}
 }
+
+/// The packet path's observer while nothing watches it: nobody.
+struct Unobserved;
+
+impl StageObserver for Unobserved {}
 
 /// Runs one stage between its observer's calls; `?` on its step.
 macro_rules! observed {
@@ -93,7 +89,13 @@ macro_rules! observed {
 /// A VXLAN frame from another node is decapsulated first (the packet then describes the
 /// inner frame) and goes on as arriving from the overlay side of the gateway: Service
 /// NAT (replies of flows this node translated), then routing to the local pod.
-#[inline]
+///
+/// The stage order has two copies — the packet path's, with nobody watching, and the
+/// recorder's (traces, live traces, captures) — so each stage and what it calls on the
+/// common path is inlined always (marked where it is): with two callers the compiler
+/// left them out of line, and the packet path paid for calls and spilled registers
+/// (+30% instructions a frame, benches/callgrind.sh).
+#[inline(always)]
 pub(crate) fn stages<'a>(
     ctx: &mut StageContext<'a>,
     pkt: &mut Packet<'a, '_>,
@@ -186,16 +188,39 @@ impl Pipeline {
         pool: &mut FramePool,
         out: &mut TxBatches,
     ) {
-        // The one test a batch pays for captures. They ride on this path's own copy of
-        // the stage order: a copy of their own, reached from here, made the compiler
-        // leave the stages out of line on this path (+30% instructions per frame,
-        // benches/callgrind.sh). The trace's copy is reached only from the API.
-        let captures = self.captures.armed().then(|| self.captures.clone());
-        if let Some(c) = &captures {
-            c.offer(ingress, CaptureDirection::Received, batch);
+        // The one test a batch pays for captures, flow logs and live traces.
+        if self.captures.armed() {
+            return self.process_watched(tables, ingress, now, batch, pool, out);
         }
-        let mut obs = PacketPath { captures: captures.as_deref() };
-        self.process_observed(tables, ingress, now, batch, pool, out, &mut obs);
+        self.process_observed(tables, ingress, now, batch, pool, out, &mut Unobserved);
+    }
+
+    /// [`process`](Self::process) while captures, flow logs or live traces are open:
+    /// received frames offered to them, dropped ones at their drop, and the paths of
+    /// frames a live trace marks recorded.
+    #[cold]
+    #[inline(never)]
+    fn process_watched(
+        &mut self,
+        tables: &Tables,
+        ingress: PortId,
+        now: u32,
+        batch: &mut Vec<Frame>,
+        pool: &mut FramePool,
+        out: &mut TxBatches,
+    ) {
+        let captures = self.captures.clone();
+        captures.offer(ingress, CaptureDirection::Received, batch);
+        let marks = captures.live_marks(ingress, batch);
+        let mut recorder =
+            trace::Recorder::new(now, marks.iter().map(|(i, _)| *i).collect(), Some(&captures));
+        self.process_observed(tables, ingress, now, batch, pool, out, &mut recorder);
+        let unix_ns = crate::capture::unix_ns();
+        for r in recorder.recorded {
+            if let Some((_, session)) = marks.iter().find(|(i, _)| *i == r.index) {
+                session.record(LiveTraced { port: ingress, unix_ns, frame: r.received, trace: r.trace });
+            }
+        }
     }
 
     /// [`process`](Self::process), telling `obs` what happens to each frame.
@@ -217,8 +242,13 @@ impl Pipeline {
         counters.rx_bytes.add(batch.iter().map(|f| f.len() as u64).sum());
 
         let Some(port) = tables.port(ingress) else {
+            let reason = DropReason::UnknownIngressPort;
             for frame in batch.drain(..) {
-                stats.count_drop(ingress, DropReason::UnknownIngressPort);
+                obs.parsed(&frame, &Err(reason), &FrameMeta::UNPARSED);
+                obs.dropped(&frame, reason);
+                obs.dispatching(out, stats, ingress);
+                stats.count_drop(ingress, reason);
+                obs.dispatched(tables, out, stats, ingress);
                 pool.put(frame);
             }
             return;
@@ -273,7 +303,9 @@ impl Pipeline {
             if let Verdict::Drop(reason) = verdict {
                 obs.dropped(&frame, reason);
             }
+            obs.dispatching(out, stats, ingress);
             dispatch::dispatch(tables, stats, port, frame, verdict, pool, out);
+            obs.dispatched(tables, out, stats, ingress);
         }
     }
 }

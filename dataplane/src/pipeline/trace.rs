@@ -1,25 +1,32 @@
 //! Packet trace: one frame through the real stages and dispatch, nothing sent and
-//! nothing changed — `ofproto/trace` for this switch.
+//! nothing changed — `ofproto/trace` for this switch — and the live trace, which
+//! records the path real frames take.
 //!
-//! The frame runs through [`Pipeline::process_observed`] exactly as a received one
-//! would, with a recorder as the stages' observer, but against scratch state: a
+//! Both are a [`Recorder`] as the stages' observer in [`Pipeline::process_observed`]:
+//! for the frames it is told to record it notes the parse, each stage's result and what
+//! the stage rewrote or found, and what dispatch queued (or the drop it counted).
+//!
+//! A trace runs its frame exactly as a received one would, but against scratch state: a
 //! throwaway FDB, conntrack and affinity table, counters, buffer pool and transmit
 //! batches. Before each stage the recorder copies into the scratch state what that
 //! stage will look up in the live state — the frame's source and destination MACs in
 //! its segment, the flow its tuple belongs to, the source's pinned Service backends —
 //! so the trace sees what the live tables say while learning, new flows and counters
-//! touch only the copies. What dispatch queued (or the drop it counted) is the trace's
-//! outcome.
+//! touch only the copies. Inexact where a live table's other entries matter: a new
+//! hairpin or NodePort flow's source-port clash check sees only the copied flow, and a
+//! flood is judged with a full storm-control budget.
 //!
-//! Inexact where a live table's other entries matter: a new hairpin or NodePort flow's
-//! source-port clash check sees only the copied flow, and a flood is judged with a full
-//! storm-control budget.
+//! A live trace is the same recorder on a worker's own pipeline, on the live state,
+//! for the batch that holds a frame the trace marked (`Captures::live_marks`): exact,
+//! and paid for only by the batches that carry a marked frame.
 
 use std::fmt::Write as _;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use super::{Pipeline, SharedState, StageObserver, TxBatches};
+use crate::capture::{CaptureDirection, Captures};
+pub use crate::capture::{Trace, TraceOutcome, TraceSent, TraceStep};
 use crate::drop_reason::DropReason;
 use crate::frame::{Frame, FramePool};
 use crate::ids::PortId;
@@ -30,58 +37,14 @@ use crate::tables::conntrack::{Direction, Tuple};
 use crate::tables::fdb::FdbBatch;
 use crate::wire::{self, FrameMeta, L4, Net, icmp};
 
-/// What happened to a traced frame, stage by stage.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Trace {
-    /// The frame as the parser saw it, in one line; or why the parser refused it.
-    pub parsed: Result<String, DropReason>,
-    /// The stages the frame went through, in order.
-    pub steps: Vec<TraceStep>,
-    pub outcome: TraceOutcome,
-}
-
-/// One stage's part.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TraceStep {
-    /// The stage, as `pipeline::stages` names it.
-    pub stage: &'static str,
-    /// `continue`, or the fate the stage decided.
-    pub result: String,
-    /// What the stage found or changed, in words.
-    pub notes: Vec<String>,
-}
-
-/// Where the frame would end.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TraceOutcome {
-    /// Sent: one frame for unicast, one per port for a flood, the encapsulated frame
-    /// for another node.
-    Sent(Vec<TraceSent>),
-    Dropped(DropReason),
-}
-
-/// A frame the trace would have sent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TraceSent {
-    pub port: PortId,
-    /// The port's name in the tables.
-    pub port_name: String,
-    /// The frame as it would leave, in one line.
-    pub summary: String,
-    pub bytes: Vec<u8>,
-}
-
 /// Traces `bytes` as if received on `ingress`, against `tables` and what `live` holds,
 /// at datapath time `now`.
 pub(crate) fn trace(tables: &Tables, live: &SharedState, ingress: PortId, bytes: &[u8], now: u32) -> Trace {
     let scratch = SharedState::new(live.fdb.config(), live.conntrack.config());
     let max_ports = tables.ports().map(|p| p.id.index() + 1).max().unwrap_or(0).max(ingress.index() + 1);
-    let stats = Arc::new(WorkerStats::new(max_ports));
-    let mut pipeline = Pipeline::new(&scratch, stats.clone());
+    let mut pipeline = Pipeline::new(&scratch, Arc::new(WorkerStats::new(max_ports)));
     let mut pool = FramePool::standalone(bytes.len().max(2048));
     let mut out = TxBatches::new(max_ports);
-    let mut recorder =
-        Recorder { live, scratch: &scratch, now, parsed: None, steps: Vec::new(), seen: Seen::default() };
     let Some(frame) = pool.copy_of(bytes) else {
         return Trace {
             parsed: Err(DropReason::OversizedFrame),
@@ -89,50 +52,72 @@ pub(crate) fn trace(tables: &Tables, live: &SharedState, ingress: PortId, bytes:
             outcome: TraceOutcome::Dropped(DropReason::OversizedFrame),
         };
     };
+    let mut recorder = Recorder::new(now, vec![0], None);
+    recorder.seed = Some(Seed { live, scratch: &scratch });
     let mut batch = vec![frame];
     pipeline.process_observed(tables, ingress, now, &mut batch, &mut pool, &mut out, &mut recorder);
-    let mut sent = Vec::new();
-    out.flush(|port, frames| {
-        for f in frames.drain(..) {
-            sent.push(TraceSent {
-                port,
-                port_name: tables.port(port).map(|p| p.name.clone()).unwrap_or_default(),
-                summary: summary_of(f.data()),
-                bytes: f.data().to_vec(),
-            });
-        }
-    });
-    let dropped = DropReason::ALL.iter().copied().find(|r| stats.drops(ingress, *r) > 0);
-    let outcome = match dropped {
-        Some(reason) if sent.is_empty() => TraceOutcome::Dropped(reason),
-        _ => TraceOutcome::Sent(sent),
-    };
-    let parsed = recorder.parsed.unwrap_or(Err(DropReason::UnknownIngressPort));
-    Trace { parsed, steps: recorder.steps, outcome }
+    out.flush(|_, frames| frames.drain(..).for_each(|f| pool.put(f)));
+    let recorded = recorder.recorded.pop().expect("the pipeline tells its observer of every frame");
+    recorded.trace
 }
 
-/// What the recorder saw before the stage now running.
-#[derive(Default)]
-struct Seen {
-    summary: String,
-    flows: u32,
-    /// The live flow the frame's tuple belongs to, copied in before Service NAT.
-    flow: Option<(Tuple, Direction)>,
+/// A frame's path, as a [`Recorder`] saw it.
+pub(crate) struct Recorded {
+    /// Its place in the batch.
+    pub index: usize,
+    /// The frame as received.
+    pub received: Vec<u8>,
+    pub trace: Trace,
 }
 
-/// The trace's observer: seeds the scratch state, notes what each stage did.
-struct Recorder<'l> {
+/// Where a trace that changes nothing copies from, and the state it runs on instead.
+#[derive(Clone, Copy)]
+struct Seed<'l> {
     live: &'l SharedState,
     scratch: &'l SharedState,
-    now: u32,
-    parsed: Option<Result<String, DropReason>>,
-    steps: Vec<TraceStep>,
-    seen: Seen,
 }
 
-impl Recorder<'_> {
+/// The observer of traces and live traces: records the marked frames of a batch; on
+/// the live path also hands dropped frames to the open captures.
+pub(crate) struct Recorder<'l> {
+    seed: Option<Seed<'l>>,
+    captures: Option<&'l Captures>,
+    now: u32,
+    /// The batch's frames to record, by index.
+    marked: Vec<usize>,
+    /// The index of the next frame to arrive.
+    next: usize,
+    current: Option<Recording>,
+    pub recorded: Vec<Recorded>,
+}
+
+/// The frame being recorded, so far.
+struct Recording {
+    index: usize,
+    received: Vec<u8>,
+    parsed: Result<String, DropReason>,
+    steps: Vec<TraceStep>,
+    /// The frame in one line before the stage now running.
+    summary: String,
+    /// Before Service NAT: the tuple whose flow it looks up (for an ICMP error, the
+    /// quoted packet's), and the established flow it found.
+    tuple: Option<Tuple>,
+    flow: Option<(Tuple, Direction)>,
+    /// Before dispatch: the transmit batches' lengths and the ingress port's drops.
+    queued: Vec<usize>,
+    drops: Vec<u64>,
+}
+
+impl<'l> Recorder<'l> {
+    /// Records the frames at `marked` of the next batch; offers drops to `captures`.
+    pub(crate) fn new(now: u32, marked: Vec<usize>, captures: Option<&'l Captures>) -> Recorder<'l> {
+        Recorder { seed: None, captures, now, marked, next: 0, current: None, recorded: Vec::new() }
+    }
+}
+
+impl Seed<'_> {
     /// Copies what the live FDB knows of the frame's MACs into the scratch one.
-    fn seed_fdb(&self, scratch: &FdbBatch<'_>, pkt: &Packet<'_, '_>) {
+    fn fdb(&self, scratch: &FdbBatch<'_>, pkt: &Packet<'_, '_>, now: u32) {
         let live = self.live.fdb.batch();
         let segment = pkt.port.segment;
         for mac in [pkt.meta.src_mac, pkt.meta.dst_mac] {
@@ -140,36 +125,38 @@ impl Recorder<'_> {
                 continue;
             }
             if let Some(port) = live.lookup(segment, mac) {
-                scratch.learn(segment, mac, port, self.now);
+                scratch.learn(segment, mac, port, now);
             }
         }
     }
 
-    /// Copies the live flow the frame belongs to — or, for an ICMP error, the flow of
-    /// the packet it quotes — and its source's pinned backends.
-    fn seed_flow(&mut self, ctx: &StageContext<'_>, pkt: &Packet<'_, '_>) {
+    /// Copies the live flow of `tuple` and the source's pinned backends.
+    fn flow(&self, ctx: &StageContext<'_>, tuple: Option<Tuple>, pkt: &Packet<'_, '_>, now: u32) {
         let Net::Ipv4(ip) = pkt.meta.net else { return };
-        let tuple = match ip.l4 {
-            L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port } => {
-                Some(Tuple { proto: ip.protocol, src: ip.src, src_port, dst: ip.dst, dst_port })
-            }
-            L4::Icmpv4 { icmp_type, .. } if icmp::is_error(icmp_type) => quoted_tuple(pkt, &ip),
-            _ => None,
-        };
         let live = self.live.conntrack.batch();
-        if let Some((conn, dir)) = tuple.and_then(|t| live.lookup(&t)) {
+        if let Some((conn, _)) = tuple.and_then(|t| live.lookup(&t)) {
             // Not expired on the way in: `away` 0, idle as it is.
-            let _ = ctx.ct.restore(&conn.record(self.now), 0, self.now);
-            self.seen.flow = Some((conn.orig, dir));
+            let _ = ctx.ct.restore(&conn.record(now), 0, now);
         }
-        for pinned in self.live.affinity.records(self.now).iter().filter(|r| r.client == ip.src) {
-            self.scratch.affinity.restore(pinned, 0, self.now);
+        for pinned in self.live.affinity.records(now).iter().filter(|r| r.client == ip.src) {
+            self.scratch.affinity.restore(pinned, 0, now);
         }
     }
 }
 
-/// The tuple of the flow an ICMP error's quoted packet belongs to, seen from the
-/// error's side (as Service NAT looks it up).
+/// The tuple Service NAT looks the frame's flow up by: its own, or for an ICMP error
+/// the quoted packet's, seen from the error's side.
+fn flow_tuple(pkt: &Packet<'_, '_>) -> Option<Tuple> {
+    let Net::Ipv4(ip) = pkt.meta.net else { return None };
+    match ip.l4 {
+        L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port } => {
+            Some(Tuple { proto: ip.protocol, src: ip.src, src_port, dst: ip.dst, dst_port })
+        }
+        L4::Icmpv4 { icmp_type, .. } if icmp::is_error(icmp_type) => quoted_tuple(pkt, &ip),
+        _ => None,
+    }
+}
+
 fn quoted_tuple(pkt: &Packet<'_, '_>, ip: &wire::Ipv4Meta) -> Option<Tuple> {
     let l4 = usize::from(ip.l4_offset);
     let end = usize::from(pkt.meta.l3_offset) + usize::from(ip.total_len);
@@ -187,61 +174,114 @@ fn quoted_tuple(pkt: &Packet<'_, '_>, ip: &wire::Ipv4Meta) -> Option<Tuple> {
 
 impl StageObserver for Recorder<'_> {
     fn parsed(&mut self, frame: &Frame, parsed: &Result<(), DropReason>, meta: &FrameMeta) {
-        self.parsed = Some(match parsed {
-            Ok(()) => Ok(describe(meta, frame.data())),
-            Err(reason) => Err(*reason),
+        let index = self.next;
+        self.next += 1;
+        self.current = self.marked.contains(&index).then(|| Recording {
+            index,
+            received: frame.data().to_vec(),
+            parsed: match parsed {
+                Ok(()) => Ok(describe(meta, frame.data())),
+                Err(reason) => Err(*reason),
+            },
+            steps: Vec::new(),
+            summary: String::new(),
+            tuple: None,
+            flow: None,
+            queued: Vec::new(),
+            drops: Vec::new(),
         });
     }
 
     fn before(&mut self, stage: &'static str, ctx: &StageContext<'_>, pkt: &Packet<'_, '_>) {
-        self.seed_fdb(ctx.fdb, pkt);
+        let Some(rec) = &mut self.current else { return };
+        if let Some(seed) = self.seed {
+            seed.fdb(ctx.fdb, pkt, self.now);
+        }
         if stage == "service_nat" {
-            self.seed_flow(ctx, pkt);
+            rec.tuple = flow_tuple(pkt);
+            if let Some(seed) = self.seed {
+                seed.flow(ctx, rec.tuple, pkt, self.now);
+            }
+            rec.flow = rec.tuple.and_then(|t| ctx.ct.lookup(&t)).map(|(conn, dir)| (conn.orig, dir));
         }
         // From the bytes: a stage that decides a frame's fate need not keep `meta` true.
-        self.seen.summary = summary_of(pkt.frame.data());
-        self.seen.flows = self.scratch.conntrack.len();
+        rec.summary = summary_of(pkt.frame.data());
     }
 
     fn after(&mut self, stage: &'static str, step: &Step, ctx: &StageContext<'_>, pkt: &Packet<'_, '_>) {
+        let Some(rec) = &mut self.current else { return };
         let mut notes = Vec::new();
         let now = summary_of(pkt.frame.data());
-        if now != self.seen.summary {
-            notes.push(format!("rewrote {} ⇒ {now}", self.seen.summary));
+        if now != rec.summary {
+            notes.push(format!("rewrote {} ⇒ {now}", rec.summary));
         }
         if stage == "service_nat" {
-            notes.extend(service_note(ctx, &self.seen, self.scratch));
+            notes.extend(service_note(ctx, rec));
         }
         let result = match step {
             ControlFlow::Continue(()) => "continue".to_string(),
             ControlFlow::Break(v) => verdict_text(ctx.tables, v),
         };
-        self.steps.push(TraceStep { stage, result, notes });
+        rec.steps.push(TraceStep { stage, result, notes });
+    }
+
+    fn dropped(&mut self, frame: &Frame, reason: DropReason) {
+        if let Some(c) = self.captures {
+            c.offer_one(frame.ingress, CaptureDirection::Dropped(reason), frame);
+        }
+    }
+
+    fn dispatching(&mut self, out: &TxBatches, stats: &WorkerStats, ingress: PortId) {
+        let Some(rec) = &mut self.current else { return };
+        rec.queued = out.queued_lengths();
+        rec.drops = DropReason::ALL.iter().map(|r| stats.drops(ingress, *r)).collect();
+    }
+
+    fn dispatched(&mut self, tables: &Tables, out: &TxBatches, stats: &WorkerStats, ingress: PortId) {
+        let Some(rec) = self.current.take() else { return };
+        let sent: Vec<TraceSent> = out
+            .queued_since(&rec.queued)
+            .map(|(port, f)| TraceSent {
+                port,
+                port_name: tables.port(port).map(|p| p.name.clone()).unwrap_or_default(),
+                summary: summary_of(f.data()),
+                bytes: f.data().to_vec(),
+            })
+            .collect();
+        let dropped =
+            DropReason::ALL.iter().zip(&rec.drops).find(|(r, before)| stats.drops(ingress, **r) > **before);
+        let outcome = match dropped {
+            Some((reason, _)) if sent.is_empty() => TraceOutcome::Dropped(*reason),
+            _ => TraceOutcome::Sent(sent),
+        };
+        self.recorded.push(Recorded {
+            index: rec.index,
+            received: rec.received,
+            trace: Trace { parsed: rec.parsed, steps: rec.steps, outcome },
+        });
     }
 }
 
 /// What Service NAT made of the frame's flow.
-fn service_note(ctx: &StageContext<'_>, seen: &Seen, scratch: &SharedState) -> Option<String> {
+fn service_note(ctx: &StageContext<'_>, rec: &Recording) -> Option<String> {
     let services = ctx.tables.services();
     let name = |id: u32| services.by_id(id).map_or_else(|| format!("#{id} (removed)"), |s| s.name.clone());
-    if scratch.conntrack.len() > seen.flows {
-        let flow = scratch.conntrack.snapshot().into_iter().next()?;
-        let r = flow.reply;
+    if let Some((orig, dir)) = rec.flow {
+        let flow = ctx.ct.lookup(&orig)?.0;
+        let way = match dir {
+            Direction::Orig => "client to endpoint",
+            Direction::Reply => "endpoint to client",
+        };
         return Some(format!(
-            "new flow of Service {}: endpoint {}:{}",
+            "established flow of Service {} ({way}; endpoint {}:{})",
             name(flow.service),
-            r.src,
-            r.src_port
+            flow.reply.src,
+            flow.reply.src_port
         ));
     }
-    let (orig, dir) = seen.flow?;
-    let flow = ctx.ct.lookup(&orig)?.0;
-    let way = match dir {
-        Direction::Orig => "client to endpoint",
-        Direction::Reply => "endpoint to client",
-    };
+    let flow = ctx.ct.lookup(&rec.tuple?)?.0;
     Some(format!(
-        "established flow of Service {} ({way}; endpoint {}:{})",
+        "new flow of Service {}: endpoint {}:{}",
         name(flow.service),
         flow.reply.src,
         flow.reply.src_port
@@ -334,6 +374,7 @@ fn tcp_flags(flags: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::LiveTraceSpec;
     use crate::ids::SegmentId;
     use crate::ids::WorkerSet;
     use crate::pipeline::Pipeline;
@@ -475,6 +516,115 @@ mod tests {
         // Unknown unicast is flooded: one frame per other port.
         let unknown = FrameSpec::udp(mac(1), mac(0x777), ip(2), ip(99), 1, 2).build();
         assert_eq!(sent_ports(&trace(&tables, &live, PortId(1), &unknown, 100)).len(), 3);
+    }
+
+    /// A worker's pipeline on the live state, and what it needs to run a batch.
+    struct LivePath {
+        pipeline: Pipeline,
+        pool: FramePool,
+        out: TxBatches,
+    }
+
+    impl LivePath {
+        fn new(live: &SharedState) -> LivePath {
+            LivePath {
+                pipeline: Pipeline::new(live, Arc::new(WorkerStats::new(16))),
+                pool: FramePool::standalone(2048),
+                out: TxBatches::new(16),
+            }
+        }
+
+        /// Runs `frames` as one batch received on `port`; what was queued, by port.
+        fn run(&mut self, tables: &Tables, port: u16, frames: &[&[u8]]) -> Vec<(u16, Vec<u8>)> {
+            let mut batch: Vec<Frame> = frames.iter().map(|f| self.pool.copy_of(f).unwrap()).collect();
+            self.pipeline.process(tables, PortId(port), 100, &mut batch, &mut self.pool, &mut self.out);
+            self.out.take_sent(&mut self.pool)
+        }
+    }
+
+    fn taken(session: &crate::capture::LiveTraceSession) -> Vec<crate::capture::LiveTraced> {
+        let mut got = Vec::new();
+        session.take(&mut got);
+        got
+    }
+
+    #[test]
+    fn a_live_trace_records_the_real_path_of_the_frames_it_marks_and_no_others() {
+        let (tables, live) = (tables(), live());
+        let spec = |port: u16, filter: &str| LiveTraceSpec {
+            port: Some(PortId(port)),
+            filter: filter.parse().unwrap(),
+            count: 1,
+        };
+        let session = live.captures.trace_live(spec(1, "tcp and port 80"));
+        let mut path = LivePath::new(&live);
+        let udp = FrameSpec::udp(mac(1), mac(3), ip(2), ip(4), 1, 2).build();
+        let syn = FrameSpec::tcp(mac(1), mac(0xffff), ip(2), VIP, 40000, 80, 0x02).build();
+        let syn2 = FrameSpec::tcp(mac(1), mac(0xffff), ip(2), VIP, 40001, 80, 0x02).build();
+        let sent = path.run(&tables, 1, &[&udp, &syn, &syn2]);
+        assert_eq!(live.conntrack.len(), 2, "the real path: both SYNs made flows");
+
+        let got = taken(&session);
+        assert_eq!(got.len(), 1, "the count is 1");
+        assert_eq!((got[0].port, &got[0].frame), (PortId(1), &syn), "the first frame that matches");
+        let nat =
+            got[0].trace.steps.iter().find(|s| s.stage == "service_nat").expect("the Service stage ran");
+        assert!(
+            nat.notes
+                .iter()
+                .any(|n| n.contains("new flow of Service default/web:http: endpoint 10.244.1.4:8080")),
+            "{nat:?}"
+        );
+        let TraceOutcome::Sent(out) = &got[0].trace.outcome else { panic!("{:?}", got[0].trace.outcome) };
+        assert_eq!(out.len(), 1);
+        assert!(sent.contains(&(3, out[0].bytes.clone())), "what was really queued for port 3");
+        assert!(session.is_done());
+        path.run(&tables, 1, &[&syn]);
+        assert!(taken(&session).is_empty(), "nothing marked past the count");
+        live.captures.end_live_trace(&session);
+
+        // The endpoint's answer, on its own port: the flow the SYN made.
+        let reply = live.captures.trace_live(spec(3, ""));
+        let syn_ack = FrameSpec::tcp(mac(3), mac(0xffff), ip(4), ip(2), 8080, 40000, 0x12).build();
+        path.run(&tables, 1, &[&syn_ack]);
+        assert!(taken(&reply).is_empty(), "another port's frame is not marked");
+        path.run(&tables, 3, &[&syn_ack]);
+        let got = taken(&reply);
+        let nat = got[0].trace.steps.iter().find(|s| s.stage == "service_nat").unwrap();
+        assert!(
+            nat.notes.iter().any(|n| n.contains("established") && n.contains("endpoint to client")),
+            "{nat:?}"
+        );
+        live.captures.end_live_trace(&reply);
+        assert!(!live.captures.armed(), "the last session closed: the path is unwatched again");
+    }
+
+    #[test]
+    fn a_live_traced_drop_is_named_and_still_captured() {
+        let (tables, live) = (tables(), live());
+        let session =
+            live.captures.trace_live(LiveTraceSpec { port: None, filter: Default::default(), count: 2 });
+        let drops = live.captures.start(crate::capture::CaptureSpec {
+            port: None,
+            received: false,
+            sent: false,
+            drops: Some(None),
+            filter: Default::default(),
+            snaplen: 9216,
+            count: None,
+        });
+        let spoofed = FrameSpec::udp(mac(1), mac(3), ip(9), ip(4), 1, 2).build();
+        let mut path = LivePath::new(&live);
+        assert!(path.run(&tables, 1, &[&spoofed, &[0u8; 10]]).is_empty());
+        let got = taken(&session);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].trace.outcome, TraceOutcome::Dropped(DropReason::SpoofedSourceIp));
+        assert_eq!(got[0].trace.steps[0].result, "drop: spoofed_source_ip");
+        assert_eq!(got[1].trace.parsed, Err(DropReason::TruncatedEthernet));
+        assert_eq!(got[1].trace.outcome, TraceOutcome::Dropped(DropReason::TruncatedEthernet));
+        let mut captured = Vec::new();
+        drops.take(&mut captured);
+        assert_eq!(captured.len(), 2, "the capture of drops sees both");
     }
 
     #[test]

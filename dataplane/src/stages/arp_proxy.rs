@@ -16,7 +16,8 @@ use crate::tables::UnknownArp;
 use crate::wire::parse::{ARP_OP_REPLY, ARP_OP_REQUEST};
 use crate::wire::{Net, arp};
 
-#[inline]
+// Always inlined: see `pipeline::stages`.
+#[inline(always)]
 pub(crate) fn answer<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
     let Net::Arp(req) = &pkt.meta.net else {
         return ControlFlow::Continue(());

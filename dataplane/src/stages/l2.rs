@@ -13,7 +13,8 @@ use crate::drop_reason::DropReason;
 use crate::stage::{Packet, StageContext, Step, drop, forward};
 use crate::tables::mac_cache;
 
-#[inline]
+// Always inlined: see `pipeline::stages`.
+#[inline(always)]
 pub(crate) fn forward_by_mac<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
     let (port, dst) = (pkt.port, pkt.meta.dst_mac);
     if dst.is_multicast() {
@@ -23,8 +24,11 @@ pub(crate) fn forward_by_mac<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a
     let egress = match ctx.cache.get(key) {
         Some(p) => Some(p),
         None => {
-            let found =
-                ctx.tables.static_port(port.segment, dst).or_else(|| ctx.fdb.lookup(port.segment, dst));
+            // Not `or_else`: as a closure it became a call of its own (see `pipeline::stages`).
+            let found = match ctx.tables.static_port(port.segment, dst) {
+                Some(p) => Some(p),
+                None => ctx.fdb.lookup(port.segment, dst),
+            };
             if let Some(p) = found {
                 ctx.cache.insert(key, p, ctx.now);
             }

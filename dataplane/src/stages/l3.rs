@@ -70,7 +70,8 @@ pub(crate) fn owner_on_node(
 
 /// Decrements the TTL of the IPv4 packet `ip` of `frame` as a router does. False, with
 /// the packet untouched, when it has run out.
-#[inline]
+// Always inlined: see `pipeline::stages`.
+#[inline(always)]
 pub(crate) fn decrement_ttl(frame: &mut Frame, l3_offset: u16, ip: &Ipv4Meta) -> bool {
     let partial = has_partial_checksum(frame);
     Ipv4Mut::new(frame.data_mut(), l3_offset, ip).with_partial_l4_checksum(partial).decrement_ttl()

@@ -13,7 +13,8 @@ use crate::tables::mac_cache;
 /// Learns the source MAC of a frame from its port; never decides the frame. A MAC this
 /// worker already refreshed in the current second costs one probe of its
 /// [`mac_cache::MacCache`] and nothing shared.
-#[inline]
+// Always inlined: see `pipeline::stages`.
+#[inline(always)]
 pub(crate) fn learn_source<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
     let (port, src) = (pkt.port, pkt.meta.src_mac);
     if port.mac.is_some() {

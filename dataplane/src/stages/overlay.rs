@@ -25,7 +25,8 @@ use crate::wire::{Fragment, FrameMeta, L4, MacAddr, Net, offload, vxlan};
 /// A VXLAN frame for this switch to decapsulate: UDP to the VXLAN port, in from an
 /// underlay port. Pods may send UDP to that port among themselves: it is only
 /// decapsulated from the underlay.
-#[inline]
+// Always inlined: see `pipeline::stages`.
+#[inline(always)]
 pub(crate) fn is_vxlan(tables: &Tables, port: &PortEntry, meta: &FrameMeta) -> bool {
     port.kind == PortKind::Uplink
         && matches!(&meta.net, Net::Ipv4(ip) if matches!(ip.l4, L4::Udp { dst_port, .. }
@@ -103,7 +104,8 @@ pub(crate) fn decapsulate<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '
 /// The stage that routes what is addressed to the gateway between nodes: from a pod
 /// toward another node's CIDR (encapsulated), or from the overlay to a local pod or the
 /// node itself. Everything else goes on.
-#[inline]
+// Always inlined: see `pipeline::stages`.
+#[inline(always)]
 pub(crate) fn route<'a>(ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
     let ov = ctx.tables.overlay();
     if ov.is_empty() {

@@ -17,13 +17,15 @@ use crate::tables::PortEntry;
 use crate::wire::{FrameMeta, L4, Net};
 
 /// The stage: frames their port may not send are dropped.
-#[inline]
+// Always inlined: see `pipeline::stages`.
+#[inline(always)]
 pub(crate) fn check<'a>(_ctx: &mut StageContext<'a>, pkt: &mut Packet<'a, '_>) -> Step {
     allowed(pkt.port, pkt.meta)
 }
 
 /// Whether `port` may send the frame `meta` describes.
-#[inline]
+// Always inlined: see `pipeline::stages`.
+#[inline(always)]
 fn allowed(port: &PortEntry, meta: &FrameMeta) -> Step {
     let deny = drop;
     if meta.src_mac.is_multicast() {

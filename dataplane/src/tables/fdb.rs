@@ -191,7 +191,8 @@ pub struct FdbBatch<'a> {
 
 impl FdbBatch<'_> {
     /// The port `mac` was learned on in `segment`.
-    #[inline]
+    // Always inlined: see `pipeline::stages`.
+    #[inline(always)]
     pub fn lookup(&self, segment: SegmentId, mac: MacAddr) -> Option<PortId> {
         self.fdb
             .map

@@ -10,7 +10,8 @@ use std::net::Ipv4Addr;
 
 /// One's-complement sum of `data` as big-endian 16-bit words, added to `initial`.
 /// An odd trailing byte is padded with zero. Not folded; see [`fold`].
-#[inline]
+// Always inlined: see `pipeline::stages`.
+#[inline(always)]
 pub fn sum(data: &[u8], initial: u64) -> u64 {
     // Big-endian 32-bit words summed into 64 bits fold to the same 16-bit one's-complement
     // sum as 16-bit words (carries wrap around either way); no overflow below 2^32 words.

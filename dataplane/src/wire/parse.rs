@@ -49,7 +49,8 @@ pub fn parse(frame: &[u8]) -> Result<FrameMeta, Error> {
 
 /// [`parse`] writing into `meta`, which the data path keeps in place across frames:
 /// the metadata is not copied on return. On error `meta` is unspecified.
-#[inline]
+// Always inlined: see `pipeline::stages`.
+#[inline(always)]
 pub fn parse_into(frame: &[u8], meta: &mut FrameMeta) -> Result<(), Error> {
     if parse_common_ipv4(frame, meta) {
         return Ok(());

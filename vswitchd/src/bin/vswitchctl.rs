@@ -71,17 +71,31 @@ enum Cmd {
     },
     /// What the switch would do with a packet, stage by stage — nothing is sent and no
     /// table or counter changes. Describe the packet by its fields (left-out fields as
-    /// the port's pod would send it) or give the whole frame with --hex.
+    /// the port's pod would send it) or give the whole frame with --hex. With --live N:
+    /// the path each of the next N real frames matching --filter takes, as they come.
     Trace {
-        /// The ingress port: number, namespace/pod, container id[/ifname] or interface.
-        port: String,
+        /// The ingress port: number, namespace/pod, container id[/ifname] or interface
+        /// (with --live it may be left out: every port).
+        #[arg(required_unless_present = "live")]
+        port: Option<String>,
+        /// Trace the next N real frames received (on the port, if given) that match
+        /// --filter, as the switch handles them.
+        #[arg(long, value_name = "N", conflicts_with_all = ["hex", "dst"])]
+        live: Option<u64>,
+        /// With --live: tcpdump-like terms joined by `and` (tcp, udp, icmp, arp, ip,
+        /// host A, src A, dst A, port N).
+        #[arg(long)]
+        filter: Option<String>,
+        /// With --live: give up after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
         /// The whole frame in hex, Ethernet header first.
         #[arg(long, conflicts_with_all = ["dst", "protocol"])]
         hex: Option<String>,
         /// icmp is an echo request, arp a request for --dst.
         #[arg(long, value_enum, default_value_t = Protocol::Tcp)]
         protocol: Protocol,
-        #[arg(long, required_unless_present = "hex")]
+        #[arg(long, required_unless_present_any = ["hex", "live"])]
         dst: Option<std::net::Ipv4Addr>,
         #[arg(long)]
         src: Option<std::net::Ipv4Addr>,
@@ -291,6 +305,12 @@ async fn capture(
     Ok(())
 }
 
+/// The time of day (UTC) of a Unix time in milliseconds, as tcpdump prints it.
+fn unix_ms_text(ms: u64) -> String {
+    let secs = ms / 1000 % 86_400;
+    format!("{:02}:{:02}:{:02}.{:03} UTC", secs / 3600, secs / 60 % 60, secs % 60, ms % 1000)
+}
+
 /// A flow event in one line.
 fn flow_line(e: &vswitch_api::FlowEvent) -> String {
     let via = match (&e.service, &e.endpoint) {
@@ -313,30 +333,62 @@ fn flow_line(e: &vswitch_api::FlowEvent) -> String {
     )
 }
 
-fn print_trace(t: &vswitch_api::TraceView) {
-    println!("into port {} ({})", t.in_port, t.in_port_name);
+/// A sink for a stream of JSON lines: each whole line printed as it came (`--json`) or
+/// shown by `show`.
+fn json_lines<T: serde::de::DeserializeOwned>(
+    json: bool,
+    mut show: impl FnMut(&mut dyn std::io::Write, T) -> std::io::Result<()>,
+) -> impl FnMut(&[u8]) -> std::io::Result<()> {
+    let mut pending = Vec::new();
+    move |piece| {
+        use std::io::Write;
+        pending.extend_from_slice(piece);
+        let mut out = std::io::stdout().lock();
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if json {
+                out.write_all(&line)?;
+            } else if let Ok(v) = serde_json::from_slice::<T>(&line) {
+                show(&mut out, v)?;
+            }
+        }
+        out.flush()
+    }
+}
+
+fn print_trace(out: &mut dyn std::io::Write, t: vswitch_api::TraceView) -> std::io::Result<()> {
+    match t.received_unix_ms {
+        Some(ms) => {
+            writeln!(out, "received at {} on port {} ({})", unix_ms_text(ms), t.in_port, t.in_port_name)?
+        }
+        None => writeln!(out, "into port {} ({})", t.in_port, t.in_port_name)?,
+    }
     if t.parsed.is_empty() {
-        println!("  frame does not parse: {}", t.frame_hex);
+        writeln!(out, "  frame does not parse: {}", t.frame_hex)?;
     } else {
-        println!("  {}", t.parsed);
+        writeln!(out, "  {}", t.parsed)?;
     }
     for (i, step) in t.steps.iter().enumerate() {
-        println!("{:>2}. {:<20} {}", i + 1, step.stage, step.result);
+        writeln!(out, "{:>2}. {:<20} {}", i + 1, step.stage, step.result)?;
         for note in &step.notes {
-            println!("      {note}");
+            writeln!(out, "      {note}")?;
         }
     }
     match t.drop_reason.as_deref() {
         Some(reason) => {
-            println!("DROPPED: {reason} ({})", t.drop_description.as_deref().unwrap_or(""));
+            writeln!(out, "DROPPED: {reason} ({})", t.drop_description.as_deref().unwrap_or(""))?;
         }
         None => {
-            println!("SENT:");
-            for out in &t.sent {
-                println!("  port {} ({}): {}", out.port, out.port_name, out.summary);
+            writeln!(out, "SENT:")?;
+            for sent in &t.sent {
+                writeln!(out, "  port {} ({}): {}", sent.port, sent.port_name, sent.summary)?;
             }
         }
     }
+    if t.received_unix_ms.is_some() {
+        writeln!(out)?;
+    }
+    Ok(())
 }
 
 /// Prints rows as left-aligned columns under a header.
@@ -389,7 +441,10 @@ async fn run(args: Args) -> Result<(), ClientError> {
             println!("uplink:    {}", s.uplink.as_deref().unwrap_or("-"));
             println!("underlay:  {}", s.underlay.as_deref().unwrap_or("-"));
             println!("started:   {}", s.started.as_deref().unwrap_or("-"));
-            println!("captures:  {} open, flow logs: {} followed", s.captures_open, s.flow_logs_open);
+            println!(
+                "captures:  {} open, flow logs: {} followed, live traces: {} open",
+                s.captures_open, s.flow_logs_open, s.live_traces_open
+            );
             match &s.cluster {
                 None => println!("source:    files (Services and nodes)"),
                 Some(c) => {
@@ -603,6 +658,11 @@ async fn run(args: Args) -> Result<(), ClientError> {
             }
             print_nodes(&view);
         }
+        Cmd::Trace { port, live: Some(count), filter, seconds, .. } => {
+            let req =
+                vswitch_api::LiveTraceRequest { port, filter: filter.unwrap_or_default(), count, seconds };
+            client.trace_live(&req, json_lines(args.json, print_trace)).await?;
+        }
         Cmd::Trace {
             port,
             hex,
@@ -616,7 +676,13 @@ async fn run(args: Args) -> Result<(), ClientError> {
             dst_mac,
             ttl,
             payload_len,
+            filter,
+            seconds,
+            live: None,
         } => {
+            if filter.is_some() || seconds.is_some() {
+                return Err(ClientError::Local("--filter and --seconds go with --live".into()));
+            }
             let packet = match dst {
                 Some(dst_ip) if hex.is_none() => Some(vswitch_api::TracePacket {
                     protocol: match protocol {
@@ -637,11 +703,13 @@ async fn run(args: Args) -> Result<(), ClientError> {
                 }),
                 _ => None,
             };
+            let port = port.unwrap_or_default();
             let t = client.trace(&vswitch_api::TraceRequest { port, hex, packet }).await?;
             if args.json {
                 return print_json(&t);
             }
-            print_trace(&t);
+            print_trace(&mut std::io::stdout().lock(), t)
+                .map_err(|e| ClientError::Local(format!("cannot write the trace: {e}")))?;
         }
         Cmd::Capture { port, direction, drops, filter, count, seconds, snaplen, file } => {
             let req = vswitch_api::CaptureRequest {
@@ -666,24 +734,9 @@ async fn run(args: Args) -> Result<(), ClientError> {
                 seconds: (!follow).then_some(seconds),
                 idle_secs: idle,
             };
-            let json = args.json;
-            let mut pending = Vec::new();
-            let mut out = std::io::stdout().lock();
-            client
-                .flows(&req, |piece| {
-                    use std::io::Write;
-                    pending.extend_from_slice(piece);
-                    while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = pending.drain(..=end).collect();
-                        if json {
-                            out.write_all(&line)?;
-                        } else if let Ok(e) = serde_json::from_slice::<vswitch_api::FlowEvent>(&line) {
-                            writeln!(out, "{}", flow_line(&e))?;
-                        }
-                    }
-                    out.flush()
-                })
-                .await?;
+            let show =
+                |out: &mut dyn std::io::Write, e: vswitch_api::FlowEvent| writeln!(out, "{}", flow_line(&e));
+            client.flows(&req, json_lines(args.json, show)).await?;
         }
         Cmd::Conntrack { limit } => {
             let ct = client.conntrack(limit).await?;
