@@ -100,7 +100,9 @@ pub struct LiveTraceRequest {
 pub struct TraceView {
     pub in_port: u16,
     pub in_port_name: String,
-    /// When a live-traced frame arrived, in milliseconds since the Unix epoch.
+    /// When a live-traced frame's batch was taken up by its worker, in milliseconds
+    /// since the Unix epoch. (A live trace keeps each frame's first 256 bytes in
+    /// `frame_hex` and `sent`.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_unix_ms: Option<u64>,
     /// The frame traced, in hex.

@@ -426,8 +426,9 @@ impl Captures {
         self.live.load().len()
     }
 
-    /// Which of `frames`, received on `port`, a live trace marks now (by index), and
-    /// for which session; empty (no allocation) when none does.
+    /// Which of `frames`, received on `port`, the live traces mark now: each frame's
+    /// index (ascending) with every session that wants it; empty (no allocation) when
+    /// none does.
     pub(crate) fn live_marks(&self, port: PortId, frames: &[Frame]) -> Vec<(usize, Arc<LiveTraceSession>)> {
         let sessions = self.live.load();
         let mut marks = Vec::new();
@@ -435,7 +436,7 @@ impl Captures {
             return marks;
         }
         for (i, f) in frames.iter().enumerate() {
-            if let Some(s) = sessions.iter().find(|s| s.claims(port, f.data())) {
+            for s in sessions.iter().filter(|s| s.claims(port, f.data())) {
                 marks.push((i, s.clone()));
             }
         }

@@ -365,7 +365,7 @@ fn a_live_trace_follows_a_real_connection_to_the_endpoint_that_answers() {
 
     // Refused before anything is marked.
     for (args, says) in [
-        (vec!["trace", "--live", "0"], "count 0"),
+        (vec!["trace", "--live", "0"], "0 is not in 1..=1000"),
         (vec!["trace", "--live", "1", "--filter", "tcp or udp"], "joined by `and`"),
         (vec!["trace", "--live", "1", "no-such-pod"], "no port"),
     ] {

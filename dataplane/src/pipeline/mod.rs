@@ -19,7 +19,7 @@ use std::sync::Arc;
 pub(crate) use coalesce::coalesce_tcp;
 pub(crate) use dispatch::TxBatches;
 
-use crate::capture::{CaptureDirection, Captures, LiveTraced};
+use crate::capture::Captures;
 use crate::drop_reason::DropReason;
 use crate::frame::{Frame, FramePool};
 use crate::ids::PortId;
@@ -91,10 +91,11 @@ macro_rules! observed {
 /// NAT (replies of flows this node translated), then routing to the local pod.
 ///
 /// The stage order has two copies — the packet path's, with nobody watching, and the
-/// recorder's (traces, live traces, captures) — so each stage and what it calls on the
-/// common path is inlined always (marked where it is): with two callers the compiler
-/// left them out of line, and the packet path paid for calls and spilled registers
-/// (+30% instructions a frame, benches/callgrind.sh).
+/// recorder's (traces, live traces, captures; in `trace`) — so each stage and what it
+/// calls on the common path is inlined always (marked where it is): with two callers
+/// the compiler left some out of line, and the packet path paid for the calls and
+/// spilled registers (benches/callgrind.sh, L2 pod to pod: 566 instructions a frame
+/// without, 526 with; 540 before the second copy existed).
 #[inline(always)]
 pub(crate) fn stages<'a>(
     ctx: &mut StageContext<'a>,
@@ -188,39 +189,15 @@ impl Pipeline {
         pool: &mut FramePool,
         out: &mut TxBatches,
     ) {
-        // The one test a batch pays for captures, flow logs and live traces.
+        // The one test a batch pays for captures, flow logs and live traces. The
+        // watched path and its copy of the stage order live in `trace`: in this module
+        // a second copy made every stage a callee of two here, and the compiler left
+        // them out of line on the packet path (+33% instructions a frame,
+        // benches/callgrind.sh).
         if self.captures.armed() {
-            return self.process_watched(tables, ingress, now, batch, pool, out);
+            return trace::process_watched(self, tables, ingress, now, batch, pool, out);
         }
         self.process_observed(tables, ingress, now, batch, pool, out, &mut Unobserved);
-    }
-
-    /// [`process`](Self::process) while captures, flow logs or live traces are open:
-    /// received frames offered to them, dropped ones at their drop, and the paths of
-    /// frames a live trace marks recorded.
-    #[cold]
-    #[inline(never)]
-    fn process_watched(
-        &mut self,
-        tables: &Tables,
-        ingress: PortId,
-        now: u32,
-        batch: &mut Vec<Frame>,
-        pool: &mut FramePool,
-        out: &mut TxBatches,
-    ) {
-        let captures = self.captures.clone();
-        captures.offer(ingress, CaptureDirection::Received, batch);
-        let marks = captures.live_marks(ingress, batch);
-        let mut recorder =
-            trace::Recorder::new(now, marks.iter().map(|(i, _)| *i).collect(), Some(&captures));
-        self.process_observed(tables, ingress, now, batch, pool, out, &mut recorder);
-        let unix_ns = crate::capture::unix_ns();
-        for r in recorder.recorded {
-            if let Some((_, session)) = marks.iter().find(|(i, _)| *i == r.index) {
-                session.record(LiveTraced { port: ingress, unix_ns, frame: r.received, trace: r.trace });
-            }
-        }
     }
 
     /// [`process`](Self::process), telling `obs` what happens to each frame.
@@ -243,7 +220,8 @@ impl Pipeline {
 
         let Some(port) = tables.port(ingress) else {
             let reason = DropReason::UnknownIngressPort;
-            for frame in batch.drain(..) {
+            for mut frame in batch.drain(..) {
+                frame.ingress = ingress;
                 obs.parsed(&frame, &Err(reason), &FrameMeta::UNPARSED);
                 obs.dropped(&frame, reason);
                 obs.dispatching(out, stats, ingress);

@@ -16,16 +16,17 @@
 //! hairpin or NodePort flow's source-port clash check sees only the copied flow, and a
 //! flood is judged with a full storm-control budget.
 //!
-//! A live trace is the same recorder on a worker's own pipeline, on the live state,
-//! for the batch that holds a frame the trace marked (`Captures::live_marks`): exact,
-//! and paid for only by the batches that carry a marked frame.
+//! A live trace is the same recorder on a worker's own pipeline, on the live state
+//! (`process_watched`, the path every batch takes while a capture, flow log or live
+//! trace is open): exact. Each received frame is matched against the open live traces'
+//! filters; only the frames they mark are recorded in words.
 
 use std::fmt::Write as _;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use super::{Pipeline, SharedState, StageObserver, TxBatches};
-use crate::capture::{CaptureDirection, Captures};
+use crate::capture::{CaptureDirection, Captures, LiveTraced};
 pub use crate::capture::{Trace, TraceOutcome, TraceSent, TraceStep};
 use crate::drop_reason::DropReason;
 use crate::frame::{Frame, FramePool};
@@ -60,6 +61,44 @@ pub(crate) fn trace(tables: &Tables, live: &SharedState, ingress: PortId, bytes:
     let recorded = recorder.recorded.pop().expect("the pipeline tells its observer of every frame");
     recorded.trace
 }
+
+/// [`Pipeline::process`] while captures, flow logs or live traces are open: received
+/// frames offered to them, the batch run with a [`Recorder`] as observer (dropped
+/// frames to the captures at their drop), and the paths of the frames a live trace
+/// marks recorded into its session.
+#[cold]
+#[inline(never)]
+pub(super) fn process_watched(
+    pipeline: &mut Pipeline,
+    tables: &Tables,
+    ingress: PortId,
+    now: u32,
+    batch: &mut Vec<Frame>,
+    pool: &mut FramePool,
+    out: &mut TxBatches,
+) {
+    let captures = pipeline.captures().clone();
+    captures.offer(ingress, CaptureDirection::Received, batch);
+    let marks = captures.live_marks(ingress, batch);
+    let mut marked: Vec<usize> = marks.iter().map(|(i, _)| *i).collect();
+    marked.dedup();
+    let unix_ns = crate::capture::unix_ns();
+    let mut recorder = Recorder::new(now, marked, Some(&captures));
+    pipeline.process_observed(tables, ingress, now, batch, pool, out, &mut recorder);
+    for (index, session) in &marks {
+        let Some(r) = recorder.recorded.iter().find(|r| r.index == *index) else { continue };
+        let mut trace = r.trace.clone();
+        if let TraceOutcome::Sent(sent) = &mut trace.outcome {
+            sent.iter_mut().for_each(|s| s.bytes.truncate(LIVE_SNAPLEN));
+        }
+        let frame = r.received[..r.received.len().min(LIVE_SNAPLEN)].to_vec();
+        session.record(LiveTraced { port: ingress, unix_ns, frame, trace });
+    }
+}
+
+/// Bytes a live trace keeps of each frame it reports (the summaries are made from the
+/// whole frame): a session holds up to 1000 paths, a flood's one copy per port.
+pub(crate) const LIVE_SNAPLEN: usize = 256;
 
 /// A frame's path, as a [`Recorder`] saw it.
 pub(crate) struct Recorded {
@@ -102,7 +141,7 @@ struct Recording {
     /// Before Service NAT: the tuple whose flow it looks up (for an ICMP error, the
     /// quoted packet's), and the established flow it found.
     tuple: Option<Tuple>,
-    flow: Option<(Tuple, Direction)>,
+    flow: Option<(Tuple, Direction, FlowIdentity)>,
     /// Before dispatch: the transmit batches' lengths and the ingress port's drops.
     queued: Vec<usize>,
     drops: Vec<u64>,
@@ -202,7 +241,10 @@ impl StageObserver for Recorder<'_> {
             if let Some(seed) = self.seed {
                 seed.flow(ctx, rec.tuple, pkt, self.now);
             }
-            rec.flow = rec.tuple.and_then(|t| ctx.ct.lookup(&t)).map(|(conn, dir)| (conn.orig, dir));
+            rec.flow = rec
+                .tuple
+                .and_then(|t| ctx.ct.lookup(&t))
+                .map(|(conn, dir)| (conn.orig, dir, FlowIdentity::of(conn)));
         }
         // From the bytes: a stage that decides a frame's fate need not keep `meta` true.
         rec.summary = summary_of(pkt.frame.data());
@@ -250,15 +292,36 @@ impl StageObserver for Recorder<'_> {
             .collect();
         let dropped =
             DropReason::ALL.iter().zip(&rec.drops).find(|(r, before)| stats.drops(ingress, **r) > **before);
+        let mut steps = rec.steps;
         let outcome = match dropped {
             Some((reason, _)) if sent.is_empty() => TraceOutcome::Dropped(*reason),
-            _ => TraceOutcome::Sent(sent),
+            Some((reason, _)) => {
+                // Some copies of a flood went, others not.
+                steps.push(TraceStep {
+                    stage: "dispatch",
+                    result: format!("{} sent, some dropped: {}", sent.len(), reason.name()),
+                    notes: Vec::new(),
+                });
+                TraceOutcome::Sent(sent)
+            }
+            None => TraceOutcome::Sent(sent),
         };
         self.recorded.push(Recorded {
             index: rec.index,
             received: rec.received,
-            trace: Trace { parsed: rec.parsed, steps: rec.steps, outcome },
+            trace: Trace { parsed: rec.parsed, steps, outcome },
         });
+    }
+}
+
+/// Which entry of the conntrack table a flow is: its address, which the table's guard
+/// (held for the batch) keeps from being reused while the frame is in the stages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FlowIdentity(usize);
+
+impl FlowIdentity {
+    fn of(conn: &crate::tables::conntrack::Conn) -> FlowIdentity {
+        FlowIdentity(std::ptr::from_ref(conn) as usize)
     }
 }
 
@@ -266,8 +329,13 @@ impl StageObserver for Recorder<'_> {
 fn service_note(ctx: &StageContext<'_>, rec: &Recording) -> Option<String> {
     let services = ctx.tables.services();
     let name = |id: u32| services.by_id(id).map_or_else(|| format!("#{id} (removed)"), |s| s.name.clone());
-    if let Some((orig, dir)) = rec.flow {
-        let flow = ctx.ct.lookup(&orig)?.0;
+    // The flow found before is still there: established. Gone or replaced (a SYN that
+    // reopens a closed flow's tuple gets a new one, its endpoint chosen afresh): new.
+    let established = rec.flow.and_then(|(orig, dir, id)| {
+        let conn = ctx.ct.lookup(&orig)?.0;
+        (FlowIdentity::of(conn) == id).then_some((conn, dir))
+    });
+    if let Some((flow, dir)) = established {
         let way = match dir {
             Direction::Orig => "client to endpoint",
             Direction::Reply => "endpoint to client",
@@ -597,6 +665,29 @@ mod tests {
         );
         live.captures.end_live_trace(&reply);
         assert!(!live.captures.armed(), "the last session closed: the path is unwatched again");
+    }
+
+    #[test]
+    fn overlapping_live_traces_each_get_the_frame_and_a_reopened_tuple_is_a_new_flow() {
+        let (tables, live) = (tables(), live());
+        let mut path = LivePath::new(&live);
+        let syn = FrameSpec::tcp(mac(1), mac(0xffff), ip(2), VIP, 40000, 80, 0x02).build();
+        let rst = FrameSpec::tcp(mac(1), mac(0xffff), ip(2), VIP, 40000, 80, 0x04).build();
+        path.run(&tables, 1, &[&syn, &rst]);
+        assert_eq!(live.conntrack.len(), 1, "the reset flow stays until it expires");
+
+        let any = || LiveTraceSpec { port: None, filter: "tcp".parse().unwrap(), count: 1 };
+        let (first, second) = (live.captures.trace_live(any()), live.captures.trace_live(any()));
+        path.run(&tables, 1, &[&syn]);
+        for session in [&first, &second] {
+            let got = taken(session);
+            assert_eq!(got.len(), 1, "every session that matches gets the frame");
+            let nat = got[0].trace.steps.iter().find(|s| s.stage == "service_nat").unwrap();
+            assert!(
+                nat.notes.iter().any(|n| n.starts_with("new flow of Service default/web:http")),
+                "a SYN on a reset flow's tuple makes a new flow: {nat:?}"
+            );
+        }
     }
 
     #[test]

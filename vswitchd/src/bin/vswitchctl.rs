@@ -80,7 +80,12 @@ enum Cmd {
         port: Option<String>,
         /// Trace the next N real frames received (on the port, if given) that match
         /// --filter, as the switch handles them.
-        #[arg(long, value_name = "N", conflicts_with_all = ["hex", "dst"])]
+        #[arg(
+            long,
+            value_name = "N",
+            value_parser = clap::value_parser!(u64).range(1..=1000),
+            conflicts_with_all = ["hex", "dst", "src", "sport", "dport", "flags", "src_mac", "dst_mac", "ttl"]
+        )]
         live: Option<u64>,
         /// With --live: tcpdump-like terms joined by `and` (tcp, udp, icmp, arp, ip,
         /// host A, src A, dst A, port N).
