@@ -487,7 +487,13 @@ async fn serve(
                     let m = state.switch.lock().await;
                     let stats = api::api_stats(&m);
                     let cluster = state.cluster.as_ref().map(|c| c.get());
-                    let body = metrics::render_with(&stats, m.pod_count(), cluster.as_ref());
+                    let c = m.datapath().captures();
+                    let open = metrics::ObserversOpen {
+                        captures: c.len(),
+                        flow_logs: c.flow_watches(),
+                        live_traces: c.live_traces(),
+                    };
+                    let body = metrics::render_with(&stats, m.pod_count(), open, cluster.as_ref());
                     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
                 }
             }),

@@ -17,9 +17,19 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// The exposition text for `stats`, the number of attached pod ports and, in cluster
 /// mode, the watchers.
+/// Captures, flow logs and live traces open now: while any is, every received batch
+/// takes the data path's watched path, so one left open is worth seeing.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ObserversOpen {
+    pub captures: usize,
+    pub flow_logs: usize,
+    pub live_traces: usize,
+}
+
 pub(crate) fn render_with(
     stats: &Stats,
     pod_ports: usize,
+    observers: ObserversOpen,
     cluster: Option<&vswitch_api::ClusterStatus>,
 ) -> String {
     let mut out = String::with_capacity(4096);
@@ -85,6 +95,19 @@ pub(crate) fn render_with(
     let _ = writeln!(out, "vswitch_affinity_entries {}", stats.affinity_entries);
     header(&mut out, "vswitch_pod_ports", "gauge", "Attached pod ports.");
     let _ = writeln!(out, "vswitch_pod_ports {pod_ports}");
+    header(
+        &mut out,
+        "vswitch_observers_open",
+        "gauge",
+        "Captures, flow logs and live traces open now (each puts the data path on its watched path).",
+    );
+    for (kind, n) in [
+        ("capture", observers.captures),
+        ("flow_log", observers.flow_logs),
+        ("live_trace", observers.live_traces),
+    ] {
+        let _ = writeln!(out, "vswitch_observers_open{{kind=\"{kind}\"}} {n}");
+    }
     type PerWorker = fn(&vswitch_api::WorkerStats) -> String;
     let per_worker: [(&str, &str, &str, PerWorker); 3] = [
         (
@@ -172,7 +195,11 @@ mod tests {
             applied: 3,
             skipped: vec![],
         };
-        let text = render_with(&stats, 1, Some(&cluster));
+        let open = ObserversOpen { captures: 2, flow_logs: 0, live_traces: 1 };
+        let text = render_with(&stats, 1, open, Some(&cluster));
+        assert!(text.contains("vswitch_observers_open{kind=\"capture\"} 2\n"), "{text}");
+        assert!(text.contains("vswitch_observers_open{kind=\"flow_log\"} 0\n"));
+        assert!(text.contains("vswitch_observers_open{kind=\"live_trace\"} 1\n"));
         assert!(text.contains("vswitch_cluster_watch_errors_total{resource=\"services\"} 2"));
         assert!(
             text.contains("vswitch_port_rx_packets_total{port=\"3\",name=\"ab\\\"c/eth0\"} 5\n"),

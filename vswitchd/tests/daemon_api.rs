@@ -211,6 +211,7 @@ fn socket_metrics_and_vswitchctl() {
     assert!(metrics.contains(&line), "{metrics}");
     assert!(metrics.contains("vswitch_drops_total{reason=\"spoofed_source_ip\"} 0"), "{metrics}");
     assert!(metrics.contains("vswitch_pod_ports 2"));
+    assert!(metrics.contains("vswitch_observers_open{kind=\"capture\"} 0\n"), "{metrics}");
 
     let ports = node.ctl(&["ports"]);
     assert!(ports.lines().next().unwrap().starts_with("ID"), "{ports}");
