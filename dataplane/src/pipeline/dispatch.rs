@@ -112,13 +112,7 @@ pub(super) fn dispatch(
             }
         },
         Verdict::Overlay { node, entropy } => {
-            match to_overlay(tables, stats, frame, node, entropy, pool, out) {
-                Ok(()) => return,
-                Err((frame, reason)) => {
-                    stats.count_drop(ingress.id, reason);
-                    return pool.put(frame);
-                }
-            }
+            return to_overlay(tables, stats, frame, node, entropy, pool, out);
         }
         Verdict::Drop(reason) => reason,
     };
@@ -129,6 +123,8 @@ pub(super) fn dispatch(
 /// Encapsulates a routed frame toward a remote node and queues it on the underlay port.
 /// A super-frame stays whole toward a tunnel port; toward the others it is cut into
 /// segments first, and a partial checksum completed: they carry finished packets.
+/// Counts and frees what it drops itself: handing the frame back with its reason made
+/// every call build a frame-sized answer (benches/callgrind.sh, vxlan_encap 1053 → 1043).
 #[inline(never)]
 fn to_overlay(
     tables: &Tables,
@@ -138,16 +134,20 @@ fn to_overlay(
     entropy: u16,
     pool: &mut FramePool,
     out: &mut TxBatches,
-) -> Result<(), (Frame, DropReason)> {
+) {
     let ov = tables.overlay();
-    let Some(remote) = ov.node(node) else { return Err((frame, DropReason::OverlayNoUnderlay)) };
+    let no_underlay = |frame: Frame, pool: &mut FramePool| {
+        stats.count_drop(frame.ingress, DropReason::OverlayNoUnderlay);
+        pool.put(frame);
+    };
+    let Some(remote) = ov.node(node) else { return no_underlay(frame, pool) };
     // The AF_XDP underlay once the next hop is known, else the kernel socket.
     let fast = ov.fast.zip(remote.next_hop_mac).and_then(|(f, nh)| Some((tables.port(f.port)?, (f.mac, nh))));
     let (egress, macs) = match fast {
         Some((port, macs)) => (port, Some(macs)),
         None => match ov.tx_port.and_then(|p| tables.port(p)) {
             Some(port) => (port, None),
-            None => return Err((frame, DropReason::OverlayNoUnderlay)),
+            None => return no_underlay(frame, pool),
         },
     };
     if egress.tunnel && frame.offload.is_gso() && fits_whole(&frame, egress) {
@@ -161,7 +161,6 @@ fn to_overlay(
         stats.events.overlay_encapsulated.inc();
         enqueue(stats, egress, f, pool, out);
     });
-    Ok(())
 }
 
 /// Whether the super-frame `frame`, encapsulated, can be described to a tunnel port: TCP
@@ -189,16 +188,16 @@ fn encapsulate_whole(
     mut frame: Frame,
     pool: &mut FramePool,
     out: &mut TxBatches,
-) -> Result<(), (Frame, DropReason)> {
+) {
     let inner = frame.offload;
     if !overlay::encapsulate(ov, remote, entropy, None, &mut frame) {
-        return Err((frame, DropReason::OverlayMtuExceeded));
+        stats.count_drop(frame.ingress, DropReason::OverlayMtuExceeded);
+        return pool.put(frame);
     }
     frame.offload = offload::encapsulated(&inner, vxlan::OUTER_LEN);
     stats.events.overlay_encapsulated.inc();
     stats.events.overlay_whole.inc();
     enqueue(stats, egress, frame, pool, out);
-    Ok(())
 }
 
 /// Queues `frame` for `egress`. A port without offloads gets what it can take: a
