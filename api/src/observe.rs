@@ -250,6 +250,13 @@ pub struct FlowEvent {
     pub service: Option<String>,
     /// The port the client's packets came in on, named as in stats.
     pub client_port: String,
+    /// The client's pod, `namespace/name`, when the attach named it (CNI_ARGS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_pod: Option<String>,
+    /// The pod that served the flow — the endpoint of a Service flow, else the
+    /// server — `namespace/name`, when it is attached here and its attach named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_pod: Option<String>,
     /// `forwarded`, or `dropped: reason`.
     pub verdict: String,
     pub start_unix_ms: u64,

@@ -46,6 +46,8 @@ pub(crate) struct Following {
     /// The tables when the log was opened: Service names, pods' addresses.
     tables: Arc<Tables>,
     names: BTreeMap<PortId, String>,
+    /// Pods attached here whose attach named them, by address: `namespace/name`.
+    pods: HashMap<Ipv4Addr, String>,
     filter: PacketFilter,
     idle_ns: u64,
     deadline: Option<Instant>,
@@ -61,10 +63,25 @@ pub(crate) fn open(switch: &Switch, req: &FlowsRequest) -> Result<Following, Api
         conntrack: dp.conntrack().clone(),
         tables: dp.tables(),
         names: switch.port_names(),
+        pods: pods_by_address(&switch.ports()),
         filter,
         idle_ns: req.idle_secs.unwrap_or(10).max(1) * 1_000_000_000,
         deadline: req.seconds.map(|s| Instant::now() + Duration::from_secs(s)),
     })
+}
+
+/// `namespace/name` of each pod the attach named, by each of its IPv4 addresses.
+fn pods_by_address(ports: &[vswitch_api::PortInfo]) -> HashMap<Ipv4Addr, String> {
+    let mut pods = HashMap::new();
+    for p in ports {
+        let Some(pod) = p.pod.as_ref().filter(|pod| !pod.name.is_empty()) else { continue };
+        for net in &p.ips {
+            if let std::net::IpAddr::V4(a) = net.addr() {
+                pods.insert(a, format!("{}/{}", pod.namespace, pod.name));
+            }
+        }
+    }
+    pods
 }
 
 /// The JSON-lines stream of a flow log.
@@ -218,7 +235,11 @@ impl Log {
             service.map(|id| services.by_id(id).map_or_else(|| format!("#{id}"), |s| s.name.clone()));
         let endpoint = service.map(|_| format!("{}:{}", reply.src, reply.src_port));
         let client_port = self.port_of(orig.src);
+        let pod = |ip: Ipv4Addr| self.following.pods.get(&ip).cloned();
         let event = FlowEvent {
+            client_pod: pod(orig.src),
+            // The endpoint's address, for a Service flow, is where the replies come from.
+            server_pod: pod(reply.src),
             event: "start".into(),
             protocol: protocol_name(orig.proto),
             client: format!("{}:{}", orig.src, orig.src_port),
@@ -307,6 +328,7 @@ mod tests {
             conntrack: Arc::new(Conntrack::new(ConntrackConfig::default())),
             tables: Arc::new(Tables::empty()),
             names: BTreeMap::new(),
+            pods: HashMap::from([(Ipv4Addr::new(10, 0, 0, 1), "default/client".to_string())]),
             filter: filter.parse().unwrap(),
             idle_ns: 5_000_000_000,
             deadline: None,
@@ -338,6 +360,8 @@ mod tests {
             (start.event.as_str(), start.client.as_str(), start.server.as_str()),
             ("start", "10.0.0.1:1000", "10.0.0.2:80")
         );
+        assert_eq!(start.client_pod.as_deref(), Some("default/client"), "named at attach");
+        assert_eq!(start.server_pod, None, "not a pod attached here");
         assert!(l.see(&sighting(srv, 80, c, 1000, 0x12, 100)).is_none(), "the reply belongs to it");
         l.see(&sighting(c, 1000, srv, 80, 0x11, 101));
         l.see(&sighting(srv, 80, c, 1000, 0x11, 101));

@@ -323,12 +323,15 @@ fn flow_line(e: &vswitch_api::FlowEvent) -> String {
         _ => String::new(),
     };
     let end = e.end_reason.as_deref().map(|r| format!(" {r}")).unwrap_or_default();
+    let pod = |p: &Option<String>| p.as_deref().map(|p| format!(" [{p}]")).unwrap_or_default();
     format!(
-        "{:<5} {} {} -> {}{via} from {}: {}, out {} pkts {} B, back {} pkts {} B{end}",
+        "{:<5} {} {}{} -> {}{via}{} from {}: {}, out {} pkts {} B, back {} pkts {} B{end}",
         e.event,
         e.protocol,
         e.client,
+        pod(&e.client_pod),
         e.server,
+        pod(&e.server_pod),
         e.client_port,
         e.verdict,
         e.packets_out,
