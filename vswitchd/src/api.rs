@@ -252,6 +252,22 @@ async fn trace(
     super::trace::run(&*s.switch.lock().await, &req).map(axum::Json)
 }
 
+/// An answer made piece by piece as the client reads it: captures, flow logs, live
+/// traces. `None` ends it.
+pub(crate) trait Pieces: Send + 'static {
+    fn next_piece(&mut self) -> impl std::future::Future<Output = Option<Vec<u8>>> + Send;
+}
+
+/// The body stream of `pieces`: a piece is made only when the connection asks for more.
+pub(crate) fn streamed(
+    pieces: impl Pieces,
+) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> {
+    futures::stream::unfold(pieces, |mut p| async move {
+        let piece = p.next_piece().await?;
+        Some((Ok(axum::body::Bytes::from(piece)), p))
+    })
+}
+
 /// Answers with the live trace's JSON lines once it is open.
 async fn trace_live(
     State(s): State<Shared>,

@@ -39,10 +39,7 @@ pub(crate) struct Opened {
 
 /// Checks `req` and opens the capture; nothing starts if any part of it is wrong.
 pub(crate) fn open(switch: &Switch, req: &CaptureRequest) -> Result<Opened, ApiError> {
-    let port = match &req.port {
-        Some(name) => Some(super::trace::resolve_port(switch, name)?.0),
-        None => None,
-    };
+    let port = super::trace::resolve_any_port(switch, req.port.as_deref())?;
     let filter = parse_filter(&req.filter)?;
     let drops = match (&req.drop_reason, req.drops) {
         (None, false) => None,
@@ -98,10 +95,7 @@ pub(crate) fn stream(
         taken: Vec::new(),
         version,
     };
-    futures::stream::unfold(state, |mut s| async move {
-        let piece = s.next_piece().await?;
-        Some((Ok(Bytes::from(piece)), s))
-    })
+    super::api::streamed(state)
 }
 
 struct Streaming {
@@ -125,7 +119,7 @@ impl Drop for Streaming {
     }
 }
 
-impl Streaming {
+impl super::api::Pieces for Streaming {
     /// The next bytes of the stream; `None` once it ended.
     async fn next_piece(&mut self) -> Option<Vec<u8>> {
         if self.finished {
@@ -161,7 +155,9 @@ impl Streaming {
             tokio::time::sleep(POLL).await;
         }
     }
+}
 
+impl Streaming {
     /// The interface number of `port`, its description block written first if new.
     fn interface(&mut self, out: &mut Vec<u8>, port: PortId) -> u32 {
         if let Some(i) = self.interfaces.get(&port) {

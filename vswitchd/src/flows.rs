@@ -87,10 +87,7 @@ fn pods_by_address(ports: &[vswitch_api::PortInfo]) -> HashMap<Ipv4Addr, String>
 /// The JSON-lines stream of a flow log.
 pub(crate) fn stream(following: Following) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
     let state = Log { following, flows: HashMap::new(), by_reply: HashMap::new(), taken: Vec::new() };
-    futures::stream::unfold(state, |mut log| async move {
-        let piece = log.next_piece().await?;
-        Some((Ok(Bytes::from(piece)), log))
-    })
+    super::api::streamed(state)
 }
 
 /// The flows followed, by their original tuple, and the reply tuples that lead to them.
@@ -119,7 +116,7 @@ impl Drop for Log {
     }
 }
 
-impl Log {
+impl super::api::Pieces for Log {
     async fn next_piece(&mut self) -> Option<Vec<u8>> {
         loop {
             let over = self.following.deadline.is_some_and(|d| Instant::now() >= d);
@@ -148,7 +145,9 @@ impl Log {
             tokio::time::sleep(POLL).await;
         }
     }
+}
 
+impl Log {
     /// Counts a sighting into its flow; the flow's start event if it is new.
     fn see(&mut self, s: &Sighting) -> Option<FlowEvent> {
         let seen =

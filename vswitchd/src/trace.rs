@@ -74,10 +74,7 @@ impl Drop for LiveTrace {
 
 /// Checks `req` and opens the live trace; nothing starts if any part of it is wrong.
 pub(crate) fn open_live(switch: &Switch, req: &LiveTraceRequest) -> Result<LiveTrace, ApiError> {
-    let port = match &req.port {
-        Some(name) => Some(resolve_port(switch, name)?.0),
-        None => None,
-    };
+    let port = resolve_any_port(switch, req.port.as_deref())?;
     let filter = super::capture::parse_filter(&req.filter)?;
     if !(1..=MAX_LIVE_TRACES).contains(&req.count) {
         return Err(ApiError::invalid(format!("count {}: 1..={MAX_LIVE_TRACES}", req.count)));
@@ -96,13 +93,10 @@ pub(crate) fn open_live(switch: &Switch, req: &LiveTraceRequest) -> Result<LiveT
 
 /// The JSON-lines stream of a live trace.
 pub(crate) fn live_stream(trace: LiveTrace) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
-    futures::stream::unfold(trace, |mut t| async move {
-        let piece = t.next_piece().await?;
-        Some((Ok(Bytes::from(piece)), t))
-    })
+    super::api::streamed(trace)
 }
 
-impl LiveTrace {
+impl super::api::Pieces for LiveTrace {
     async fn next_piece(&mut self) -> Option<Vec<u8>> {
         let mut taken: Vec<LiveTraced> = Vec::new();
         loop {
@@ -158,6 +152,11 @@ fn view(in_port: PortId, in_port_name: String, bytes: &[u8], t: Trace) -> TraceV
             })
             .collect(),
     }
+}
+
+/// The port `name` means, if one is named; `None` stands for every port.
+pub(crate) fn resolve_any_port(switch: &Switch, name: Option<&str>) -> Result<Option<PortId>, ApiError> {
+    name.map(|n| resolve_port(switch, n).map(|(id, _)| id)).transpose()
 }
 
 /// The port `name` means, with the name stats show for it.
